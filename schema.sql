@@ -1,0 +1,67 @@
+-- bgq: the canonical schema. The binary embeds this file and applies it to a new database;
+-- `PRAGMA user_version` records which version a database has.
+--
+-- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4.
+
+CREATE TABLE jobs (
+    -- AUTOINCREMENT: ids must keep increasing in publish order even after `clear` deleted the newest.
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT    NOT NULL,
+    callback      TEXT    NOT NULL,
+    -- The parameters as MessagePack: a JSON value, or a `bin` holding the exact bytes of a --raw job.
+    payload       BLOB    NOT NULL,
+    state         TEXT    NOT NULL DEFAULT 'READY',
+    -- Runs that counted (a run that ended WAITING does not).
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    serial_group  TEXT,
+    identifier    TEXT,
+    created_at    INTEGER NOT NULL,
+    -- When the job is due (publish time, end of its backoff, or the WAITING run's end).
+    run_at        INTEGER NOT NULL,
+    -- 1 while the job is in the claim path: runnable now, waiting only for a free slot. 0 while it
+    -- waits for run_at or for the next `process` run, so that future jobs never slow claims down.
+    due           INTEGER NOT NULL DEFAULT 1,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    -- The `process` run (runs.id) that started the job last; one run starts a job at most once.
+    claimed_run   INTEGER NOT NULL DEFAULT 0,
+    -- The running callback's process group, with its leader's start time (clock ticks since boot)
+    -- and the boot id, so that recovery never kills a reused pid.
+    pgid          INTEGER,
+    pgid_started  INTEGER,
+    boot_id       TEXT,
+    -- Tail of what the last run printed (stdout and stderr).
+    output        BLOB,
+    -- 1 once the notify_on_attempts notice went out.
+    notified      INTEGER NOT NULL DEFAULT 0
+);
+
+-- The claim path: runnable jobs of a queue, oldest first.
+CREATE INDEX jobs_claim ON jobs (queue, id) WHERE due = 1;
+-- Jobs waiting for their time (backoff, WAITING), found by time when they fall due.
+CREATE INDEX jobs_schedule ON jobs (queue, run_at)
+    WHERE due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
+-- Unfinished jobs of a serial group, to hold back younger ones.
+CREATE INDEX jobs_serial ON jobs (serial_group, id)
+    WHERE serial_group IS NOT NULL
+      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING');
+-- Jobs left PROCESSING, for orphan recovery.
+CREATE INDEX jobs_processing ON jobs (queue) WHERE state = 'PROCESSING';
+-- `clear`: finished jobs by age.
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state = 'FINISHED';
+-- `list --state S`, newest first.
+CREATE INDEX jobs_state ON jobs (state, id);
+-- `list --identifier` and `list --unfinished`.
+CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT NULL;
+
+-- One row per `process` run: numbers the runs and records when each ran.
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX runs_queue ON runs (queue, id);
+
+PRAGMA user_version = 1;

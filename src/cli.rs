@@ -1,0 +1,170 @@
+//! The command line: every command, flag and its help text, as clap definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A durable background job queue in one SQLite file, run by cron.
+#[derive(Debug, Parser)]
+#[command(name = "bgq", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Config file [default: $BGQ_CONFIG, then ./bgq.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Say more on stderr (e.g. when another `process` holds the lock)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a job; prints its id
+    Publish(PublishArgs),
+    /// Run every due job once, then exit (run it from cron every minute)
+    Process(ProcessArgs),
+    /// Show jobs, newest first
+    List(ListArgs),
+    /// Delete FINISHED jobs; prints how many
+    Clear(ClearArgs),
+}
+
+/// `bgq publish`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).multiple(false))]
+pub struct PublishArgs {
+    /// Callback name, as configured under [callbacks.NAME]
+    pub callback: String,
+
+    /// Parameters as JSON: the text itself, @FILE, or - for stdin
+    #[arg(long, value_name = "TEXT|@FILE|-", group = "input")]
+    pub json: Option<String>,
+
+    /// Parameters as exact bytes from FILE, or - for stdin
+    #[arg(long, value_name = "FILE|-", group = "input")]
+    pub raw: Option<String>,
+
+    /// One job per line of JSON from FILE or - for stdin, all in one transaction
+    #[arg(long, value_name = "FILE|-", group = "input")]
+    pub jsonl: Option<String>,
+
+    /// Queue [default: `queue` from the config]
+    #[arg(long, value_name = "Q", value_parser = non_empty)]
+    pub queue: Option<String>,
+
+    /// Jobs of one serial group run one at a time, in publish order
+    #[arg(long, value_name = "G", value_parser = non_empty)]
+    pub serial_group: Option<String>,
+
+    /// A name for the job, for `list --identifier`
+    #[arg(long, value_name = "I", value_parser = non_empty)]
+    pub identifier: Option<String>,
+}
+
+/// `bgq process`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Queue [default: `queue` from the config]
+    #[arg(long, value_name = "Q", value_parser = non_empty)]
+    pub queue: Option<String>,
+
+    /// Callbacks running at once [default: `concurrency` from the config]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+
+    /// Start at most N jobs, then finish the running ones and exit
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs: Option<u64>,
+
+    /// Start no new job after this long (e.g. 50s), then finish the running ones and exit
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub max_time: Option<Duration>,
+}
+
+/// `bgq list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state (repeatable)
+    #[arg(long, value_name = "S")]
+    pub state: Vec<String>,
+
+    /// Only jobs of this queue
+    #[arg(long, value_name = "Q")]
+    pub queue: Option<String>,
+
+    /// Only jobs of this callback
+    #[arg(long, value_name = "C")]
+    pub callback: Option<String>,
+
+    /// Only jobs with this identifier (repeatable)
+    #[arg(long, value_name = "I")]
+    pub identifier: Vec<String>,
+
+    /// Show at most N jobs
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+
+    /// One JSON object per line
+    #[arg(long, conflicts_with = "unfinished")]
+    pub json: bool,
+
+    /// Print the identifiers that still have an unfinished job, one per line
+    #[arg(long)]
+    pub unfinished: bool,
+}
+
+/// `bgq clear`.
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// Delete only jobs finished more than DAYS days ago [default: all finished jobs]
+    #[arg(value_name = "DAYS")]
+    pub days: Option<u32>,
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn publish_needs_exactly_one_input() {
+        assert!(Cli::try_parse_from(["bgq", "publish", "cb"]).is_err());
+        assert!(
+            Cli::try_parse_from(["bgq", "publish", "cb", "--json", "{}", "--raw", "-"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["bgq", "publish", "cb", "--json", "{}"]).is_ok());
+    }
+
+    #[test]
+    fn config_flag_is_accepted_after_the_command() {
+        let cli = Cli::try_parse_from(["bgq", "list", "--config", "/x.toml"]).expect("parses");
+        assert_eq!(cli.config, Some(PathBuf::from("/x.toml")));
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        assert!(Cli::try_parse_from(["bgq", "list", "--limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "process", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "process", "--max-time", "abc"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "clear", "-3"]).is_err());
+    }
+}

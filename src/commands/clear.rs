@@ -1,0 +1,43 @@
+//! `bgq clear [DAYS]`: deletes FINISHED jobs in small batches, so that `publish` and `process`
+//! wait for one batch at most, never for the whole purge.
+
+use std::io::Write;
+
+use crate::cli::ClearArgs;
+use crate::config::Config;
+use crate::job::now_millis;
+use crate::lock::{Lock, clear_lock_path};
+use crate::store::{Durability, Store};
+
+/// Rows deleted per transaction.
+const BATCH: usize = 1000;
+const DAY_MILLIS: i64 = 86_400_000;
+
+/// Runs `bgq clear`.
+pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.database, Durability::Relaxed)?;
+    let canonical = std::fs::canonicalize(store.path())?;
+    let lock_path = clear_lock_path(&config.temp_dir, &canonical);
+    let Some(_lock) = Lock::try_acquire(&lock_path)? else {
+        if verbose {
+            eprintln!(
+                "bgq: another `clear` holds {}; leaving it to that one",
+                lock_path.display()
+            );
+        }
+        return Ok(());
+    };
+    let cutoff = args
+        .days
+        .map_or(i64::MAX, |days| now_millis() - i64::from(days) * DAY_MILLIS);
+    let mut deleted = 0;
+    loop {
+        let batch = store.clear_batch(cutoff, BATCH)?;
+        deleted += batch;
+        if batch < BATCH {
+            break;
+        }
+    }
+    writeln!(std::io::stdout().lock(), "{deleted}")?;
+    Ok(())
+}

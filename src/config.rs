@@ -1,0 +1,468 @@
+//! The TOML configuration: where it is found, what it may say, and the resolved `Config` that
+//! the rest of bgq reads (absolute paths, `Duration`s, every default filled in).
+//!
+//! Unknown keys are refused with their line: a typo in a crontab-driven tool must never be
+//! silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backoff::RetryPolicy;
+use crate::duration::ConfigDuration;
+use crate::error::usage;
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "BGQ_CONFIG";
+/// The config file looked for in the current directory last.
+pub const DEFAULT_CONFIG_FILE: &str = "bgq.toml";
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it was read from (absolute).
+    pub path: PathBuf,
+    /// The SQLite database file (absolute).
+    pub database: PathBuf,
+    /// Where lock files live.
+    pub temp_dir: PathBuf,
+    /// Default queue for publish and process.
+    pub queue: String,
+    /// Callbacks running at once within one `process`.
+    pub concurrency: usize,
+    /// After this many failed attempts of one job, notify once.
+    pub notify_on_attempts: u32,
+    /// Command that receives notices as JSON on stdin; `None`: notices go to stderr.
+    pub notify: Option<Vec<String>>,
+    /// Callbacks by name.
+    pub callbacks: BTreeMap<String, Callback>,
+}
+
+/// How one callback name is run.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// argv, run without a shell.
+    pub command: Vec<String>,
+    /// Longest a run may take before its process group is killed.
+    pub timeout: Duration,
+    /// After a timeout, how long SIGTERM has to work before SIGKILL.
+    pub kill_grace: Duration,
+    /// Working directory of the command.
+    pub working_dir: PathBuf,
+    /// Variables added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// At most this many runs of this callback at once within one `process`.
+    pub concurrency: Option<usize>,
+    /// Retry schedule.
+    pub retry: RetryPolicy,
+}
+
+impl Config {
+    /// The callback named `name`, or a usage error naming the configured ones.
+    pub fn callback(&self, name: &str) -> anyhow::Result<&Callback> {
+        self.callbacks.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.callbacks.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "none are configured".to_owned()
+            } else {
+                format!("configured: {}", known.join(", "))
+            };
+            usage(format!(
+                "unknown callback `{name}` in {} ({known})",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// Finds the config file (`--config`, then `BGQ_CONFIG`, then `./bgq.toml`) and loads it.
+pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
+    let path = locate(flag, std::env::var_os(CONFIG_ENV).map(PathBuf::from))?;
+    let path = std::path::absolute(&path).map_err(|err| {
+        usage(format!(
+            "cannot resolve config path {}: {err}",
+            path.display()
+        ))
+    })?;
+    let text = std::fs::read(&path)
+        .map_err(|err| usage(format!("cannot read config {}: {err}", path.display())))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| usage(format!("{}: config is not valid UTF-8", path.display())))?;
+    parse(&text, &path)
+}
+
+fn locate(flag: Option<&Path>, env: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_owned());
+    }
+    if let Some(path) = env.filter(|path| !path.as_os_str().is_empty()) {
+        return Ok(path);
+    }
+    let local = PathBuf::from(DEFAULT_CONFIG_FILE);
+    if local.exists() {
+        return Ok(local);
+    }
+    Err(usage(format!(
+        "no configuration found: pass --config PATH, set {CONFIG_ENV}, or create ./{DEFAULT_CONFIG_FILE}"
+    )))
+}
+
+/// Parses config `text` read from `path` (absolute); relative paths resolve against its folder.
+pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
+    let raw: RawConfig = toml::from_str(text).map_err(|err| {
+        let line = err
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = err.message().replace('\n', " ");
+        match line {
+            Some(line) => usage(format!("{}:{line}: {message}", path.display())),
+            None => usage(format!("{}: {message}", path.display())),
+        }
+    })?;
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    resolve(raw, path, folder)
+}
+
+fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config> {
+    let base_retry = raw.retry.unwrap_or_default().apply(RetryPolicy::default());
+    let callbacks = raw
+        .callbacks
+        .into_iter()
+        .map(|(name, callback)| {
+            let resolved = Callback {
+                command: resolve_command(callback.command.0, folder),
+                timeout: callback.timeout.map_or(Duration::from_secs(60), |t| t.0.0),
+                kill_grace: callback.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
+                working_dir: callback
+                    .working_dir
+                    .map_or_else(|| folder.to_owned(), |dir| folder.join(dir)),
+                env: callback.env,
+                concurrency: callback.concurrency.map(|count| count.0),
+                retry: callback.retry.unwrap_or_default().apply(base_retry.clone()),
+            };
+            (name, resolved)
+        })
+        .collect();
+    if raw.queue.as_deref() == Some("") {
+        return Err(usage(format!(
+            "{}: queue must not be empty",
+            path.display()
+        )));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        database: folder.join(raw.database),
+        temp_dir: raw
+            .temp_dir
+            .map_or_else(std::env::temp_dir, |dir| folder.join(dir)),
+        queue: raw.queue.unwrap_or_else(|| "general".to_owned()),
+        concurrency: raw.concurrency.map_or(4, |count| count.0),
+        notify_on_attempts: raw.notify_on_attempts.map_or(5, |count| count.0 as u32),
+        notify: raw.notify.map(|command| resolve_command(command.0, folder)),
+        callbacks,
+    })
+}
+
+/// A program given as a relative path with a folder in it is relative to the config's folder;
+/// a bare name is looked up in PATH as a shell would.
+fn resolve_command(mut argv: Vec<String>, folder: &Path) -> Vec<String> {
+    if let Some(program) = argv.first_mut() {
+        if program.contains('/') && !program.starts_with('/') {
+            *program = folder.join(&*program).to_string_lossy().into_owned();
+        }
+    }
+    argv
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: PathBuf,
+    temp_dir: Option<PathBuf>,
+    queue: Option<String>,
+    concurrency: Option<Count>,
+    notify_on_attempts: Option<Count>,
+    notify: Option<CommandLine>,
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    callbacks: BTreeMap<String, RawCallback>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallback {
+    command: CommandLine,
+    timeout: Option<Timeout>,
+    kill_grace: Option<ConfigDuration>,
+    working_dir: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    concurrency: Option<Count>,
+    retry: Option<RawRetry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    delay: Option<ConfigDuration>,
+    multiplier: Option<Multiplier>,
+    max_delay: Option<ConfigDuration>,
+    jitter: Option<Jitter>,
+    max_attempts: Option<Count>,
+}
+
+impl RawRetry {
+    /// The settings given here, the rest taken from `base`.
+    fn apply(self, base: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            delay: self.delay.map_or(base.delay, |d| d.0),
+            multiplier: self.multiplier.map_or(base.multiplier, |m| m.0),
+            max_delay: self.max_delay.map_or(base.max_delay, |d| d.0),
+            jitter: self.jitter.map_or(base.jitter, |j| j.0),
+            max_attempts: self.max_attempts.map_or(base.max_attempts, |c| c.0 as u32),
+        }
+    }
+}
+
+/// A whole number of at least 1 (concurrency, attempts).
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(deserializer)?;
+        match usize::try_from(value) {
+            Ok(count) if (1..=u32::MAX as usize).contains(&count) => Ok(Count(count)),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be a whole number of at least 1, got {value}"
+            ))),
+        }
+    }
+}
+
+/// A non-empty argv whose program is not empty.
+struct CommandLine(Vec<String>);
+
+impl<'de> Deserialize<'de> for CommandLine {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let argv = Vec::<String>::deserialize(deserializer)?;
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(serde::de::Error::custom(
+                "command must be a non-empty array whose first element is the program",
+            ));
+        }
+        if argv.iter().any(|arg| arg.contains('\0')) {
+            return Err(serde::de::Error::custom(
+                "command must not contain NUL bytes",
+            ));
+        }
+        Ok(CommandLine(argv))
+    }
+}
+
+/// A callback timeout: a duration greater than zero.
+struct Timeout(ConfigDuration);
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let duration = ConfigDuration::deserialize(deserializer)?;
+        if duration.0.is_zero() {
+            return Err(serde::de::Error::custom("timeout must be longer than 0s"));
+        }
+        Ok(Timeout(duration))
+    }
+}
+
+/// A backoff multiplier of at least 1.
+struct Multiplier(f64);
+
+impl<'de> Deserialize<'de> for Multiplier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        if !(1.0..=1000.0).contains(&value) {
+            return Err(serde::de::Error::custom(format!(
+                "multiplier must be between 1.0 and 1000.0, got {value}"
+            )));
+        }
+        Ok(Multiplier(value))
+    }
+}
+
+/// A jitter fraction between 0 and 1.
+struct Jitter(f64);
+
+impl<'de> Deserialize<'de> for Jitter {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        if !(0.0..=1.0).contains(&value) {
+            return Err(serde::de::Error::custom(format!(
+                "jitter must be between 0.0 and 1.0, got {value}"
+            )));
+        }
+        Ok(Jitter(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, Path::new("/etc/bgq/bgq.toml")).expect("valid config")
+    }
+
+    fn parse_err(text: &str) -> String {
+        let err = parse(text, Path::new("/etc/bgq/bgq.toml")).expect_err("invalid config");
+        assert_eq!(crate::error::exit_code(&err), 2);
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let config = parse_ok("database = \"var/q.sqlite\"\n[callbacks.a]\ncommand = [\"true\"]\n");
+        assert_eq!(config.database, Path::new("/etc/bgq/var/q.sqlite"));
+        assert_eq!(config.temp_dir, std::env::temp_dir());
+        assert_eq!(config.queue, "general");
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.notify_on_attempts, 5);
+        assert!(config.notify.is_none());
+        let callback = &config.callbacks["a"];
+        assert_eq!(callback.command, ["true"]);
+        assert_eq!(callback.timeout, Duration::from_secs(60));
+        assert_eq!(callback.working_dir, Path::new("/etc/bgq"));
+        assert_eq!(callback.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let config = parse_ok(
+            "database = \"db.sqlite\"\ntemp_dir = \"locks\"\nnotify = [\"bin/alert\", \"x/y\"]\n\
+             [callbacks.a]\ncommand = [\"./run.sh\", \"data/file\"]\nworking_dir = \"app\"\n\
+             [callbacks.b]\ncommand = [\"/usr/bin/env\"]\nworking_dir = \"/srv\"\n",
+        );
+        assert_eq!(config.temp_dir, Path::new("/etc/bgq/locks"));
+        assert_eq!(
+            config.notify.as_deref(),
+            Some(&["/etc/bgq/bin/alert".to_owned(), "x/y".to_owned()][..])
+        );
+        assert_eq!(
+            config.callbacks["a"].command,
+            ["/etc/bgq/./run.sh", "data/file"]
+        );
+        assert_eq!(config.callbacks["a"].working_dir, Path::new("/etc/bgq/app"));
+        assert_eq!(config.callbacks["b"].command, ["/usr/bin/env"]);
+        assert_eq!(config.callbacks["b"].working_dir, Path::new("/srv"));
+    }
+
+    #[test]
+    fn callback_retry_overrides_only_what_it_names() {
+        let config = parse_ok(
+            "database = \"d\"\n[retry]\ndelay = \"5s\"\nmax_attempts = 3\n\
+             [callbacks.a]\ncommand = [\"x\"]\n[callbacks.a.retry]\nmax_attempts = 7\n\
+             [callbacks.b]\ncommand = [\"x\"]\n",
+        );
+        let a = &config.callbacks["a"].retry;
+        assert_eq!(a.delay, Duration::from_secs(5));
+        assert_eq!(a.max_attempts, 7);
+        assert_eq!(config.callbacks["b"].retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse_err("database = \"d\"\nconcurency = 3\n");
+        assert!(
+            err.starts_with("/etc/bgq/bgq.toml:2: unknown field `concurency`"),
+            "{err}"
+        );
+        let err =
+            parse_err("database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\ntimout = \"5s\"\n");
+        assert!(
+            err.starts_with("/etc/bgq/bgq.toml:4: unknown field `timout`"),
+            "{err}"
+        );
+        let err = parse_err("database = \"d\"\n\n[retry]\ndelai = \"5s\"\n");
+        assert!(
+            err.starts_with("/etc/bgq/bgq.toml:4: unknown field `delai`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_line() {
+        let cases = [
+            (
+                "database = \"d\"\nconcurrency = 0\n",
+                ":2: must be a whole number of at least 1",
+            ),
+            (
+                "database = \"d\"\nconcurrency = -3\n",
+                ":2: must be a whole number of at least 1",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = []\n",
+                ":3: command must be a non-empty",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = [\"\"]\n",
+                ":3: command must be a non-empty",
+            ),
+            (
+                "database = \"d\"\n[retry]\ndelay = \"-5s\"\n",
+                ":3: invalid duration `-5s`",
+            ),
+            (
+                "database = \"d\"\n[retry]\njitter = 2.0\n",
+                ":3: jitter must be between",
+            ),
+            (
+                "database = \"d\"\n[retry]\nmultiplier = 0.5\n",
+                ":3: multiplier must be between",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\ntimeout = \"0s\"\n",
+                ":4: timeout must be longer",
+            ),
+            (
+                "database = \"d\"\nconcurrency = \"four\"\n",
+                ":2: invalid type",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse_err(text);
+            assert!(err.contains(expected), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn database_is_required() {
+        let err = parse_err("queue = \"q\"\n");
+        assert!(err.contains("missing field `database`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_callback_names_the_configured_ones() {
+        let config = parse_ok(
+            "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\n[callbacks.b]\ncommand = [\"x\"]\n",
+        );
+        let err = config.callback("c").expect_err("unknown");
+        assert_eq!(crate::error::exit_code(&err), 2);
+        assert_eq!(
+            err.to_string(),
+            "unknown callback `c` in /etc/bgq/bgq.toml (configured: a, b)"
+        );
+    }
+
+    #[test]
+    fn discovery_prefers_flag_then_env() {
+        let flag = Path::new("/a.toml");
+        assert_eq!(
+            locate(Some(flag), Some("/b.toml".into())).ok(),
+            Some(flag.to_owned())
+        );
+        assert_eq!(
+            locate(None, Some("/b.toml".into())).ok(),
+            Some(PathBuf::from("/b.toml"))
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! The exit-code protocol: 2 for input the user must fix, 1 for anything else.
+
+use std::fmt;
+
+/// Marks an error as the user's to fix (bad flag, config, callback name or JSON): exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Builds an `anyhow::Error` that exits 2.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// Exit code for a failed command: 2 if any cause is a `UsageError`, else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|cause| cause.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// True when the error is a closed stdout (`bgq list | head`), which is not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn usage_errors_exit_2_even_under_context() {
+        let err = Err::<(), _>(usage("unknown callback `x`"))
+            .context("cannot publish")
+            .expect_err("is an error");
+        assert_eq!(exit_code(&err), 2);
+        assert_eq!(format!("{err:#}"), "cannot publish: unknown callback `x`");
+    }
+
+    #[test]
+    fn other_errors_exit_1() {
+        let err = anyhow::anyhow!("disk full");
+        assert_eq!(exit_code(&err), 1);
+    }
+
+    #[test]
+    fn broken_pipe_is_recognised_through_context() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let err = anyhow::Error::new(io).context("writing the list");
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

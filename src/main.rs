@@ -1,0 +1,19 @@
+//! The `bgq` binary: parses the command line, runs it, and maps the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = bgq::cli::Cli::parse();
+    match bgq::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if bgq::error::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, whatever a cause's message holds: cron mails and log greps read lines.
+            let message = format!("{err:#}").replace('\n', " ");
+            eprintln!("bgq: error: {message}");
+            ExitCode::from(bgq::error::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Process groups of running callbacks: who they are (so that a reused pid is never mistaken for
+//! one of ours), and how to stop them.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::store::GroupRecord;
+
+/// The identity of the group led by `pid`, read from /proc; `None` when the process is gone.
+pub fn identify(pid: i32) -> Option<GroupRecord> {
+    Some(GroupRecord {
+        pgid: pid,
+        started: start_ticks(pid)?,
+        boot_id: boot_id(),
+    })
+}
+
+/// This boot's id, so that groups recorded before a reboot are known to be gone.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Fields of /proc/PID/stat after the command name, which may itself hold spaces and ')'.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_ticks(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Sends `signal` to every process of group `pgid`; a group already gone is not an error.
+pub fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid only sends a signal; it touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// What recovery found of a dead run's callback group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanGroup {
+    /// It was still alive and has been killed.
+    Killed,
+    /// Nothing of it was left.
+    Gone,
+    /// Its pid now belongs to another process, which was left alone.
+    PidReused,
+}
+
+/// Kills what is left of a recorded group, unless its pid now names some other process.
+///
+/// A group's id cannot be handed out again while any member lives, so when the leader is gone
+/// but members remain, the group is still the one we recorded.
+pub fn kill_orphan(record: &GroupRecord, wait: Duration) -> OrphanGroup {
+    if record.pgid <= 1 || record.boot_id != boot_id() {
+        return OrphanGroup::Gone;
+    }
+    if let Some(started) = start_ticks(record.pgid) {
+        if started != record.started {
+            return OrphanGroup::PidReused;
+        }
+    }
+    if !has_live_members(record.pgid) {
+        return OrphanGroup::Gone;
+    }
+    signal_group(record.pgid, libc::SIGKILL);
+    let deadline = Instant::now() + wait;
+    while has_live_members(record.pgid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    OrphanGroup::Killed
+}
+
+/// Whether any process that is not a zombie belongs to group `pgid`.
+fn has_live_members(pgid: i32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat_fields)
+        .any(|fields| {
+            fields
+                .first()
+                .is_some_and(|state| state != "Z" && state != "X")
+                && fields.get(2).and_then(|pgrp| pgrp.parse::<i32>().ok()) == Some(pgid)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn identifies_a_live_process_and_not_a_dead_one() {
+        let me = i32::try_from(std::process::id()).expect("pid fits");
+        let record = identify(me).expect("own process is alive");
+        assert_eq!(record.pgid, me);
+        assert_eq!(record.boot_id, boot_id());
+        assert!(identify(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn kills_a_recorded_group_with_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let record = identify(pid).expect("alive");
+        assert_eq!(
+            kill_orphan(&record, Duration::from_secs(5)),
+            OrphanGroup::Killed
+        );
+        child.wait().expect("reaped");
+        assert!(!has_live_members(pid));
+    }
+
+    #[test]
+    fn leaves_a_reused_pid_alone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let mut record = identify(pid).expect("alive");
+        record.started += 1;
+        assert_eq!(
+            kill_orphan(&record, Duration::from_secs(1)),
+            OrphanGroup::PidReused
+        );
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "the process was killed"
+        );
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+    }
+
+    #[test]
+    fn groups_from_another_boot_are_gone() {
+        let record = GroupRecord {
+            pgid: 12345,
+            started: 1,
+            boot_id: "another-boot".to_owned(),
+        };
+        assert_eq!(
+            kill_orphan(&record, Duration::from_secs(1)),
+            OrphanGroup::Gone
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Runs one callback: argv from the config, the job on stdin, `BGQ_*` in the environment, its
+//! own process group, a timeout that kills the whole group, and a bounded tail of its output.
+//!
+//! One thread per running callback waits on the child, its output pipe and its stdin together
+//! with poll(2), so that a callback that floods output, never reads stdin, or leaves a
+//! background child holding the pipe can neither block nor exhaust bgq.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::Callback;
+use crate::process_group;
+use crate::store::{ClaimedJob, GroupRecord};
+
+/// How much of a callback's output is kept with the job.
+pub const OUTPUT_TAIL: usize = 16 * 1024;
+
+/// How a callback run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It ran past its timeout and its group was killed.
+    TimedOut(Duration),
+    /// It could not be started; the message says why.
+    NotStarted(String),
+}
+
+/// What a run means for the job (SPEC.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Finished,
+    /// Exit 75 (`EX_TEMPFAIL`) or a timeout: retry after a backoff.
+    TemporarilyFailed,
+    /// Exit 76: not yet; the next run tries again without counting an attempt.
+    Waiting,
+    /// Anything else.
+    PermanentlyFailed,
+}
+
+impl Outcome {
+    /// Maps a run's end to its outcome.
+    pub fn from_exit(exit: &Exit) -> Outcome {
+        match exit {
+            Exit::Code(0) => Outcome::Finished,
+            Exit::Code(75) | Exit::TimedOut(_) => Outcome::TemporarilyFailed,
+            Exit::Code(76) => Outcome::Waiting,
+            Exit::Code(_) | Exit::Signal(_) | Exit::NotStarted(_) => Outcome::PermanentlyFailed,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(signal) => write!(f, "killed by signal {signal}"),
+            Exit::TimedOut(after) => {
+                write!(f, "timed out after {}", crate::duration::format(*after))
+            }
+            Exit::NotStarted(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A callback that has been started.
+pub struct Started {
+    child: Child,
+    group: Option<GroupRecord>,
+    stdin: Option<ChildStdin>,
+    input: Vec<u8>,
+    output: std::io::PipeReader,
+    timeout: Duration,
+    kill_grace: Duration,
+}
+
+/// Starts `callback` for `job`; the error is the one-line reason it could not start.
+pub fn start(job: &ClaimedJob, callback: &Callback, config_path: &Path) -> Result<Started, String> {
+    let program = callback
+        .command
+        .first()
+        .ok_or("the callback has an empty command")?;
+    let input = job
+        .payload
+        .stdin_bytes()
+        .map_err(|err| format!("cannot prepare the parameters: {err:#}"))?;
+    if !callback.working_dir.is_dir() {
+        return Err(format!(
+            "cannot start `{program}`: working_dir {} is not a directory",
+            callback.working_dir.display()
+        ));
+    }
+    let (output, writer) =
+        std::io::pipe().map_err(|err| format!("cannot create an output pipe: {err}"))?;
+    let writer_for_stderr = writer
+        .try_clone()
+        .map_err(|err| format!("cannot create an output pipe: {err}"))?;
+    // The Command owns the pipe's write ends; dropping it after spawn leaves the child as their
+    // only holder, so that the read end sees EOF when the child is done.
+    let child = {
+        let mut command = Command::new(program);
+        command
+            .args(&callback.command[1..])
+            .current_dir(&callback.working_dir)
+            .envs(&callback.env)
+            .env("BGQ_JOB_ID", job.id.to_string())
+            .env("BGQ_QUEUE", &job.queue)
+            .env("BGQ_CALLBACK", &job.callback)
+            .env("BGQ_ATTEMPT", job.attempts.to_string())
+            .env("BGQ_CONFIG", config_path)
+            .stdin(Stdio::piped())
+            .stdout(writer)
+            .stderr(writer_for_stderr)
+            .process_group(0);
+        set_or_remove(
+            &mut command,
+            "BGQ_SERIAL_GROUP",
+            job.serial_group.as_deref(),
+        );
+        set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
+        command
+            .spawn()
+            .map_err(|err| format!("cannot start `{program}`: {err}"))?
+    };
+    let mut child = child;
+    let stdin = child.stdin.take();
+    if let Some(stdin) = &stdin {
+        set_nonblocking(stdin.as_raw_fd());
+    }
+    set_nonblocking(output.as_raw_fd());
+    let group = i32::try_from(child.id())
+        .ok()
+        .and_then(process_group::identify);
+    Ok(Started {
+        child,
+        group,
+        stdin,
+        input,
+        output,
+        timeout: callback.timeout,
+        kill_grace: callback.kill_grace,
+    })
+}
+
+fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {
+    match value {
+        Some(value) => command.env(name, value),
+        None => command.env_remove(name),
+    };
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own, changing only its O_NONBLOCK flag.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// A file descriptor that becomes readable when process `pid` exits (Linux 5.3+).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The last `cap` bytes written to it.
+struct Tail {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        // Trim in big steps so that a flood costs amortised O(1) per byte.
+        if self.bytes.len() > 2 * self.cap {
+            let excess = self.bytes.len() - self.cap;
+            self.bytes.drain(..excess);
+        }
+    }
+
+    fn into_bytes(mut self) -> Vec<u8> {
+        if self.bytes.len() > self.cap {
+            let excess = self.bytes.len() - self.cap;
+            self.bytes.drain(..excess);
+        }
+        self.bytes
+    }
+}
+
+/// Where a run is in its timeout handling.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Terminating,
+    Killed,
+}
+
+impl Started {
+    /// The process group running the callback, if it could be identified.
+    pub fn group(&self) -> Option<&GroupRecord> {
+        self.group.as_ref()
+    }
+
+    /// Feeds stdin, collects the output tail and enforces the timeout until the callback exits.
+    pub fn finish(mut self) -> (Exit, Vec<u8>) {
+        let pid = self.child.id();
+        let pgid = i32::try_from(pid).unwrap_or(0);
+        let pidfd = pidfd_open(pid);
+        let mut tail = Tail {
+            bytes: Vec::new(),
+            cap: OUTPUT_TAIL,
+        };
+        let mut written = 0;
+        let mut output_open = true;
+        let mut phase = Phase::Running;
+        let started = Instant::now();
+        let mut deadline = Some(started + self.timeout);
+        let mut buffer = vec![0u8; 64 * 1024];
+        if self.input.is_empty() {
+            self.stdin = None;
+        }
+        loop {
+            let mut fds = Vec::with_capacity(3);
+            if let Some(fd) = &pidfd {
+                fds.push(poll_fd(fd.as_raw_fd(), libc::POLLIN));
+            }
+            if output_open {
+                fds.push(poll_fd(self.output.as_raw_fd(), libc::POLLIN));
+            }
+            if let Some(stdin) = &self.stdin {
+                fds.push(poll_fd(stdin.as_raw_fd(), libc::POLLOUT));
+            }
+            let wait = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            // Without a pidfd (old kernels) the child's exit is noticed by polling it.
+            let wait = if pidfd.is_none() {
+                Some(wait.map_or(Duration::from_millis(20), |w| {
+                    w.min(Duration::from_millis(20))
+                }))
+            } else {
+                wait
+            };
+            poll(&mut fds, wait);
+            for fd in &fds {
+                if fd.revents == 0 {
+                    continue;
+                }
+                if fd.fd == self.output.as_raw_fd() && output_open {
+                    output_open = drain(&mut self.output, &mut buffer, &mut tail);
+                } else if let Some(stdin) = &mut self.stdin {
+                    if fd.fd == stdin.as_raw_fd() {
+                        match stdin.write(&self.input[written..]) {
+                            Ok(count) => written += count,
+                            Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                            // The callback closed stdin or exited: it has read all it wants.
+                            Err(_) => written = self.input.len(),
+                        }
+                        if written >= self.input.len() {
+                            self.stdin = None;
+                        }
+                    }
+                }
+            }
+            let exited = match &pidfd {
+                Some(fd) => fds.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents != 0),
+                None => matches!(self.child.try_wait(), Ok(Some(_))),
+            };
+            if exited {
+                break;
+            }
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                match phase {
+                    Phase::Running => {
+                        process_group::signal_group(pgid, libc::SIGTERM);
+                        phase = Phase::Terminating;
+                        deadline = Some(Instant::now() + self.kill_grace);
+                    }
+                    Phase::Terminating | Phase::Killed => {
+                        process_group::signal_group(pgid, libc::SIGKILL);
+                        phase = Phase::Killed;
+                        deadline = None;
+                    }
+                }
+            }
+        }
+        if phase != Phase::Running {
+            // The leader is a zombie until we reap it, so its group id still names our group:
+            // kill what is left of it (children that ignored SIGTERM).
+            process_group::signal_group(pgid, libc::SIGKILL);
+        }
+        self.stdin = None;
+        if output_open {
+            drain(&mut self.output, &mut buffer, &mut tail);
+        }
+        let status = self.child.wait();
+        let exit = if phase != Phase::Running {
+            Exit::TimedOut(self.timeout)
+        } else {
+            match status {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    (None, None) => Exit::NotStarted("unknown exit status".to_owned()),
+                },
+                Err(err) => Exit::NotStarted(format!("cannot wait for the callback: {err}")),
+            }
+        };
+        (exit, tail.into_bytes())
+    }
+}
+
+/// Reads what is available now; false once the pipe is at EOF.
+fn drain(output: &mut std::io::PipeReader, buffer: &mut [u8], tail: &mut Tail) -> bool {
+    loop {
+        match output.read(buffer) {
+            Ok(0) => return false,
+            Ok(count) => tail.push(&buffer[..count]),
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn poll(fds: &mut [libc::pollfd], wait: Option<Duration>) {
+    let timeout = wait.map_or(-1, |wait| {
+        // Round up so that a deadline 0.4 ms away does not spin.
+        i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+    });
+    // SAFETY: fds is a valid, initialised slice of pollfd for the duration of the call.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        assert_eq!(Outcome::from_exit(&Exit::Code(0)), Outcome::Finished);
+        assert_eq!(
+            Outcome::from_exit(&Exit::Code(75)),
+            Outcome::TemporarilyFailed
+        );
+        assert_eq!(Outcome::from_exit(&Exit::Code(76)), Outcome::Waiting);
+        assert_eq!(
+            Outcome::from_exit(&Exit::TimedOut(Duration::from_secs(1))),
+            Outcome::TemporarilyFailed
+        );
+        for exit in [
+            Exit::Code(1),
+            Exit::Code(2),
+            Exit::Code(74),
+            Exit::Code(77),
+            Exit::Code(255),
+            Exit::Signal(9),
+            Exit::NotStarted("no such file".to_owned()),
+        ] {
+            assert_eq!(
+                Outcome::from_exit(&exit),
+                Outcome::PermanentlyFailed,
+                "{exit}"
+            );
+        }
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut tail = Tail {
+            bytes: Vec::new(),
+            cap: 10,
+        };
+        for chunk in [&b"0123456"[..], b"789abcdef", b"ghij"] {
+            tail.push(chunk);
+        }
+        assert_eq!(tail.into_bytes(), b"abcdefghij");
+        let mut short = Tail {
+            bytes: Vec::new(),
+            cap: 10,
+        };
+        short.push(b"hi");
+        assert_eq!(short.into_bytes(), b"hi");
+    }
+}

@@ -1,0 +1,749 @@
+//! The only module that speaks SQL: opening the database, the schema, and every read and write
+//! of jobs. Policy (which state an outcome leads to, when a retry is due) belongs to the callers;
+//! this module only stores what they decide, atomically.
+//!
+//! Contract, so that another backend (PostgreSQL) can keep it:
+//! - every method is one transaction: it happens whole or not at all;
+//! - `publish` is durable when it returns;
+//! - `claim` picks and marks in one transaction, so concurrent `process` runs never share a job;
+//! - writes of a `process` run may be lost in a power cut only in ways that re-run a job.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+
+use crate::job::{JobRecord, JobState, Millis, NewJob, Payload};
+
+/// The canonical schema, applied to a new database.
+const SCHEMA: &str = include_str!("../schema.sql");
+/// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a writer waits for another one before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much a connection's commits are synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit survives a power cut (`synchronous = FULL`): publish.
+    Full,
+    /// Commits survive a crash of bgq; a power cut may undo the latest ones, which at worst
+    /// re-runs a job (`synchronous = NORMAL` in WAL mode): process.
+    Relaxed,
+}
+
+/// An open bgq database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A job `claim` marked PROCESSING for this run.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: i64,
+    /// Queue.
+    pub queue: String,
+    /// Callback name.
+    pub callback: String,
+    /// Parameters.
+    pub payload: Payload,
+    /// Counted attempts including this run.
+    pub attempts: u32,
+    /// Serial group, if any.
+    pub serial_group: Option<String>,
+    /// Identifier, if any.
+    pub identifier: Option<String>,
+    /// Whether the notify_on_attempts notice already went out.
+    pub notified: bool,
+}
+
+/// The process group running a job, recorded so that recovery can kill it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Process group id (the callback's pid).
+    pub pgid: i32,
+    /// Start time of the group leader in clock ticks since boot.
+    pub started: u64,
+    /// Boot id of the machine it ran on.
+    pub boot_id: String,
+}
+
+/// A job left PROCESSING by a `process` run that died.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    /// Job id.
+    pub id: i64,
+    /// Callback name.
+    pub callback: String,
+    /// Counted attempts, including the lost one.
+    pub attempts: u32,
+    /// The group it ran in, if it was recorded before the run died.
+    pub group: Option<GroupRecord>,
+    /// Whether the notify_on_attempts notice already went out.
+    pub notified: bool,
+}
+
+/// How a run of a job ended, as the caller decided it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Job id.
+    pub id: i64,
+    /// New state.
+    pub state: JobState,
+    /// When it is next due (for states that run again).
+    pub run_at: Millis,
+    /// Whether it goes straight back into the claim path (orphans) instead of waiting for
+    /// `run_at` in a later run.
+    pub due_now: bool,
+    /// The run does not count as an attempt (WAITING).
+    pub uncount_attempt: bool,
+    /// Tail of what the run printed.
+    pub output: Vec<u8>,
+    /// When the run ended.
+    pub ended_at: Millis,
+    /// Mark the notify_on_attempts notice as sent.
+    pub notified: bool,
+}
+
+/// Which jobs `list` shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Any of these states (all when empty).
+    pub states: Vec<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this callback.
+    pub callback: Option<String>,
+    /// Any of these identifiers (all when empty).
+    pub identifiers: Vec<String>,
+}
+
+impl Store {
+    /// Opens (creating with its folder, mode 0600, if needed) and upgrades the database.
+    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Store> {
+        Self::open_inner(path, durability)
+            .with_context(|| format!("cannot open database {}", path.display()))
+    }
+
+    fn open_inner(path: &Path, durability: Durability) -> anyhow::Result<Store> {
+        if let Some(folder) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(folder)
+                .with_context(|| format!("cannot create folder {}", folder.display()))?;
+        }
+        if path.is_dir() {
+            bail!("it is a directory");
+        }
+        // Create the file ourselves so that it is 0600 from the start; SQLite gives its WAL and
+        // shared-memory files the same mode.
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            bail!("cannot switch to WAL mode (journal mode is {journal})");
+        }
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Relaxed => "NORMAL",
+        };
+        store.conn.pragma_update(None, "synchronous", synchronous)?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let version = self.user_version()?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version > SCHEMA_VERSION {
+            bail!(
+                "it has schema version {version}, newer than this bgq knows ({SCHEMA_VERSION}): upgrade bgq"
+            );
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have created the schema while we waited for the write lock.
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version == 0 {
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+            if tables > 0 {
+                bail!("it is an SQLite database, but not one of bgq's");
+            }
+            tx.execute_batch(SCHEMA)
+                .context("cannot create the schema")?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn user_version(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))?)
+    }
+
+    /// Stores `jobs` in one durable transaction, all or nothing; returns their ids in order.
+    pub fn publish(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (queue, callback, payload, serial_group, identifier, created_at, run_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?;
+            for job in jobs {
+                insert.execute(params![
+                    job.queue,
+                    job.callback,
+                    job.payload.to_msgpack()?,
+                    job.serial_group,
+                    job.identifier,
+                    now
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Records the start of a `process` run on `queue` and returns its number.
+    pub fn begin_run(&mut self, queue: &str, now: Millis) -> anyhow::Result<i64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO runs (queue, pid, started_at) VALUES (?1, ?2, ?3)",
+            params![queue, std::process::id(), now],
+        )?;
+        let run = tx.last_insert_rowid();
+        // Keep the last hundred runs of a queue: enough to tell when cron last ran it.
+        tx.execute(
+            "DELETE FROM runs WHERE queue = ?1 AND id <= ?2 - 100",
+            params![queue, run],
+        )?;
+        tx.commit()?;
+        Ok(run)
+    }
+
+    /// Records the end of a `process` run.
+    pub fn end_run(&mut self, run: i64, now: Millis) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?2 WHERE id = ?1",
+            params![run, now],
+        )?;
+        Ok(())
+    }
+
+    /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
+    pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, callback, attempts, pgid, pgid_started, boot_id, notified
+             FROM jobs WHERE queue = ?1 AND state = 'PROCESSING' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([queue], |row| {
+            let pgid: Option<i32> = row.get(3)?;
+            let started: Option<i64> = row.get(4)?;
+            let boot_id: Option<String> = row.get(5)?;
+            let group = match (pgid, started, boot_id) {
+                (Some(pgid), Some(started), Some(boot_id)) => Some(GroupRecord {
+                    pgid,
+                    started: u64::try_from(started).unwrap_or_default(),
+                    boot_id,
+                }),
+                _ => None,
+            };
+            Ok(Orphan {
+                id: row.get(0)?,
+                callback: row.get(1)?,
+                attempts: row.get(2)?,
+                group,
+                notified: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves jobs of `queue` whose time has come into the claim path, except those this run
+    /// already started (a run starts each job at most once).
+    pub fn promote_due(&mut self, queue: &str, run: i64, now: Millis) -> anyhow::Result<usize> {
+        let promoted = self
+            .conn
+            .prepare_cached(PROMOTE_SQL)?
+            .execute(params![queue, run, now])?;
+        Ok(promoted)
+    }
+
+    /// Picks the oldest runnable job of `queue` whose serial group is free and whose callback is
+    /// one of `callbacks`, and marks it PROCESSING for `run`, in one transaction.
+    pub fn claim(
+        &mut self,
+        queue: &str,
+        run: i64,
+        now: Millis,
+        callbacks: &[&str],
+    ) -> anyhow::Result<Option<ClaimedJob>> {
+        let sql = claim_sql(callbacks.len());
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue, &run, &now];
+        values.extend(callbacks.iter().map(|name| name as &dyn rusqlite::ToSql));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let claimed = stmt
+            .query_row(params_from_iter(values), |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                    row.get::<_, u32>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, bool>(7)?,
+                ))
+            })
+            .optional()?;
+        let Some((id, queue, callback, payload, attempts, serial_group, identifier, notified)) =
+            claimed
+        else {
+            return Ok(None);
+        };
+        let payload = Payload::from_msgpack(&payload)
+            .with_context(|| format!("job {id} has unreadable parameters"))?;
+        Ok(Some(ClaimedJob {
+            id,
+            queue,
+            callback,
+            payload,
+            attempts,
+            serial_group,
+            identifier,
+            notified,
+        }))
+    }
+
+    /// Due jobs of `queue` whose callback is not among `known`, counted per callback.
+    pub fn due_callbacks_not_in(
+        &self,
+        queue: &str,
+        known: &[&str],
+    ) -> anyhow::Result<Vec<(String, i64)>> {
+        let placeholders = vec!["?"; known.len()].join(", ");
+        let sql = format!(
+            "SELECT callback, count(*) FROM jobs
+             WHERE queue = ? AND due = 1 AND callback NOT IN ({placeholders})
+             GROUP BY callback ORDER BY callback"
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue];
+        values.extend(known.iter().map(|name| name as &dyn rusqlite::ToSql));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(values), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records the process group now running job `id`.
+    pub fn record_group(&mut self, id: i64, group: &GroupRecord) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET pgid = ?2, pgid_started = ?3, boot_id = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                group.pgid,
+                i64::try_from(group.started).unwrap_or(i64::MAX),
+                group.boot_id
+            ])?;
+        Ok(())
+    }
+
+    /// Stores how a run of a job ended.
+    pub fn complete(&mut self, done: &Completion) -> anyhow::Result<()> {
+        let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
+                        attempts = attempts - ?5, output = ?6, finished_at = ?7,
+                        notified = notified OR ?8, pgid = NULL, pgid_started = NULL, boot_id = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                done.id,
+                done.state.as_str(),
+                done.run_at,
+                done.due_now,
+                i64::from(done.uncount_attempt),
+                done.output,
+                finished_at,
+                done.notified
+            ])?;
+        Ok(())
+    }
+
+    /// Jobs matching `filter`, newest first, at most `limit`.
+    pub fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut values: Vec<String> = Vec::new();
+        push_filter(&mut sql, &mut values, filter);
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut params: Vec<&dyn rusqlite::ToSql> =
+            values.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        params.push(&limit);
+        let rows = stmt.query_map(params_from_iter(params), read_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The job with `id`, if it exists.
+    pub fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
+        Ok(self.conn.query_row(&sql, [id], read_record).optional()?)
+    }
+
+    /// The output tail stored with job `id`.
+    pub fn output(&self, id: i64) -> anyhow::Result<Vec<u8>> {
+        let output: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .flatten();
+        Ok(output.unwrap_or_default())
+    }
+
+    /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
+    pub fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
+        let mut sql = "SELECT DISTINCT identifier FROM jobs
+                       WHERE identifier IS NOT NULL AND state != 'FINISHED'"
+            .to_owned();
+        let mut values: Vec<String> = Vec::new();
+        push_filter(&mut sql, &mut values, filter);
+        sql.push_str(" ORDER BY identifier");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(values.iter()), |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes up to `batch` FINISHED jobs that finished before `cutoff`; returns how many.
+    pub fn clear_batch(&mut self, cutoff: Millis, batch: usize) -> anyhow::Result<usize> {
+        let deleted = self
+            .conn
+            .prepare_cached(CLEAR_SQL)?
+            .execute(params![cutoff, i64::try_from(batch).unwrap_or(i64::MAX)])?;
+        Ok(deleted)
+    }
+}
+
+/// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).
+const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
+    WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
+      AND run_at <= ?3 AND claimed_run < ?2";
+
+/// Deletes a batch of finished jobs (?1 cutoff, ?2 batch size).
+const CLEAR_SQL: &str = "DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs INDEXED BY jobs_finished
+    WHERE state = 'FINISHED' AND finished_at < ?1 LIMIT ?2)";
+
+/// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name).
+///
+/// A serial group is held by any older unfinished job of it; PERMANENTLY_FAILED does not hold.
+fn claim_sql(callbacks: usize) -> String {
+    let placeholders = vec!["?"; callbacks].join(", ");
+    format!(
+        "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
+                started_at = ?3, claimed_run = ?2, pgid = NULL, pgid_started = NULL, boot_id = NULL
+         WHERE id = (
+             SELECT j.id FROM jobs j
+             WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
+               AND (j.serial_group IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM jobs o
+                   WHERE o.serial_group = j.serial_group AND o.id < j.id
+                     AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')))
+             ORDER BY j.id LIMIT 1)
+         RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified"
+    )
+}
+
+const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
+     created_at, run_at, started_at, finished_at";
+
+fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let state: String = row.get(3)?;
+    let state = state.parse::<JobState>().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, err.into())
+    })?;
+    Ok(JobRecord {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        callback: row.get(2)?,
+        state,
+        attempts: row.get(4)?,
+        serial_group: row.get(5)?,
+        identifier: row.get(6)?,
+        created_at: row.get(7)?,
+        run_at: row.get(8)?,
+        started_at: row.get(9)?,
+        finished_at: row.get(10)?,
+    })
+}
+
+/// Appends `filter`'s conditions to a query that already has a WHERE clause.
+fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) {
+    let mut any_of = |sql: &mut String, column: &str, items: Vec<String>| {
+        if items.is_empty() {
+            return;
+        }
+        let placeholders = vec!["?"; items.len()].join(", ");
+        sql.push_str(&format!(" AND {column} IN ({placeholders})"));
+        values.extend(items);
+    };
+    any_of(
+        sql,
+        "state",
+        filter
+            .states
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+    );
+    any_of(sql, "queue", filter.queue.iter().cloned().collect());
+    any_of(sql, "callback", filter.callback.iter().cloned().collect());
+    any_of(sql, "identifier", filter.identifiers.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("sub/db.sqlite"), Durability::Full).expect("open");
+        (dir, store)
+    }
+
+    fn job(callback: &str, group: Option<&str>) -> NewJob {
+        NewJob {
+            queue: "general".to_owned(),
+            callback: callback.to_owned(),
+            payload: Payload::Json(serde_json::json!({"n": 1})),
+            serial_group: group.map(str::to_owned),
+            identifier: None,
+        }
+    }
+
+    #[test]
+    fn schema_file_sets_the_version_the_binary_expects() {
+        assert!(
+            SCHEMA
+                .trim_end()
+                .ends_with(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+        );
+    }
+
+    #[test]
+    fn claims_oldest_first_and_never_twice() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(&[job("a", None), job("a", None)], 1000)
+            .expect("publish");
+        let run = store.begin_run("general", 1000).expect("run");
+        let first = store
+            .claim("general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("a job");
+        let second = store
+            .claim("general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("a job");
+        assert_eq!((first.id, second.id), (ids[0], ids[1]));
+        assert_eq!(first.attempts, 1);
+        assert!(
+            store
+                .claim("general", run, 1000, &["a"])
+                .expect("claim")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn serial_group_holds_younger_jobs_until_the_older_one_ends() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(
+                &[
+                    job("a", Some("g")),
+                    job("a", Some("g")),
+                    job("a", Some("h")),
+                ],
+                1000,
+            )
+            .expect("publish");
+        let run = store.begin_run("general", 1000).expect("run");
+        let first = store
+            .claim("general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        let other = store
+            .claim("general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!((first.id, other.id), (ids[0], ids[2]));
+        assert!(
+            store
+                .claim("general", run, 1000, &["a"])
+                .expect("claim")
+                .is_none()
+        );
+        store
+            .complete(&Completion {
+                id: ids[0],
+                state: JobState::PermanentlyFailed,
+                run_at: 1000,
+                due_now: false,
+                uncount_attempt: false,
+                output: Vec::new(),
+                ended_at: 1001,
+                notified: false,
+            })
+            .expect("complete");
+        let next = store
+            .claim("general", run, 1001, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(next.id, ids[1]);
+    }
+
+    #[test]
+    fn only_the_given_callbacks_are_claimed() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(&[job("a", None), job("b", None)], 1000)
+            .expect("publish");
+        let run = store.begin_run("general", 1000).expect("run");
+        let claimed = store
+            .claim("general", run, 1000, &["b"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(claimed.id, ids[1]);
+    }
+
+    #[test]
+    fn a_failed_job_waits_for_a_later_run_even_when_due() {
+        let (_dir, mut store) = store();
+        let ids = store.publish(&[job("a", None)], 1000).expect("publish");
+        let run = store.begin_run("general", 1000).expect("run");
+        store
+            .claim("general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        store
+            .complete(&Completion {
+                id: ids[0],
+                state: JobState::TemporarilyFailed,
+                run_at: 1000,
+                due_now: false,
+                uncount_attempt: false,
+                output: b"boom".to_vec(),
+                ended_at: 1000,
+                notified: false,
+            })
+            .expect("complete");
+        assert_eq!(store.promote_due("general", run, 5000).expect("promote"), 0);
+        assert!(
+            store
+                .claim("general", run, 5000, &["a"])
+                .expect("claim")
+                .is_none()
+        );
+        let next_run = store.begin_run("general", 6000).expect("run");
+        assert_eq!(
+            store
+                .promote_due("general", next_run, 6000)
+                .expect("promote"),
+            1
+        );
+        let again = store
+            .claim("general", next_run, 6000, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(again.attempts, 2);
+        assert_eq!(store.output(ids[0]).expect("output"), b"boom");
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_bgq() {
+        let (dir, store) = store();
+        store
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        drop(store);
+        let err = Store::open(&dir.path().join("sub/db.sqlite"), Durability::Full)
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{err:#}").contains("newer than this bgq knows"),
+            "{err:#}"
+        );
+    }
+
+    /// The query plan of `sql`, one step a line.
+    fn plan(store: &Store, sql: &str) -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan");
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let steps = stmt
+            .query_map(params_from_iter(unbound), |row| row.get::<_, String>(3))
+            .expect("rows")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("detail");
+        steps.join("\n")
+    }
+
+    #[test]
+    fn claim_promote_and_clear_use_their_indexes() {
+        let (_dir, store) = store();
+        let claim = plan(&store, &claim_sql(2));
+        assert!(claim.contains("USING INDEX jobs_claim"), "{claim}");
+        assert!(claim.contains("INDEX jobs_serial"), "{claim}");
+        assert!(!claim.contains("TEMP B-TREE"), "{claim}");
+        assert!(!claim.contains("SCAN"), "{claim}");
+        let promote = plan(&store, PROMOTE_SQL);
+        assert!(promote.contains("INDEX jobs_schedule"), "{promote}");
+        let clear = plan(&store, CLEAR_SQL);
+        assert!(clear.contains("INDEX jobs_finished"), "{clear}");
+        assert!(!clear.contains("SCAN"), "{clear}");
+    }
+}
