@@ -112,13 +112,18 @@ fn locate(flag: Option<&Path>, env: Option<PathBuf>) -> anyhow::Result<PathBuf> 
 /// Parses config `text` read from `path` (absolute); relative paths resolve against its folder.
 pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
     let raw: RawConfig = toml::from_str(text).map_err(|err| {
-        let line = err
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         let message = err.message().replace('\n', " ");
-        match line {
-            Some(line) => usage(format!("{}:{line}: {message}", path.display())),
-            None => usage(format!("{}: {message}", path.display())),
+        let Some(start) = err.span().map(|span| span.start.min(text.len())) else {
+            return usage(format!("{}: {message}", path.display()));
+        };
+        let line = text[..start].matches('\n').count() + 1;
+        // A bad value's span starts after `key =`: name the key, since the message cannot.
+        let before = &text[text[..start].rfind('\n').map_or(0, |at| at + 1)..start];
+        match before.rfind('=').map(|eq| before[..eq].trim()) {
+            Some(key) if !key.is_empty() => {
+                usage(format!("{}:{line}: {key}: {message}", path.display()))
+            }
+            _ => usage(format!("{}:{line}: {message}", path.display())),
         }
     })?;
     let folder = path.parent().unwrap_or(Path::new("/"));
@@ -168,10 +173,11 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
 /// A program given as a relative path with a folder in it is relative to the config's folder;
 /// a bare name is looked up in PATH as a shell would.
 fn resolve_command(mut argv: Vec<String>, folder: &Path) -> Vec<String> {
-    if let Some(program) = argv.first_mut() {
-        if program.contains('/') && !program.starts_with('/') {
-            *program = folder.join(&*program).to_string_lossy().into_owned();
-        }
+    if let Some(program) = argv.first_mut()
+        && program.contains('/')
+        && !program.starts_with('/')
+    {
+        *program = folder.join(&*program).to_string_lossy().into_owned();
     }
     argv
 }
@@ -249,12 +255,12 @@ impl<'de> Deserialize<'de> for CommandLine {
         let argv = Vec::<String>::deserialize(deserializer)?;
         if argv.first().is_none_or(String::is_empty) {
             return Err(serde::de::Error::custom(
-                "command must be a non-empty array whose first element is the program",
+                "must be a non-empty array whose first element is the program",
             ));
         }
         if argv.iter().any(|arg| arg.contains('\0')) {
             return Err(serde::de::Error::custom(
-                "command must not contain NUL bytes",
+                "must not contain NUL bytes",
             ));
         }
         Ok(CommandLine(argv))
@@ -268,7 +274,7 @@ impl<'de> Deserialize<'de> for Timeout {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let duration = ConfigDuration::deserialize(deserializer)?;
         if duration.0.is_zero() {
-            return Err(serde::de::Error::custom("timeout must be longer than 0s"));
+            return Err(serde::de::Error::custom("must be longer than 0s"));
         }
         Ok(Timeout(duration))
     }
@@ -282,7 +288,7 @@ impl<'de> Deserialize<'de> for Multiplier {
         let value = f64::deserialize(deserializer)?;
         if !(1.0..=1000.0).contains(&value) {
             return Err(serde::de::Error::custom(format!(
-                "multiplier must be between 1.0 and 1000.0, got {value}"
+                "must be between 1.0 and 1000.0, got {value}"
             )));
         }
         Ok(Multiplier(value))
@@ -297,7 +303,7 @@ impl<'de> Deserialize<'de> for Jitter {
         let value = f64::deserialize(deserializer)?;
         if !(0.0..=1.0).contains(&value) {
             return Err(serde::de::Error::custom(format!(
-                "jitter must be between 0.0 and 1.0, got {value}"
+                "must be between 0.0 and 1.0, got {value}"
             )));
         }
         Ok(Jitter(value))
@@ -393,39 +399,39 @@ mod tests {
         let cases = [
             (
                 "database = \"d\"\nconcurrency = 0\n",
-                ":2: must be a whole number of at least 1",
+                ":2: concurrency: must be a whole number of at least 1",
             ),
             (
                 "database = \"d\"\nconcurrency = -3\n",
-                ":2: must be a whole number of at least 1",
+                ":2: concurrency: must be a whole number of at least 1",
             ),
             (
                 "database = \"d\"\n[callbacks.a]\ncommand = []\n",
-                ":3: command must be a non-empty",
+                ":3: command: must be a non-empty",
             ),
             (
                 "database = \"d\"\n[callbacks.a]\ncommand = [\"\"]\n",
-                ":3: command must be a non-empty",
+                ":3: command: must be a non-empty",
             ),
             (
                 "database = \"d\"\n[retry]\ndelay = \"-5s\"\n",
-                ":3: invalid duration `-5s`",
+                ":3: delay: invalid duration `-5s`",
             ),
             (
                 "database = \"d\"\n[retry]\njitter = 2.0\n",
-                ":3: jitter must be between",
+                ":3: jitter: must be between",
             ),
             (
                 "database = \"d\"\n[retry]\nmultiplier = 0.5\n",
-                ":3: multiplier must be between",
+                ":3: multiplier: must be between",
             ),
             (
                 "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\ntimeout = \"0s\"\n",
-                ":4: timeout must be longer",
+                ":4: timeout: must be longer",
             ),
             (
                 "database = \"d\"\nconcurrency = \"four\"\n",
-                ":2: invalid type",
+                ":2: concurrency: invalid type",
             ),
         ];
         for (text, expected) in cases {

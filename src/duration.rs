@@ -46,7 +46,7 @@ pub fn format(duration: Duration) -> String {
     UNITS
         .iter()
         .rev()
-        .find(|(_, per_unit)| millis % u128::from(*per_unit) == 0)
+        .find(|(_, per_unit)| millis.is_multiple_of(u128::from(*per_unit)))
         .map_or_else(
             || format!("{millis}ms"),
             |(unit, per_unit)| format!("{}{unit}", millis / u128::from(*per_unit)),

@@ -61,10 +61,8 @@ pub fn kill_orphan(record: &GroupRecord, wait: Duration) -> OrphanGroup {
     if record.pgid <= 1 || record.boot_id != boot_id() {
         return OrphanGroup::Gone;
     }
-    if let Some(started) = start_ticks(record.pgid) {
-        if started != record.started {
-            return OrphanGroup::PidReused;
-        }
+    if start_ticks(record.pgid).is_some_and(|started| started != record.started) {
+        return OrphanGroup::PidReused;
     }
     if !has_live_members(record.pgid) {
         return OrphanGroup::Gone;

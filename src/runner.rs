@@ -259,18 +259,18 @@ impl Started {
                 }
                 if fd.fd == self.output.as_raw_fd() && output_open {
                     output_open = drain(&mut self.output, &mut buffer, &mut tail);
-                } else if let Some(stdin) = &mut self.stdin {
-                    if fd.fd == stdin.as_raw_fd() {
-                        match stdin.write(&self.input[written..]) {
-                            Ok(count) => written += count,
-                            Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                            // The callback closed stdin or exited: it has read all it wants.
-                            Err(_) => written = self.input.len(),
-                        }
-                        if written >= self.input.len() {
-                            self.stdin = None;
-                        }
+                } else if let Some(stdin) = &mut self.stdin
+                    && fd.fd == stdin.as_raw_fd()
+                {
+                    match stdin.write(&self.input[written..]) {
+                        Ok(count) => written += count,
+                        Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                        Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                        // The callback closed stdin or exited: it has read all it wants.
+                        Err(_) => written = self.input.len(),
+                    }
+                    if written >= self.input.len() {
+                        self.stdin = None;
                     }
                 }
             }

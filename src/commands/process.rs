@@ -183,12 +183,12 @@ impl Worker<'_> {
             Err(why) => return self.settle(&job, Exit::NotStarted(why), Vec::new()),
         };
         let pgid = started.group().map(|group| group.pgid);
-        if let Some(group) = started.group() {
-            if let Err(err) = self.store.record_group(job.id, group) {
-                // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
-                process_group::signal_group(group.pgid, libc::SIGKILL);
-                return Err(err);
-            }
+        if let Some(group) = started.group()
+            && let Err(err) = self.store.record_group(job.id, group)
+        {
+            // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
+            process_group::signal_group(group.pgid, libc::SIGKILL);
+            return Err(err);
         }
         let sender = self.finished_tx.clone();
         let id = job.id;
