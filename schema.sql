@@ -58,7 +58,11 @@ CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT
 CREATE TABLE runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     queue       TEXT    NOT NULL,
+    -- The `process` that ran it (pid, start ticks, boot id): recovery leaves alone the jobs of a
+    -- run that still lives, even if a misconfigured temp_dir let it bypass the lock.
     pid         INTEGER NOT NULL,
+    pid_started INTEGER NOT NULL,
+    boot_id     TEXT    NOT NULL,
     started_at  INTEGER NOT NULL,
     finished_at INTEGER
 );

@@ -259,9 +259,7 @@ impl<'de> Deserialize<'de> for CommandLine {
             ));
         }
         if argv.iter().any(|arg| arg.contains('\0')) {
-            return Err(serde::de::Error::custom(
-                "must not contain NUL bytes",
-            ));
+            return Err(serde::de::Error::custom("must not contain NUL bytes"));
         }
         Ok(CommandLine(argv))
     }

@@ -4,15 +4,21 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::store::GroupRecord;
+use crate::store::ProcessRecord;
 
-/// The identity of the group led by `pid`, read from /proc; `None` when the process is gone.
-pub fn identify(pid: i32) -> Option<GroupRecord> {
-    Some(GroupRecord {
-        pgid: pid,
+/// The identity of process `pid` (for a group leader: of its group), read from /proc; `None`
+/// when the process is gone.
+pub fn identify(pid: i32) -> Option<ProcessRecord> {
+    Some(ProcessRecord {
+        pid,
         started: start_ticks(pid)?,
         boot_id: boot_id(),
     })
+}
+
+/// Whether the recorded process still runs (same boot, same pid, same start time).
+pub fn is_alive(record: &ProcessRecord) -> bool {
+    record.boot_id == boot_id() && start_ticks(record.pid) == Some(record.started)
 }
 
 /// This boot's id, so that groups recorded before a reboot are known to be gone.
@@ -57,19 +63,19 @@ pub enum OrphanGroup {
 ///
 /// A group's id cannot be handed out again while any member lives, so when the leader is gone
 /// but members remain, the group is still the one we recorded.
-pub fn kill_orphan(record: &GroupRecord, wait: Duration) -> OrphanGroup {
-    if record.pgid <= 1 || record.boot_id != boot_id() {
+pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
+    if record.pid <= 1 || record.boot_id != boot_id() {
         return OrphanGroup::Gone;
     }
-    if start_ticks(record.pgid).is_some_and(|started| started != record.started) {
+    if start_ticks(record.pid).is_some_and(|started| started != record.started) {
         return OrphanGroup::PidReused;
     }
-    if !has_live_members(record.pgid) {
+    if !has_live_members(record.pid) {
         return OrphanGroup::Gone;
     }
-    signal_group(record.pgid, libc::SIGKILL);
+    signal_group(record.pid, libc::SIGKILL);
     let deadline = Instant::now() + wait;
-    while has_live_members(record.pgid) && Instant::now() < deadline {
+    while has_live_members(record.pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     OrphanGroup::Killed
@@ -101,8 +107,13 @@ mod tests {
     fn identifies_a_live_process_and_not_a_dead_one() {
         let me = i32::try_from(std::process::id()).expect("pid fits");
         let record = identify(me).expect("own process is alive");
-        assert_eq!(record.pgid, me);
+        assert_eq!(record.pid, me);
         assert_eq!(record.boot_id, boot_id());
+        assert!(is_alive(&record));
+        assert!(!is_alive(&ProcessRecord {
+            started: record.started + 1,
+            ..record.clone()
+        }));
         assert!(identify(i32::MAX).is_none());
     }
 
@@ -146,8 +157,8 @@ mod tests {
 
     #[test]
     fn groups_from_another_boot_are_gone() {
-        let record = GroupRecord {
-            pgid: 12345,
+        let record = ProcessRecord {
+            pid: 12345,
             started: 1,
             boot_id: "another-boot".to_owned(),
         };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Callback;
 use crate::process_group;
-use crate::store::{ClaimedJob, GroupRecord};
+use crate::store::{ClaimedJob, ProcessRecord};
 
 /// How much of a callback's output is kept with the job.
 pub const OUTPUT_TAIL: usize = 16 * 1024;
@@ -73,7 +73,7 @@ impl std::fmt::Display for Exit {
 /// A callback that has been started.
 pub struct Started {
     child: Child,
-    group: Option<GroupRecord>,
+    group: Option<ProcessRecord>,
     stdin: Option<ChildStdin>,
     input: Vec<u8>,
     output: std::io::PipeReader,
@@ -210,7 +210,7 @@ enum Phase {
 
 impl Started {
     /// The process group running the callback, if it could be identified.
-    pub fn group(&self) -> Option<&GroupRecord> {
+    pub fn group(&self) -> Option<&ProcessRecord> {
         self.group.as_ref()
     }
 

@@ -62,12 +62,13 @@ pub struct ClaimedJob {
     pub notified: bool,
 }
 
-/// The process group running a job, recorded so that recovery can kill it.
+/// A process as recorded, so that a later run can tell whether it still lives: a callback's
+/// group leader (its pid is the group id), or a `process` run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRecord {
-    /// Process group id (the callback's pid).
-    pub pgid: i32,
-    /// Start time of the group leader in clock ticks since boot.
+pub struct ProcessRecord {
+    /// Process id.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot.
     pub started: u64,
     /// Boot id of the machine it ran on.
     pub boot_id: String,
@@ -83,7 +84,9 @@ pub struct Orphan {
     /// Counted attempts, including the lost one.
     pub attempts: u32,
     /// The group it ran in, if it was recorded before the run died.
-    pub group: Option<GroupRecord>,
+    pub group: Option<ProcessRecord>,
+    /// The `process` run that claimed it, if its record is still kept.
+    pub claimed_by: Option<ProcessRecord>,
     /// Whether the notify_on_attempts notice already went out.
     pub notified: bool,
 }
@@ -236,14 +239,26 @@ impl Store {
         Ok(ids)
     }
 
-    /// Records the start of a `process` run on `queue` and returns its number.
-    pub fn begin_run(&mut self, queue: &str, now: Millis) -> anyhow::Result<i64> {
+    /// Records the start of a `process` run on `queue` by `runner` and returns its number.
+    pub fn begin_run(
+        &mut self,
+        queue: &str,
+        runner: &ProcessRecord,
+        now: Millis,
+    ) -> anyhow::Result<i64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO runs (queue, pid, started_at) VALUES (?1, ?2, ?3)",
-            params![queue, std::process::id(), now],
+            "INSERT INTO runs (queue, pid, pid_started, boot_id, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                queue,
+                runner.pid,
+                i64::try_from(runner.started).unwrap_or(i64::MAX),
+                runner.boot_id,
+                now
+            ],
         )?;
         let run = tx.last_insert_rowid();
         // Keep the last hundred runs of a queue: enough to tell when cron last ran it.
@@ -267,27 +282,19 @@ impl Store {
     /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
     pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, callback, attempts, pgid, pgid_started, boot_id, notified
-             FROM jobs WHERE queue = ?1 AND state = 'PROCESSING' ORDER BY id",
+            "SELECT j.id, j.callback, j.attempts, j.pgid, j.pgid_started, j.boot_id, j.notified,
+                    r.pid, r.pid_started, r.boot_id
+             FROM jobs j LEFT JOIN runs r ON r.id = j.claimed_run
+             WHERE j.queue = ?1 AND j.state = 'PROCESSING' ORDER BY j.id",
         )?;
         let rows = stmt.query_map([queue], |row| {
-            let pgid: Option<i32> = row.get(3)?;
-            let started: Option<i64> = row.get(4)?;
-            let boot_id: Option<String> = row.get(5)?;
-            let group = match (pgid, started, boot_id) {
-                (Some(pgid), Some(started), Some(boot_id)) => Some(GroupRecord {
-                    pgid,
-                    started: u64::try_from(started).unwrap_or_default(),
-                    boot_id,
-                }),
-                _ => None,
-            };
             Ok(Orphan {
                 id: row.get(0)?,
                 callback: row.get(1)?,
                 attempts: row.get(2)?,
-                group,
+                group: read_process(row, 3)?,
                 notified: row.get(6)?,
+                claimed_by: read_process(row, 7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -371,14 +378,14 @@ impl Store {
     }
 
     /// Records the process group now running job `id`.
-    pub fn record_group(&mut self, id: i64, group: &GroupRecord) -> anyhow::Result<()> {
+    pub fn record_group(&mut self, id: i64, group: &ProcessRecord) -> anyhow::Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET pgid = ?2, pgid_started = ?3, boot_id = ?4 WHERE id = ?1",
             )?
             .execute(params![
                 id,
-                group.pgid,
+                group.pid,
                 i64::try_from(group.started).unwrap_or(i64::MAX),
                 group.boot_id
             ])?;
@@ -494,6 +501,21 @@ fn claim_sql(callbacks: usize) -> String {
     )
 }
 
+/// A `ProcessRecord` from three columns (pid, start ticks, boot id) starting at `first`.
+fn read_process(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<ProcessRecord>> {
+    let pid: Option<i32> = row.get(first)?;
+    let started: Option<i64> = row.get(first + 1)?;
+    let boot_id: Option<String> = row.get(first + 2)?;
+    Ok(match (pid, started, boot_id) {
+        (Some(pid), Some(started), Some(boot_id)) => Some(ProcessRecord {
+            pid,
+            started: u64::try_from(started).unwrap_or_default(),
+            boot_id,
+        }),
+        _ => None,
+    })
+}
+
 const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
      created_at, run_at, started_at, finished_at";
 
@@ -551,6 +573,14 @@ mod tests {
         (dir, store)
     }
 
+    fn me() -> ProcessRecord {
+        ProcessRecord {
+            pid: 1,
+            started: 1,
+            boot_id: "test".to_owned(),
+        }
+    }
+
     fn job(callback: &str, group: Option<&str>) -> NewJob {
         NewJob {
             queue: "general".to_owned(),
@@ -576,7 +606,7 @@ mod tests {
         let ids = store
             .publish(&[job("a", None), job("a", None)], 1000)
             .expect("publish");
-        let run = store.begin_run("general", 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000).expect("run");
         let first = store
             .claim("general", run, 1000, &["a"])
             .expect("claim")
@@ -608,7 +638,7 @@ mod tests {
                 1000,
             )
             .expect("publish");
-        let run = store.begin_run("general", 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000).expect("run");
         let first = store
             .claim("general", run, 1000, &["a"])
             .expect("claim")
@@ -649,7 +679,7 @@ mod tests {
         let ids = store
             .publish(&[job("a", None), job("b", None)], 1000)
             .expect("publish");
-        let run = store.begin_run("general", 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000).expect("run");
         let claimed = store
             .claim("general", run, 1000, &["b"])
             .expect("claim")
@@ -661,7 +691,7 @@ mod tests {
     fn a_failed_job_waits_for_a_later_run_even_when_due() {
         let (_dir, mut store) = store();
         let ids = store.publish(&[job("a", None)], 1000).expect("publish");
-        let run = store.begin_run("general", 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000).expect("run");
         store
             .claim("general", run, 1000, &["a"])
             .expect("claim")
@@ -685,7 +715,7 @@ mod tests {
                 .expect("claim")
                 .is_none()
         );
-        let next_run = store.begin_run("general", 6000).expect("run");
+        let next_run = store.begin_run("general", &me(), 6000).expect("run");
         assert_eq!(
             store
                 .promote_due("general", next_run, 6000)

@@ -47,7 +47,11 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         }
         return Ok(());
     };
-    let run = store.begin_run(queue, now_millis())?;
+    let me = i32::try_from(std::process::id())
+        .ok()
+        .and_then(process_group::identify)
+        .context("cannot read this process's start time from /proc")?;
+    let run = store.begin_run(queue, &me, now_millis())?;
     let (finished_tx, finished_rx) = mpsc::channel();
     let mut worker = Worker {
         config,
@@ -182,12 +186,12 @@ impl Worker<'_> {
             Ok(started) => started,
             Err(why) => return self.settle(&job, Exit::NotStarted(why), Vec::new()),
         };
-        let pgid = started.group().map(|group| group.pgid);
+        let pgid = started.group().map(|group| group.pid);
         if let Some(group) = started.group()
             && let Err(err) = self.store.record_group(job.id, group)
         {
             // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
-            process_group::signal_group(group.pgid, libc::SIGKILL);
+            process_group::signal_group(group.pid, libc::SIGKILL);
             return Err(err);
         }
         let sender = self.finished_tx.clone();
@@ -335,6 +339,18 @@ impl Worker<'_> {
     /// Puts back jobs a dead run left PROCESSING, after killing what is left of their callbacks.
     fn recover_orphans(&mut self) -> anyhow::Result<()> {
         for orphan in self.store.orphans(self.queue)? {
+            if let Some(runner) = orphan
+                .claimed_by
+                .as_ref()
+                .filter(|r| process_group::is_alive(r))
+            {
+                eprintln!(
+                    "bgq: warning: job {} is running under another live `process` (pid {}) that \
+                     holds a different lock: give every config of this database the same temp_dir",
+                    orphan.id, runner.pid
+                );
+                continue;
+            }
             self.recover(&orphan)?;
         }
         Ok(())
@@ -344,7 +360,7 @@ impl Worker<'_> {
         let group = match &orphan.group {
             Some(group) => match process_group::kill_orphan(group, ORPHAN_KILL_WAIT) {
                 OrphanGroup::Killed => {
-                    format!("its callback (process group {}) was killed", group.pgid)
+                    format!("its callback (process group {}) was killed", group.pid)
                 }
                 OrphanGroup::Gone => "its callback was no longer running".to_owned(),
                 OrphanGroup::PidReused => {
