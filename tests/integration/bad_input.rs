@@ -1,0 +1,240 @@
+//! Bad input of every kind (SPEC.md section 6): each is refused with exit 1 or 2, one `bgq: error: `
+//! line (or the argument parser's usage error), no panic, and nothing stored.
+
+use std::fs;
+
+use crate::support::{
+    TestEnv, TestResult, describe, env_with_callbacks, expect_error, expect_refused,
+};
+
+/// One bad invocation of `bgq --config <env> ARGS`, with optional stdin, and the exit codes SPEC allows.
+struct Case {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    codes: &'static [i32],
+}
+
+fn case(args: &[&str], codes: &'static [i32]) -> Case {
+    Case {
+        args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+        stdin: None,
+        codes,
+    }
+}
+
+fn with_stdin(args: &[&str], stdin: &[u8], codes: &'static [i32]) -> Case {
+    Case {
+        stdin: Some(stdin.to_vec()),
+        ..case(args, codes)
+    }
+}
+
+#[test]
+fn bad_invocations_are_refused_cleanly() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "echo ran >> @ROOT@/ran")])?;
+    let kept = env.publish("cb", "{}")?;
+
+    let file = |name: &str, bytes: &[u8]| -> TestResult<String> {
+        fs::write(env.path(name), bytes)?;
+        Ok(format!("@{}", env.path(name).display()))
+    };
+    let nul = file("nul.json", b"{\"a\":\"x\0y\"}")?;
+    let bad_utf8 = file("bad-utf8.json", b"{\"a\":\"\xff\xfe\"}")?;
+    let deep = file(
+        "deep.json",
+        format!("{}{}", "[".repeat(200), "]".repeat(200)).as_bytes(),
+    )?;
+    let garbage = file("garbage.json", b"{\"a\":1} trailing")?;
+
+    let cases = [
+        case(&["--bogus", "list"], &[2]),
+        case(&["list", "--bogus"], &[2]),
+        case(&["frobnicate"], &[2]),
+        case(&[], &[2]),
+        case(&["list", "--limit", "abc"], &[2]),
+        case(&["list", "--limit", "-3"], &[2]),
+        case(&["list", "--limit", "0"], &[2]),
+        case(&["list", "--state", "BOGUS"], &[2]),
+        case(&["process", "--concurrency", "-1"], &[2]),
+        case(&["process", "--concurrency", "abc"], &[2]),
+        case(&["process", "--max-time", "abc"], &[2]),
+        case(&["process", "--max-time", "-5s"], &[2]),
+        case(&["process", "--max-time", "5 parsecs"], &[2]),
+        case(&["process", "--max-jobs", "x"], &[2]),
+        case(&["process", "--queue"], &[2]),
+        case(&["clear", "x"], &[2]),
+        case(&["clear", "1", "2"], &[2]),
+        case(&["publish"], &[2]),
+        case(&["publish", "--json", "{}"], &[2]),
+        case(&["publish", "nope", "--json", "{}"], &[2]),
+        case(&["publish", "cb", "--json", "{\"a\":1} x"], &[2]),
+        case(&["publish", "cb", "--json", "{\"a\":1}{\"b\":2}"], &[2]),
+        case(&["publish", "cb", "--json", "{'a':1}"], &[2]),
+        case(&["publish", "cb", "--json", "{}", "--serial-group"], &[2]),
+        case(&["publish", "cb", "--json", &garbage], &[2]),
+        case(&["publish", "cb", "--json", &nul], &[2]),
+        case(&["publish", "cb", "--json", &bad_utf8], &[2]),
+        case(&["publish", "cb", "--json", &deep], &[2]),
+        case(
+            &["publish", "cb", "--json", "@/nonexistent/p.json"],
+            &[1, 2],
+        ),
+        case(&["publish", "cb", "--raw", "/nonexistent/p.bin"], &[1, 2]),
+        case(
+            &["publish", "cb", "--jsonl", "/nonexistent/p.jsonl"],
+            &[1, 2],
+        ),
+        with_stdin(&["publish", "cb", "--json", "-"], b"not json", &[2]),
+        with_stdin(&["publish", "cb", "--json", "-"], b"{\"a\":\"\xff\"}", &[2]),
+        with_stdin(&["publish", "cb", "--jsonl", "-"], b"{}\nnope\n", &[2]),
+        with_stdin(&["publish", "cb", "--jsonl", "-"], b"{}\n\0\n", &[2]),
+    ];
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut cmd = env.bgq();
+        cmd.args(&case.args);
+        if let Some(stdin) = &case.stdin {
+            cmd.write_stdin(stdin.clone());
+        }
+        let out = cmd.output()?;
+        if let Err(err) = expect_refused(&out, case.codes) {
+            failures.push(format!("bgq {:?}: {err}", case.args));
+        }
+    }
+
+    let jobs = env.jobs()?;
+    if jobs.len() != 1 || jobs[0]["id"] != kept || jobs[0]["state"] != "READY" {
+        failures.push(format!("expected only job {kept}, READY; got {jobs:?}"));
+    }
+    if env.path("ran").exists() {
+        failures.push("a refused command ran a callback".to_owned());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad invocations misbehaved:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+    Ok(())
+}
+
+/// Writes `text` as the whole config; a publish is refused with exit 2 naming the config file (and
+/// `line` when given), and no database is created.
+fn broken_config(text: &str, line: Option<usize>) -> TestResult {
+    let env = TestEnv::new("")?;
+    env.write_raw_config(text)?;
+    let place = match line {
+        Some(line) => format!("{}:{line}: ", env.config_path().display()),
+        None => env.config_path().display().to_string(),
+    };
+    let out = env.bgq().args(["publish", "cb", "--json", "{}"]).output()?;
+    expect_error(&out, 2, &[&place]).map_err(|err| format!("config\n{text}\n{err}"))?;
+    if env.db_path().exists() {
+        return Err(format!("config\n{text}\nwas refused but created the database").into());
+    }
+    Ok(())
+}
+
+#[test]
+fn broken_configs_are_refused() -> TestResult {
+    let db = "database = \"bgq.sqlite\"\n";
+    let cb = "[callbacks.cb]\ncommand = [\"/bin/true\"]\n";
+    broken_config(&format!("{db}this is not toml\n{cb}"), Some(2))?;
+    broken_config(&format!("{db}{cb}[callbacks.cb]\n"), Some(4))?;
+    broken_config(&format!("{db}concurrency = \"four\"\n{cb}"), Some(2))?;
+    broken_config(&format!("{db}{cb}timeout = 10\n"), Some(4))?;
+    broken_config(
+        &format!("{db}[callbacks.cb]\ncommand = \"/bin/true\"\n"),
+        Some(3),
+    )?;
+    broken_config(&format!("{db}notify = \"/bin/true\"\n{cb}"), Some(2))?;
+    broken_config(&format!("database = 5\n{cb}"), Some(1))?;
+    broken_config("\u{0}\u{1}binary junk\n", None)
+}
+
+#[test]
+fn missing_or_unreadable_config_file_is_refused() -> TestResult {
+    let env = TestEnv::new("")?;
+    let missing = env.path("missing.toml");
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&missing)
+        .arg("list")
+        .output()?;
+    expect_refused(&out, &[1, 2])?;
+    expect_error(&out, out.status.code().unwrap_or(0), &["missing.toml"])?;
+
+    let out = env
+        .bgq_bare()
+        .env("BGQ_CONFIG", &missing)
+        .arg("list")
+        .output()?;
+    expect_refused(&out, &[1, 2])?;
+    expect_error(&out, out.status.code().unwrap_or(0), &["missing.toml"])?;
+
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(env.path("locks"))
+        .arg("list")
+        .output()?;
+    expect_refused(&out, &[1, 2])?;
+    assert!(!env.db_path().exists());
+    Ok(())
+}
+
+#[test]
+fn database_path_that_is_a_directory_fails() -> TestResult {
+    let env = TestEnv::new("")?;
+    fs::create_dir(env.path("dbdir"))?;
+    env.write_raw_config(&format!(
+        "database = \"dbdir\"\ntemp_dir = \"{}\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n",
+        env.path("locks").display()
+    ))?;
+    for args in [
+        &["publish", "cb", "--json", "{}"][..],
+        &["list"],
+        &["process"],
+        &["clear"],
+    ] {
+        let out = env.bgq().args(args).output()?;
+        expect_error(&out, 1, &[]).map_err(|err| format!("bgq {args:?}: {err}"))?;
+    }
+    assert_eq!(
+        fs::read_dir(env.path("dbdir"))?.count(),
+        0,
+        "dbdir untouched"
+    );
+    Ok(())
+}
+
+#[test]
+fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let garbage: Vec<u8> = b"this is not a database\n"
+        .iter()
+        .copied()
+        .chain((0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]))
+        .collect();
+    fs::write(env.db_path(), &garbage)?;
+
+    for args in [
+        &["publish", "cb", "--json", "{}"][..],
+        &["list"],
+        &["process"],
+        &["clear"],
+    ] {
+        let out = env.bgq().args(args).output()?;
+        expect_error(&out, 1, &[]).map_err(|err| format!("bgq {args:?}: {err}"))?;
+        assert_eq!(
+            fs::read(env.db_path())?,
+            garbage,
+            "bgq {args:?} changed the file; {}",
+            describe(&out)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! Configuration (SPEC.md section 3): where the file is found, how relative paths resolve, and that
+//! unknown keys and invalid values are refused with the file, the line and the cause.
+
+use std::fs;
+use std::path::Path;
+
+use assert_cmd::Command;
+
+use crate::support::{TestEnv, TestResult, describe, expect_error, lock_files, read_lines};
+
+const TRUE_CALLBACK: &str = "[callbacks.cb]\ncommand = [\"/bin/true\"]\n";
+
+/// `bgq` with no `--config`, run in `cwd`, with `BGQ_CONFIG` removed.
+fn bare(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgq"));
+    cmd.current_dir(cwd)
+        .env_remove("BGQ_CONFIG")
+        .timeout(std::time::Duration::from_secs(60));
+    cmd
+}
+
+#[test]
+fn discovery_prefers_flag_then_env_then_working_dir() -> TestResult {
+    let cwd_env = TestEnv::new(TRUE_CALLBACK)?;
+    let env_env = TestEnv::new(TRUE_CALLBACK)?;
+    let flag_env = TestEnv::new(TRUE_CALLBACK)?;
+    let publish = ["publish", "cb", "--json", "{}"];
+
+    // Only ./bgq.toml.
+    let out = cwd_env.bgq_bare().args(publish).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    // BGQ_CONFIG beats ./bgq.toml.
+    let out = cwd_env
+        .bgq_bare()
+        .env("BGQ_CONFIG", env_env.config_path())
+        .args(publish)
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    // --config beats both.
+    let out = cwd_env
+        .bgq_bare()
+        .env("BGQ_CONFIG", env_env.config_path())
+        .arg("--config")
+        .arg(flag_env.config_path())
+        .args(publish)
+        .args(["--identifier", "from-flag"])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+
+    assert_eq!(cwd_env.jobs()?.len(), 1, "jobs in the ./bgq.toml database");
+    assert_eq!(env_env.jobs()?.len(), 1, "jobs in the BGQ_CONFIG database");
+    let flagged = flag_env.jobs()?;
+    assert_eq!(flagged.len(), 1, "jobs in the --config database");
+    assert_eq!(flagged[0]["identifier"], "from-flag");
+    Ok(())
+}
+
+#[test]
+fn config_flag_is_accepted_after_the_subcommand() -> TestResult {
+    let env = TestEnv::new(TRUE_CALLBACK)?;
+    let elsewhere = tempfile::tempdir()?;
+    let out = bare(elsewhere.path())
+        .args(["publish", "cb", "--json", "{}", "--config"])
+        .arg(env.config_path())
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8(out.stdout)?, "1\n");
+    assert_eq!(env.jobs()?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn no_config_found_names_all_three_places() -> TestResult {
+    let empty = tempfile::tempdir()?;
+    let out = bare(empty.path()).arg("list").output()?;
+    expect_error(&out, 2, &["--config", "BGQ_CONFIG", "./bgq.toml"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().count(),
+        1,
+        "a one-line error: {}",
+        describe(&out)
+    );
+    assert_eq!(fs::read_dir(empty.path())?.count(), 0, "nothing created");
+    Ok(())
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() -> TestResult {
+    let env = TestEnv::new("")?;
+    fs::create_dir_all(env.path("cfg/locks"))?;
+    fs::create_dir_all(env.path("elsewhere"))?;
+    fs::write(
+        env.path("cfg/bgq.toml"),
+        format!("database = \"var/data/bgq.sqlite\"\ntemp_dir = \"locks\"\n{TRUE_CALLBACK}"),
+    )?;
+    let run = |args: &[&str]| {
+        bare(&env.path("elsewhere"))
+            .args(["--config", "../cfg/bgq.toml"])
+            .args(args)
+            .output()
+    };
+
+    let out = run(&["publish", "cb", "--json", "{}"])?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8(out.stdout)?, "1\n");
+    assert!(
+        env.path("cfg/var/data/bgq.sqlite").is_file(),
+        "database created (with its folders) next to the config file"
+    );
+
+    let out = run(&["process"])?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        lock_files(&env.path("cfg/locks"))?.len(),
+        1,
+        "lock file in the relative temp_dir"
+    );
+
+    let out = run(&["list", "--json"])?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(job["state"], "FINISHED");
+
+    assert_eq!(
+        fs::read_dir(env.path("elsewhere"))?.count(),
+        0,
+        "nothing written to the working directory"
+    );
+    Ok(())
+}
+
+#[test]
+fn callbacks_run_in_the_config_folder_with_relative_command_and_env() -> TestResult {
+    let env = TestEnv::new("")?;
+    fs::create_dir_all(env.path("cfg/sub"))?;
+    fs::create_dir_all(env.path("elsewhere"))?;
+    env.script(
+        "cfg/cb.sh",
+        "pwd > pwd.txt; echo \"$GREETING\" > greeting.txt",
+    )?;
+    fs::write(
+        env.path("cfg/bgq.toml"),
+        format!(
+            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n\
+             [callbacks.here]\ncommand = [\"./cb.sh\"]\nenv = {{ GREETING = \"hello\" }}\n\
+             [callbacks.there]\ncommand = [\"./cb.sh\"]\nworking_dir = \"sub\"\n",
+            env.path("locks").display()
+        ),
+    )?;
+    let run = |args: &[&str]| {
+        bare(&env.path("elsewhere"))
+            .arg("--config")
+            .arg(env.path("cfg/bgq.toml"))
+            .args(args)
+            .output()
+    };
+    for callback in ["here", "there"] {
+        let out = run(&["publish", callback, "--json", "{}"])?;
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let out = run(&["process"])?;
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let cfg = env.path("cfg").canonicalize()?;
+    assert_eq!(
+        read_lines(&env.path("cfg/pwd.txt")),
+        [cfg.display().to_string()],
+        "default working_dir is the config file's folder"
+    );
+    assert_eq!(read_lines(&env.path("cfg/greeting.txt")), ["hello"]);
+    assert_eq!(
+        read_lines(&env.path("cfg/sub/pwd.txt")),
+        [cfg.join("sub").display().to_string()],
+        "relative working_dir resolves against the config file's folder"
+    );
+    assert_eq!(fs::read_dir(env.path("elsewhere"))?.count(), 0);
+    Ok(())
+}
+
+/// Writes `text` as the whole config, runs a publish, and checks it is refused with exit 2, a
+/// `bgq: error: <config path>:<line>: ` line containing `fragment`, and no database file.
+fn refused(text: &str, line: Option<usize>, fragment: &str) -> TestResult {
+    let env = TestEnv::new("")?;
+    env.write_raw_config(text)?;
+    let out = env.bgq().args(["publish", "cb", "--json", "{}"]).output()?;
+    let place = match line {
+        Some(line) => format!("{}:{line}: ", env.config_path().display()),
+        None => format!("{}", env.config_path().display()),
+    };
+    expect_error(&out, 2, &[&place, fragment]).map_err(|err| format!("config\n{text}\n{err}"))?;
+    if env.db_path().exists() {
+        return Err(format!("config\n{text}\nwas refused but created the database").into());
+    }
+    Ok(())
+}
+
+#[test]
+fn unknown_top_level_key_is_refused_with_its_line() -> TestResult {
+    refused(
+        "database = \"bgq.sqlite\"\nqueue = \"general\"\nconcurency = 4\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n",
+        Some(3),
+        "unknown field `concurency`",
+    )?;
+    refused(
+        "database = \"bgq.sqlite\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n\n[retri]\ndelay = \"1s\"\n",
+        Some(5),
+        "unknown field `retri`",
+    )
+}
+
+#[test]
+fn unknown_callback_key_is_refused_with_its_line() -> TestResult {
+    refused(
+        "database = \"bgq.sqlite\"\n\n[callbacks.cb]\ncommand = [\"/bin/true\"]\ntimeout = \"5s\"\ncomand = [\"/bin/false\"]\n",
+        Some(6),
+        "unknown field `comand`",
+    )?;
+    refused(
+        "database = \"bgq.sqlite\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n[callbacks.cb.retry]\ndelay = \"1s\"\njiter = 0.5\n",
+        Some(6),
+        "unknown field `jiter`",
+    )
+}
+
+#[test]
+fn unknown_retry_key_is_refused_with_its_line() -> TestResult {
+    refused(
+        "database = \"bgq.sqlite\"\n[retry]\ndelay = \"1s\"\nmax_attempt = 3\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n",
+        Some(4),
+        "unknown field `max_attempt`",
+    )
+}
+
+#[test]
+fn invalid_values_are_refused() -> TestResult {
+    let base = "database = \"bgq.sqlite\"\n";
+    refused(
+        &format!("{base}[callbacks.cb]\ncommand = []\n"),
+        Some(3),
+        "command",
+    )?;
+    refused(
+        &format!("{base}concurrency = 0\n{TRUE_CALLBACK}"),
+        Some(2),
+        "concurrency",
+    )?;
+    refused(
+        &format!("{base}{TRUE_CALLBACK}concurrency = 0\n"),
+        Some(4),
+        "concurrency",
+    )?;
+    refused(
+        &format!("{base}{TRUE_CALLBACK}timeout = \"-5s\"\n"),
+        Some(4),
+        "-5s",
+    )?;
+    refused(
+        &format!("{base}[retry]\ndelay = \"5 parsecs\"\n{TRUE_CALLBACK}"),
+        Some(3),
+        "5 parsecs",
+    )?;
+    refused(
+        &format!("{base}{TRUE_CALLBACK}kill_grace = \"1.5s\"\n"),
+        Some(4),
+        "1.5s",
+    )?;
+    refused(
+        &format!("{base}[retry]\njitter = 2.0\n{TRUE_CALLBACK}"),
+        Some(3),
+        "jitter",
+    )
+}
+
+#[test]
+fn missing_required_settings_are_refused() -> TestResult {
+    refused(TRUE_CALLBACK, None, "database")?;
+    refused(
+        "database = \"bgq.sqlite\"\n[callbacks.cb]\ntimeout = \"5s\"\n",
+        None,
+        "command",
+    )
+}
+
+#[test]
+fn minimal_config_and_every_duration_unit_load() -> TestResult {
+    let env = TestEnv::new("")?;
+    env.write_raw_config("database = \"bgq.sqlite\"\n")?;
+    let out = env.bgq().args(["list"]).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let env = TestEnv::new(
+        "[retry]\ndelay = \"0s\"\nmax_delay = \"14d\"\nmultiplier = 1.5\njitter = 0.0\nmax_attempts = 3\n\
+         [callbacks.x]\ncommand = [\"/bin/true\"]\ntimeout = \"500ms\"\nkill_grace = \"10s\"\n\
+         [callbacks.y]\ncommand = [\"/bin/true\"]\ntimeout = \"5m\"\n\
+         [callbacks.y.retry]\ndelay = \"2h\"\n",
+    )?;
+    let id = env.publish("x", "{}")?;
+    env.process(&[])?;
+    assert_eq!(env.state(id)?, "FINISHED");
+    Ok(())
+}
+
+fn example_config() -> TestResult<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()).into())
+}
+
+#[test]
+fn example_config_loads_as_is() -> TestResult {
+    let env = TestEnv::new("")?;
+    env.write_raw_config(&example_config()?)?;
+    let out = env.bgq().arg("list").output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    Ok(())
+}
+
+#[test]
+fn example_config_mentions_every_setting() -> TestResult {
+    let text = example_config()?;
+    for key in [
+        "database",
+        "temp_dir",
+        "queue",
+        "concurrency",
+        "notify_on_attempts",
+        "notify",
+        "[retry]",
+        "delay",
+        "multiplier",
+        "max_delay",
+        "jitter",
+        "max_attempts",
+        "[callbacks.",
+        "command",
+        "timeout",
+        "kill_grace",
+        "working_dir",
+        "env",
+    ] {
+        assert!(
+            text.contains(key),
+            "config.example.toml does not mention {key}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! SPEC.md section 4: a `process` killed with SIGKILL leaves PROCESSING jobs that the next run recovers.
+
+use std::time::Duration;
+
+use crate::support::{
+    TestEnv, TestResult, alive, callback_toml, read_lines, send_signal, wait_for,
+};
+
+/// Pids (one a line) a hanging callback wrote to `path`.
+fn pids(path: &std::path::Path) -> TestResult<Vec<i32>> {
+    Ok(read_lines(path)
+        .iter()
+        .map(|l| l.trim().parse())
+        .collect::<Result<_, _>>()?)
+}
+
+#[test]
+fn killed_process_leaves_jobs_that_the_next_run_recovers() -> TestResult {
+    let env = TestEnv::new("")?;
+    let started = env.path("started");
+    let done = env.path("done");
+    let pidfile = env.path("hang.pids");
+    // First the callback hangs, recording its shell's pid and its sleeping child's pid.
+    let hang = env.script(
+        "hang.sh",
+        &format!(
+            "echo $BGQ_JOB_ID >> {s}\nsleep 30 &\nprintf '%s\\n%s\\n' $$ $! > {p}.tmp\nmv {p}.tmp {p}\nwait",
+            s = started.display(),
+            p = pidfile.display()
+        ),
+    )?;
+    let finish = env.script(
+        "ok.sh",
+        &format!("echo \"$BGQ_JOB_ID $BGQ_ATTEMPT\" >> {}", done.display()),
+    )?;
+    env.write_config(&format!(
+        "concurrency = 1\n{}",
+        callback_toml("cb", &hang, "")
+    ))?;
+
+    let before = env.publish("cb", "{\"n\":1}")?;
+    let before2 = env.publish("cb", "{\"n\":2}")?;
+    let mut first = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(10), || {
+        pidfile.exists()
+    })?;
+    let during = env.publish("cb", "{\"n\":3}")?;
+    send_signal(first.pid(), "KILL")?;
+    first.wait_exit(Duration::from_secs(5))?;
+    let old = pids(&pidfile)?;
+    assert_eq!(old.len(), 2);
+    assert!(
+        old.iter().all(|&p| alive(p)),
+        "the orphaned callback is still running"
+    );
+    assert_eq!(read_lines(&started), [before.to_string()]);
+    assert_eq!(env.state(before)?, "PROCESSING");
+    assert_eq!(env.state(before2)?, "READY");
+    assert_eq!(env.state(during)?, "READY");
+    let after = env.publish("cb", "{\"n\":4}")?;
+
+    // Now the callback finishes.
+    env.write_config(&format!(
+        "concurrency = 1\n{}",
+        callback_toml("cb", &finish, "")
+    ))?;
+    let stderr = env.process(&[])?;
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("bgq: recovered job {before}"))),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("bgq: recovered job {before2}")),
+        "only PROCESSING jobs are recovered: {stderr}"
+    );
+    wait_for(
+        "recovery to kill the old callback",
+        Duration::from_secs(3),
+        || old.iter().all(|&p| !alive(p)),
+    )?;
+
+    for id in [before, before2, during, after] {
+        assert_eq!(env.state(id)?, "FINISHED", "job {id}");
+    }
+    let job = env.job(before)?;
+    assert_eq!(job["attempts"].as_i64(), Some(2), "the lost attempt counts");
+    let mut ran = read_lines(&done);
+    ran.sort();
+    let mut expected = vec![
+        format!("{before} 2"),
+        format!("{before2} 1"),
+        format!("{during} 1"),
+        format!("{after} 1"),
+    ];
+    expected.sort();
+    assert_eq!(ran, expected, "every job ran exactly once more");
+
+    // Nothing left to recover.
+    let stderr = env.process(&[])?;
+    assert_eq!(stderr, "");
+    Ok(())
+}
+
+#[test]
+fn killed_process_with_several_running_jobs_recovers_them_all() -> TestResult {
+    let env = TestEnv::new("")?;
+    let dir = env.path("pids");
+    std::fs::create_dir_all(&dir)?;
+    let hang = env.script(
+        "hang.sh",
+        &format!(
+            "echo $$ > {d}/$BGQ_JOB_ID.tmp\nmv {d}/$BGQ_JOB_ID.tmp {d}/$BGQ_JOB_ID\nexec sleep 30",
+            d = dir.display()
+        ),
+    )?;
+    let done = env.path("done");
+    let finish = env.script("ok.sh", &format!("echo $BGQ_JOB_ID >> {}", done.display()))?;
+    env.write_config(&format!(
+        "concurrency = 3\n{}",
+        callback_toml("cb", &hang, "")
+    ))?;
+    let ids: Vec<i64> = (0..5)
+        .map(|i| env.publish("cb", &format!("{{\"i\":{i}}}")))
+        .collect::<TestResult<_>>()?;
+    let mut first = env.spawn(&["process"])?;
+    wait_for("3 callbacks to start", Duration::from_secs(10), || {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                    .count()
+                    >= 3
+            })
+            .unwrap_or(false)
+    })?;
+    send_signal(first.pid(), "KILL")?;
+    first.wait_exit(Duration::from_secs(5))?;
+    let mut old = Vec::new();
+    let mut processing = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            continue;
+        }
+        processing.push(name.parse::<i64>()?);
+        old.push(
+            std::fs::read_to_string(entry.path())?
+                .trim()
+                .parse::<i32>()?,
+        );
+    }
+    processing.sort_unstable();
+    assert_eq!(processing.len(), 3);
+    for &id in &processing {
+        assert_eq!(env.state(id)?, "PROCESSING");
+    }
+
+    env.write_config(&format!(
+        "concurrency = 3\n{}",
+        callback_toml("cb", &finish, "")
+    ))?;
+    let stderr = env.process(&[])?;
+    for &id in &processing {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("bgq: recovered job {id}"))),
+            "job {id}: {stderr}"
+        );
+    }
+    wait_for(
+        "the old callbacks to be killed",
+        Duration::from_secs(3),
+        || old.iter().all(|&p| !alive(p)),
+    )?;
+    for &id in &ids {
+        assert_eq!(env.state(id)?, "FINISHED", "job {id}");
+    }
+    let mut ran: Vec<i64> = read_lines(&done)
+        .iter()
+        .map(|l| l.parse())
+        .collect::<Result<_, _>>()?;
+    ran.sort_unstable();
+    assert_eq!(ran, ids);
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! SPEC.md section 7: serial groups run one job at a time, in publish order.
+
+use crate::support::{TestEnv, TestResult, callback_toml, intervals, read_lines, timed_body};
+
+#[test]
+fn a_retrying_job_holds_back_its_group_only() -> TestResult {
+    let env = TestEnv::new("")?;
+    let log = env.path("order");
+    // Payload "fail" exits 75 on the first attempt; everything else finishes.
+    let cb = env.script(
+        "cb.sh",
+        &format!(
+            "echo \"$BGQ_JOB_ID $BGQ_ATTEMPT\" >> {}\nif [ \"$(cat)\" = '\"fail\"' ] && [ \"$BGQ_ATTEMPT\" = 1 ]; then exit 75; fi\nexit 0",
+            log.display()
+        ),
+    )?;
+    env.write_config(&format!(
+        "concurrency = 4\n[retry]\ndelay = \"0s\"\njitter = 0.0\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    let a1 = env.publish_with("cb", "\"fail\"", &["--serial-group", "A"])?;
+    let a2 = env.publish_with("cb", "\"ok\"", &["--serial-group", "A"])?;
+    let b1 = env.publish_with("cb", "\"ok\"", &["--serial-group", "B"])?;
+    let u = env.publish("cb", "\"ok\"")?;
+
+    env.process(&[])?;
+    let mut first = read_lines(&log);
+    first.sort();
+    let mut expected = vec![format!("{a1} 1"), format!("{b1} 1"), format!("{u} 1")];
+    expected.sort();
+    assert_eq!(first, expected, "A's second job must not run yet");
+    assert_eq!(env.state(a1)?, "TEMPORARILY_FAILED");
+    assert_eq!(env.state(a2)?, "READY");
+    assert_eq!(env.state(b1)?, "FINISHED");
+    assert_eq!(env.state(u)?, "FINISHED");
+    assert_eq!(
+        env.job(a2)?["attempts"].as_i64(),
+        Some(0),
+        "being held back spends no attempt"
+    );
+
+    env.process(&[])?;
+    let all = read_lines(&log);
+    assert_eq!(
+        all[3..],
+        [format!("{a1} 2"), format!("{a2} 1")],
+        "A's first, then A's second"
+    );
+    assert_eq!(env.state(a1)?, "FINISHED");
+    assert_eq!(env.state(a2)?, "FINISHED");
+    Ok(())
+}
+
+#[test]
+fn a_waiting_job_holds_back_its_group() -> TestResult {
+    let env = TestEnv::new("")?;
+    let log = env.path("order");
+    let marker = env.path("waited");
+    let cb = env.script(
+        "cb.sh",
+        &format!(
+            "echo $BGQ_JOB_ID >> {log}\nif [ \"$(cat)\" = '\"wait\"' ] && [ ! -e {m} ]; then touch {m}; exit 76; fi\nexit 0",
+            log = log.display(),
+            m = marker.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    let a1 = env.publish_with("cb", "\"wait\"", &["--serial-group", "A"])?;
+    let a2 = env.publish_with("cb", "\"ok\"", &["--serial-group", "A"])?;
+    env.process(&[])?;
+    assert_eq!(read_lines(&log), [a1.to_string()]);
+    assert_eq!(env.state(a1)?, "WAITING");
+    assert_eq!(env.state(a2)?, "READY");
+    env.process(&[])?;
+    assert_eq!(
+        read_lines(&log),
+        [a1.to_string(), a1.to_string(), a2.to_string()]
+    );
+    assert_eq!(env.state(a2)?, "FINISHED");
+    Ok(())
+}
+
+#[test]
+fn a_permanently_failed_job_does_not_block_its_group() -> TestResult {
+    let env = TestEnv::new("")?;
+    let log = env.path("order");
+    let cb = env.script(
+        "cb.sh",
+        &format!(
+            "echo $BGQ_JOB_ID >> {}\n[ \"$(cat)\" = '\"crash\"' ] && exit 3\nexit 0",
+            log.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    let a1 = env.publish_with("cb", "\"crash\"", &["--serial-group", "A"])?;
+    let a2 = env.publish_with("cb", "\"ok\"", &["--serial-group", "A"])?;
+    env.process(&[])?;
+    assert_eq!(env.state(a1)?, "PERMANENTLY_FAILED");
+    assert_eq!(env.state(a2)?, "FINISHED");
+    assert_eq!(read_lines(&log), [a1.to_string(), a2.to_string()]);
+    Ok(())
+}
+
+#[test]
+fn jobs_of_one_group_never_overlap_and_run_in_publish_order() -> TestResult {
+    let env = TestEnv::new("")?;
+    let log = env.path("times");
+    let cb = env.script("cb.sh", &timed_body(&log, "0.1"))?;
+    env.write_config(&format!(
+        "concurrency = 4\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    let mut group_a = Vec::new();
+    let mut group_b = Vec::new();
+    for _ in 0..4 {
+        group_a.push(env.publish_with("cb", "{}", &["--serial-group", "A"])?);
+        group_b.push(env.publish_with("cb", "{}", &["--serial-group", "B"])?);
+    }
+    env.process(&[])?;
+    assert!(env.jobs()?.iter().all(|j| j["state"] == "FINISHED"));
+    let all = intervals(&log)?;
+    assert_eq!(all.len(), 8);
+    for group in [&group_a, &group_b] {
+        let runs: Vec<_> = all.iter().filter(|(id, _, _)| group.contains(id)).collect();
+        let order: Vec<i64> = runs.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(&order, group, "publish order");
+        for pair in runs.windows(2) {
+            assert!(
+                pair[0].2 <= pair[1].1,
+                "job {} started before job {} of its group ended",
+                pair[1].0,
+                pair[0].0
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! A temp dir with a config, callback scripts and a way to run the real `bgq` binary in it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Result type for tests: any error fails the test with its message.
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// One isolated bgq installation: a temp dir holding `bgq.toml`, the database, a lock dir and scripts.
+pub struct TestEnv {
+    dir: TempDir,
+}
+
+impl TestEnv {
+    /// A temp dir with `bgq.toml` = the base settings followed by `extra` (callbacks, retry, ...).
+    ///
+    /// Base settings: `database = "bgq.sqlite"`, `temp_dir` = `<dir>/locks`.
+    pub fn new(extra: &str) -> TestResult<Self> {
+        let env = TestEnv {
+            dir: tempfile::tempdir()?,
+        };
+        fs::create_dir_all(env.path("locks"))?;
+        env.write_config(extra)?;
+        Ok(env)
+    }
+
+    /// Rewrites `bgq.toml` with the base settings and `extra`.
+    pub fn write_config(&self, extra: &str) -> TestResult {
+        let text = format!(
+            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n{}\n",
+            self.path("locks").display(),
+            extra
+        );
+        fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// Writes `bgq.toml` with exactly `text` (no base settings).
+    pub fn write_raw_config(&self, text: &str) -> TestResult {
+        fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// Path of `rel` inside the temp dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The temp dir itself.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.path("bgq.toml")
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.path("bgq.sqlite")
+    }
+
+    /// Writes an executable `/bin/sh` script `name` with `body` and returns its absolute path.
+    pub fn script(&self, name: &str, body: &str) -> TestResult<PathBuf> {
+        let path = self.path(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+
+    /// `bgq --config <dir>/bgq.toml`, run in the temp dir, with `BGQ_CONFIG` removed.
+    pub fn bgq(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgq"));
+        cmd.current_dir(self.root())
+            .env_remove("BGQ_CONFIG")
+            .arg("--config")
+            .arg(self.config_path())
+            .timeout(Duration::from_secs(60));
+        cmd
+    }
+
+    /// `bgq` run in the temp dir without `--config` (for discovery tests).
+    pub fn bgq_bare(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgq"));
+        cmd.current_dir(self.root())
+            .env_remove("BGQ_CONFIG")
+            .timeout(Duration::from_secs(60));
+        cmd
+    }
+
+    /// Publishes `json` for `callback` with extra `args`, asserts success, returns the job id.
+    pub fn publish_with(&self, callback: &str, json: &str, args: &[&str]) -> TestResult<i64> {
+        let out = self
+            .bgq()
+            .args(["publish", callback, "--json", json])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("publish failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    }
+
+    /// Publishes `json` for `callback`, returns the job id.
+    pub fn publish(&self, callback: &str, json: &str) -> TestResult<i64> {
+        self.publish_with(callback, json, &[])
+    }
+
+    /// Runs `bgq process` with `args`, asserts exit 0, returns its stderr.
+    pub fn process(&self, args: &[&str]) -> TestResult<String> {
+        let out = self.bgq().arg("process").args(args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(format!("process failed: {stderr}").into());
+        }
+        Ok(stderr)
+    }
+
+    /// Every job as `bgq list --json --limit 1000000` reports it, oldest first.
+    pub fn jobs(&self) -> TestResult<Vec<Value>> {
+        let out = self
+            .bgq()
+            .args(["list", "--json", "--limit", "1000000"])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("list failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let mut jobs = String::from_utf8(out.stdout)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Value>, _>>()?;
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    /// The job with `id`, as `bgq list --json` reports it.
+    pub fn job(&self, id: i64) -> TestResult<Value> {
+        self.jobs()?
+            .into_iter()
+            .find(|job| job["id"].as_i64() == Some(id))
+            .ok_or_else(|| format!("job {id} not listed").into())
+    }
+
+    /// The state of job `id`, e.g. `"FINISHED"`.
+    pub fn state(&self, id: i64) -> TestResult<String> {
+        Ok(self.job(id)?["state"]
+            .as_str()
+            .ok_or("job has no state")?
+            .to_owned())
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes; fails with `what` then.
+pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> TestResult {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("timed out after {limit:?} waiting for {what}").into())
+}
+
+/// Reads a file the callback scripts append to, one entry a line; empty when it does not exist.
+pub fn read_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+// ---- Helpers for the `process` tests (protocol, retries, serial groups, concurrency, recovery, signals).
+
+/// A TOML basic string holding `text` (quotes and backslashes escaped).
+pub fn toml_str(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A `[callbacks.NAME]` table running `script` (an absolute path) with `extra` lines after `command`.
+pub fn callback_toml(name: &str, script: &Path, extra: &str) -> String {
+    format!(
+        "[callbacks.{name}]\ncommand = [{}]\n{extra}\n",
+        toml_str(&script.display().to_string())
+    )
+}
+
+/// True when process `pid` exists and is not a zombie (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Sends `signal` (e.g. `"TERM"`, `"KILL"`) to `pid` with `kill(1)`.
+pub fn send_signal(pid: u32, signal: &str) -> TestResult {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -{signal} {pid} failed").into());
+    }
+    Ok(())
+}
+
+/// A spawned `bgq` that is SIGKILLed when dropped (so a failing test leaves nothing behind).
+pub struct Spawned {
+    pub child: std::process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Spawned {
+    /// The pid of the spawned `bgq`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> TestResult<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                return Err(format!("bgq did not exit within {limit:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Starts `bgq --config ... <args>` in the background; stdout/stderr go to files in the temp dir.
+    pub fn spawn(&self, args: &[&str]) -> TestResult<Spawned> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stdout = self.path(&format!("spawned-{n}.stdout"));
+        let stderr = self.path(&format!("spawned-{n}.stderr"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
+            .current_dir(self.root())
+            .env_remove("BGQ_CONFIG")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(fs::File::create(&stdout)?)
+            .stderr(fs::File::create(&stderr)?)
+            .spawn()?;
+        Ok(Spawned {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs `bgq process <args>`, returns (exit code, stdout, stderr) without asserting anything.
+    pub fn process_output(&self, args: &[&str]) -> TestResult<(i32, String, String)> {
+        let out = self.bgq().arg("process").args(args).output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+/// Shell lines that append `start ID NS` / `end ID NS` (nanosecond clock) to `log` around `sleep SECS`.
+pub fn timed_body(log: &Path, secs: &str) -> String {
+    let log = log.display();
+    format!(
+        "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> {log}\nsleep {secs}\necho \"end $BGQ_JOB_ID $(date +%s%N)\" >> {log}"
+    )
+}
+
+/// Parses a [`timed_body`] log into `(job id, start ns, end ns)`, sorted by start.
+pub fn intervals(log: &Path) -> TestResult<Vec<(i64, u128, u128)>> {
+    let mut starts = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for line in read_lines(log) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [kind, id, ns] = parts[..] else {
+            return Err(format!("bad log line {line:?}").into());
+        };
+        let id: i64 = id.parse()?;
+        let ns: u128 = ns.parse()?;
+        match kind {
+            "start" => {
+                starts.insert(id, ns);
+            }
+            "end" => {
+                let start = starts.remove(&id).ok_or("end without start")?;
+                out.push((id, start, ns));
+            }
+            _ => return Err(format!("bad log line {line:?}").into()),
+        }
+    }
+    if !starts.is_empty() {
+        return Err(format!("jobs started but never ended: {starts:?}").into());
+    }
+    out.sort_by_key(|&(_, start, _)| start);
+    Ok(out)
+}
+
+/// The largest number of intervals running at the same instant (an end at t comes before a start at t).
+pub fn max_overlap(intervals: &[(i64, u128, u128)]) -> usize {
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for &(_, start, end) in intervals {
+        events.push((start, 1));
+        events.push((end, -1));
+    }
+    events.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, delta) in events {
+        now += delta;
+        max = max.max(now);
+    }
+    usize::try_from(max).unwrap_or(0)
+}
+
+/// The JSON objects a notify script appended to `path` (one after another, any whitespace between).
+pub fn notices(path: &Path) -> TestResult<Vec<Value>> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    Ok(serde_json::Deserializer::from_str(&text)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A notify script that appends its stdin (one JSON object) to `notices.jsonl`; returns the `notify = [...]` line.
+pub fn notify_line(env: &TestEnv) -> TestResult<String> {
+    let out = env.path("notices.jsonl");
+    let script = env.script(
+        "notify.sh",
+        &format!("cat >> {}; echo >> {}", out.display(), out.display()),
+    )?;
+    Ok(format!(
+        "notify = [{}]",
+        toml_str(&script.display().to_string())
+    ))
+}
+
+// ---- Helpers for the config, publish, list, clear, locking and bad-input tests.
+
+/// A [`TestEnv`] whose `bgq.toml` holds `extra` (top-level settings, `[retry]`, ...) followed by one
+/// `[callbacks.NAME]` per `(NAME, BODY)`, each running the `/bin/sh` script `NAME.sh` with `BODY`.
+///
+/// `@ROOT@` in a body stands for the temp dir's absolute path.
+pub fn env_with_callbacks(extra: &str, callbacks: &[(&str, &str)]) -> TestResult<TestEnv> {
+    let env = TestEnv::new("")?;
+    let root = env.root().display().to_string();
+    let mut config = format!("{extra}\n");
+    for (name, body) in callbacks {
+        let script = env.script(&format!("{name}.sh"), &body.replace("@ROOT@", &root))?;
+        config.push_str(&callback_toml(name, &script, ""));
+    }
+    env.write_config(&config)?;
+    Ok(env)
+}
+
+/// Describes `out` for an error message: exit code, stdout and stderr.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout:\n{}--- stderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Checks a refused command: exit `code`, nothing on stdout, no panic, and a last stderr line that
+/// starts with `bgq: error: ` and contains every one of `fragments`.
+pub fn expect_error(out: &std::process::Output, code: i32, fragments: &[&str]) -> TestResult {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    let problem = if out.status.code() != Some(code) {
+        Some(format!("expected exit {code}"))
+    } else if stderr.contains("panicked") {
+        Some("it panicked".to_owned())
+    } else if !out.stdout.is_empty() {
+        Some("expected nothing on stdout".to_owned())
+    } else if !last.starts_with("bgq: error: ") {
+        Some("expected a last stderr line starting with `bgq: error: `".to_owned())
+    } else {
+        fragments
+            .iter()
+            .find(|fragment| !last.contains(*fragment))
+            .map(|fragment| format!("expected the error line to contain {fragment:?}"))
+    };
+    match problem {
+        Some(problem) => Err(format!("{problem}; got {}", describe(out)).into()),
+        None => Ok(()),
+    }
+}
+
+/// Checks a refused command: exit in `codes`, nothing on stdout, no panic, and either a last stderr
+/// line starting with `bgq: error: ` or (exit 2) the argument parser's own `error: ...` usage message.
+pub fn expect_refused(out: &std::process::Output, codes: &[i32]) -> TestResult {
+    let code = out.status.code();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bgq_error = stderr
+        .lines()
+        .last()
+        .is_some_and(|line| line.starts_with("bgq: error: "));
+    let usage_error = code == Some(2) && stderr.starts_with("error: ");
+    let problem = if !code.is_some_and(|code| codes.contains(&code)) {
+        Some(format!("expected exit {codes:?}"))
+    } else if stderr.contains("panicked") {
+        Some("it panicked".to_owned())
+    } else if !out.stdout.is_empty() {
+        Some("expected nothing on stdout".to_owned())
+    } else if !bgq_error && !usage_error {
+        Some("expected `bgq: error: ...` or a usage error on stderr".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(format!("{problem}; got {}", describe(out)).into()),
+        None => Ok(()),
+    }
+}
+
+/// The permission bits of `path` (e.g. `0o600`).
+pub fn mode_of(path: &Path) -> TestResult<u32> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+/// The `bgq-*.lock` files in `dir`, sorted.
+pub fn lock_files(dir: &Path) -> TestResult<Vec<PathBuf>> {
+    let mut locks = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("bgq-") && name.ends_with(".lock") {
+            locks.push(dir.join(name));
+        }
+    }
+    locks.sort();
+    Ok(locks)
+}
+
+/// Whether `faketime` can move the clock here. Without it a test is skipped with a printed
+/// reason on a developer's machine, but fails in CI (`CI=true`), which installs it.
+pub fn faketime_available() -> TestResult<bool> {
+    let found = std::process::Command::new("faketime")
+        .args(["-f", "+0d", "true"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if found {
+        return Ok(true);
+    }
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        return Err("faketime is not installed, and CI must run the clock tests".into());
+    }
+    eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+    Ok(false)
+}
