@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use crate::support::{
-    TestResult, describe, env_with_callbacks, expect_error, lock_files, mode_of, read_lines,
-    wait_for,
+    TestEnv, TestResult, describe, env_with_callbacks, expect_error, lock_files, mode_of,
+    read_lines, wait_for,
 };
 
 #[test]
@@ -183,6 +183,39 @@ fn lock_name_comes_from_the_canonical_database_path() -> TestResult {
         locks.len(),
         1,
         "one database, one queue, one lock: {locks:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_database_from_a_newer_bgq_is_refused_and_left_alone() -> TestResult {
+    let env = TestEnv::new("[callbacks.cb]\ncommand = [\"true\"]\n")?;
+    env.publish("cb", "{}")?;
+    {
+        let conn = rusqlite::Connection::open(env.db_path())?;
+        conn.pragma_update(None, "user_version", 99)?;
+    }
+    let before = std::fs::read(env.db_path())?;
+    for args in [
+        &["list"][..],
+        &["process"],
+        &["publish", "cb", "--json", "{}"],
+        &["clear"],
+    ] {
+        let out = env.bgq().args(args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("bgq: error: cannot open database ")
+                && stderr.contains("schema version 99, newer than this bgq knows"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(env.db_path())?,
+        before,
+        "the database is untouched"
     );
     Ok(())
 }

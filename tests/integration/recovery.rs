@@ -187,3 +187,59 @@ fn killed_process_with_several_running_jobs_recovers_them_all() -> TestResult {
     assert_eq!(ran, ids);
     Ok(())
 }
+
+#[test]
+fn a_live_run_under_another_lock_is_not_taken_for_dead() -> TestResult {
+    // Two configs of one database whose temp_dir differ hold different locks, so both
+    // `process` runs start; the second must not "recover" (kill and re-run) the first's job.
+    let env = TestEnv::new("")?;
+    let release = env.path("release");
+    let runs = env.path("runs");
+    let slow = env.script(
+        "slow.sh",
+        &format!(
+            "echo $BGQ_JOB_ID >> {r}\nwhile [ ! -e {x} ]; do sleep 0.02; done",
+            r = runs.display(),
+            x = release.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("cb", &slow, ""))?;
+    let other_locks = env.path("other-locks");
+    let other_config = env.path("other.toml");
+    std::fs::write(
+        &other_config,
+        format!(
+            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n{}",
+            other_locks.display(),
+            callback_toml("cb", &slow, "")
+        ),
+    )?;
+    let id = env.publish("cb", "{}")?;
+    let mut first = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(10), || {
+        runs.exists()
+    })?;
+
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&other_config)
+        .arg("process")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bgq: warning: job {id} is running under another live `process`"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("recovered"), "{stderr}");
+    assert_eq!(env.state(id)?, "PROCESSING");
+
+    std::fs::write(&release, "")?;
+    assert!(first.wait_exit(Duration::from_secs(10))?.success());
+    assert_eq!(env.state(id)?, "FINISHED");
+    assert_eq!(read_lines(&runs), [id.to_string()], "the job ran once");
+    Ok(())
+}
