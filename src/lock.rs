@@ -62,9 +62,6 @@ impl Lock {
                 path: path.to_owned(),
             })),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(err) if err.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-                Ok(None)
-            }
             Err(err) => {
                 Err(anyhow::Error::new(err).context(format!("cannot lock {}", path.display())))
             }
