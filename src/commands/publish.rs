@@ -74,12 +74,13 @@ fn read_source(source: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+/// Parses one whole JSON value (nothing may follow it).
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 
 /// One JSON value per line; a trailing newline ends the last line. Any bad line refuses all.
-fn parse_jsonl(bytes: &[u8]) -> anyhow::Result<Vec<Payload>> {
+pub fn parse_jsonl(bytes: &[u8]) -> anyhow::Result<Vec<Payload>> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if body.is_empty() {
         return Err(usage("--jsonl input holds no jobs"));
