@@ -24,12 +24,8 @@ CREATE TABLE jobs (
     started_at    INTEGER,
     finished_at   INTEGER,
     -- The `process` run (runs.id) that started the job last; one run starts a job at most once.
+    -- (The process group running it is recorded in that run's lock file: see running_log.rs.)
     claimed_run   INTEGER NOT NULL DEFAULT 0,
-    -- The running callback's process group, with its leader's start time (clock ticks since boot)
-    -- and the boot id, so that recovery never kills a reused pid.
-    pgid          INTEGER,
-    pgid_started  INTEGER,
-    boot_id       TEXT,
     -- Tail of what the last run printed (stdout and stderr).
     output        BLOB,
     -- 1 once the notify_on_attempts notice went out.

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod notify;
 pub mod process_group;
 pub mod runner;
+pub mod running_log;
 pub mod store;
 
 use cli::{Cli, Command};

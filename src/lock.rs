@@ -13,7 +13,7 @@ use fs2::FileExt;
 /// A held exclusive lock on a file.
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
@@ -58,7 +58,7 @@ impl Lock {
         }
         match file.try_lock_exclusive() {
             Ok(()) => Ok(Some(Lock {
-                _file: file,
+                file,
                 path: path.to_owned(),
             })),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
@@ -66,6 +66,11 @@ impl Lock {
                 Err(anyhow::Error::new(err).context(format!("cannot lock {}", path.display())))
             }
         }
+    }
+
+    /// The open lock file (its holder may keep notes in it: see `running_log`).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// The lock file.

@@ -4,7 +4,17 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::store::ProcessRecord;
+/// A process as recorded, so that a later run can tell whether it still lives: a callback's
+/// group leader (its pid is the group id), or a `process` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// Process id.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot.
+    pub started: u64,
+    /// Boot id of the machine it ran on.
+    pub boot_id: String,
+}
 
 /// The identity of process `pid` (for a group leader: of its group), read from /proc; `None`
 /// when the process is gone.
@@ -23,9 +33,14 @@ pub fn is_alive(record: &ProcessRecord) -> bool {
 
 /// This boot's id, so that groups recorded before a reboot are known to be gone.
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_default()
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|id| id.trim().to_owned())
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// Fields of /proc/PID/stat after the command name, which may itself hold spaces and ')'.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Callback;
 use crate::process_group;
-use crate::store::{ClaimedJob, ProcessRecord};
+use crate::process_group::ProcessRecord;
+use crate::store::ClaimedJob;
 
 /// How much of a callback's output is kept with the job.
 pub const OUTPUT_TAIL: usize = 16 * 1024;
@@ -89,14 +90,10 @@ pub fn start(job: &ClaimedJob, callback: &Callback, config_path: &Path) -> Resul
         .ok_or("the callback has an empty command")?;
     let input = job
         .payload
+        .as_ref()
+        .map_err(String::clone)?
         .stdin_bytes()
         .map_err(|err| format!("cannot prepare the parameters: {err:#}"))?;
-    if !callback.working_dir.is_dir() {
-        return Err(format!(
-            "cannot start `{program}`: working_dir {} is not a directory",
-            callback.working_dir.display()
-        ));
-    }
     let (output, writer) =
         std::io::pipe().map_err(|err| format!("cannot create an output pipe: {err}"))?;
     let writer_for_stderr = writer
@@ -125,9 +122,17 @@ pub fn start(job: &ClaimedJob, callback: &Callback, config_path: &Path) -> Resul
             job.serial_group.as_deref(),
         );
         set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
-        command
-            .spawn()
-            .map_err(|err| format!("cannot start `{program}`: {err}"))?
+        command.spawn().map_err(|err| {
+            // The error of a missing working_dir names no path; say which one it is.
+            if callback.working_dir.is_dir() {
+                format!("cannot start `{program}`: {err}")
+            } else {
+                format!(
+                    "cannot start `{program}`: working_dir {} is not a directory",
+                    callback.working_dir.display()
+                )
+            }
+        })?
     };
     let mut child = child;
     let stdin = child.stdin.take();

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload};
+use crate::process_group::ProcessRecord;
 
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../schema.sql");
@@ -50,8 +51,8 @@ pub struct ClaimedJob {
     pub queue: String,
     /// Callback name.
     pub callback: String,
-    /// Parameters.
-    pub payload: Payload,
+    /// Parameters, or why they cannot be read.
+    pub payload: Result<Payload, String>,
     /// Counted attempts including this run.
     pub attempts: u32,
     /// Serial group, if any.
@@ -60,18 +61,6 @@ pub struct ClaimedJob {
     pub identifier: Option<String>,
     /// Whether the notify_on_attempts notice already went out.
     pub notified: bool,
-}
-
-/// A process as recorded, so that a later run can tell whether it still lives: a callback's
-/// group leader (its pid is the group id), or a `process` run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRecord {
-    /// Process id.
-    pub pid: i32,
-    /// Its start time in clock ticks since boot.
-    pub started: u64,
-    /// Boot id of the machine it ran on.
-    pub boot_id: String,
 }
 
 /// A job left PROCESSING by a `process` run that died.
@@ -83,8 +72,6 @@ pub struct Orphan {
     pub callback: String,
     /// Counted attempts, including the lost one.
     pub attempts: u32,
-    /// The group it ran in, if it was recorded before the run died.
-    pub group: Option<ProcessRecord>,
     /// The `process` run that claimed it, if its record is still kept.
     pub claimed_by: Option<ProcessRecord>,
     /// Whether the notify_on_attempts notice already went out.
@@ -111,6 +98,21 @@ pub struct Completion {
     pub ended_at: Millis,
     /// Mark the notify_on_attempts notice as sent.
     pub notified: bool,
+}
+
+/// What `settle_and_claim` may claim.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// Queue to claim from.
+    pub queue: &'a str,
+    /// The claiming `process` run.
+    pub run: i64,
+    /// The current time.
+    pub now: Millis,
+    /// Claim at most this many jobs.
+    pub limit: usize,
+    /// Callbacks that may be claimed, each with how many more of it may start.
+    pub callbacks: &'a [(&'a str, usize)],
 }
 
 /// Which jobs `list` shows.
@@ -154,6 +156,13 @@ impl Store {
             .open(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Without the query planner stability guarantee, SQLite re-prepares the claim statement
+        // on every execution (its bound values meet partial-index conditions); its plan never
+        // depends on them, and the plans are checked by tests.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
@@ -282,8 +291,7 @@ impl Store {
     /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
     pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT j.id, j.callback, j.attempts, j.pgid, j.pgid_started, j.boot_id, j.notified,
-                    r.pid, r.pid_started, r.boot_id
+            "SELECT j.id, j.callback, j.attempts, j.notified, r.pid, r.pid_started, r.boot_id
              FROM jobs j LEFT JOIN runs r ON r.id = j.claimed_run
              WHERE j.queue = ?1 AND j.state = 'PROCESSING' ORDER BY j.id",
         )?;
@@ -292,9 +300,8 @@ impl Store {
                 id: row.get(0)?,
                 callback: row.get(1)?,
                 attempts: row.get(2)?,
-                group: read_process(row, 3)?,
-                notified: row.get(6)?,
-                claimed_by: read_process(row, 7)?,
+                notified: row.get(3)?,
+                claimed_by: read_process(row, 4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -310,50 +317,41 @@ impl Store {
         Ok(promoted)
     }
 
-    /// Picks the oldest runnable job of `queue` whose serial group is free and whose callback is
-    /// one of `callbacks`, and marks it PROCESSING for `run`, in one transaction.
-    pub fn claim(
+    /// In one transaction: stores how the runs in `done` ended, then claims up to
+    /// `claim.limit` jobs (oldest first, serial groups free, within each callback's capacity)
+    /// and marks them PROCESSING for `claim.run`.
+    pub fn settle_and_claim(
         &mut self,
-        queue: &str,
-        run: i64,
-        now: Millis,
-        callbacks: &[&str],
-    ) -> anyhow::Result<Option<ClaimedJob>> {
-        let sql = claim_sql(callbacks.len());
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue, &run, &now];
-        values.extend(callbacks.iter().map(|name| name as &dyn rusqlite::ToSql));
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let claimed = stmt
-            .query_row(params_from_iter(values), |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                    row.get::<_, u32>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, Option<String>>(6)?,
-                    row.get::<_, bool>(7)?,
-                ))
-            })
-            .optional()?;
-        let Some((id, queue, callback, payload, attempts, serial_group, identifier, notified)) =
-            claimed
-        else {
-            return Ok(None);
-        };
-        let payload = Payload::from_msgpack(&payload)
-            .with_context(|| format!("job {id} has unreadable parameters"))?;
-        Ok(Some(ClaimedJob {
-            id,
-            queue,
-            callback,
-            payload,
-            attempts,
-            serial_group,
-            identifier,
-            notified,
-        }))
+        done: &[Completion],
+        claim: &ClaimRequest<'_>,
+    ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for completion in done {
+            complete(&tx, completion)?;
+        }
+        let mut capacity = claim.callbacks.to_vec();
+        let mut claimed = Vec::new();
+        while claimed.len() < claim.limit {
+            let allowed: Vec<&str> = capacity
+                .iter()
+                .filter(|(_, left)| *left > 0)
+                .map(|(name, _)| *name)
+                .collect();
+            if allowed.is_empty() {
+                break;
+            }
+            let Some(job) = claim_one(&tx, claim, &allowed)? else {
+                break;
+            };
+            if let Some((_, left)) = capacity.iter_mut().find(|(name, _)| *name == job.callback) {
+                *left -= 1;
+            }
+            claimed.push(job);
+        }
+        tx.commit()?;
+        Ok(claimed)
     }
 
     /// Due jobs of `queue` whose callback is not among `known`, counted per callback.
@@ -377,42 +375,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records the process group now running job `id`.
-    pub fn record_group(&mut self, id: i64, group: &ProcessRecord) -> anyhow::Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET pgid = ?2, pgid_started = ?3, boot_id = ?4 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                group.pid,
-                i64::try_from(group.started).unwrap_or(i64::MAX),
-                group.boot_id
-            ])?;
-        Ok(())
+    /// When the last `process` run of `queue` started, if one is recorded.
+    pub fn last_run_start(&self, queue: &str) -> anyhow::Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT started_at FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1",
+                [queue],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
+    pub fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE jobs SET run_at = run_at - ?2
+             WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')",
+            params![queue, by],
+        )?)
     }
 
     /// Stores how a run of a job ended.
     pub fn complete(&mut self, done: &Completion) -> anyhow::Result<()> {
-        let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
-                        attempts = attempts - ?5, output = ?6, finished_at = ?7,
-                        notified = notified OR ?8, pgid = NULL, pgid_started = NULL, boot_id = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                done.id,
-                done.state.as_str(),
-                done.run_at,
-                done.due_now,
-                i64::from(done.uncount_attempt),
-                done.output,
-                finished_at,
-                done.notified
-            ])?;
-        Ok(())
+        complete(&self.conn, done)
     }
 
     /// Jobs matching `filter`, newest first, at most `limit`.
@@ -471,6 +457,56 @@ impl Store {
     }
 }
 
+fn complete(conn: &Connection, done: &Completion) -> anyhow::Result<()> {
+    let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
+                attempts = attempts - ?5, output = ?6, finished_at = ?7,
+                notified = notified OR ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        done.id,
+        done.state.as_str(),
+        done.run_at,
+        done.due_now,
+        i64::from(done.uncount_attempt),
+        done.output,
+        finished_at,
+        done.notified
+    ])?;
+    Ok(())
+}
+
+fn claim_one(
+    conn: &Connection,
+    claim: &ClaimRequest<'_>,
+    callbacks: &[&str],
+) -> anyhow::Result<Option<ClaimedJob>> {
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&claim.queue, &claim.run, &claim.now];
+    values.extend(callbacks.iter().map(|name| name as &dyn rusqlite::ToSql));
+    let mut stmt = conn.prepare_cached(&claim_sql(callbacks.len()))?;
+    let claimed = stmt
+        .query_row(params_from_iter(values), |row| {
+            let id: i64 = row.get(0)?;
+            let payload: Vec<u8> = row.get(3)?;
+            Ok(ClaimedJob {
+                id,
+                queue: row.get(1)?,
+                callback: row.get(2)?,
+                // An unreadable payload fails its own job, not the whole run.
+                payload: Payload::from_msgpack(&payload)
+                    .map_err(|err| format!("job {id} has unreadable parameters: {err:#}")),
+                attempts: row.get(4)?,
+                serial_group: row.get(5)?,
+                identifier: row.get(6)?,
+                notified: row.get(7)?,
+            })
+        })
+        .optional()?;
+    Ok(claimed)
+}
+
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).
 const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
     WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
@@ -488,7 +524,7 @@ fn claim_sql(callbacks: usize) -> String {
     let placeholders = vec!["?"; callbacks].join(", ");
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
-                started_at = ?3, claimed_run = ?2, pgid = NULL, pgid_started = NULL, boot_id = NULL
+                started_at = ?3, claimed_run = ?2
          WHERE id = (
              SELECT j.id FROM jobs j
              WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
@@ -573,6 +609,26 @@ mod tests {
         (dir, store)
     }
 
+    /// Claims one job of queue `general` among `callbacks` (capacity 1 each).
+    fn claim(
+        store: &mut Store,
+        queue: &str,
+        run: i64,
+        now: Millis,
+        callbacks: &[&str],
+    ) -> anyhow::Result<Option<ClaimedJob>> {
+        let callbacks: Vec<(&str, usize)> =
+            callbacks.iter().map(|name| (*name, usize::MAX)).collect();
+        let request = ClaimRequest {
+            queue,
+            run,
+            now,
+            limit: 1,
+            callbacks: &callbacks,
+        };
+        Ok(store.settle_and_claim(&[], &request)?.pop())
+    }
+
     fn me() -> ProcessRecord {
         ProcessRecord {
             pid: 1,
@@ -607,19 +663,16 @@ mod tests {
             .publish(&[job("a", None), job("a", None)], 1000)
             .expect("publish");
         let run = store.begin_run("general", &me(), 1000).expect("run");
-        let first = store
-            .claim("general", run, 1000, &["a"])
+        let first = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("a job");
-        let second = store
-            .claim("general", run, 1000, &["a"])
+        let second = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("a job");
         assert_eq!((first.id, second.id), (ids[0], ids[1]));
         assert_eq!(first.attempts, 1);
         assert!(
-            store
-                .claim("general", run, 1000, &["a"])
+            claim(&mut store, "general", run, 1000, &["a"])
                 .expect("claim")
                 .is_none()
         );
@@ -639,18 +692,15 @@ mod tests {
             )
             .expect("publish");
         let run = store.begin_run("general", &me(), 1000).expect("run");
-        let first = store
-            .claim("general", run, 1000, &["a"])
+        let first = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("job");
-        let other = store
-            .claim("general", run, 1000, &["a"])
+        let other = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("job");
         assert_eq!((first.id, other.id), (ids[0], ids[2]));
         assert!(
-            store
-                .claim("general", run, 1000, &["a"])
+            claim(&mut store, "general", run, 1000, &["a"])
                 .expect("claim")
                 .is_none()
         );
@@ -666,11 +716,37 @@ mod tests {
                 notified: false,
             })
             .expect("complete");
-        let next = store
-            .claim("general", run, 1001, &["a"])
+        let next = claim(&mut store, "general", run, 1001, &["a"])
             .expect("claim")
             .expect("job");
         assert_eq!(next.id, ids[1]);
+    }
+
+    #[test]
+    fn claims_several_within_each_callbacks_capacity() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(
+                &[
+                    job("a", None),
+                    job("a", None),
+                    job("b", None),
+                    job("a", None),
+                ],
+                1000,
+            )
+            .expect("publish");
+        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let request = ClaimRequest {
+            queue: "general",
+            run,
+            now: 1000,
+            limit: 3,
+            callbacks: &[("a", 1), ("b", usize::MAX)],
+        };
+        let claimed = store.settle_and_claim(&[], &request).expect("claim");
+        let claimed: Vec<i64> = claimed.iter().map(|job| job.id).collect();
+        assert_eq!(claimed, [ids[0], ids[2]]);
     }
 
     #[test]
@@ -680,8 +756,7 @@ mod tests {
             .publish(&[job("a", None), job("b", None)], 1000)
             .expect("publish");
         let run = store.begin_run("general", &me(), 1000).expect("run");
-        let claimed = store
-            .claim("general", run, 1000, &["b"])
+        let claimed = claim(&mut store, "general", run, 1000, &["b"])
             .expect("claim")
             .expect("job");
         assert_eq!(claimed.id, ids[1]);
@@ -692,8 +767,7 @@ mod tests {
         let (_dir, mut store) = store();
         let ids = store.publish(&[job("a", None)], 1000).expect("publish");
         let run = store.begin_run("general", &me(), 1000).expect("run");
-        store
-            .claim("general", run, 1000, &["a"])
+        claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("job");
         store
@@ -710,8 +784,7 @@ mod tests {
             .expect("complete");
         assert_eq!(store.promote_due("general", run, 5000).expect("promote"), 0);
         assert!(
-            store
-                .claim("general", run, 5000, &["a"])
+            claim(&mut store, "general", run, 5000, &["a"])
                 .expect("claim")
                 .is_none()
         );
@@ -722,8 +795,7 @@ mod tests {
                 .expect("promote"),
             1
         );
-        let again = store
-            .claim("general", next_run, 6000, &["a"])
+        let again = claim(&mut store, "general", next_run, 6000, &["a"])
             .expect("claim")
             .expect("job");
         assert_eq!(again.attempts, 2);

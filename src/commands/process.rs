@@ -6,9 +6,9 @@
 //! it (see `runner`), so a crash re-runs at most the jobs that were running.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,16 +19,20 @@ use crate::config::Config;
 use crate::job::{JobState, Millis, now_millis};
 use crate::lock::{Lock, process_lock_path};
 use crate::notify::{self, Notice};
+use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
-use crate::runner::{self, Exit, Outcome};
-use crate::store::{ClaimedJob, Completion, Durability, Orphan, Store};
+use crate::runner::{self, Exit, Outcome, Started};
+use crate::running_log::RunningLog;
+use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store};
 
-/// How often the main loop wakes to look for signals, deadlines and newly due jobs.
+/// How often the main loop wakes to look for signals, deadlines and newly published jobs.
 const TICK: Duration = Duration::from_millis(100);
 /// How often jobs whose time has come are moved into the claim path.
 const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// How long recovery waits for a killed orphan group to be gone.
 const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
+/// A clock this far behind the last run's start has been set back, not merely read twice.
+const CLOCK_SLACK: Millis = 1000;
 
 /// Runs `bgq process`.
 pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result<()> {
@@ -38,7 +42,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let canonical = std::fs::canonicalize(store.path())
         .with_context(|| format!("cannot resolve {}", store.path().display()))?;
     let lock_path = process_lock_path(&config.temp_dir, &canonical, queue);
-    let Some(_lock) = Lock::try_acquire(&lock_path)? else {
+    let Some(lock) = Lock::try_acquire(&lock_path)? else {
         if verbose {
             eprintln!(
                 "bgq: another `process` of queue `{queue}` holds {}; exiting",
@@ -51,7 +55,12 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         .ok()
         .and_then(process_group::identify)
         .context("cannot read this process's start time from /proc")?;
-    let run = store.begin_run(queue, &me, now_millis())?;
+    let last_start = store.last_run_start(queue)?;
+    let now = now_millis();
+    let run = store.begin_run(queue, &me, now)?;
+    if let Some(last) = last_start.filter(|last| *last > now + CLOCK_SLACK) {
+        follow_clock_back(&mut store, queue, last - now)?;
+    }
     let (finished_tx, finished_rx) = mpsc::channel();
     let mut worker = Worker {
         config,
@@ -60,8 +69,11 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         run,
         running: HashMap::new(),
         running_per_callback: HashMap::new(),
-        finished_tx,
+        log: RunningLog::open(&lock)?,
+        waiters: Waiters::new(finished_tx),
         finished_rx,
+        settled: Vec::new(),
+        notices: Vec::new(),
     };
     worker.recover_orphans()?;
     worker.warn_unknown_callbacks()?;
@@ -77,18 +89,16 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     Ok(())
 }
 
-/// Configured callbacks that have a free slot under their own `concurrency`.
-fn claimable_callbacks<'c>(config: &'c Config, running: &HashMap<String, usize>) -> Vec<&'c str> {
-    config
-        .callbacks
-        .iter()
-        .filter(|(name, callback)| {
-            callback
-                .concurrency
-                .is_none_or(|limit| running.get(*name).copied().unwrap_or(0) < limit)
-        })
-        .map(|(name, _)| name.as_str())
-        .collect()
+/// The clock is behind the last run's start: it was set back. Jobs waiting for their time move
+/// back with it, so that each keeps the wait it had left instead of waiting out the jump too.
+fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Result<()> {
+    let moved = store.shift_schedule(queue, by)?;
+    eprintln!(
+        "bgq: warning: the clock went back by {} since the last run of queue `{queue}`; \
+         {moved} waiting job(s) moved back with it",
+        crate::duration::format(Duration::from_millis(u64::try_from(by).unwrap_or(0)))
+    );
+    Ok(())
 }
 
 /// Sets the returned flag on SIGTERM or SIGINT; a second one ends bgq at once.
@@ -109,11 +119,61 @@ struct Limits {
     deadline: Option<Instant>,
 }
 
-/// A callback run that ended, sent from its thread to the main loop.
+/// A callback run that ended, sent from its waiter thread to the main loop.
 struct Finished {
     id: i64,
     exit: Exit,
     output: Vec<u8>,
+}
+
+/// Threads that wait on running callbacks, one per running callback at most, reused from job
+/// to job so that no thread is started per job.
+struct Waiters {
+    jobs: Sender<(i64, Started)>,
+    queue: Arc<Mutex<Receiver<(i64, Started)>>>,
+    finished: Sender<Finished>,
+    count: usize,
+}
+
+impl Waiters {
+    fn new(finished: Sender<Finished>) -> Waiters {
+        let (jobs, queue) = mpsc::channel();
+        Waiters {
+            jobs,
+            queue: Arc::new(Mutex::new(queue)),
+            finished,
+            count: 0,
+        }
+    }
+
+    /// Hands a started callback to a waiter; `running` callbacks (this one included) each
+    /// need a waiter, so one more is started when all are busy.
+    fn wait_for(&mut self, id: i64, started: Started, running: usize) -> anyhow::Result<()> {
+        if running > self.count {
+            let queue = Arc::clone(&self.queue);
+            let finished = self.finished.clone();
+            std::thread::Builder::new()
+                .name(format!("waiter-{}", self.count))
+                .spawn(move || {
+                    loop {
+                        let next = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((id, started)) = next else { return };
+                        let (exit, output) = started.finish();
+                        if finished.send(Finished { id, exit, output }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .context("cannot start a thread to wait for callbacks")?;
+            self.count += 1;
+        }
+        self.jobs
+            .send((id, started))
+            .map_err(|_| anyhow::anyhow!("the callback waiters stopped"))
+    }
 }
 
 struct Worker<'a> {
@@ -121,10 +181,22 @@ struct Worker<'a> {
     store: Store,
     queue: &'a str,
     run: i64,
-    running: HashMap<i64, ClaimedJob>,
+    running: HashMap<i64, Running>,
     running_per_callback: HashMap<String, usize>,
-    finished_tx: Sender<Finished>,
+    /// Where the process groups of running callbacks are recorded, for recovery.
+    log: RunningLog,
+    waiters: Waiters,
     finished_rx: Receiver<Finished>,
+    /// Ends of runs not yet committed; they go out with the next claim, in one transaction.
+    settled: Vec<Completion>,
+    /// Notices of `settled`, sent once those are committed: (job id, output, reason).
+    notices: Vec<(i64, Vec<u8>, String)>,
+}
+
+/// A job whose callback is running.
+struct Running {
+    job: ClaimedJob,
+    group: Option<ProcessRecord>,
 }
 
 /// What a run's end does to a job.
@@ -140,85 +212,123 @@ impl Worker<'_> {
         let mut started: u64 = 0;
         let mut last_promote: Option<Instant> = None;
         loop {
+            while let Ok(finished) = self.finished_rx.try_recv() {
+                self.finish_running(finished)?;
+            }
             let accepting = !stop.load(Ordering::Relaxed)
-                && limits.max_jobs.is_none_or(|max| started < max)
                 && limits.deadline.is_none_or(|at| Instant::now() < at);
-            if accepting {
-                if last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
-                    self.store.promote_due(self.queue, self.run, now_millis())?;
-                    last_promote = Some(Instant::now());
-                }
-                while self.running.len() < limits.concurrency
-                    && limits.max_jobs.is_none_or(|max| started < max)
-                {
-                    let claimable = claimable_callbacks(self.config, &self.running_per_callback);
-                    let Some(job) =
-                        self.store
-                            .claim(self.queue, self.run, now_millis(), &claimable)?
-                    else {
-                        break;
-                    };
-                    started += 1;
-                    self.start(job)?;
-                }
+            let mut want = if accepting {
+                limits.concurrency.saturating_sub(self.running.len())
+            } else {
+                0
+            };
+            if let Some(max) = limits.max_jobs {
+                let left = max.saturating_sub(started);
+                want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+            }
+            if want > 0 && last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
+                self.store.promote_due(self.queue, self.run, now_millis())?;
+                last_promote = Some(Instant::now());
+            }
+            if want > 0 || !self.settled.is_empty() {
+                let claimed = self.settle_and_claim(want)?;
+                started += claimed.len() as u64;
+                self.start_all(claimed)?;
+            }
+            if !self.settled.is_empty() {
+                // Callbacks that could not start: commit that before waiting.
+                continue;
             }
             if self.running.is_empty() {
                 return Ok(());
             }
             match self.finished_rx.recv_timeout(TICK) {
-                Ok(finished) => self.settle_running(finished)?,
+                Ok(finished) => self.finish_running(finished)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => bail!("lost track of running callbacks"),
             }
         }
     }
 
-    fn start(&mut self, job: ClaimedJob) -> anyhow::Result<()> {
-        let Some(callback) = self.config.callbacks.get(&job.callback) else {
-            let why = format!(
-                "no callback `{}` in {}",
-                job.callback,
-                self.config.path.display()
-            );
-            return self.settle(&job, Exit::NotStarted(why), Vec::new());
+    /// Commits the settled runs and claims up to `want` jobs in one transaction, then sends
+    /// the settled runs' notices.
+    fn settle_and_claim(&mut self, want: usize) -> anyhow::Result<Vec<ClaimedJob>> {
+        let capacities: Vec<(&str, usize)> = self
+            .config
+            .callbacks
+            .iter()
+            .map(|(name, callback)| {
+                let running = self.running_per_callback.get(name).copied().unwrap_or(0);
+                let left = callback
+                    .concurrency
+                    .map_or(usize::MAX, |limit| limit.saturating_sub(running));
+                (name.as_str(), left)
+            })
+            .collect();
+        let request = ClaimRequest {
+            queue: self.queue,
+            run: self.run,
+            now: now_millis(),
+            limit: want,
+            callbacks: &capacities,
         };
-        let started = match runner::start(&job, callback, &self.config.path) {
-            Ok(started) => started,
-            Err(why) => return self.settle(&job, Exit::NotStarted(why), Vec::new()),
-        };
-        let pgid = started.group().map(|group| group.pid);
-        if let Some(group) = started.group()
-            && let Err(err) = self.store.record_group(job.id, group)
-        {
-            // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
-            process_group::signal_group(group.pid, libc::SIGKILL);
-            return Err(err);
+        let claimed = self.store.settle_and_claim(&self.settled, &request)?;
+        self.settled.clear();
+        for (id, output, reason) in std::mem::take(&mut self.notices) {
+            self.notify(id, output, reason)?;
         }
-        let sender = self.finished_tx.clone();
-        let id = job.id;
-        let spawned = std::thread::Builder::new()
-            .name(format!("job-{id}"))
-            .spawn(move || {
-                let (exit, output) = started.finish();
-                // The main loop only stops receiving once nothing runs.
-                let _ = sender.send(Finished { id, exit, output });
-            });
-        if let Err(err) = spawned {
-            if let Some(pgid) = pgid {
-                process_group::signal_group(pgid, libc::SIGKILL);
-            }
-            return Err(anyhow::Error::new(err).context("cannot start a thread for a callback"));
-        }
-        *self
-            .running_per_callback
-            .entry(job.callback.clone())
-            .or_default() += 1;
-        self.running.insert(id, job);
-        Ok(())
+        Ok(claimed)
     }
 
-    fn settle_running(&mut self, finished: Finished) -> anyhow::Result<()> {
-        let Some(job) = self.running.remove(&finished.id) else {
+    /// Starts the callbacks of `jobs`, records their process groups in one write, and hands
+    /// them to waiters. A job whose callback cannot start is settled as failed.
+    fn start_all(&mut self, jobs: Vec<ClaimedJob>) -> anyhow::Result<()> {
+        let mut started = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let attempt = match self.config.callbacks.get(&job.callback) {
+                Some(callback) => runner::start(&job, callback, &self.config.path),
+                None => Err(format!(
+                    "no callback `{}` in {}",
+                    job.callback,
+                    self.config.path.display()
+                )),
+            };
+            match attempt {
+                Ok(run) => started.push((job, run)),
+                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new()),
+            }
+        }
+        let groups: Vec<(i64, &ProcessRecord)> = started
+            .iter()
+            .filter_map(|(job, run)| Some((job.id, run.group()?)))
+            .collect();
+        if let Err(err) = self.log.append(&groups) {
+            // Unrecorded, the groups could outlive us unseen: stop them; recovery re-runs them.
+            for (_, group) in &groups {
+                process_group::signal_group(group.pid, libc::SIGKILL);
+            }
+            return Err(err);
+        }
+        for (job, run) in started {
+            *self
+                .running_per_callback
+                .entry(job.callback.clone())
+                .or_default() += 1;
+            let id = job.id;
+            let group = run.group().cloned();
+            self.running.insert(id, Running { job, group });
+            self.waiters.wait_for(id, run, self.running.len())?;
+        }
+        let running: Vec<(i64, &ProcessRecord)> = self
+            .running
+            .iter()
+            .filter_map(|(id, running)| Some((*id, running.group.as_ref()?)))
+            .collect();
+        self.log.compact(&running)
+    }
+
+    fn finish_running(&mut self, finished: Finished) -> anyhow::Result<()> {
+        let Some(Running { job, .. }) = self.running.remove(&finished.id) else {
             bail!(
                 "a callback of job {} ended that was not running",
                 finished.id
@@ -227,11 +337,12 @@ impl Worker<'_> {
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }
-        self.settle(&job, finished.exit, finished.output)
+        self.settle(&job, finished.exit, finished.output);
+        Ok(())
     }
 
-    /// Commits how a run ended, then sends its notice if it has one.
-    fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>) -> anyhow::Result<()> {
+    /// Decides how a run ended; the result is committed with the next claim.
+    fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>) {
         let now = now_millis();
         if !matches!(exit, Exit::Code(_)) {
             if !output.is_empty() && !output.ends_with(b"\n") {
@@ -266,20 +377,19 @@ impl Worker<'_> {
                 notified_now: false,
             },
         };
-        self.store.complete(&Completion {
+        if let Some(reason) = transition.notice {
+            self.notices.push((job.id, output.clone(), reason));
+        }
+        self.settled.push(Completion {
             id: job.id,
             state: transition.state,
             run_at: transition.run_at,
             due_now: false,
             uncount_attempt: outcome == Outcome::Waiting,
-            output: output.clone(),
+            output,
             ended_at: now,
             notified: transition.notified_now,
-        })?;
-        if let Some(reason) = transition.notice {
-            self.notify(job.id, output, reason)?;
-        }
-        Ok(())
+        });
     }
 
     /// The retry decision after a failed attempt, and the notice it calls for.
@@ -338,6 +448,7 @@ impl Worker<'_> {
 
     /// Puts back jobs a dead run left PROCESSING, after killing what is left of their callbacks.
     fn recover_orphans(&mut self) -> anyhow::Result<()> {
+        let groups = self.log.read()?;
         for orphan in self.store.orphans(self.queue)? {
             if let Some(runner) = orphan
                 .claimed_by
@@ -351,13 +462,13 @@ impl Worker<'_> {
                 );
                 continue;
             }
-            self.recover(&orphan)?;
+            self.recover(&orphan, groups.get(&orphan.id))?;
         }
-        Ok(())
+        self.log.clear()
     }
 
-    fn recover(&mut self, orphan: &Orphan) -> anyhow::Result<()> {
-        let group = match &orphan.group {
+    fn recover(&mut self, orphan: &Orphan, group: Option<&ProcessRecord>) -> anyhow::Result<()> {
+        let group = match group {
             Some(group) => match process_group::kill_orphan(group, ORPHAN_KILL_WAIT) {
                 OrphanGroup::Killed => {
                     format!("its callback (process group {}) was killed", group.pid)
