@@ -142,8 +142,8 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
                 kill_grace: callback.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
                 working_dir: callback
                     .working_dir
-                    .map_or_else(|| folder.to_owned(), |dir| folder.join(dir)),
-                env: callback.env,
+                    .map_or_else(|| folder.to_owned(), |dir| folder.join(dir.0)),
+                env: callback.env.0,
                 concurrency: callback.concurrency.map(|count| count.0),
                 retry: callback.retry.unwrap_or_default().apply(base_retry.clone()),
             };
@@ -158,10 +158,10 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
     }
     Ok(Config {
         path: path.to_owned(),
-        database: folder.join(raw.database),
+        database: folder.join(raw.database.0),
         temp_dir: raw
             .temp_dir
-            .map_or_else(std::env::temp_dir, |dir| folder.join(dir)),
+            .map_or_else(std::env::temp_dir, |dir| folder.join(dir.0)),
         queue: raw.queue.unwrap_or_else(|| "general".to_owned()),
         concurrency: raw.concurrency.map_or(4, |count| count.0),
         notify_on_attempts: raw.notify_on_attempts.map_or(5, |count| count.0 as u32),
@@ -185,8 +185,8 @@ fn resolve_command(mut argv: Vec<String>, folder: &Path) -> Vec<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    database: PathBuf,
-    temp_dir: Option<PathBuf>,
+    database: ConfigPath,
+    temp_dir: Option<ConfigPath>,
     queue: Option<String>,
     concurrency: Option<Count>,
     notify_on_attempts: Option<Count>,
@@ -202,9 +202,9 @@ struct RawCallback {
     command: CommandLine,
     timeout: Option<Timeout>,
     kill_grace: Option<ConfigDuration>,
-    working_dir: Option<PathBuf>,
+    working_dir: Option<ConfigPath>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: Environment,
     concurrency: Option<Count>,
     retry: Option<RawRetry>,
 }
@@ -262,6 +262,45 @@ impl<'de> Deserialize<'de> for CommandLine {
             return Err(serde::de::Error::custom("must not contain NUL bytes"));
         }
         Ok(CommandLine(argv))
+    }
+}
+
+/// A non-empty path without NUL bytes.
+struct ConfigPath(PathBuf);
+
+impl<'de> Deserialize<'de> for ConfigPath {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.is_empty() || text.contains('\0') {
+            return Err(serde::de::Error::custom(
+                "must be a non-empty path without NUL bytes",
+            ));
+        }
+        Ok(ConfigPath(PathBuf::from(text)))
+    }
+}
+
+/// Environment variables a callback gets: names without `=` or NUL, values without NUL.
+#[derive(Default)]
+struct Environment(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let vars = BTreeMap::<String, String>::deserialize(deserializer)?;
+        for (name, value) in &vars {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{}` is not a valid environment variable name",
+                    name.escape_debug()
+                )));
+            }
+            if value.contains('\0') {
+                return Err(serde::de::Error::custom(format!(
+                    "the value of `{name}` contains a NUL byte"
+                )));
+            }
+        }
+        Ok(Environment(vars))
     }
 }
 
@@ -430,6 +469,32 @@ mod tests {
             (
                 "database = \"d\"\nconcurrency = \"four\"\n",
                 ":2: concurrency: invalid type",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse_err(text);
+            assert!(err.contains(expected), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn paths_and_environment_are_checked() {
+        let cases = [
+            (
+                "database = \"\"\n",
+                ":1: database: must be a non-empty path",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\nenv = { \"A=B\" = \"1\" }\n",
+                ":4: env: `A=B` is not a valid environment variable name",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\nenv = { A = \"\\u0000\" }\n",
+                ":4: env: the value of `A` contains a NUL byte",
+            ),
+            (
+                "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\nworking_dir = \"a\\u0000b\"\n",
+                ":4: working_dir: must be a non-empty path without NUL bytes",
             ),
         ];
         for (text, expected) in cases {

@@ -132,6 +132,7 @@ impl Store {
     /// Opens (creating with its folder, mode 0600, if needed) and upgrades the database.
     pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Store> {
         Self::open_inner(path, durability)
+            .map_err(|err| explain_disk_full(err, path))
             .with_context(|| format!("cannot open database {}", path.display()))
     }
 
@@ -223,6 +224,11 @@ impl Store {
 
     /// Stores `jobs` in one durable transaction, all or nothing; returns their ids in order.
     pub fn publish(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
+        self.publish_inner(jobs, now)
+            .map_err(|err| explain_disk_full(err, &self.path))
+    }
+
+    fn publish_inner(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -375,12 +381,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// When the last `process` run of `queue` started, if one is recorded.
-    pub fn last_run_start(&self, queue: &str) -> anyhow::Result<Option<Millis>> {
+    /// The latest time the last `process` run of `queue` recorded (its end, or its start if it
+    /// did not end), if one is recorded.
+    pub fn last_run_time(&self, queue: &str) -> anyhow::Result<Option<Millis>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT started_at FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT max(started_at, coalesce(finished_at, started_at)) FROM runs
+                 WHERE queue = ?1 ORDER BY id DESC LIMIT 1",
                 [queue],
                 |row| row.get(0),
             )
@@ -505,6 +513,39 @@ fn claim_one(
         })
         .optional()?;
     Ok(claimed)
+}
+
+/// SQLite reports a full disk as a full database or, when the shared-memory file cannot grow,
+/// as an I/O error: name the cause when the filesystem holding `path` is indeed full.
+fn explain_disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    let io_error = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|code| matches!(code, DiskFull | SystemIoFailure))
+    });
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    if io_error && free_bytes(folder).is_some_and(|free| free < 64 * 1024) {
+        err.context(format!("no space left on the filesystem holding {}", folder.display()))
+    } else {
+        err
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `folder`.
+fn free_bytes(folder: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(folder.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: path is NUL-terminated and stats points to writable memory of the right size.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled in stats.
+    let stats = unsafe { stats.assume_init() };
+    Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
 }
 
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).

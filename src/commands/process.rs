@@ -31,7 +31,7 @@ const TICK: Duration = Duration::from_millis(100);
 const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// How long recovery waits for a killed orphan group to be gone.
 const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
-/// A clock this far behind the last run's start has been set back, not merely read twice.
+/// A clock this far behind the last run's last recorded time has been set back.
 const CLOCK_SLACK: Millis = 1000;
 
 /// Runs `bgq process`.
@@ -55,10 +55,10 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         .ok()
         .and_then(process_group::identify)
         .context("cannot read this process's start time from /proc")?;
-    let last_start = store.last_run_start(queue)?;
+    let last_seen = store.last_run_time(queue)?;
     let now = now_millis();
     let run = store.begin_run(queue, &me, now)?;
-    if let Some(last) = last_start.filter(|last| *last > now + CLOCK_SLACK) {
+    if let Some(last) = last_seen.filter(|last| *last > now + CLOCK_SLACK) {
         follow_clock_back(&mut store, queue, last - now)?;
     }
     let (finished_tx, finished_rx) = mpsc::channel();
@@ -89,7 +89,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     Ok(())
 }
 
-/// The clock is behind the last run's start: it was set back. Jobs waiting for their time move
+/// The clock is behind the last run's last recorded time: it was set back. Jobs waiting for their time move
 /// back with it, so that each keeps the wait it had left instead of waiting out the jump too.
 fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Result<()> {
     let moved = store.shift_schedule(queue, by)?;
