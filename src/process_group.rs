@@ -96,6 +96,55 @@ pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
     OrphanGroup::Killed
 }
 
+/// Kills the process groups of every process holding the pipe with `inode` open (a callback and
+/// its children), and waits up to `wait` for them to be gone; returns how many holders it found.
+pub fn kill_pipe_holders(inode: u64, wait: Duration) -> usize {
+    let holders = pipe_holders(inode);
+    for pid in &holders {
+        let pgid = stat_fields(*pid)
+            .and_then(|fields| fields.get(2)?.parse::<i32>().ok())
+            .filter(|pgid| *pgid > 1);
+        if let Some(pgid) = pgid {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        // SAFETY: kill(2) only sends a signal.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + wait;
+    while !pipe_holders(inode).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    holders.len()
+}
+
+/// Live (not zombie) processes that have the pipe with `inode` open on any descriptor.
+fn pipe_holders(inode: u64) -> Vec<i32> {
+    let target = format!("pipe:[{inode}]");
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+                })
+            })
+        })
+        .filter(|pid| {
+            stat_fields(*pid)
+                .and_then(|fields| fields.first().cloned())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .collect()
+}
+
 /// Whether any process that is not a zombie belongs to group `pgid`.
 fn has_live_members(pgid: i32) -> bool {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -147,6 +196,32 @@ mod tests {
         );
         child.wait().expect("reaped");
         assert!(!has_live_members(pid));
+    }
+
+    #[test]
+    fn kills_the_holders_of_a_pipe_and_their_groups() {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let inode = {
+            use std::os::fd::AsRawFd;
+            let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: fstat on a descriptor we own.
+            assert_eq!(
+                unsafe { libc::fstat(reader.as_raw_fd(), stat.as_mut_ptr()) },
+                0
+            );
+            // SAFETY: fstat succeeded.
+            unsafe { stat.assume_init() }.st_ino
+        };
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .stdout(writer)
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        drop(reader);
+        assert!(kill_pipe_holders(inode, Duration::from_secs(5)) >= 1);
+        child.wait().expect("reaped");
+        assert!(pipe_holders(inode).is_empty());
     }
 
     #[test]

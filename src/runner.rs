@@ -8,7 +8,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,8 +82,25 @@ pub struct Started {
     kill_grace: Duration,
 }
 
-/// Starts `callback` for `job`; the error is the one-line reason it could not start.
-pub fn start(job: &ClaimedJob, callback: &Callback, config_path: &Path) -> Result<Started, String> {
+/// A callback about to start: its command built and its output pipe made, so that the pipe can
+/// be recorded before the callback runs (see `running_log`).
+pub struct Prepared {
+    command: Command,
+    program: String,
+    working_dir: PathBuf,
+    input: Vec<u8>,
+    output: std::io::PipeReader,
+    pipe_inode: u64,
+    timeout: Duration,
+    kill_grace: Duration,
+}
+
+/// Prepares `callback` for `job`; the error is the one-line reason it cannot start.
+pub fn prepare(
+    job: &ClaimedJob,
+    callback: &Callback,
+    config_path: &Path,
+) -> Result<Prepared, String> {
     let program = callback
         .command
         .first()
@@ -99,59 +116,101 @@ pub fn start(job: &ClaimedJob, callback: &Callback, config_path: &Path) -> Resul
     let writer_for_stderr = writer
         .try_clone()
         .map_err(|err| format!("cannot create an output pipe: {err}"))?;
-    // The Command owns the pipe's write ends; dropping it after spawn leaves the child as their
-    // only holder, so that the read end sees EOF when the child is done.
-    let child = {
-        let mut command = Command::new(program);
-        command
-            .args(&callback.command[1..])
-            .current_dir(&callback.working_dir)
-            .envs(&callback.env)
-            .env("BGQ_JOB_ID", job.id.to_string())
-            .env("BGQ_QUEUE", &job.queue)
-            .env("BGQ_CALLBACK", &job.callback)
-            .env("BGQ_ATTEMPT", job.attempts.to_string())
-            .env("BGQ_CONFIG", config_path)
-            .stdin(Stdio::piped())
-            .stdout(writer)
-            .stderr(writer_for_stderr)
-            .process_group(0);
-        set_or_remove(
-            &mut command,
-            "BGQ_SERIAL_GROUP",
-            job.serial_group.as_deref(),
-        );
-        set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
-        command.spawn().map_err(|err| {
+    let pipe_inode = inode(output.as_raw_fd());
+    let mut command = Command::new(program);
+    command
+        .args(&callback.command[1..])
+        .current_dir(&callback.working_dir)
+        .envs(&callback.env)
+        .env("BGQ_JOB_ID", job.id.to_string())
+        .env("BGQ_QUEUE", &job.queue)
+        .env("BGQ_CALLBACK", &job.callback)
+        .env("BGQ_ATTEMPT", job.attempts.to_string())
+        .env("BGQ_CONFIG", config_path)
+        .stdin(Stdio::piped())
+        .stdout(writer)
+        .stderr(writer_for_stderr)
+        .process_group(0);
+    set_or_remove(
+        &mut command,
+        "BGQ_SERIAL_GROUP",
+        job.serial_group.as_deref(),
+    );
+    set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
+    Ok(Prepared {
+        command,
+        program: program.clone(),
+        working_dir: callback.working_dir.clone(),
+        input,
+        output,
+        pipe_inode,
+        timeout: callback.timeout,
+        kill_grace: callback.kill_grace,
+    })
+}
+
+impl Prepared {
+    /// The inode of the callback's output pipe: whoever holds it open belongs to this run.
+    pub fn pipe_inode(&self) -> u64 {
+        self.pipe_inode
+    }
+
+    /// Starts the callback; the error is the one-line reason it could not start.
+    pub fn spawn(self) -> Result<Started, String> {
+        let Prepared {
+            mut command,
+            program,
+            working_dir,
+            input,
+            output,
+            timeout,
+            kill_grace,
+            ..
+        } = self;
+        let spawned = command.spawn();
+        // The Command owns the pipe's write ends; dropping it leaves the child as their only
+        // holder, so that the read end sees EOF when the child is done.
+        drop(command);
+        let mut child = spawned.map_err(|err| {
             // The error of a missing working_dir names no path; say which one it is.
-            if callback.working_dir.is_dir() {
+            if working_dir.is_dir() {
                 format!("cannot start `{program}`: {err}")
             } else {
                 format!(
                     "cannot start `{program}`: working_dir {} is not a directory",
-                    callback.working_dir.display()
+                    working_dir.display()
                 )
             }
-        })?
-    };
-    let mut child = child;
-    let stdin = child.stdin.take();
-    if let Some(stdin) = &stdin {
-        set_nonblocking(stdin.as_raw_fd());
+        })?;
+        let stdin = child.stdin.take();
+        if let Some(stdin) = &stdin {
+            set_nonblocking(stdin.as_raw_fd());
+        }
+        set_nonblocking(output.as_raw_fd());
+        let group = i32::try_from(child.id())
+            .ok()
+            .and_then(process_group::identify);
+        Ok(Started {
+            child,
+            group,
+            stdin,
+            input,
+            output,
+            timeout,
+            kill_grace,
+        })
     }
-    set_nonblocking(output.as_raw_fd());
-    let group = i32::try_from(child.id())
-        .ok()
-        .and_then(process_group::identify);
-    Ok(Started {
-        child,
-        group,
-        stdin,
-        input,
-        output,
-        timeout: callback.timeout,
-        kill_grace: callback.kill_grace,
-    })
+}
+
+/// The inode number of an open descriptor (0 if it cannot be read).
+fn inode(fd: RawFd) -> u64 {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the struct for a descriptor we own; it is read only on success.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: fstat returned 0, so it filled in stat.
+    unsafe { stat.assume_init() }.st_ino
 }
 
 fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {

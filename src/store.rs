@@ -527,7 +527,10 @@ fn explain_disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
     });
     let folder = path.parent().unwrap_or(Path::new("/"));
     if io_error && free_bytes(folder).is_some_and(|free| free < 64 * 1024) {
-        err.context(format!("no space left on the filesystem holding {}", folder.display()))
+        err.context(format!(
+            "no space left on the filesystem holding {}",
+            folder.display()
+        ))
     } else {
         err
     }
@@ -545,7 +548,7 @@ fn free_bytes(folder: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled in stats.
     let stats = unsafe { stats.assume_init() };
-    Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).

@@ -22,7 +22,7 @@ use crate::notify::{self, Notice};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
 use crate::runner::{self, Exit, Outcome, Started};
-use crate::running_log::RunningLog;
+use crate::running_log::{Entry, Recorded, RunningLog};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store};
 
 /// How often the main loop wakes to look for signals, deadlines and newly published jobs.
@@ -196,6 +196,7 @@ struct Worker<'a> {
 /// A job whose callback is running.
 struct Running {
     job: ClaimedJob,
+    pipe: u64,
     group: Option<ProcessRecord>,
 }
 
@@ -280,13 +281,15 @@ impl Worker<'_> {
         Ok(claimed)
     }
 
-    /// Starts the callbacks of `jobs`, records their process groups in one write, and hands
-    /// them to waiters. A job whose callback cannot start is settled as failed.
+    /// Starts the callbacks of `jobs` and hands them to waiters. Each start is recorded in the
+    /// lock file's log before the callback runs, and its process group right after, so that
+    /// recovery finds every callback of a dead run. A job whose callback cannot start is
+    /// settled as failed.
     fn start_all(&mut self, jobs: Vec<ClaimedJob>) -> anyhow::Result<()> {
-        let mut started = Vec::with_capacity(jobs.len());
+        let mut prepared = Vec::with_capacity(jobs.len());
         for job in jobs {
             let attempt = match self.config.callbacks.get(&job.callback) {
-                Some(callback) => runner::start(&job, callback, &self.config.path),
+                Some(callback) => runner::prepare(&job, callback, &self.config.path),
                 None => Err(format!(
                     "no callback `{}` in {}",
                     job.callback,
@@ -294,35 +297,52 @@ impl Worker<'_> {
                 )),
             };
             match attempt {
-                Ok(run) => started.push((job, run)),
+                Ok(ready) => prepared.push((job, ready)),
+                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new()),
+            }
+        }
+        let pipes: Vec<(i64, u64)> = prepared
+            .iter()
+            .map(|(job, ready)| (job.id, ready.pipe_inode()))
+            .collect();
+        self.log.starting(&pipes)?;
+        let mut started = Vec::with_capacity(prepared.len());
+        for (job, ready) in prepared {
+            let pipe = ready.pipe_inode();
+            match ready.spawn() {
+                Ok(run) => started.push((job, pipe, run)),
                 Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new()),
             }
         }
         let groups: Vec<(i64, &ProcessRecord)> = started
             .iter()
-            .filter_map(|(job, run)| Some((job.id, run.group()?)))
+            .filter_map(|(job, _, run)| Some((job.id, run.group()?)))
             .collect();
-        if let Err(err) = self.log.append(&groups) {
+        if let Err(err) = self.log.started(&groups) {
             // Unrecorded, the groups could outlive us unseen: stop them; recovery re-runs them.
             for (_, group) in &groups {
                 process_group::signal_group(group.pid, libc::SIGKILL);
             }
             return Err(err);
         }
-        for (job, run) in started {
+        for (job, pipe, run) in started {
             *self
                 .running_per_callback
                 .entry(job.callback.clone())
                 .or_default() += 1;
             let id = job.id;
             let group = run.group().cloned();
-            self.running.insert(id, Running { job, group });
+            self.running.insert(id, Running { job, pipe, group });
             self.waiters.wait_for(id, run, self.running.len())?;
         }
-        let running: Vec<(i64, &ProcessRecord)> = self
+        let running: Vec<Entry<'_>> = self
             .running
             .iter()
-            .filter_map(|(id, running)| Some((*id, running.group.as_ref()?)))
+            .map(|(id, running)| Entry {
+                id: *id,
+                pipe: running.pipe,
+                group: running.group.as_ref(),
+            })
             .collect();
         self.log.compact(&running)
     }
@@ -467,18 +487,32 @@ impl Worker<'_> {
         self.log.clear()
     }
 
-    fn recover(&mut self, orphan: &Orphan, group: Option<&ProcessRecord>) -> anyhow::Result<()> {
-        let group = match group {
-            Some(group) => match process_group::kill_orphan(group, ORPHAN_KILL_WAIT) {
-                OrphanGroup::Killed => {
-                    format!("its callback (process group {}) was killed", group.pid)
-                }
-                OrphanGroup::Gone => "its callback was no longer running".to_owned(),
-                OrphanGroup::PidReused => {
-                    "its callback was no longer running (pid reused)".to_owned()
-                }
-            },
-            None => "its callback had not been recorded".to_owned(),
+    fn recover(&mut self, orphan: &Orphan, recorded: Option<&Recorded>) -> anyhow::Result<()> {
+        let recorded = recorded.cloned().unwrap_or_default();
+        let by_group = recorded.group.as_ref().map(|group| {
+            (
+                group.pid,
+                process_group::kill_orphan(group, ORPHAN_KILL_WAIT),
+            )
+        });
+        // Whoever still holds its output pipe is part of the callback too: this also finds a
+        // callback whose run died before recording its group.
+        let by_pipe = recorded.pipe.map_or(0, |pipe| {
+            process_group::kill_pipe_holders(pipe, ORPHAN_KILL_WAIT)
+        });
+        let group = match (by_group, by_pipe) {
+            (Some((pgid, OrphanGroup::Killed)), _) => {
+                format!("its callback (process group {pgid}) was killed")
+            }
+            (_, found) if found > 0 => {
+                format!("its callback ({found} process(es) holding its output) was killed")
+            }
+            (Some((_, OrphanGroup::PidReused)), _) => {
+                "its callback was no longer running (pid reused)".to_owned()
+            }
+            (Some((_, OrphanGroup::Gone)), _) => "its callback was no longer running".to_owned(),
+            (None, _) if recorded.pipe.is_some() => "its callback was no longer running".to_owned(),
+            (None, _) => "its callback had not started".to_owned(),
         };
         let now = now_millis();
         let why = "the `process` run running it died";
