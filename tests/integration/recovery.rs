@@ -198,7 +198,8 @@ fn a_live_run_under_another_lock_is_not_taken_for_dead() -> TestResult {
     let slow = env.script(
         "slow.sh",
         &format!(
-            "echo $BGQ_JOB_ID >> {r}\nwhile [ ! -e {x} ]; do sleep 0.02; done",
+            // Bounded, so that a failing test leaves no callback behind for long.
+            "echo $BGQ_JOB_ID >> {r}\nn=0\nwhile [ ! -e {x} ] && [ $n -lt 1500 ]; do sleep 0.02; n=$((n+1)); done",
             r = runs.display(),
             x = release.display()
         ),
