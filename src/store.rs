@@ -368,7 +368,7 @@ impl Store {
     ) -> anyhow::Result<Vec<(String, i64)>> {
         let placeholders = vec!["?"; known.len()].join(", ");
         let sql = format!(
-            "SELECT callback, count(*) FROM jobs
+            "SELECT callback, count(*) FROM jobs INDEXED BY jobs_claim
              WHERE queue = ? AND due = 1 AND callback NOT IN ({placeholders})
              GROUP BY callback ORDER BY callback"
         );
@@ -411,16 +411,10 @@ impl Store {
 
     /// Jobs matching `filter`, newest first, at most `limit`.
     pub fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
-        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE 1 = 1");
-        let mut values: Vec<String> = Vec::new();
-        push_filter(&mut sql, &mut values, filter);
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let limit = limit.min(i64::MAX as usize);
+        let (sql, values) = list_sql(filter, limit);
         let mut stmt = self.conn.prepare(&sql)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut params: Vec<&dyn rusqlite::ToSql> =
-            values.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
-        params.push(&limit);
-        let rows = stmt.query_map(params_from_iter(params), read_record)?;
+        let rows = stmt.query_map(params_from_iter(values.iter()), read_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -444,24 +438,33 @@ impl Store {
 
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
     pub fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
-        let mut sql = "SELECT DISTINCT identifier FROM jobs
-                       WHERE identifier IS NOT NULL AND state != 'FINISHED'"
-            .to_owned();
-        let mut values: Vec<String> = Vec::new();
-        push_filter(&mut sql, &mut values, filter);
-        sql.push_str(" ORDER BY identifier");
+        let (sql, values) = unfinished_sql(filter);
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params_from_iter(values.iter()), |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes up to `batch` FINISHED jobs that finished before `cutoff`; returns how many.
-    pub fn clear_batch(&mut self, cutoff: Millis, batch: usize) -> anyhow::Result<usize> {
-        let deleted = self
+    /// Deletes up to `batch` FINISHED jobs with ids above `after` that finished before `cutoff`,
+    /// in one short transaction; returns how many, and the id to continue after (`None` when
+    /// none are left).
+    pub fn clear_batch(
+        &mut self,
+        cutoff: Millis,
+        after: i64,
+        batch: usize,
+    ) -> anyhow::Result<(usize, Option<i64>)> {
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<i64> = tx
             .prepare_cached(CLEAR_SQL)?
-            .execute(params![cutoff, i64::try_from(batch).unwrap_or(i64::MAX)])?;
-        Ok(deleted)
+            .query_map(
+                params![cutoff, after, i64::try_from(batch).unwrap_or(i64::MAX)],
+                |row| row.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok((ids.len(), ids.into_iter().max()))
     }
 }
 
@@ -556,10 +559,12 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
     WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
       AND run_at <= ?3 AND claimed_run < ?2";
 
-/// Deletes a batch of finished jobs (?1 cutoff, ?2 batch size).
+/// Deletes a batch of finished jobs (?1 cutoff, ?2 after this id, ?3 batch size), walking them
+/// in id order so that each batch starts where the last one stopped.
 const CLEAR_SQL: &str = "DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs INDEXED BY jobs_finished
-    WHERE state = 'FINISHED' AND finished_at < ?1 LIMIT ?2)";
+    SELECT id FROM jobs INDEXED BY jobs_state
+    WHERE state = 'FINISHED' AND id > ?2 AND finished_at < ?1 ORDER BY id LIMIT ?3)
+    RETURNING id";
 
 /// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name).
 ///
@@ -570,7 +575,7 @@ fn claim_sql(callbacks: usize) -> String {
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
                 started_at = ?3, claimed_run = ?2
          WHERE id = (
-             SELECT j.id FROM jobs j
+             SELECT j.id FROM jobs j INDEXED BY jobs_claim
              WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
                AND (j.serial_group IS NULL OR NOT EXISTS (
                    SELECT 1 FROM jobs o
@@ -617,6 +622,69 @@ fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         started_at: row.get(9)?,
         finished_at: row.get(10)?,
     })
+}
+
+/// The `list` query for `filter` and `limit` (a number, written into the SQL), and its values.
+///
+/// FINISHED jobs are only in the primary key and `jobs_state`, so that `clear` deletes fast;
+/// the other jobs are also in `jobs_queue` and `jobs_callback`. So a query by queue or callback
+/// reads the two kinds separately, each newest first from its index, and merges the two short
+/// lists.
+fn list_sql(filter: &ListFilter, limit: usize) -> (String, Vec<String>) {
+    if filter.queue.is_none() && filter.callback.is_none() {
+        // The primary key, jobs_state or jobs_identifier serve these whatever the state.
+        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut values = Vec::new();
+        push_filter(&mut sql, &mut values, filter);
+        return (format!("{sql} ORDER BY id DESC LIMIT {limit}"), values);
+    }
+    let finished = filter.states.is_empty() || filter.states.contains(&JobState::Finished);
+    let others: Vec<JobState> = filter
+        .states
+        .iter()
+        .copied()
+        .filter(|state| *state != JobState::Finished)
+        .collect();
+    let mut parts = Vec::new();
+    let mut values = Vec::new();
+    let rest = ListFilter {
+        states: Vec::new(),
+        ..filter.clone()
+    };
+    if filter.states.is_empty() || !others.is_empty() {
+        let mut part = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE state != 'FINISHED'");
+        push_filter(
+            &mut part,
+            &mut values,
+            &ListFilter {
+                states: others,
+                ..rest.clone()
+            },
+        );
+        parts.push(part);
+    }
+    if finished {
+        let mut part = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE state = 'FINISHED'");
+        push_filter(&mut part, &mut values, &rest);
+        parts.push(part);
+    }
+    let sql = parts
+        .iter()
+        .map(|part| format!("SELECT * FROM ({part} ORDER BY id DESC LIMIT {limit})"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    (format!("{sql} ORDER BY id DESC LIMIT {limit}"), values)
+}
+
+/// The `list --unfinished` query for `filter`, and its filter values.
+fn unfinished_sql(filter: &ListFilter) -> (String, Vec<String>) {
+    let mut sql = "SELECT DISTINCT identifier FROM jobs
+                   WHERE identifier IS NOT NULL AND state != 'FINISHED'"
+        .to_owned();
+    let mut values = Vec::new();
+    push_filter(&mut sql, &mut values, filter);
+    sql.push_str(" ORDER BY identifier");
+    (sql, values)
 }
 
 /// Appends `filter`'s conditions to a query that already has a WHERE clause.
@@ -889,7 +957,70 @@ mod tests {
         let promote = plan(&store, PROMOTE_SQL);
         assert!(promote.contains("INDEX jobs_schedule"), "{promote}");
         let clear = plan(&store, CLEAR_SQL);
-        assert!(clear.contains("INDEX jobs_finished"), "{clear}");
-        assert!(!clear.contains("SCAN"), "{clear}");
+        assert!(
+            clear.contains("INDEX jobs_state (state=? AND id>?)"),
+            "{clear}"
+        );
+        assert!(!clear.contains("TEMP B-TREE"), "{clear}");
+    }
+
+    #[test]
+    fn listing_queries_use_their_indexes() {
+        let (_dir, store) = store();
+        let one = |value: &str| vec![value.to_owned()];
+        let cases = [
+            (
+                ListFilter {
+                    states: vec![JobState::Ready],
+                    ..ListFilter::default()
+                },
+                "INDEX jobs_state",
+            ),
+            (
+                ListFilter {
+                    queue: Some("q".into()),
+                    ..ListFilter::default()
+                },
+                "INDEX jobs_queue",
+            ),
+            (
+                ListFilter {
+                    callback: Some("c".into()),
+                    ..ListFilter::default()
+                },
+                "INDEX jobs_callback",
+            ),
+            (
+                ListFilter {
+                    identifiers: one("i"),
+                    ..ListFilter::default()
+                },
+                "INDEX jobs_identifier",
+            ),
+        ];
+        for (filter, index) in cases {
+            let listed = plan(&store, &list_sql(&filter, 50).0);
+            assert!(listed.contains(index), "{filter:?}: {listed}");
+            let unfinished = plan(&store, &unfinished_sql(&filter).0);
+            assert!(
+                !unfinished.contains("SCAN jobs\n") && !unfinished.ends_with("SCAN jobs"),
+                "{filter:?}: {unfinished}"
+            );
+        }
+        // Unfiltered, newest first is the primary key read backwards: no sort, LIMIT rows read.
+        let all = plan(&store, &list_sql(&ListFilter::default(), 50).0);
+        assert!(!all.contains("TEMP B-TREE"), "{all}");
+        let unfinished = plan(&store, &unfinished_sql(&ListFilter::default()).0);
+        assert!(unfinished.contains("INDEX jobs_identifier"), "{unfinished}");
+        // By queue, FINISHED jobs come from jobs_state, the others from jobs_queue.
+        let by_queue = ListFilter {
+            queue: Some("q".into()),
+            ..ListFilter::default()
+        };
+        let listed = plan(&store, &list_sql(&by_queue, 50).0);
+        assert!(
+            listed.contains("INDEX jobs_queue") && listed.contains("INDEX jobs_state"),
+            "{listed}"
+        );
     }
 }

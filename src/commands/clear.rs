@@ -31,12 +31,10 @@ pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<(
         .days
         .map_or(i64::MAX, |days| now_millis() - i64::from(days) * DAY_MILLIS);
     let mut deleted = 0;
-    loop {
-        let batch = store.clear_batch(cutoff, BATCH)?;
-        deleted += batch;
-        if batch < BATCH {
-            break;
-        }
+    let mut after = 0;
+    while let (count, Some(last)) = store.clear_batch(cutoff, after, BATCH)? {
+        deleted += count;
+        after = last;
     }
     writeln!(std::io::stdout().lock(), "{deleted}")?;
     Ok(())
