@@ -115,13 +115,18 @@ impl RunningLog {
         Ok(())
     }
 
+    /// Whether the log has grown long enough to be compacted.
+    pub fn needs_compacting(&self) -> bool {
+        self.len >= COMPACT_AT
+    }
+
     /// Rewrites a long log with only the `running` callbacks, so that it stays small in long
     /// runs.
     ///
     /// One write replaces the head of the file before it is cut, so a crash in between leaves
     /// every running callback recorded (old lines after the cut are superseded or harmless).
     pub fn compact(&mut self, running: &[Entry<'_>]) -> anyhow::Result<()> {
-        if self.len < COMPACT_AT {
+        if !self.needs_compacting() {
             return Ok(());
         }
         let boot = boot_id();

@@ -21,7 +21,7 @@ use crate::lock::{Lock, process_lock_path};
 use crate::notify::{self, Notice};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
-use crate::runner::{self, Exit, Outcome, Started};
+use crate::runner::{self, Exit, Outcome, Prepared};
 use crate::running_log::{Entry, Recorded, RunningLog};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store};
 
@@ -71,7 +71,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         running_per_callback: HashMap::new(),
         log: RunningLog::open(&lock)?,
         waiters: Waiters::new(finished_tx),
-        finished_rx,
+        events: finished_rx,
         settled: Vec::new(),
         notices: Vec::new(),
     };
@@ -119,24 +119,29 @@ struct Limits {
     deadline: Option<Instant>,
 }
 
-/// A callback run that ended, sent from its waiter thread to the main loop.
-struct Finished {
-    id: i64,
-    exit: Exit,
-    output: Vec<u8>,
+/// What a waiter thread tells the main loop about a callback.
+enum Event {
+    /// It runs in this process group.
+    Started { id: i64, group: ProcessRecord },
+    /// It ended (or could not start).
+    Finished {
+        id: i64,
+        exit: Exit,
+        output: Vec<u8>,
+    },
 }
 
 /// Threads that wait on running callbacks, one per running callback at most, reused from job
 /// to job so that no thread is started per job.
 struct Waiters {
-    jobs: Sender<(i64, Started)>,
-    queue: Arc<Mutex<Receiver<(i64, Started)>>>,
-    finished: Sender<Finished>,
+    jobs: Sender<(i64, Prepared)>,
+    queue: Arc<Mutex<Receiver<(i64, Prepared)>>>,
+    finished: Sender<Event>,
     count: usize,
 }
 
 impl Waiters {
-    fn new(finished: Sender<Finished>) -> Waiters {
+    fn new(finished: Sender<Event>) -> Waiters {
         let (jobs, queue) = mpsc::channel();
         Waiters {
             jobs,
@@ -146,9 +151,10 @@ impl Waiters {
         }
     }
 
-    /// Hands a started callback to a waiter; `running` callbacks (this one included) each
-    /// need a waiter, so one more is started when all are busy.
-    fn wait_for(&mut self, id: i64, started: Started, running: usize) -> anyhow::Result<()> {
+    /// Hands a prepared callback to a waiter, which starts it (so that the main loop never
+    /// waits for an exec) and waits for it; `running` callbacks (this one included) each need a
+    /// waiter, so one more is started when all are busy.
+    fn run(&mut self, id: i64, prepared: Prepared, running: usize) -> anyhow::Result<()> {
         if running > self.count {
             let queue = Arc::clone(&self.queue);
             let finished = self.finished.clone();
@@ -160,9 +166,25 @@ impl Waiters {
                             Ok(queue) => queue.recv(),
                             Err(_) => return,
                         };
-                        let Ok((id, started)) = next else { return };
-                        let (exit, output) = started.finish();
-                        if finished.send(Finished { id, exit, output }).is_err() {
+                        let Ok((id, prepared)) = next else { return };
+                        let event = match Prepared::spawn(prepared) {
+                            Ok(started) => {
+                                if let Some(group) = started.group() {
+                                    let group = group.clone();
+                                    if finished.send(Event::Started { id, group }).is_err() {
+                                        return;
+                                    }
+                                }
+                                let (exit, output) = started.finish();
+                                Event::Finished { id, exit, output }
+                            }
+                            Err(why) => Event::Finished {
+                                id,
+                                exit: Exit::NotStarted(why),
+                                output: Vec::new(),
+                            },
+                        };
+                        if finished.send(event).is_err() {
                             return;
                         }
                     }
@@ -171,7 +193,7 @@ impl Waiters {
             self.count += 1;
         }
         self.jobs
-            .send((id, started))
+            .send((id, prepared))
             .map_err(|_| anyhow::anyhow!("the callback waiters stopped"))
     }
 }
@@ -186,7 +208,7 @@ struct Worker<'a> {
     /// Where the process groups of running callbacks are recorded, for recovery.
     log: RunningLog,
     waiters: Waiters,
-    finished_rx: Receiver<Finished>,
+    events: Receiver<Event>,
     /// Ends of runs not yet committed; they go out with the next claim, in one transaction.
     settled: Vec<Completion>,
     /// Notices of `settled`, sent once those are committed: (job id, output, reason).
@@ -213,8 +235,8 @@ impl Worker<'_> {
         let mut started: u64 = 0;
         let mut last_promote: Option<Instant> = None;
         loop {
-            while let Ok(finished) = self.finished_rx.try_recv() {
-                self.finish_running(finished)?;
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event)?;
             }
             let accepting = !stop.load(Ordering::Relaxed)
                 && limits.deadline.is_none_or(|at| Instant::now() < at);
@@ -243,8 +265,8 @@ impl Worker<'_> {
             if self.running.is_empty() {
                 return Ok(());
             }
-            match self.finished_rx.recv_timeout(TICK) {
-                Ok(finished) => self.finish_running(finished)?,
+            match self.events.recv_timeout(TICK) {
+                Ok(event) => self.handle(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => bail!("lost track of running callbacks"),
             }
@@ -281,10 +303,10 @@ impl Worker<'_> {
         Ok(claimed)
     }
 
-    /// Starts the callbacks of `jobs` and hands them to waiters. Each start is recorded in the
-    /// lock file's log before the callback runs, and its process group right after, so that
-    /// recovery finds every callback of a dead run. A job whose callback cannot start is
-    /// settled as failed.
+    /// Hands the callbacks of `jobs` to waiters, which start them. Each start is recorded in
+    /// the lock file's log before the callback can run (its output pipe), and its process group
+    /// once it runs, so that recovery finds every callback of a dead run. A job whose callback
+    /// cannot be prepared is settled as failed.
     fn start_all(&mut self, jobs: Vec<ClaimedJob>) -> anyhow::Result<()> {
         let mut prepared = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -306,34 +328,45 @@ impl Worker<'_> {
             .map(|(job, ready)| (job.id, ready.pipe_inode()))
             .collect();
         self.log.starting(&pipes)?;
-        let mut started = Vec::with_capacity(prepared.len());
         for (job, ready) in prepared {
-            let pipe = ready.pipe_inode();
-            match ready.spawn() {
-                Ok(run) => started.push((job, pipe, run)),
-                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new()),
-            }
-        }
-        let groups: Vec<(i64, &ProcessRecord)> = started
-            .iter()
-            .filter_map(|(job, _, run)| Some((job.id, run.group()?)))
-            .collect();
-        if let Err(err) = self.log.started(&groups) {
-            // Unrecorded, the groups could outlive us unseen: stop them; recovery re-runs them.
-            for (_, group) in &groups {
-                process_group::signal_group(group.pid, libc::SIGKILL);
-            }
-            return Err(err);
-        }
-        for (job, pipe, run) in started {
             *self
                 .running_per_callback
                 .entry(job.callback.clone())
                 .or_default() += 1;
             let id = job.id;
-            let group = run.group().cloned();
-            self.running.insert(id, Running { job, pipe, group });
-            self.waiters.wait_for(id, run, self.running.len())?;
+            let pipe = ready.pipe_inode();
+            self.running.insert(
+                id,
+                Running {
+                    job,
+                    pipe,
+                    group: None,
+                },
+            );
+            self.waiters.run(id, ready, self.running.len())?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Started { id, group } => self.record_group(id, group),
+            Event::Finished { id, exit, output } => self.finish_running(id, exit, output),
+        }
+    }
+
+    /// Records the process group of a callback that started (see `start_all`).
+    fn record_group(&mut self, id: i64, group: ProcessRecord) -> anyhow::Result<()> {
+        if let Err(err) = self.log.started(&[(id, &group)]) {
+            // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
+            process_group::signal_group(group.pid, libc::SIGKILL);
+            return Err(err);
+        }
+        if let Some(running) = self.running.get_mut(&id) {
+            running.group = Some(group);
+        }
+        if !self.log.needs_compacting() {
+            return Ok(());
         }
         let running: Vec<Entry<'_>> = self
             .running
@@ -347,17 +380,14 @@ impl Worker<'_> {
         self.log.compact(&running)
     }
 
-    fn finish_running(&mut self, finished: Finished) -> anyhow::Result<()> {
-        let Some(Running { job, .. }) = self.running.remove(&finished.id) else {
-            bail!(
-                "a callback of job {} ended that was not running",
-                finished.id
-            );
+    fn finish_running(&mut self, id: i64, exit: Exit, output: Vec<u8>) -> anyhow::Result<()> {
+        let Some(Running { job, .. }) = self.running.remove(&id) else {
+            bail!("a callback of job {id} ended that was not running");
         };
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }
-        self.settle(&job, finished.exit, finished.output);
+        self.settle(&job, exit, output);
         Ok(())
     }
 
