@@ -25,6 +25,22 @@ const SCHEMA: &str = include_str!("../schema.sql");
 pub const SCHEMA_VERSION: i64 = 1;
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting writer tries again.
+const BUSY_POLL: Duration = Duration::from_micros(200);
+
+/// SQLite's busy handler: try again every `BUSY_POLL` until `BUSY_TIMEOUT`.
+///
+/// SQLite's own handler sleeps ever longer (up to 100 ms a try), so a writer waiting behind a
+/// stream of short transactions (a `clear`, a busy `process`) keeps missing the short gaps
+/// between them; polling often lets it in within a few of them.
+fn wait_for_lock(tries: i32) -> bool {
+    let waited = BUSY_POLL * u32::try_from(tries).unwrap_or(u32::MAX);
+    if waited >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
 
 /// How much a connection's commits are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +171,8 @@ impl Store {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_handler(Some(wait_for_lock))?;
         // Without the query planner stability guarantee, SQLite re-prepares the claim statement
         // on every execution (its bound values meet partial-index conditions); its plan never
         // depends on them, and the plans are checked by tests.

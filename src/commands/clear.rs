@@ -10,7 +10,9 @@ use crate::lock::{Lock, clear_lock_path};
 use crate::store::{Durability, Store};
 
 /// Rows deleted per transaction.
-const BATCH: usize = 1000;
+const BATCH: usize = 2000;
+/// Pause between batches.
+const BATCH_GAP: std::time::Duration = std::time::Duration::from_micros(300);
 const DAY_MILLIS: i64 = 86_400_000;
 
 /// Runs `bgq clear`.
@@ -35,6 +37,8 @@ pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<(
     while let (count, Some(last)) = store.clear_batch(cutoff, after, BATCH)? {
         deleted += count;
         after = last;
+        // A gap between batches, so that a waiting `publish` gets in (see store::wait_for_lock).
+        std::thread::sleep(BATCH_GAP);
     }
     writeln!(std::io::stdout().lock(), "{deleted}")?;
     Ok(())
