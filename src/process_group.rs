@@ -96,16 +96,21 @@ pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
     OrphanGroup::Killed
 }
 
-/// Kills the process groups of every process holding the pipe with `inode` open (a callback and
-/// its children), and waits up to `wait` for them to be gone; returns how many holders it found.
+/// Kills every process holding the pipe with `inode` open (a callback and its children), with
+/// the process group of each that leads one, and waits up to `wait` for them to be gone;
+/// returns how many holders it found.
+///
+/// Only groups led by a holder are killed: a holder caught between its spawn and joining its
+/// own group is still in the group of the `process` that spawned it (and of whatever started
+/// that: cron, a shell, a test), which must not be touched.
 pub fn kill_pipe_holders(inode: u64, wait: Duration) -> usize {
     let holders = pipe_holders(inode);
     for pid in &holders {
-        let pgid = stat_fields(*pid)
+        let leads_its_group = stat_fields(*pid)
             .and_then(|fields| fields.get(2)?.parse::<i32>().ok())
-            .filter(|pgid| *pgid > 1);
-        if let Some(pgid) = pgid {
-            signal_group(pgid, libc::SIGKILL);
+            == Some(*pid);
+        if leads_its_group && *pid > 1 {
+            signal_group(*pid, libc::SIGKILL);
         }
         // SAFETY: kill(2) only sends a signal.
         unsafe {
