@@ -106,9 +106,8 @@ pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
 pub fn kill_pipe_holders(inode: u64, wait: Duration) -> usize {
     let holders = pipe_holders(inode);
     for pid in &holders {
-        let leads_its_group = stat_fields(*pid)
-            .and_then(|fields| fields.get(2)?.parse::<i32>().ok())
-            == Some(*pid);
+        let leads_its_group =
+            stat_fields(*pid).and_then(|fields| fields.get(2)?.parse::<i32>().ok()) == Some(*pid);
         if leads_its_group && *pid > 1 {
             signal_group(*pid, libc::SIGKILL);
         }

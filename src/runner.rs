@@ -172,14 +172,16 @@ impl Prepared {
         // holder, so that the read end sees EOF when the child is done.
         drop(command);
         let mut child = spawned.map_err(|err| {
-            // The error of a missing working_dir names no path; say which one it is.
-            if working_dir.is_dir() {
-                format!("cannot start `{program}`: {err}")
-            } else {
+            // The errors of a missing working_dir or #! interpreter name no path; say which.
+            if !working_dir.is_dir() {
                 format!(
                     "cannot start `{program}`: working_dir {} is not a directory",
                     working_dir.display()
                 )
+            } else if let Some(interpreter) = missing_interpreter(&program, &working_dir, &err) {
+                format!("cannot start `{program}`: its interpreter `{interpreter}` was not found")
+            } else {
+                format!("cannot start `{program}`: {err}")
             }
         })?;
         let stdin = child.stdin.take();
@@ -200,6 +202,27 @@ impl Prepared {
             kill_grace,
         })
     }
+}
+
+/// When exec says "not found" of a program that exists, its `#!` line names what is missing.
+fn missing_interpreter(program: &str, working_dir: &Path, err: &std::io::Error) -> Option<String> {
+    if err.kind() != ErrorKind::NotFound || !program.contains('/') {
+        return None;
+    }
+    let mut head = [0u8; 256];
+    let count = std::fs::File::open(working_dir.join(program))
+        .and_then(|mut file| file.read(&mut head))
+        .ok()?;
+    let line = head[..count]
+        .strip_prefix(b"#!")?
+        .split(|b| *b == b'\n')
+        .next()?;
+    let interpreter = String::from_utf8_lossy(line)
+        .trim()
+        .split(' ')
+        .next()?
+        .to_owned();
+    (!interpreter.is_empty() && !Path::new(&interpreter).exists()).then_some(interpreter)
 }
 
 /// The inode number of an open descriptor (0 if it cannot be read).

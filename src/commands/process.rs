@@ -89,6 +89,13 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     Ok(())
 }
 
+/// A clock jump as people say it: to the second, or to the minute past an hour.
+fn rounded(millis: Millis) -> Duration {
+    let unit = if millis >= 3_600_000 { 60_000 } else { 1000 };
+    let rounded = (millis + unit / 2) / unit * unit;
+    Duration::from_millis(u64::try_from(rounded).unwrap_or(0))
+}
+
 /// The clock is behind the last run's last recorded time: it was set back. Jobs waiting for their time move
 /// back with it, so that each keeps the wait it had left instead of waiting out the jump too.
 fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Result<()> {
@@ -96,7 +103,7 @@ fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Resu
     eprintln!(
         "bgq: warning: the clock went back by {} since the last run of queue `{queue}`; \
          {moved} waiting job(s) moved back with it",
-        crate::duration::format(Duration::from_millis(u64::try_from(by).unwrap_or(0)))
+        crate::duration::format(rounded(by))
     );
     Ok(())
 }
@@ -560,16 +567,7 @@ impl Worker<'_> {
             transition.run_at = now;
         }
         let output = format!("bgq: {why}; {group}\n").into_bytes();
-        self.store.complete(&Completion {
-            id: orphan.id,
-            state: transition.state,
-            run_at: transition.run_at,
-            due_now: again,
-            uncount_attempt: false,
-            output: output.clone(),
-            ended_at: now,
-            notified: transition.notified_now,
-        })?;
+        // Said before it is stored: if we die in between, the line shows twice, never not at all.
         eprintln!(
             "bgq: recovered job {} ({}): {why}; {group}; attempt {} counted, {}",
             orphan.id,
@@ -581,6 +579,16 @@ impl Worker<'_> {
                 "no retries left"
             }
         );
+        self.store.complete(&Completion {
+            id: orphan.id,
+            state: transition.state,
+            run_at: transition.run_at,
+            due_now: again,
+            uncount_attempt: false,
+            output: output.clone(),
+            ended_at: now,
+            notified: transition.notified_now,
+        })?;
         if let Some(reason) = transition.notice {
             self.notify(orphan.id, output, reason)?;
         }
@@ -598,5 +606,18 @@ impl Worker<'_> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_jumps_are_rounded_as_people_say_them() {
+        assert_eq!(crate::duration::format(rounded(86_399_781)), "1d");
+        assert_eq!(crate::duration::format(rounded(5_400_400)), "90m");
+        assert_eq!(crate::duration::format(rounded(61_600)), "62s");
+        assert_eq!(crate::duration::format(rounded(1_200)), "1s");
     }
 }
