@@ -3,8 +3,15 @@
 
 mod bad_input;
 mod clear;
+mod clock;
 mod concurrency;
 mod config;
+mod contention;
+mod crash_loop;
+mod disk_trouble;
+mod durability;
+mod hostile_callbacks;
+mod hostile_input;
 mod list;
 mod locking;
 mod protocol;
