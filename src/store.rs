@@ -469,27 +469,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes up to `batch` FINISHED jobs with ids above `after` that finished before `cutoff`,
-    /// in one short transaction; returns how many, and the id to continue after (`None` when
-    /// none are left).
+    /// Deletes the FINISHED jobs that finished before `cutoff` among the next `batch` FINISHED
+    /// jobs after id `after`, in one short transaction; returns how many, and the id to continue
+    /// after (`None` when none are left).
     pub fn clear_batch(
         &mut self,
         cutoff: Millis,
         after: i64,
         batch: usize,
     ) -> anyhow::Result<(usize, Option<i64>)> {
+        // The batch's last id, read from jobs_state alone; the delete is then a plain range of
+        // that index, with no list of ids to build.
+        let upper: Option<i64> = self
+            .conn
+            .prepare_cached(CLEAR_UPPER_SQL)?
+            .query_row(
+                params![after, i64::try_from(batch.saturating_sub(1)).unwrap_or(0)],
+                |row| row.get(0),
+            )
+            .optional()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let ids: Vec<i64> = tx
-            .prepare_cached(CLEAR_SQL)?
-            .query_map(
-                params![cutoff, after, i64::try_from(batch).unwrap_or(i64::MAX)],
-                |row| row.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
+        let deleted = tx.prepare_cached(CLEAR_SQL)?.execute(params![
+            cutoff,
+            after,
+            upper.unwrap_or(i64::MAX)
+        ])?;
         tx.commit()?;
-        Ok((ids.len(), ids.into_iter().max()))
+        Ok((deleted, upper))
     }
 }
 
@@ -597,12 +605,13 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
     WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
       AND run_at <= ?3 AND claimed_run < ?2";
 
-/// Deletes a batch of finished jobs (?1 cutoff, ?2 after this id, ?3 batch size), walking them
-/// in id order so that each batch starts where the last one stopped.
-const CLEAR_SQL: &str = "DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs INDEXED BY jobs_state
-    WHERE state = 'FINISHED' AND id > ?2 AND finished_at < ?1 ORDER BY id LIMIT ?3)
-    RETURNING id";
+/// The id of the `?2 + 1`-th FINISHED job after id ?1: where a `clear` batch ends.
+const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
+    WHERE state = 'FINISHED' AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
+
+/// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
+const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
+    WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
 
 /// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name).
 ///
@@ -996,10 +1005,14 @@ mod tests {
         assert!(promote.contains("INDEX jobs_schedule"), "{promote}");
         let clear = plan(&store, CLEAR_SQL);
         assert!(
-            clear.contains("INDEX jobs_state (state=? AND id>?)"),
+            clear.contains("INDEX jobs_state (state=? AND id>? AND id<?)"),
             "{clear}"
         );
-        assert!(!clear.contains("TEMP B-TREE"), "{clear}");
+        let upper = plan(&store, CLEAR_UPPER_SQL);
+        assert!(
+            upper.contains("COVERING INDEX jobs_state (state=? AND id>?)"),
+            "{upper}"
+        );
     }
 
     #[test]

@@ -34,9 +34,11 @@ pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<(
         .map_or(i64::MAX, |days| now_millis() - i64::from(days) * DAY_MILLIS);
     let mut deleted = 0;
     let mut after = 0;
-    while let (count, Some(last)) = store.clear_batch(cutoff, after, BATCH)? {
+    loop {
+        let (count, next) = store.clear_batch(cutoff, after, BATCH)?;
         deleted += count;
-        after = last;
+        let Some(next) = next else { break };
+        after = next;
         // A gap between batches, so that a waiting `publish` gets in (see store::wait_for_lock).
         std::thread::sleep(BATCH_GAP);
     }
