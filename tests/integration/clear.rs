@@ -18,15 +18,7 @@ fn clear(env: &TestEnv, args: &[&str]) -> TestResult<String> {
 
 /// Runs `bgq ARGS` under `faketime -f OFFSET` (e.g. `-20d`), checks exit 0, returns stdout.
 fn faked(env: &TestEnv, offset: &str, args: &[&str]) -> TestResult<String> {
-    let out = assert_cmd::Command::new("faketime")
-        .current_dir(env.root())
-        .env_remove("BGQ_CONFIG")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .args(["-f", offset, env!("CARGO_BIN_EXE_bgq"), "--config"])
-        .arg(env.config_path())
-        .args(args)
-        .timeout(std::time::Duration::from_secs(60))
-        .output()?;
+    let out = env.bgq_at(offset).args(args).output()?;
     if !out.status.success() {
         return Err(format!("faketime {offset} bgq {args:?}: {}", describe(&out)).into());
     }

@@ -4,23 +4,13 @@
 //! real time leaves sane schedules. The clock moves with `faketime` (see `support.rs`); the
 //! monotonic clock is left alone, as a real jump would leave it.
 
-use std::time::Duration;
-
 use crate::support::{
     TestEnv, TestResult, callback_toml, describe, faketime_available, read_lines,
 };
 
 /// Runs `bgq process` under `faketime -f OFFSET` (e.g. `-1d`); checks exit 0, returns stderr.
 fn process_at(env: &TestEnv, offset: &str) -> TestResult<String> {
-    let out = assert_cmd::Command::new("faketime")
-        .current_dir(env.root())
-        .env_remove("BGQ_CONFIG")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .args(["-f", offset, env!("CARGO_BIN_EXE_bgq"), "--config"])
-        .arg(env.config_path())
-        .arg("process")
-        .timeout(Duration::from_secs(60))
-        .output()?;
+    let out = env.bgq_at(offset).arg("process").output()?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() || stderr.contains("panicked") {
         return Err(format!("faketime {offset} bgq process: {}", describe(&out)).into());

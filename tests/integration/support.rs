@@ -86,6 +86,19 @@ impl TestEnv {
         cmd
     }
 
+    /// `bgq --config ...` run under `faketime -f OFFSET` (e.g. `-20d`), the monotonic clock left
+    /// alone (a faked one hangs Rust's timed waits).
+    pub fn bgq_at(&self, offset: &str) -> Command {
+        let mut cmd = Command::new("faketime");
+        cmd.current_dir(self.root())
+            .env_remove("BGQ_CONFIG")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["-f", offset, env!("CARGO_BIN_EXE_bgq"), "--config"])
+            .arg(self.config_path())
+            .timeout(Duration::from_secs(60));
+        cmd
+    }
+
     /// `bgq` run in the temp dir without `--config` (for discovery tests).
     pub fn bgq_bare(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgq"));
