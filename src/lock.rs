@@ -14,7 +14,6 @@ use fs2::FileExt;
 #[derive(Debug)]
 pub struct Lock {
     file: File,
-    path: PathBuf,
 }
 
 impl Lock {
@@ -57,10 +56,7 @@ impl Lock {
             bail!("lock file {} is not a regular file", path.display());
         }
         match file.try_lock_exclusive() {
-            Ok(()) => Ok(Some(Lock {
-                file,
-                path: path.to_owned(),
-            })),
+            Ok(()) => Ok(Some(Lock { file })),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
             Err(err) => {
                 Err(anyhow::Error::new(err).context(format!("cannot lock {}", path.display())))
@@ -71,11 +67,6 @@ impl Lock {
     /// The open lock file (its holder may keep notes in it: see `running_log`).
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
