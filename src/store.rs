@@ -147,9 +147,21 @@ pub struct ListFilter {
 impl Store {
     /// Opens (creating with its folder, mode 0600, if needed) and upgrades the database.
     pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Store> {
-        Self::open_inner(path, durability)
-            .map_err(|err| explain_disk_full(err, path))
-            .with_context(|| format!("cannot open database {}", path.display()))
+        // Opening can meet SQLITE_BUSY without the busy handler being asked: several processes
+        // creating the database and switching it to WAL at once. It passes: try again.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_inner(path, durability) {
+                Err(err) if is_busy(&err) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                result => {
+                    return result
+                        .map_err(|err| explain_disk_full(err, path))
+                        .with_context(|| format!("cannot open database {}", path.display()));
+                }
+            }
+        }
     }
 
     fn open_inner(path: &Path, durability: Durability) -> anyhow::Result<Store> {
@@ -549,6 +561,16 @@ fn claim_one(
         })
         .optional()?;
     Ok(claimed)
+}
+
+/// Whether `err` is SQLite's "database is locked" (or "busy").
+fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|code| code == rusqlite::ErrorCode::DatabaseBusy)
+    })
 }
 
 /// SQLite reports a full disk as a full database or, when the shared-memory file cannot grow,
