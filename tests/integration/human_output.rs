@@ -1,0 +1,1 @@
+//! Issue 5 tests: human_output (being written).

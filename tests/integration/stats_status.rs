@@ -1,0 +1,1 @@
+//! Issue 5 tests: stats_status (being written).
