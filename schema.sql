@@ -1,7 +1,8 @@
 -- bgq: the canonical schema. The binary embeds this file and applies it to a new database;
 -- `PRAGMA user_version` records which version a database has.
 --
--- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4.
+-- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4, and
+-- CANCELLED (`bgq cancel`). Older databases are upgraded by the files in upgrades/.
 
 CREATE TABLE jobs (
     -- AUTOINCREMENT: ids must keep increasing in publish order even after `clear` deleted the newest.
@@ -29,7 +30,10 @@ CREATE TABLE jobs (
     -- Tail of what the last run printed (stdout and stderr).
     output        BLOB,
     -- 1 once the notify_on_attempts notice went out.
-    notified      INTEGER NOT NULL DEFAULT 0
+    notified      INTEGER NOT NULL DEFAULT 0,
+    -- When the state last changed (version 2; columns added by upgrades go last, so that an
+    -- upgraded database and a new one have the same columns in the same order).
+    state_changed_at INTEGER NOT NULL DEFAULT 0
 );
 
 -- The claim path: runnable jobs of a queue, oldest first.
@@ -63,8 +67,38 @@ CREATE TABLE runs (
     pid_started INTEGER NOT NULL,
     boot_id     TEXT    NOT NULL,
     started_at  INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    -- Version 2: jobs the run started, how many of them failed, and why the run itself failed.
+    jobs        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
 );
 CREATE INDEX runs_queue ON runs (queue, id);
 
-PRAGMA user_version = 1;
+-- How runs of jobs ended, counted per queue and minute, for `bgq stats` (kept for two days).
+CREATE TABLE outcomes (
+    queue              TEXT    NOT NULL,
+    -- Unix epoch minutes.
+    minute             INTEGER NOT NULL,
+    finished           INTEGER NOT NULL DEFAULT 0,
+    temporarily_failed INTEGER NOT NULL DEFAULT 0,
+    permanently_failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute)
+) WITHOUT ROWID;
+
+-- Notices not yet sent. Each is stored with the job's new state, in one transaction, and deleted
+-- once sent: a `process` that dies before sending its digest leaves them to the next run.
+CREATE TABLE notices (
+    id         INTEGER PRIMARY KEY,
+    queue      TEXT    NOT NULL,
+    job_id     INTEGER NOT NULL,
+    -- attempts, failed, orphan or recovered
+    kind       TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    -- Tail of what the job's run printed.
+    output     BLOB,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX notices_queue ON notices (queue, id);
+
+PRAGMA user_version = 2;

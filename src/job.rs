@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::error::usage;
 
-/// The six states of SPEC.md section 4.
+/// The six states of SPEC.md section 4, and CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
     /// Published, waiting for its turn.
@@ -23,17 +23,20 @@ pub enum JobState {
     Waiting,
     /// Failed for good; runs again only by `bgq retry`.
     PermanentlyFailed,
+    /// Stopped by `bgq cancel`; runs again only by `bgq retry`.
+    Cancelled,
 }
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Ready,
         JobState::Processing,
         JobState::Finished,
         JobState::TemporarilyFailed,
         JobState::Waiting,
         JobState::PermanentlyFailed,
+        JobState::Cancelled,
     ];
 
     /// The name stored in the database and shown to users.
@@ -45,7 +48,16 @@ impl JobState {
             JobState::TemporarilyFailed => "TEMPORARILY_FAILED",
             JobState::Waiting => "WAITING",
             JobState::PermanentlyFailed => "PERMANENTLY_FAILED",
+            JobState::Cancelled => "CANCELLED",
         }
+    }
+
+    /// Whether a job in this state may still run without an operator's `bgq retry`.
+    pub fn runs_again(self) -> bool {
+        matches!(
+            self,
+            JobState::Ready | JobState::TemporarilyFailed | JobState::Waiting
+        )
     }
 }
 

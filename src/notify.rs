@@ -1,5 +1,7 @@
-//! Notices for operators: a job that keeps failing or failed for good. They go to the `notify`
-//! command as JSON on stdin, or to stderr, which cron mails.
+//! Notices for operators: a job that keeps failing, failed for good, was recovered from a dead
+//! run, or finished after it was notified. Everything one `process` run has to report goes out
+//! once, as a digest: to the `notify` command as one JSON object per line on stdin, or to stderr,
+//! which cron mails.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -10,54 +12,125 @@ use crate::job::JobRecord;
 /// How long the notify command may take.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// The job failed `notify_on_attempts` times and is still retrying.
+    Attempts,
+    /// The job failed permanently.
+    Failed,
+    /// The job was recovered from a `process` run that died.
+    Orphan,
+    /// A job notified earlier has now FINISHED.
+    Recovered,
+}
+
+impl NoticeKind {
+    /// The name stored and sent as `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Attempts => "attempts",
+            NoticeKind::Failed => "failed",
+            NoticeKind::Orphan => "orphan",
+            NoticeKind::Recovered => "recovered",
+        }
+    }
+}
+
+impl std::str::FromStr for NoticeKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            NoticeKind::Attempts,
+            NoticeKind::Failed,
+            NoticeKind::Orphan,
+            NoticeKind::Recovered,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+        .ok_or_else(|| format!("unknown notice kind `{text}`"))
+    }
+}
+
 /// One notice about one job.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    /// The job as `list --json` shows it.
-    pub job: JobRecord,
+    /// The job it is about.
+    pub job_id: i64,
+    /// The job as `list --json` shows it, unless it was deleted since.
+    pub job: Option<JobRecord>,
     /// Tail of what its last run printed.
     pub output: Vec<u8>,
     /// Why it is notified, e.g. "failed 5 attempts".
     pub reason: String,
+    /// What it is about.
+    pub kind: NoticeKind,
 }
 
 impl Notice {
-    /// The notice as one JSON object: the job's `list --json` fields, "output" and "notice".
+    /// The notice as one JSON object: the job's `list --json` fields, "output", "notice" and
+    /// "kind".
     pub fn to_json(&self) -> String {
-        let mut value = serde_json::to_value(&self.job).unwrap_or_default();
+        let mut value = match &self.job {
+            Some(job) => serde_json::to_value(job).unwrap_or_default(),
+            None => serde_json::json!({ "id": self.job_id }),
+        };
         if let Some(object) = value.as_object_mut() {
             object.insert(
                 "output".to_owned(),
                 String::from_utf8_lossy(&self.output).into_owned().into(),
             );
             object.insert("notice".to_owned(), self.reason.clone().into());
+            object.insert("kind".to_owned(), self.kind.as_str().into());
         }
         value.to_string()
     }
+
+    /// The notice as one stderr line.
+    fn stderr_line(&self) -> String {
+        let callback = self.job.as_ref().map_or("?", |job| job.callback.as_str());
+        format!(
+            "bgq: notice: job {} ({callback}) {}: {}",
+            self.job_id,
+            self.reason,
+            self.to_json()
+        )
+    }
 }
 
-/// Sends `notice` to `command`, or to stderr without one. A failing command does not lose the
-/// notice: it is printed to stderr with the reason the command failed.
-pub fn send(command: Option<&[String]>, notice: &Notice) {
-    let json = notice.to_json();
-    let stderr_line = format!(
-        "bgq: notice: job {} ({}) {}: {json}",
-        notice.job.id, notice.job.callback, notice.reason
-    );
+/// Sends a run's `notices` as one digest: to `command` (started once, one JSON object a line on
+/// its stdin), or to stderr without one. A failing command does not lose them: they are printed
+/// to stderr with the reason the command failed. Orphans are left out on stderr: recovery
+/// already reported each there.
+pub fn send_digest(command: Option<&[String]>, notices: &[Notice]) {
+    if notices.is_empty() {
+        return;
+    }
+    let to_stderr = || {
+        for notice in notices.iter().filter(|n| n.kind != NoticeKind::Orphan) {
+            eprintln!("{}", notice.stderr_line());
+        }
+    };
     let Some(argv) = command else {
-        eprintln!("{stderr_line}");
+        to_stderr();
         return;
     };
-    if let Err(why) = run_notify(argv, &json) {
+    let mut lines = String::new();
+    for notice in notices {
+        lines.push_str(&notice.to_json());
+        lines.push('\n');
+    }
+    if let Err(why) = run_notify(argv, &lines) {
         eprintln!(
             "bgq: error: notify command `{}` failed: {why}",
             argv.join(" ")
         );
-        eprintln!("{stderr_line}");
+        to_stderr();
     }
 }
 
-fn run_notify(argv: &[String], json: &str) -> Result<(), String> {
+fn run_notify(argv: &[String], lines: &str) -> Result<(), String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let mut child = Command::new(program)
         .args(args)
@@ -65,15 +138,26 @@ fn run_notify(argv: &[String], json: &str) -> Result<(), String> {
         .stdout(Stdio::null())
         .spawn()
         .map_err(|err| format!("cannot start it: {err}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its stdin is its own business; only its exit counts.
-        let _ = stdin.write_all(format!("{json}\n").as_bytes());
-    }
+    // Written from a thread: a digest can exceed the pipe's buffer, and a command that does not
+    // read its stdin must not hang bgq. Whether it reads is its own business; its exit counts.
+    let writer = child.stdin.take().map(|mut stdin| {
+        let lines = lines.to_owned();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(lines.as_bytes());
+        })
+    });
     let started = Instant::now();
     loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(status.to_string()),
+            Ok(Some(status)) => {
+                // Not joined: a child of the command may still hold its stdin unread.
+                drop(writer);
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                };
+            }
             Ok(None) if started.elapsed() > NOTIFY_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -96,7 +180,9 @@ mod tests {
     #[test]
     fn json_has_the_job_fields_output_and_reason() {
         let notice = Notice {
-            job: JobRecord {
+            job_id: 7,
+            kind: NoticeKind::Attempts,
+            job: Some(JobRecord {
                 id: 7,
                 queue: "general".to_owned(),
                 callback: "sendEmail".to_owned(),
@@ -108,7 +194,7 @@ mod tests {
                 run_at: 1000,
                 started_at: Some(0),
                 finished_at: None,
-            },
+            }),
             output: b"smtp down\n".to_vec(),
             reason: "failed 5 attempts".to_owned(),
         };
@@ -119,6 +205,7 @@ mod tests {
         assert_eq!(value["finished_at"], serde_json::Value::Null);
         assert_eq!(value["output"], "smtp down\n");
         assert_eq!(value["notice"], "failed 5 attempts");
+        assert_eq!(value["kind"], "attempts");
         assert!(!notice.to_json().contains('\n'));
     }
 }

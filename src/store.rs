@@ -17,12 +17,17 @@ use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload};
+use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
 
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// The steps from each older version to the next: (version reached, SQL).
+const UPGRADES: [(i64, &str); 1] = [(2, include_str!("../upgrades/v2.sql"))];
+/// How long per-minute outcome counts are kept for `stats`.
+const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a waiting writer tries again.
@@ -114,6 +119,8 @@ pub struct Completion {
     pub ended_at: Millis,
     /// Mark the notify_on_attempts notice as sent.
     pub notified: bool,
+    /// A notice to store with the new state, sent with the run's digest.
+    pub notice: Option<(NoticeKind, String)>,
 }
 
 /// What `settle_and_claim` may claim.
@@ -142,6 +149,109 @@ pub struct ListFilter {
     pub callback: Option<String>,
     /// Any of these identifiers (all when empty).
     pub identifiers: Vec<String>,
+}
+
+/// Everything stored about one job, for `bgq show` and `bgq explain`.
+#[derive(Debug, Clone)]
+pub struct JobDetail {
+    /// The job as `list` shows it.
+    pub record: JobRecord,
+    /// Its parameters, or why they cannot be read.
+    pub payload: Result<Payload, String>,
+    /// Tail of what its last run printed.
+    pub output: Vec<u8>,
+    /// Whether the notify_on_attempts notice went out.
+    pub notified: bool,
+    /// When its state last changed.
+    pub state_changed_at: Millis,
+    /// The `process` run that started it last (0: none).
+    pub claimed_run: i64,
+}
+
+/// A recorded `process` run.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// Run number.
+    pub id: i64,
+    /// Queue it ran.
+    pub queue: String,
+    /// The `process` that ran it.
+    pub runner: ProcessRecord,
+    /// When it started.
+    pub started_at: Millis,
+    /// When it ended, if it did.
+    pub finished_at: Option<Millis>,
+    /// Jobs it started (recorded when it ended).
+    pub jobs: u64,
+    /// Of those, how many failed.
+    pub failed: u64,
+    /// Why it could not do its work, if so.
+    pub error: Option<String>,
+}
+
+/// A job as `bgq retry` and `bgq cancel` decide about it.
+#[derive(Debug, Clone)]
+pub struct JobBrief {
+    /// Job id.
+    pub id: i64,
+    /// Queue.
+    pub queue: String,
+    /// Callback name.
+    pub callback: String,
+    /// State before the change.
+    pub state: JobState,
+    /// When that state began.
+    pub state_changed_at: Millis,
+}
+
+/// Which jobs `Store::change` reads.
+#[derive(Debug, Clone)]
+pub enum Selection<'a> {
+    /// These ids; an unknown one is an error.
+    Ids(&'a [i64]),
+    /// Every job in one of `states`, of `queue` and `callback` when given.
+    Matching {
+        /// Any of these states.
+        states: &'a [JobState],
+        /// Only this queue.
+        queue: Option<&'a str>,
+        /// Only this callback.
+        callback: Option<&'a str>,
+    },
+}
+
+/// What `Store::change` does to each job it applies to.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Back to READY, due now, attempts and notice reset; new parameters if given.
+    Retry {
+        /// The current time.
+        now: Millis,
+        /// Replacement parameters.
+        payload: Option<Payload>,
+    },
+    /// To CANCELLED: it does not run again.
+    Cancel {
+        /// The current time.
+        now: Millis,
+    },
+}
+
+/// A notice stored by a run and not yet sent.
+#[derive(Debug, Clone)]
+pub struct PendingNotice {
+    /// Notice number.
+    pub id: i64,
+    /// The job it is about.
+    pub job_id: i64,
+    /// What happened.
+    pub kind: NoticeKind,
+    /// Why, in words.
+    pub reason: String,
+    /// Tail of what the job's run printed.
+    pub output: Vec<u8>,
+    /// The job as it is now, unless it was deleted since.
+    pub job: Option<JobRecord>,
 }
 
 impl Store {
@@ -229,7 +339,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Another process may have created the schema while we waited for the write lock.
+        // Another process may have created or upgraded the schema while we waited for the lock.
         let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if version == 0 {
             let tables: i64 =
@@ -239,6 +349,15 @@ impl Store {
             }
             tx.execute_batch(SCHEMA)
                 .context("cannot create the schema")?;
+        } else {
+            for (reached, sql) in UPGRADES.iter().filter(|(reached, _)| *reached > version) {
+                tx.execute_batch(sql).with_context(|| {
+                    format!(
+                        "cannot upgrade the schema from version {} to {reached}",
+                        reached - 1
+                    )
+                })?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -268,7 +387,7 @@ impl Store {
                 .iter()
                 .map(|job| job.payload.to_msgpack())
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 7);
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 8);
             for (job, payload) in chunk.iter().zip(&payloads) {
                 values.extend([
                     &job.queue as &dyn rusqlite::ToSql,
@@ -276,6 +395,7 @@ impl Store {
                     payload,
                     &job.serial_group,
                     &job.identifier,
+                    &now,
                     &now,
                     &now,
                 ]);
@@ -318,15 +438,33 @@ impl Store {
             "DELETE FROM runs WHERE queue = ?1 AND id <= ?2 - 100",
             params![queue, run],
         )?;
+        tx.execute(
+            "DELETE FROM outcomes WHERE queue = ?1 AND minute < ?2",
+            params![queue, now / 60_000 - OUTCOMES_KEPT_MINUTES],
+        )?;
         tx.commit()?;
         Ok(run)
     }
 
-    /// Records the end of a `process` run.
-    pub fn end_run(&mut self, run: i64, now: Millis) -> anyhow::Result<()> {
+    /// Records the end of a `process` run: how many jobs it started, how many of them failed,
+    /// and the error that ended it, if one did.
+    pub fn end_run(
+        &mut self,
+        run: i64,
+        now: Millis,
+        jobs: u64,
+        failed: u64,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
         self.conn.execute(
-            "UPDATE runs SET finished_at = ?2 WHERE id = ?1",
-            params![run, now],
+            "UPDATE runs SET finished_at = ?2, jobs = ?3, failed = ?4, error = ?5 WHERE id = ?1",
+            params![
+                run,
+                now,
+                i64::try_from(jobs).unwrap_or(i64::MAX),
+                i64::try_from(failed).unwrap_or(i64::MAX),
+                error
+            ],
         )?;
         Ok(())
     }
@@ -441,9 +579,15 @@ impl Store {
         )?)
     }
 
-    /// Stores how a run of a job ended.
-    pub fn complete(&mut self, done: &Completion) -> anyhow::Result<()> {
-        complete(&self.conn, done)
+    /// Stores how a run of a job ended, with its notice; returns false when the job was no
+    /// longer PROCESSING (cancelled meanwhile), in which case only its output is kept.
+    pub fn complete(&mut self, done: &Completion) -> anyhow::Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied = complete(&tx, done)?;
+        tx.commit()?;
+        Ok(applied)
     }
 
     /// Jobs matching `filter`, newest first, at most `limit`.
@@ -511,27 +655,278 @@ impl Store {
         tx.commit()?;
         Ok((deleted, upper))
     }
+
+    /// Opens the database if it exists, without creating it or its folder.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Store::open(path, Durability::Relaxed).map(Some)
+    }
+
+    /// Everything stored about job `id`, if it exists.
+    pub fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS}, payload, output, notified, state_changed_at, claimed_run
+             FROM jobs WHERE id = ?1"
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, [id], |row| {
+                let payload: Vec<u8> = row.get(11)?;
+                let output: Option<Vec<u8>> = row.get(12)?;
+                Ok(JobDetail {
+                    record: read_record(row)?,
+                    payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
+                    output: output.unwrap_or_default(),
+                    notified: row.get(13)?,
+                    state_changed_at: row.get(14)?,
+                    claimed_run: row.get(15)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The oldest unfinished job of `group` older than job `id`: the one that holds it back.
+    pub fn serial_blocker(&self, group: &str, id: i64) -> anyhow::Result<Option<(i64, JobState)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, state FROM jobs INDEXED BY jobs_serial
+                 WHERE serial_group = ?1 AND id < ?2
+                   AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                 ORDER BY id LIMIT 1",
+                params![group, id],
+                |row| Ok((row.get(0)?, read_state(row, 1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The `process` run numbered `run`, if it is still recorded.
+    pub fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+        Ok(self.conn.query_row(&sql, [run], read_run).optional()?)
+    }
+
+    /// The latest `process` run of each queue that has one.
+    pub fn last_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE id IN (SELECT max(id) FROM runs GROUP BY queue) ORDER BY queue"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], read_run)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many jobs each queue has in each state (states without jobs left out).
+    pub fn state_counts(&self) -> anyhow::Result<Vec<(String, JobState, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get(0)?, read_state(row, 1)?, read_count(row, 2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The oldest due job of each queue that has one (due by `now`, waiting to run): its id and
+    /// since when it is due.
+    pub fn oldest_due(&self, now: Millis) -> anyhow::Result<Vec<(String, i64, Millis)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT queue, id, min(run_at) FROM jobs INDEXED BY jobs_queue
+             WHERE state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND run_at <= ?1
+             GROUP BY queue ORDER BY queue",
+        )?;
+        let rows = stmt.query_map([now], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Runs of jobs that ended since `since`, per queue: (finished, temporarily failed,
+    /// permanently failed).
+    pub fn outcomes_since(&self, since: Millis) -> anyhow::Result<Vec<(String, [u64; 3])>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT queue, sum(finished), sum(temporarily_failed), sum(permanently_failed)
+             FROM outcomes WHERE minute >= ?1 GROUP BY queue ORDER BY queue",
+        )?;
+        let rows = stmt.query_map([since / 60_000], |row| {
+            Ok((
+                row.get(0)?,
+                [
+                    read_count(row, 1)?,
+                    read_count(row, 2)?,
+                    read_count(row, 3)?,
+                ],
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs that want to run (READY, PROCESSING, TEMPORARILY_FAILED, WAITING) whose callback is
+    /// not among `known`: (queue, callback, how many).
+    pub fn waiting_callbacks_not_in(
+        &self,
+        known: &[&str],
+    ) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let placeholders = vec!["?"; known.len()].join(", ");
+        let sql = format!(
+            "SELECT queue, callback, count(*) FROM jobs INDEXED BY jobs_callback
+             WHERE state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+               AND callback NOT IN ({placeholders})
+             GROUP BY queue, callback ORDER BY queue, callback"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(known), |row| {
+            Ok((row.get(0)?, row.get(1)?, read_count(row, 2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// In one transaction: reads the jobs of `selection`, asks `decide` about each (an error
+    /// refuses the whole change, `false` leaves that job as it is), and applies `change` to the
+    /// others unless `dry_run`. Returns every selected job, oldest first, with its decision.
+    pub fn change(
+        &mut self,
+        selection: &Selection<'_>,
+        change: &Change,
+        dry_run: bool,
+        mut decide: impl FnMut(&JobBrief) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Vec<(JobBrief, bool)>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let briefs = select_briefs(&tx, selection, &self.path)?;
+        let mut decided = Vec::with_capacity(briefs.len());
+        for brief in briefs {
+            let apply = decide(&brief)?;
+            decided.push((brief, apply));
+        }
+        if dry_run {
+            return Ok(decided);
+        }
+        for (brief, _) in decided.iter().filter(|(_, apply)| *apply) {
+            apply_change(&tx, brief.id, change)?;
+        }
+        tx.commit()?;
+        Ok(decided)
+    }
+
+    /// The notices of `queue` not yet sent, oldest first, each with its job as it is now (if
+    /// the job still exists).
+    pub fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
+        let sql = format!(
+            "SELECT n.id, n.job_id, n.kind, n.reason, n.output, {}
+             FROM notices n LEFT JOIN jobs j ON j.id = n.job_id
+             WHERE n.queue = ?1 ORDER BY n.id",
+            RECORD_COLUMNS
+                .split(',')
+                .map(|column| format!("j.{}", column.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([queue], |row| {
+            let kind: String = row.get(2)?;
+            let job_id: Option<i64> = row.get(5)?;
+            Ok(PendingNotice {
+                id: row.get(0)?,
+                job_id: row.get(1)?,
+                kind: kind.parse().unwrap_or(NoticeKind::Failed),
+                reason: row.get(3)?,
+                output: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                job: match job_id {
+                    Some(_) => Some(read_record_at(row, 5)?),
+                    None => None,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes notices that were sent.
+    pub fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for id in ids {
+            tx.prepare_cached("DELETE FROM notices WHERE id = ?1")?
+                .execute([id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
-fn complete(conn: &Connection, done: &Completion) -> anyhow::Result<()> {
+/// Stores how a run ended, counts its outcome and stores its notice. A job that is no longer
+/// PROCESSING was cancelled while it ran: it keeps its state, and only the output is stored.
+fn complete(conn: &Connection, done: &Completion) -> anyhow::Result<bool> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
-    conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
-                attempts = attempts - ?5, output = ?6, finished_at = ?7,
-                notified = notified OR ?8
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        done.id,
-        done.state.as_str(),
-        done.run_at,
-        done.due_now,
-        i64::from(done.uncount_attempt),
-        done.output,
-        finished_at,
-        done.notified
-    ])?;
-    Ok(())
+    let queue: Option<String> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
+                    attempts = attempts - ?5, output = ?6, finished_at = ?7,
+                    notified = notified OR ?8, state_changed_at = ?9
+             WHERE id = ?1 AND state = 'PROCESSING'
+             RETURNING queue",
+        )?
+        .query_row(
+            params![
+                done.id,
+                done.state.as_str(),
+                done.run_at,
+                done.due_now,
+                i64::from(done.uncount_attempt),
+                done.output,
+                finished_at,
+                done.notified,
+                done.ended_at
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(queue) = queue else {
+        conn.prepare_cached("UPDATE jobs SET output = ?2 WHERE id = ?1")?
+            .execute(params![done.id, done.output])?;
+        return Ok(false);
+    };
+    let counted = match done.state {
+        JobState::Finished => Some((1, 0, 0)),
+        JobState::TemporarilyFailed => Some((0, 1, 0)),
+        JobState::PermanentlyFailed => Some((0, 0, 1)),
+        _ => None,
+    };
+    if let Some((finished, temporarily, permanently)) = counted {
+        conn.prepare_cached(
+            "INSERT INTO outcomes (queue, minute, finished, temporarily_failed, permanently_failed)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (queue, minute) DO UPDATE SET
+                 finished = finished + excluded.finished,
+                 temporarily_failed = temporarily_failed + excluded.temporarily_failed,
+                 permanently_failed = permanently_failed + excluded.permanently_failed",
+        )?
+        .execute(params![
+            queue,
+            done.ended_at / 60_000,
+            finished,
+            temporarily,
+            permanently
+        ])?;
+    }
+    if let Some((kind, reason)) = &done.notice {
+        conn.prepare_cached(
+            "INSERT INTO notices (queue, job_id, kind, reason, output, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            queue,
+            done.id,
+            kind.as_str(),
+            reason,
+            done.output,
+            done.ended_at
+        ])?;
+    }
+    Ok(true)
 }
 
 fn claim_one(
@@ -612,11 +1007,12 @@ fn free_bytes(folder: &Path) -> Option<u64> {
 /// Jobs inserted by one statement.
 const INSERT_CHUNK: usize = 100;
 
-/// An INSERT of `rows` jobs, seven parameters each.
+/// An INSERT of `rows` jobs, eight parameters each.
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
     format!(
-        "INSERT INTO jobs (queue, callback, payload, serial_group, identifier, created_at, run_at)
+        "INSERT INTO jobs (queue, callback, payload, serial_group, identifier, created_at, run_at,
+                           state_changed_at)
          VALUES {}",
         vec![row; rows].join(", ")
     )
@@ -642,7 +1038,7 @@ fn claim_sql(callbacks: usize) -> String {
     let placeholders = vec!["?"; callbacks].join(", ");
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
-                started_at = ?3, claimed_run = ?2
+                started_at = ?3, state_changed_at = ?3, claimed_run = ?2
          WHERE id = (
              SELECT j.id FROM jobs j INDEXED BY jobs_claim
              WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
@@ -674,23 +1070,145 @@ const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group
      created_at, run_at, started_at, finished_at";
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let state: String = row.get(3)?;
-    let state = state.parse::<JobState>().map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, err.into())
-    })?;
+    read_record_at(row, 0)
+}
+
+/// A `JobRecord` from the `RECORD_COLUMNS` starting at column `first`.
+fn read_record_at(row: &Row<'_>, first: usize) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
+        id: row.get(first)?,
+        queue: row.get(first + 1)?,
+        callback: row.get(first + 2)?,
+        state: read_state(row, first + 3)?,
+        attempts: row.get(first + 4)?,
+        serial_group: row.get(first + 5)?,
+        identifier: row.get(first + 6)?,
+        created_at: row.get(first + 7)?,
+        run_at: row.get(first + 8)?,
+        started_at: row.get(first + 9)?,
+        finished_at: row.get(first + 10)?,
+    })
+}
+
+/// The state stored in column `index`.
+fn read_state(row: &Row<'_>, index: usize) -> rusqlite::Result<JobState> {
+    let state: String = row.get(index)?;
+    state.parse::<JobState>().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, err.into())
+    })
+}
+
+/// A count stored in column `index` (never negative).
+fn read_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let count: i64 = row.get(index)?;
+    Ok(u64::try_from(count).unwrap_or_default())
+}
+
+const RUN_COLUMNS: &str =
+    "id, queue, pid, pid_started, boot_id, started_at, finished_at, jobs, failed, error";
+
+fn read_run(row: &Row<'_>) -> rusqlite::Result<RunInfo> {
+    let started: i64 = row.get(3)?;
+    Ok(RunInfo {
         id: row.get(0)?,
         queue: row.get(1)?,
-        callback: row.get(2)?,
-        state,
-        attempts: row.get(4)?,
-        serial_group: row.get(5)?,
-        identifier: row.get(6)?,
-        created_at: row.get(7)?,
-        run_at: row.get(8)?,
-        started_at: row.get(9)?,
-        finished_at: row.get(10)?,
+        runner: ProcessRecord {
+            pid: row.get(2)?,
+            started: u64::try_from(started).unwrap_or_default(),
+            boot_id: row.get(4)?,
+        },
+        started_at: row.get(5)?,
+        finished_at: row.get(6)?,
+        jobs: read_count(row, 7)?,
+        failed: read_count(row, 8)?,
+        error: row.get(9)?,
     })
+}
+
+/// The jobs of `selection`, oldest first; an unknown id is a usage error.
+fn select_briefs(
+    conn: &Connection,
+    selection: &Selection<'_>,
+    database: &Path,
+) -> anyhow::Result<Vec<JobBrief>> {
+    let read = |row: &Row<'_>| {
+        Ok(JobBrief {
+            id: row.get(0)?,
+            queue: row.get(1)?,
+            callback: row.get(2)?,
+            state: read_state(row, 3)?,
+            state_changed_at: row.get(4)?,
+        })
+    };
+    let columns = "id, queue, callback, state, state_changed_at";
+    match selection {
+        Selection::Ids(ids) => {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {columns} FROM jobs WHERE id = ?1"))?;
+            let mut briefs = Vec::with_capacity(ids.len());
+            for id in ids {
+                match stmt.query_row([id], read).optional()? {
+                    Some(brief) => briefs.push(brief),
+                    None => {
+                        return Err(crate::error::usage(format!(
+                            "no job {id} in {}",
+                            database.display()
+                        )));
+                    }
+                }
+            }
+            Ok(briefs)
+        }
+        Selection::Matching {
+            states,
+            queue,
+            callback,
+        } => {
+            let filter = ListFilter {
+                states: states.to_vec(),
+                queue: queue.map(str::to_owned),
+                callback: callback.map(str::to_owned),
+                identifiers: Vec::new(),
+            };
+            let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
+            let mut values = Vec::new();
+            push_filter(&mut sql, &mut values, &filter);
+            sql.push_str(" ORDER BY id");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values.iter()), read)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+    }
+}
+
+/// Applies `change` to job `id`.
+fn apply_change(conn: &Connection, id: i64, change: &Change) -> anyhow::Result<()> {
+    match change {
+        Change::Retry { now, payload } => {
+            // Due now, but through promotion (due = 0), which a `process` run does not do for a
+            // job it already started: one run starts a job at most once.
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'READY', attempts = 0, notified = 0, run_at = ?2,
+                        due = 0, state_changed_at = ?2
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+            if let Some(payload) = payload {
+                conn.prepare_cached("UPDATE jobs SET payload = ?2 WHERE id = ?1")?
+                    .execute(params![id, payload.to_msgpack()?])?;
+            }
+        }
+        Change::Cancel { now } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'CANCELLED', due = 0, state_changed_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+        }
+    }
+    Ok(())
 }
 
 /// The `list` query for `filter` and `limit` (a number, written into the SQL), and its values.
@@ -895,6 +1413,7 @@ mod tests {
                 output: Vec::new(),
                 ended_at: 1001,
                 notified: false,
+                notice: None,
             })
             .expect("complete");
         let next = claim(&mut store, "general", run, 1001, &["a"])
@@ -961,6 +1480,7 @@ mod tests {
                 output: b"boom".to_vec(),
                 ended_at: 1000,
                 notified: false,
+                notice: None,
             })
             .expect("complete");
         assert_eq!(store.promote_due("general", run, 5000).expect("promote"), 0);
@@ -998,6 +1518,78 @@ mod tests {
             format!("{err:#}").contains("newer than this bgq knows"),
             "{err:#}"
         );
+    }
+
+    /// Columns of every table and the SQL of every index, whitespace collapsed.
+    fn shape(store: &Store) -> Vec<String> {
+        let mut shape = Vec::new();
+        let mut tables = store
+            .conn
+            .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY type, name")
+            .expect("schema");
+        let rows: Vec<(String, String, Option<String>)> = tables
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        for (kind, name, sql) in rows {
+            if kind == "table" {
+                let mut columns = store
+                    .conn
+                    .prepare(&format!("PRAGMA table_xinfo({name})"))
+                    .expect("columns");
+                let columns: Vec<String> = columns
+                    .query_map([], |row| {
+                        Ok(format!(
+                            "{name}.{}: {} notnull={} default={:?} pk={}",
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, Option<String>>(4)?,
+                            row.get::<_, i64>(5)?
+                        ))
+                    })
+                    .expect("rows")
+                    .collect::<Result<_, _>>()
+                    .expect("read");
+                shape.extend(columns);
+            } else {
+                let sql = sql.unwrap_or_default();
+                shape.push(sql.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+        shape
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        let old = Connection::open(&path).expect("create");
+        old.execute_batch(include_str!("../upgrades/schema-v1.sql"))
+            .expect("v1 schema");
+        old.execute(
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, finished_at)
+             VALUES ('general', 'a', ?1, 1000, 1000, 'FINISHED', 5000)",
+            [Payload::Json(serde_json::json!({"n": 1}))
+                .to_msgpack()
+                .expect("encode")],
+        )
+        .expect("v1 job");
+        drop(old);
+        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
+        assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
+        let (_fresh_dir, fresh) = store();
+        assert_eq!(shape(&upgraded), shape(&fresh));
+        let detail = upgraded.detail(1).expect("read").expect("kept");
+        assert_eq!(detail.record.state, JobState::Finished);
+        assert_eq!(detail.state_changed_at, 5000);
+        assert_eq!(
+            detail.payload,
+            Ok(Payload::Json(serde_json::json!({"n": 1})))
+        );
+        let ids = upgraded.publish(&[job("a", None)], 6000).expect("publish");
+        assert_eq!(ids, [2]);
     }
 
     /// The query plan of `sql`, one step a line.

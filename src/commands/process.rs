@@ -18,7 +18,7 @@ use crate::cli::ProcessArgs;
 use crate::config::Config;
 use crate::job::{JobState, Millis, now_millis};
 use crate::lock::{Lock, process_lock_path};
-use crate::notify::{self, Notice};
+use crate::notify::{self, Notice, NoticeKind};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
 use crate::runner::{self, Exit, Outcome, Prepared};
@@ -73,10 +73,9 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         waiters: Waiters::new(finished_tx),
         events: finished_rx,
         settled: Vec::new(),
-        notices: Vec::new(),
+        started: 0,
+        failed: 0,
     };
-    worker.recover_orphans()?;
-    worker.warn_unknown_callbacks()?;
     let limits = Limits {
         concurrency: args.concurrency.map_or(config.concurrency, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
@@ -84,9 +83,17 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         max_jobs: args.max_jobs,
         deadline: args.max_time.map(|max| Instant::now() + max),
     };
-    worker.drain(&limits, &stop)?;
-    worker.store.end_run(run, now_millis())?;
-    Ok(())
+    let result = worker.work(&limits, &stop);
+    let error = result.as_ref().err().map(|err| format!("{err:#}"));
+    // Best effort when the run failed: the error is what the user must see.
+    let ended = worker.store.end_run(
+        run,
+        now_millis(),
+        worker.started,
+        worker.failed,
+        error.as_deref(),
+    );
+    result.and(ended)
 }
 
 /// A clock jump as people say it: to the second, or to the minute past an hour.
@@ -218,8 +225,10 @@ struct Worker<'a> {
     events: Receiver<Event>,
     /// Ends of runs not yet committed; they go out with the next claim, in one transaction.
     settled: Vec<Completion>,
-    /// Notices of `settled`, sent once those are committed: (job id, output, reason).
-    notices: Vec<(i64, Vec<u8>, String)>,
+    /// Jobs this run started.
+    started: u64,
+    /// Of those, how many failed (temporarily or permanently).
+    failed: u64,
 }
 
 /// A job whose callback is running.
@@ -233,11 +242,19 @@ struct Running {
 struct Transition {
     state: JobState,
     run_at: Millis,
-    notice: Option<String>,
+    notice: Option<(NoticeKind, String)>,
     notified_now: bool,
 }
 
 impl Worker<'_> {
+    /// The run's work under the lock: recovery, every due job, then the digest of notices.
+    fn work(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.recover_orphans()?;
+        self.warn_unknown_callbacks()?;
+        self.drain(limits, stop)?;
+        self.send_notices()
+    }
+
     fn drain(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut started: u64 = 0;
         let mut last_promote: Option<Instant> = None;
@@ -263,6 +280,7 @@ impl Worker<'_> {
             if want > 0 || !self.settled.is_empty() {
                 let claimed = self.settle_and_claim(want)?;
                 started += claimed.len() as u64;
+                self.started += claimed.len() as u64;
                 self.start_all(claimed)?;
             }
             if !self.settled.is_empty() {
@@ -280,8 +298,8 @@ impl Worker<'_> {
         }
     }
 
-    /// Commits the settled runs and claims up to `want` jobs in one transaction, then sends
-    /// the settled runs' notices.
+    /// Commits the settled runs (with their notices) and claims up to `want` jobs in one
+    /// transaction.
     fn settle_and_claim(&mut self, want: usize) -> anyhow::Result<Vec<ClaimedJob>> {
         let capacities: Vec<(&str, usize)> = self
             .config
@@ -304,9 +322,6 @@ impl Worker<'_> {
         };
         let claimed = self.store.settle_and_claim(&self.settled, &request)?;
         self.settled.clear();
-        for (id, output, reason) in std::mem::take(&mut self.notices) {
-            self.notify(id, output, reason)?;
-        }
         Ok(claimed)
     }
 
@@ -408,13 +423,27 @@ impl Worker<'_> {
             output.extend_from_slice(format!("bgq: {exit}\n").as_bytes());
         }
         let outcome = Outcome::from_exit(&exit);
+        if matches!(
+            outcome,
+            Outcome::TemporarilyFailed | Outcome::PermanentlyFailed
+        ) {
+            self.failed += 1;
+        }
         let transition = match outcome {
-            Outcome::Finished | Outcome::Waiting => Transition {
-                state: if outcome == Outcome::Finished {
-                    JobState::Finished
-                } else {
-                    JobState::Waiting
-                },
+            Outcome::Finished => Transition {
+                state: JobState::Finished,
+                run_at: now,
+                // Whoever was told it kept failing is told it got through.
+                notice: job.notified.then(|| {
+                    (
+                        NoticeKind::Recovered,
+                        format!("recovered: FINISHED after {} attempt(s)", job.attempts),
+                    )
+                }),
+                notified_now: false,
+            },
+            Outcome::Waiting => Transition {
+                state: JobState::Waiting,
                 run_at: now,
                 notice: None,
                 notified_now: false,
@@ -430,13 +459,10 @@ impl Worker<'_> {
             Outcome::PermanentlyFailed => Transition {
                 state: JobState::PermanentlyFailed,
                 run_at: now,
-                notice: Some(format!("failed permanently ({exit})")),
+                notice: Some((NoticeKind::Failed, format!("failed permanently ({exit})"))),
                 notified_now: false,
             },
         };
-        if let Some(reason) = transition.notice {
-            self.notices.push((job.id, output.clone(), reason));
-        }
         self.settled.push(Completion {
             id: job.id,
             state: transition.state,
@@ -446,6 +472,7 @@ impl Worker<'_> {
             output,
             ended_at: now,
             notified: transition.notified_now,
+            notice: transition.notice,
         });
     }
 
@@ -469,8 +496,11 @@ impl Worker<'_> {
             Retry::GiveUp => Transition {
                 state: JobState::PermanentlyFailed,
                 run_at: now,
-                notice: Some(format!(
-                    "failed permanently: retries used up after {attempts} attempts ({why})"
+                notice: Some((
+                    NoticeKind::Failed,
+                    format!(
+                        "failed permanently: retries used up after {attempts} attempts ({why})"
+                    ),
                 )),
                 notified_now: false,
             },
@@ -480,27 +510,38 @@ impl Worker<'_> {
                 Transition {
                     state: JobState::TemporarilyFailed,
                     run_at: now.saturating_add(delay),
-                    notice: notify
-                        .then(|| format!("failed {attempts} attempts ({why}); still retrying")),
+                    notice: notify.then(|| {
+                        (
+                            NoticeKind::Attempts,
+                            format!("failed {attempts} attempts ({why}); still retrying"),
+                        )
+                    }),
                     notified_now: notify,
                 }
             }
         }
     }
 
-    fn notify(&self, id: i64, output: Vec<u8>, reason: String) -> anyhow::Result<()> {
-        let Some(job) = self.store.record(id)? else {
-            bail!("job {id} vanished while it was being settled");
-        };
-        notify::send(
-            self.config.notify.as_deref(),
-            &Notice {
-                job,
-                output,
-                reason,
-            },
-        );
-        Ok(())
+    /// Sends the notices this run (and any earlier run that died first) stored, as one digest,
+    /// then forgets them.
+    fn send_notices(&mut self) -> anyhow::Result<()> {
+        let pending = self.store.pending_notices(self.queue)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = pending.iter().map(|notice| notice.id).collect();
+        let notices: Vec<Notice> = pending
+            .into_iter()
+            .map(|pending| Notice {
+                job_id: pending.job_id,
+                job: pending.job,
+                output: pending.output,
+                reason: pending.reason,
+                kind: pending.kind,
+            })
+            .collect();
+        notify::send_digest(self.config.notify.as_deref(), &notices);
+        self.store.delete_notices(&ids)
     }
 
     /// Puts back jobs a dead run left PROCESSING, after killing what is left of their callbacks.
@@ -567,11 +608,8 @@ impl Worker<'_> {
             transition.run_at = now;
         }
         let output = format!("bgq: {why}; {group}\n").into_bytes();
-        // Said before it is stored: if we die in between, the line shows twice, never not at all.
-        eprintln!(
-            "bgq: recovered job {} ({}): {why}; {group}; attempt {} counted, {}",
-            orphan.id,
-            orphan.callback,
+        let report = format!(
+            "{why}; {group}; attempt {} counted, {}",
             orphan.attempts,
             if again {
                 "it runs again now"
@@ -579,19 +617,26 @@ impl Worker<'_> {
                 "no retries left"
             }
         );
+        // Said before it is stored: if we die in between, the line shows twice, never not at all.
+        eprintln!(
+            "bgq: recovered job {} ({}): {report}",
+            orphan.id, orphan.callback
+        );
+        // The digest carries it too; a retry notice or a permanent failure says more.
+        let notice = transition
+            .notice
+            .unwrap_or((NoticeKind::Orphan, format!("recovered: {report}")));
         self.store.complete(&Completion {
             id: orphan.id,
             state: transition.state,
             run_at: transition.run_at,
             due_now: again,
             uncount_attempt: false,
-            output: output.clone(),
+            output,
             ended_at: now,
             notified: transition.notified_now,
+            notice: Some(notice),
         })?;
-        if let Some(reason) = transition.notice {
-            self.notify(orphan.id, output, reason)?;
-        }
         Ok(())
     }
 
