@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::term::ColorChoice;
+
 /// A durable background job queue in one SQLite file, run by cron.
 #[derive(Debug, Parser)]
 #[command(name = "bgq", version, about, max_term_width = 100)]
@@ -16,6 +18,10 @@ pub struct Cli {
     /// Say more on stderr (e.g. when another `process` holds the lock)
     #[arg(short, long, global = true)]
     pub verbose: bool,
+
+    /// Colour tables: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
 
     /// What to do
     #[command(subcommand)]
@@ -33,6 +39,24 @@ pub enum Command {
     List(ListArgs),
     /// Delete FINISHED jobs; prints how many
     Clear(ClearArgs),
+    /// Show one job: every field, its parameters and the output of its last run
+    Show(ShowArgs),
+    /// Put jobs back to READY with their attempts reset
+    Retry(RetryArgs),
+    /// Stop jobs from running (and, with --kill, a running one)
+    Cancel(CancelArgs),
+    /// Counts per queue and state, recent outcomes and the last `process` run
+    Stats(StatsArgs),
+    /// Say in one line why a job is not running now
+    Explain(ExplainArgs),
+    /// Health check for monitoring: exit 1 when `process` or the queue is stale
+    Status(StatusArgs),
+    /// Check the config against this machine and the queue
+    Check,
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+    /// Print the man page (roff)
+    Man,
 }
 
 /// `bgq publish`.
@@ -65,6 +89,117 @@ pub struct PublishArgs {
     /// A name for the job, for `list --identifier`
     #[arg(long, value_name = "I", value_parser = non_empty)]
     pub identifier: Option<String>,
+}
+
+/// Replacement parameters for `bgq retry`, read as `publish` reads them.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("parameters").multiple(false))]
+pub struct NewParameters {
+    /// New parameters as JSON: the text itself, @FILE, or - for stdin (one ID only)
+    #[arg(long, value_name = "TEXT|@FILE|-", group = "parameters")]
+    pub json: Option<String>,
+
+    /// New parameters as exact bytes from FILE, or - for stdin (one ID only)
+    #[arg(long, value_name = "FILE|-", group = "parameters")]
+    pub raw: Option<String>,
+}
+
+/// `bgq show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Job id
+    #[arg(value_name = "ID", value_parser = job_id)]
+    pub id: i64,
+
+    /// One JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bgq retry`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(false))]
+pub struct RetryArgs {
+    /// Job ids
+    #[arg(value_name = "ID", value_parser = job_id, group = "which")]
+    pub ids: Vec<i64>,
+
+    /// Every job in this state (repeatable), instead of ids
+    #[arg(long, value_name = "S", group = "which")]
+    pub state: Vec<String>,
+
+    /// With --state: only jobs of this callback
+    #[arg(long, value_name = "C", requires = "state")]
+    pub callback: Option<String>,
+
+    /// With --state: only jobs of this queue
+    #[arg(long, value_name = "Q", requires = "state")]
+    pub queue: Option<String>,
+
+    /// Print what would change, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replacement parameters.
+    #[command(flatten)]
+    pub parameters: NewParameters,
+}
+
+/// `bgq cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Job ids
+    #[arg(value_name = "ID", required = true, value_parser = job_id)]
+    pub ids: Vec<i64>,
+
+    /// Also cancel running jobs, stopping their callbacks
+    #[arg(long)]
+    pub kill: bool,
+}
+
+/// `bgq stats`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("format").multiple(false))]
+pub struct StatsArgs {
+    /// One JSON object
+    #[arg(long, group = "format")]
+    pub json: bool,
+
+    /// The node_exporter textfile format
+    #[arg(long, group = "format")]
+    pub prometheus: bool,
+
+    /// Write to PATH atomically instead of stdout
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// `bgq explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Job id
+    #[arg(value_name = "ID", value_parser = job_id)]
+    pub id: i64,
+}
+
+/// `bgq status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Stale when `process` has not run, a run has held the lock, or a due job has waited this long
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::duration::parse)]
+    pub stale_after: Duration,
+
+    /// Queue to check (repeatable) [default: `queue` from the config]
+    #[arg(long, value_name = "Q", value_parser = non_empty)]
+    pub queue: Vec<String>,
+}
+
+/// `bgq completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 /// `bgq process`.
@@ -125,6 +260,13 @@ pub struct ClearArgs {
     /// Delete only jobs finished more than DAYS days ago [default: all finished jobs]
     #[arg(value_name = "DAYS")]
     pub days: Option<u32>,
+}
+
+fn job_id(text: &str) -> Result<i64, String> {
+    match text.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err("a job id is a positive integer".to_owned()),
+    }
 }
 
 fn non_empty(text: &str) -> Result<String, String> {

@@ -19,6 +19,24 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// A check (`status`, `check`) that ran and printed its findings, which are not good: exit 1
+/// with no error line, since the findings already say why.
+#[derive(Debug)]
+pub struct Unhealthy;
+
+impl fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("problems found")
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
+/// True when the error is an `Unhealthy` verdict, already reported.
+pub fn is_unhealthy(err: &anyhow::Error) -> bool {
+    err.is::<Unhealthy>()
+}
+
 /// Exit code for a failed command: 2 if any cause is a `UsageError`, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|cause| cause.is::<UsageError>()) {

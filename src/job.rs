@@ -185,9 +185,12 @@ pub struct JobRecord {
     /// When its last run started.
     #[serde(serialize_with = "serialize_opt_time")]
     pub started_at: Option<Millis>,
-    /// When its last run ended.
+    /// When it FINISHED.
     #[serde(serialize_with = "serialize_opt_time")]
     pub finished_at: Option<Millis>,
+    /// When its state last changed.
+    #[serde(serialize_with = "serialize_time")]
+    pub state_changed_at: Millis,
 }
 
 /// Milliseconds since the Unix epoch, as stored.

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod human;
 pub mod job;
 pub mod lock;
 pub mod notify;
@@ -17,16 +18,33 @@ pub mod process_group;
 pub mod runner;
 pub mod running_log;
 pub mod store;
+pub mod table;
+pub mod term;
 
 use cli::{Cli, Command};
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // These describe bgq itself and need no config.
+    match &cli.command {
+        Command::Completions(args) => return commands::generate::completions(args.shell),
+        Command::Man => return commands::generate::man(),
+        _ => {}
+    }
     let config = config::load(cli.config.as_deref())?;
+    let style = term::Style::for_stdout(cli.color);
     match cli.command {
         Command::Publish(args) => commands::publish::run(&config, &args),
         Command::Process(args) => commands::process::run(&config, &args, cli.verbose),
-        Command::List(args) => commands::list::run(&config, &args),
+        Command::List(args) => commands::list::run(&config, &args, &style),
         Command::Clear(args) => commands::clear::run(&config, &args, cli.verbose),
+        Command::Show(args) => commands::show::run(&config, &args),
+        Command::Retry(args) => commands::retry::run(&config, &args),
+        Command::Cancel(args) => commands::cancel::run(&config, &args),
+        Command::Stats(args) => commands::stats::run(&config, &args, &style),
+        Command::Explain(args) => commands::explain::run(&config, &args),
+        Command::Status(args) => commands::status::run(&config, &args),
+        Command::Check => commands::check::run(&config),
+        Command::Completions(_) | Command::Man => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match bgq::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if bgq::error::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if bgq::error::is_unhealthy(&err) => ExitCode::FAILURE,
         Err(err) => {
             // One line, whatever a cause's message holds: cron mails and log greps read lines.
             let message = format!("{err:#}").replace('\n', " ");

@@ -194,6 +194,7 @@ mod tests {
                 run_at: 1000,
                 started_at: Some(0),
                 finished_at: None,
+                state_changed_at: 1000,
             }),
             output: b"smtp down\n".to_vec(),
             reason: "failed 5 attempts".to_owned(),

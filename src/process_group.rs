@@ -79,6 +79,13 @@ pub enum OrphanGroup {
 /// A group's id cannot be handed out again while any member lives, so when the leader is gone
 /// but members remain, the group is still the one we recorded.
 pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
+    stop_group(record, Duration::ZERO, wait)
+}
+
+/// Stops a recorded group, unless its pid now names some other process: SIGTERM, then
+/// SIGKILL to what is left after `grace` (at once when `grace` is zero); waits up to `wait`
+/// for it to be gone.
+pub fn stop_group(record: &ProcessRecord, grace: Duration, wait: Duration) -> OrphanGroup {
     if record.pid <= 1 || record.boot_id != boot_id() {
         return OrphanGroup::Gone;
     }
@@ -88,11 +95,24 @@ pub fn kill_orphan(record: &ProcessRecord, wait: Duration) -> OrphanGroup {
     if !has_live_members(record.pid) {
         return OrphanGroup::Gone;
     }
-    signal_group(record.pid, libc::SIGKILL);
-    let deadline = Instant::now() + wait;
-    while has_live_members(record.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    let gone_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while has_live_members(record.pid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    };
+    if !grace.is_zero() {
+        signal_group(record.pid, libc::SIGTERM);
+        if gone_within(grace) {
+            return OrphanGroup::Killed;
+        }
     }
+    signal_group(record.pid, libc::SIGKILL);
+    gone_within(wait);
     OrphanGroup::Killed
 }
 

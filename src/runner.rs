@@ -209,8 +209,14 @@ fn missing_interpreter(program: &str, working_dir: &Path, err: &std::io::Error) 
     if err.kind() != ErrorKind::NotFound || !program.contains('/') {
         return None;
     }
+    let interpreter = interpreter(&working_dir.join(program))?;
+    (!Path::new(&interpreter).exists()).then_some(interpreter)
+}
+
+/// The interpreter the `#!` line of the file at `path` names, if it has one.
+pub fn interpreter(path: &Path) -> Option<String> {
     let mut head = [0u8; 256];
-    let count = std::fs::File::open(working_dir.join(program))
+    let count = std::fs::File::open(path)
         .and_then(|mut file| file.read(&mut head))
         .ok()?;
     let line = head[..count]
@@ -222,7 +228,7 @@ fn missing_interpreter(program: &str, working_dir: &Path, err: &std::io::Error) 
         .split(' ')
         .next()?
         .to_owned();
-    (!interpreter.is_empty() && !Path::new(&interpreter).exists()).then_some(interpreter)
+    (!interpreter.is_empty()).then_some(interpreter)
 }
 
 /// The inode number of an open descriptor (0 if it cannot be read).

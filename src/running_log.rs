@@ -12,12 +12,48 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 use anyhow::Context;
 
 use crate::lock::Lock;
 use crate::process_group::{ProcessRecord, boot_id};
+
+/// What the log in the lock file at `path` records of each job, read without taking the lock
+/// (for `bgq cancel --kill`, while a `process` holds it). A missing file records nothing.
+pub fn read_unlocked(path: &Path) -> anyhow::Result<HashMap<i64, Recorded>> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(err) => {
+            return Err(anyhow::Error::new(err)
+                .context(format!("cannot open lock file {}", path.display())));
+        }
+    };
+    read_all(&file)
+}
+
+/// Every line of the log in `file`.
+fn read_all(file: &File) -> anyhow::Result<HashMap<i64, Recorded>> {
+    // Positioned reads: the lock's holder shares the descriptor's offset.
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let count = file
+            .read_at(&mut chunk, text.len() as u64)
+            .context("cannot read the lock file's log")?;
+        if count == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..count]);
+    }
+    Ok(parse(&String::from_utf8_lossy(&text), &boot_id()))
+}
 
 /// Past this size the log is rewritten with only the callbacks still running.
 const COMPACT_AT: u64 = 1 << 20;
@@ -63,20 +99,7 @@ impl RunningLog {
 
     /// What the log records of each job.
     pub fn read(&self) -> anyhow::Result<HashMap<i64, Recorded>> {
-        // Positioned reads: the descriptor shares its offset with the lock's.
-        let mut text = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let count = self
-                .file
-                .read_at(&mut chunk, text.len() as u64)
-                .context("cannot read the lock file's log")?;
-            if count == 0 {
-                break;
-            }
-            text.extend_from_slice(&chunk[..count]);
-        }
-        Ok(parse(&String::from_utf8_lossy(&text), &boot_id()))
+        read_all(&self.file)
     }
 
     /// Empties the log (once what it recorded has been dealt with).

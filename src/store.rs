@@ -162,8 +162,6 @@ pub struct JobDetail {
     pub output: Vec<u8>,
     /// Whether the notify_on_attempts notice went out.
     pub notified: bool,
-    /// When its state last changed.
-    pub state_changed_at: Millis,
     /// The `process` run that started it last (0: none).
     pub claimed_run: i64,
 }
@@ -667,20 +665,19 @@ impl Store {
     /// Everything stored about job `id`, if it exists.
     pub fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, payload, output, notified, state_changed_at, claimed_run
+            "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run
              FROM jobs WHERE id = ?1"
         );
         Ok(self
             .conn
             .query_row(&sql, [id], |row| {
-                let payload: Vec<u8> = row.get(11)?;
-                let output: Option<Vec<u8>> = row.get(12)?;
+                let payload: Vec<u8> = row.get(12)?;
+                let output: Option<Vec<u8>> = row.get(13)?;
                 Ok(JobDetail {
                     record: read_record(row)?,
                     payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
                     output: output.unwrap_or_default(),
-                    notified: row.get(13)?,
-                    state_changed_at: row.get(14)?,
+                    notified: row.get(14)?,
                     claimed_run: row.get(15)?,
                 })
             })
@@ -706,6 +703,13 @@ impl Store {
     pub fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
         Ok(self.conn.query_row(&sql, [run], read_run).optional()?)
+    }
+
+    /// The latest `process` run of `queue`, if one is recorded.
+    pub fn last_run(&self, queue: &str) -> anyhow::Result<Option<RunInfo>> {
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1");
+        Ok(self.conn.query_row(&sql, [queue], read_run).optional()?)
     }
 
     /// The latest `process` run of each queue that has one.
@@ -734,12 +738,26 @@ impl Store {
     /// since when it is due.
     pub fn oldest_due(&self, now: Millis) -> anyhow::Result<Vec<(String, i64, Millis)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT queue, id, min(run_at) FROM jobs INDEXED BY jobs_queue
-             WHERE state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND run_at <= ?1
+            // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
+            "SELECT queue, id, min(run_at) FROM jobs
+             WHERE state != 'FINISHED' AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
+               AND run_at <= ?1
              GROUP BY queue ORDER BY queue",
         )?;
         let rows = stmt.query_map([now], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many jobs of `queue` are due by `now` and waiting to run.
+    pub fn due_count(&self, queue: &str, now: Millis) -> anyhow::Result<u64> {
+        let count: i64 = self.conn.query_row(
+            "SELECT count(*) FROM jobs
+             WHERE queue = ?1 AND state != 'FINISHED'
+               AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND run_at <= ?2",
+            params![queue, now],
+            |row| row.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// Runs of jobs that ended since `since`, per queue: (finished, temporarily failed,
@@ -770,8 +788,9 @@ impl Store {
     ) -> anyhow::Result<Vec<(String, String, u64)>> {
         let placeholders = vec!["?"; known.len()].join(", ");
         let sql = format!(
-            "SELECT queue, callback, count(*) FROM jobs INDEXED BY jobs_callback
-             WHERE state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+            "SELECT queue, callback, count(*) FROM jobs
+             WHERE state != 'FINISHED'
+               AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
                AND callback NOT IN ({placeholders})
              GROUP BY queue, callback ORDER BY queue, callback"
         );
@@ -1067,7 +1086,7 @@ fn read_process(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<ProcessR
 }
 
 const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
-     created_at, run_at, started_at, finished_at";
+     created_at, run_at, started_at, finished_at, state_changed_at";
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     read_record_at(row, 0)
@@ -1087,6 +1106,7 @@ fn read_record_at(row: &Row<'_>, first: usize) -> rusqlite::Result<JobRecord> {
         run_at: row.get(first + 8)?,
         started_at: row.get(first + 9)?,
         finished_at: row.get(first + 10)?,
+        state_changed_at: row.get(first + 11)?,
     })
 }
 
@@ -1583,7 +1603,7 @@ mod tests {
         assert_eq!(shape(&upgraded), shape(&fresh));
         let detail = upgraded.detail(1).expect("read").expect("kept");
         assert_eq!(detail.record.state, JobState::Finished);
-        assert_eq!(detail.state_changed_at, 5000);
+        assert_eq!(detail.record.state_changed_at, 5000);
         assert_eq!(
             detail.payload,
             Ok(Payload::Json(serde_json::json!({"n": 1})))

@@ -4,11 +4,14 @@ use std::io::Write;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
-use crate::job::{JobRecord, JobState, Millis};
+use crate::human::relative;
+use crate::job::{JobRecord, JobState, Millis, now_millis};
 use crate::store::{Durability, ListFilter, Store};
+use crate::table::{Cell, Column, Table};
+use crate::term::{Paint, Style};
 
 /// Runs `bgq list`.
-pub fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
+pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()> {
     let filter = ListFilter {
         states: args
             .state
@@ -45,101 +48,163 @@ pub fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
                 writeln!(out, "{}", serde_json::to_string(job)?)?;
             }
         } else {
-            write_table(&mut out, &jobs)?;
+            out.write_all(table(&jobs, now_millis()).render(style).as_bytes())?;
         }
     }
     out.flush()?;
     Ok(())
 }
 
-const HEADER: [&str; 9] = [
-    "ID",
-    "STATE",
-    "QUEUE",
-    "CALLBACK",
-    "ATTEMPTS",
-    "SERIAL_GROUP",
-    "IDENTIFIER",
-    "CREATED",
-    "FINISHED",
+/// The columns of the table; names may be shortened to fit, numbers, states and times not.
+const COLUMNS: [Column; 9] = [
+    Column {
+        header: "ID",
+        shrinks: false,
+    },
+    Column {
+        header: "STATE",
+        shrinks: false,
+    },
+    Column {
+        header: "QUEUE",
+        shrinks: true,
+    },
+    Column {
+        header: "CALLBACK",
+        shrinks: true,
+    },
+    Column {
+        header: "ATTEMPTS",
+        shrinks: false,
+    },
+    Column {
+        header: "SERIAL_GROUP",
+        shrinks: true,
+    },
+    Column {
+        header: "IDENTIFIER",
+        shrinks: true,
+    },
+    Column {
+        header: "CREATED",
+        shrinks: false,
+    },
+    Column {
+        header: "WHEN",
+        shrinks: false,
+    },
 ];
 
-fn write_table(out: &mut impl Write, jobs: &[JobRecord]) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = jobs.iter().map(row).collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let header = HEADER.map(str::to_owned);
-    for cells in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
-    Ok(())
-}
-
-fn row(job: &JobRecord) -> [String; 9] {
+fn table(jobs: &[JobRecord], now: Millis) -> Table {
+    let mut table = Table::new(&COLUMNS);
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
-    [
-        job.id.to_string(),
-        job.state.to_string(),
-        job.queue.clone(),
-        job.callback.clone(),
-        job.attempts.to_string(),
-        or_dash(&job.serial_group),
-        or_dash(&job.identifier),
-        local_time(job.created_at),
-        job.finished_at.map_or_else(|| "-".to_owned(), local_time),
-    ]
+    for job in jobs {
+        table.push(vec![
+            Cell::new(job.id.to_string()),
+            Cell::painted(job.state.as_str(), state_paint(job.state)),
+            Cell::new(job.queue.clone()),
+            Cell::new(job.callback.clone()),
+            Cell::new(job.attempts.to_string()),
+            Cell::new(or_dash(&job.serial_group)),
+            Cell::new(or_dash(&job.identifier)),
+            Cell::new(relative(job.created_at, now)),
+            Cell::new(when(job, now)),
+        ]);
+    }
+    table
 }
 
-/// Local time to the second, as an operator reads it next to cron's logs.
-fn local_time(millis: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
-        || millis.to_string(),
-        |time| {
-            time.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        },
-    )
+/// The colour of a state: green done, yellow retrying, red failed, cyan running.
+pub fn state_paint(state: JobState) -> Paint {
+    match state {
+        JobState::Ready => Paint::Bold,
+        JobState::Processing => Paint::Cyan,
+        JobState::Finished => Paint::Green,
+        JobState::TemporarilyFailed => Paint::Yellow,
+        JobState::Waiting => Paint::Magenta,
+        JobState::PermanentlyFailed => Paint::Red,
+        JobState::Cancelled => Paint::Dim,
+    }
+}
+
+/// The time that matters for a job in its state, e.g. `retry in 2 min`, `finished 3 min ago`.
+fn when(job: &JobRecord, now: Millis) -> String {
+    match job.state {
+        JobState::Ready if job.run_at > now => format!("due {}", relative(job.run_at, now)),
+        JobState::Ready => "due".to_owned(),
+        JobState::Processing => {
+            let started = job.started_at.unwrap_or(job.run_at);
+            match crate::human::span(now.abs_diff(started)) {
+                Some(span) => format!("running for {span}"),
+                None => "running".to_owned(),
+            }
+        }
+        JobState::Finished => format!(
+            "finished {}",
+            relative(job.finished_at.unwrap_or(job.state_changed_at), now)
+        ),
+        JobState::TemporarilyFailed if job.run_at > now => {
+            format!("retry {}", relative(job.run_at, now))
+        }
+        JobState::TemporarilyFailed => "retry due".to_owned(),
+        JobState::Waiting => "next run".to_owned(),
+        JobState::PermanentlyFailed => {
+            format!("failed {}", relative(job.state_changed_at, now))
+        }
+        JobState::Cancelled => format!("cancelled {}", relative(job.state_changed_at, now)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn table_aligns_columns_under_the_header() {
-        let job = JobRecord {
+    fn job(state: JobState, run_at: Millis, finished_at: Option<Millis>) -> JobRecord {
+        JobRecord {
             id: 12,
             queue: "general".to_owned(),
             callback: "sendEmail".to_owned(),
-            state: JobState::Ready,
+            state,
             attempts: 0,
             serial_group: Some("invoice-7".to_owned()),
             identifier: None,
             created_at: 0,
-            run_at: 0,
+            run_at,
             started_at: None,
-            finished_at: None,
-        };
-        let mut out = Vec::new();
-        write_table(&mut out, &[job]).expect("write");
-        let text = String::from_utf8(out).expect("utf-8");
+            finished_at,
+            state_changed_at: run_at,
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_under_the_header() {
+        let text = table(&[job(JobState::Ready, 0, None)], 180_000).render(&Style::plain());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0]
-                .starts_with("ID  STATE  QUEUE    CALLBACK   ATTEMPTS  SERIAL_GROUP  IDENTIFIER")
+        assert_eq!(
+            lines[0],
+            "ID  STATE  QUEUE    CALLBACK   ATTEMPTS  SERIAL_GROUP  IDENTIFIER  CREATED    WHEN"
         );
-        assert!(lines[1].starts_with("12  READY  general  sendEmail  0         invoice-7     -"));
-        assert_eq!(lines[0].find("CREATED"), lines[1].find(&local_time(0)));
+        assert_eq!(
+            lines[1],
+            "12  READY  general  sendEmail  0         invoice-7     -           3 min ago  due"
+        );
+    }
+
+    #[test]
+    fn when_says_what_the_state_waits_for() {
+        let now = 10_000_000;
+        assert_eq!(
+            when(&job(JobState::TemporarilyFailed, now + 120_000, None), now),
+            "retry in 2 min"
+        );
+        assert_eq!(
+            when(&job(JobState::Finished, 0, Some(now - 7_200_000)), now),
+            "finished 2 h ago"
+        );
+        assert_eq!(
+            when(&job(JobState::Ready, now + 5000, None), now),
+            "due in 5s"
+        );
     }
 }

@@ -40,7 +40,18 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
 }
 
 fn read_payloads(args: &PublishArgs) -> anyhow::Result<Vec<Payload>> {
-    if let Some(json) = &args.json {
+    if let Some(payload) = read_payload(args.json.as_deref(), args.raw.as_deref())? {
+        return Ok(vec![payload]);
+    }
+    if let Some(source) = &args.jsonl {
+        return parse_jsonl(&read_source(source, "--jsonl")?);
+    }
+    Err(usage("one of --json, --raw or --jsonl is required"))
+}
+
+/// The parameters given by `--json TEXT|@FILE|-` or `--raw FILE|-`, if either is given.
+pub fn read_payload(json: Option<&str>, raw: Option<&str>) -> anyhow::Result<Option<Payload>> {
+    if let Some(json) = json {
         let text = match json.strip_prefix('@') {
             Some(path) => read_source(path, "--json")?,
             None if json == "-" => read_source("-", "--json")?,
@@ -48,15 +59,12 @@ fn read_payloads(args: &PublishArgs) -> anyhow::Result<Vec<Payload>> {
         };
         let value =
             parse_json(&text).map_err(|err| usage(format!("invalid JSON in --json: {err}")))?;
-        return Ok(vec![Payload::Json(value)]);
+        return Ok(Some(Payload::Json(value)));
     }
-    if let Some(source) = &args.raw {
-        return Ok(vec![Payload::Raw(read_source(source, "--raw")?)]);
+    match raw {
+        Some(source) => Ok(Some(Payload::Raw(read_source(source, "--raw")?))),
+        None => Ok(None),
     }
-    if let Some(source) = &args.jsonl {
-        return parse_jsonl(&read_source(source, "--jsonl")?);
-    }
-    Err(usage("one of --json, --raw or --jsonl is required"))
 }
 
 /// Reads a file, or stdin for `-`.

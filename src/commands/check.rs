@@ -1,0 +1,233 @@
+//! `bgq check`: the config checked against this machine and the queue, before cron finds out.
+//! Each problem is one line; exit 1 when there is any. It never creates the database.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Runs `bgq check`.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (name, callback) in &config.callbacks {
+        let path_var = callback
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok());
+        if let Some(problem) = command_problem(&callback.command, path_var.as_deref()) {
+            problems.push(format!("callback `{name}`: {problem}"));
+        }
+        if !callback.working_dir.is_dir() {
+            let what = if callback.working_dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            problems.push(format!(
+                "callback `{name}`: working_dir {} {what}",
+                callback.working_dir.display()
+            ));
+        }
+    }
+    if let Some(notify) = &config.notify
+        && let Some(problem) = command_problem(notify, std::env::var("PATH").ok().as_deref())
+    {
+        problems.push(format!("notify: {problem}"));
+    }
+    problems.extend(folder_problems(config));
+    let mut database = "not created yet";
+    if let Some(store) = Store::open_existing(&config.database)? {
+        database = "ok";
+        let known: Vec<&str> = config.callbacks.keys().map(String::as_str).collect();
+        for (queue, callback, count) in store.waiting_callbacks_not_in(&known)? {
+            problems.push(format!(
+                "{count} unfinished job(s) of queue `{queue}` wait for callback `{callback}`, which the config does not define"
+            ));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for problem in &problems {
+        writeln!(out, "problem: {problem}")?;
+    }
+    if problems.is_empty() {
+        writeln!(
+            out,
+            "ok: {}: {} callback(s); database {} ({database}); temp_dir {}",
+            config.path.display(),
+            config.callbacks.len(),
+            config.database.display(),
+            config.temp_dir.display()
+        )?;
+    }
+    out.flush()?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::Unhealthy.into())
+    }
+}
+
+/// Why `argv` cannot be started, if it cannot.
+fn command_problem(argv: &[String], path_var: Option<&str>) -> Option<String> {
+    let Some(program) = argv.first() else {
+        return Some("the command is empty".to_owned());
+    };
+    let path = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        let found = path_var
+            .unwrap_or_default()
+            .split(':')
+            .filter(|folder| !folder.is_empty())
+            .map(|folder| Path::new(folder).join(program))
+            .find(|candidate| candidate.is_file() && is_executable(candidate));
+        match found {
+            Some(path) => path,
+            None => return Some(format!("command `{program}` was not found in PATH")),
+        }
+    };
+    if !path.exists() {
+        return Some(format!("command {} does not exist", path.display()));
+    }
+    if path.is_dir() {
+        return Some(format!("command {} is a directory", path.display()));
+    }
+    if !is_executable(&path) {
+        return Some(format!("command {} is not executable", path.display()));
+    }
+    if let Some(interpreter) = crate::runner::interpreter(&path)
+        && !Path::new(&interpreter).exists()
+    {
+        return Some(format!(
+            "command {}: its interpreter `{interpreter}` was not found",
+            path.display()
+        ));
+    }
+    None
+}
+
+/// Whether we may execute the file at `path`.
+fn is_executable(path: &Path) -> bool {
+    let Ok(name) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: name is NUL-terminated; access(2) only reads it.
+    let allowed = unsafe { libc::access(name.as_ptr(), libc::X_OK) } == 0;
+    allowed && std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether we may create files in `folder`.
+fn is_writable(folder: &Path) -> bool {
+    let Ok(name) = CString::new(folder.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: name is NUL-terminated; access(2) only reads it.
+    unsafe { libc::access(name.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// Problems with the folders bgq writes: temp_dir and the database's folder.
+fn folder_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let temp_dir = &config.temp_dir;
+    if !temp_dir.is_dir() {
+        problems.push(format!(
+            "temp_dir {} does not exist or is not a directory",
+            temp_dir.display()
+        ));
+    } else if !is_writable(temp_dir) {
+        problems.push(format!("temp_dir {} is not writable", temp_dir.display()));
+    } else if let Some(kind) = network_filesystem(temp_dir) {
+        problems.push(format!(
+            "temp_dir {} is on a network filesystem ({kind}): file locks there are not reliable",
+            temp_dir.display()
+        ));
+    }
+    // The folder that exists now: the database's, or the nearest parent bgq would create it in.
+    let Some(folder) = config
+        .database
+        .ancestors()
+        .skip(1)
+        .find(|folder| folder.is_dir())
+    else {
+        return problems;
+    };
+    if !is_writable(folder) {
+        problems.push(format!(
+            "the database folder {} is not writable",
+            folder.display()
+        ));
+    } else if let Some(kind) = network_filesystem(folder) {
+        problems.push(format!(
+            "the database {} is on a network filesystem ({kind}): SQLite's WAL mode needs a local one",
+            config.database.display()
+        ));
+    }
+    problems
+}
+
+/// The kind of network filesystem holding `path`, if it is on one.
+fn network_filesystem(path: &Path) -> Option<&'static str> {
+    let name = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: name is NUL-terminated and stats points to writable memory of the right size.
+    if unsafe { libc::statfs(name.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statfs returned 0, so it filled in stats.
+    let stats = unsafe { stats.assume_init() };
+    // The magic numbers are 32-bit; the field's width and sign vary by platform.
+    #[allow(clippy::unnecessary_cast)]
+    network_kind((stats.f_type as u64) & 0xFFFF_FFFF)
+}
+
+/// Names the network filesystems among statfs(2) magic numbers.
+fn network_kind(magic: u64) -> Option<&'static str> {
+    Some(match magic {
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x0102_1997 => "9P",
+        0x00C3_6400 => "Ceph",
+        0x5346_414F => "AFS",
+        0x7375_7245 => "Coda",
+        0x0BD0_0BD0 => "Lustre",
+        0x0116_1970 => "GFS2",
+        0x7461_636F => "OCFS2",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_filesystems_are_named_and_local_ones_are_not() {
+        assert_eq!(network_kind(0x6969), Some("NFS"));
+        assert_eq!(network_kind(0xFF53_4D42), Some("CIFS"));
+        assert_eq!(network_kind(0xEF53), None); // ext4
+        assert_eq!(network_kind(0x0102_1994), None); // tmpfs
+        assert_eq!(network_filesystem(Path::new("/")), None);
+    }
+
+    #[test]
+    fn commands_are_found_in_path_or_named_as_missing() {
+        assert_eq!(
+            command_problem(&["sh".to_owned()], Some("/bin:/usr/bin")),
+            None
+        );
+        let missing = command_problem(&["no-such-xyz".to_owned()], Some("/bin"));
+        assert_eq!(
+            missing.as_deref(),
+            Some("command `no-such-xyz` was not found in PATH")
+        );
+        let folder = command_problem(&["/".to_owned()], None);
+        assert_eq!(folder.as_deref(), Some("command / is a directory"));
+    }
+}

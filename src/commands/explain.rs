@@ -1,0 +1,124 @@
+//! `bgq explain ID`: one line saying why a job is not running now.
+
+use std::io::Write;
+
+use crate::cli::ExplainArgs;
+use crate::config::Config;
+use crate::human::when;
+use crate::job::{JobState, Millis, now_millis};
+use crate::process_group;
+use crate::store::{Durability, JobDetail, RunInfo, Store};
+
+/// A due job's queue counts as forgotten by cron when its last `process` run is older than this.
+const CRON_LATE: Millis = 2 * 60 * 1000;
+
+/// Runs `bgq explain`.
+pub fn run(config: &Config, args: &ExplainArgs) -> anyhow::Result<()> {
+    let store = Store::open(&config.database, Durability::Relaxed)?;
+    let detail = super::show::find(&store, args.id)?;
+    let line = explain(config, &store, &detail, now_millis())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "job {} {line}", args.id)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Why job `detail` is not running now (or that it is), after "job ID ".
+fn explain(
+    config: &Config,
+    store: &Store,
+    detail: &JobDetail,
+    now: Millis,
+) -> anyhow::Result<String> {
+    let job = &detail.record;
+    let since = when(detail.record.state_changed_at, now);
+    let queue = &job.queue;
+    match job.state {
+        JobState::Finished => {
+            return Ok(format!(
+                "FINISHED at {}; it does not run again",
+                when(
+                    job.finished_at.unwrap_or(detail.record.state_changed_at),
+                    now
+                )
+            ));
+        }
+        JobState::PermanentlyFailed => {
+            return Ok(format!(
+                "failed permanently at {since} after {} attempt(s); only `bgq retry {}` runs it again",
+                job.attempts, job.id
+            ));
+        }
+        JobState::Cancelled => {
+            return Ok(format!(
+                "was cancelled at {since}; only `bgq retry {}` runs it again",
+                job.id
+            ));
+        }
+        JobState::Processing => {
+            let runner_alive = store
+                .run(detail.claimed_run)?
+                .is_some_and(|run| process_group::is_alive(&run.runner));
+            return Ok(if runner_alive {
+                format!("is running since {since} (attempt {})", job.attempts)
+            } else {
+                format!(
+                    "was left PROCESSING by a `process` run that died; the next run of queue `{queue}` recovers it"
+                )
+            });
+        }
+        JobState::Ready | JobState::TemporarilyFailed | JobState::Waiting => {}
+    }
+    if !config.callbacks.contains_key(&job.callback) {
+        return Ok(format!(
+            "waits for callback `{}`, which {} does not define",
+            job.callback,
+            config.path.display()
+        ));
+    }
+    if let Some(group) = &job.serial_group
+        && let Some((blocker, state)) = store.serial_blocker(group, job.id)?
+    {
+        return Ok(format!(
+            "is behind job {blocker} ({state}) of serial group `{group}`"
+        ));
+    }
+    if job.run_at > now {
+        return Ok(if job.state == JobState::TemporarilyFailed {
+            format!(
+                "is in backoff until {} after attempt {} failed",
+                when(job.run_at, now),
+                job.attempts
+            )
+        } else {
+            format!("is delayed until {}", when(job.run_at, now))
+        });
+    }
+    if job.state == JobState::Waiting {
+        return Ok(format!(
+            "is WAITING until the next `process` run of queue `{queue}`"
+        ));
+    }
+    Ok(due(store.last_run(queue)?, queue, now))
+}
+
+/// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time).
+fn due(last: Option<RunInfo>, queue: &str, now: Millis) -> String {
+    let Some(run) = last else {
+        return format!("is due, but no `process` has run for queue `{queue}` yet");
+    };
+    if run.finished_at.is_none() && process_group::is_alive(&run.runner) {
+        return format!(
+            "is due: the running `process` of queue `{queue}` (pid {}) starts it when a slot is free",
+            run.runner.pid
+        );
+    }
+    let last_seen = run.finished_at.unwrap_or(run.started_at);
+    if now - last_seen > CRON_LATE {
+        return format!(
+            "is due, but cron has not run `process` for queue `{queue}` since {}",
+            when(last_seen, now)
+        );
+    }
+    format!("is due: it runs on the next `process` run of queue `{queue}`")
+}

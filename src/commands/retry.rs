@@ -1,0 +1,88 @@
+//! `bgq retry`: jobs back to READY with their attempts reset, by id or by state, optionally
+//! with corrected parameters.
+
+use std::io::Write;
+
+use crate::cli::RetryArgs;
+use crate::config::Config;
+use crate::error::usage;
+use crate::job::{JobState, now_millis};
+use crate::store::{Change, Durability, Selection, Store};
+
+/// Runs `bgq retry`.
+pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
+    let payload = super::publish::read_payload(
+        args.parameters.json.as_deref(),
+        args.parameters.raw.as_deref(),
+    )?;
+    if payload.is_some() && args.ids.len() != 1 {
+        return Err(usage(
+            "--json and --raw replace the parameters of exactly one job: give one ID",
+        ));
+    }
+    let states = args
+        .state
+        .iter()
+        .map(|state| {
+            let state = state.parse::<JobState>()?;
+            if matches!(state, JobState::Finished | JobState::Processing) {
+                return Err(usage(format!("a {state} job cannot be retried")));
+            }
+            Ok(state)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let selection = if args.ids.is_empty() {
+        Selection::Matching {
+            states: &states,
+            queue: args.queue.as_deref(),
+            callback: args.callback.as_deref(),
+        }
+    } else {
+        Selection::Ids(&args.ids)
+    };
+    let new_parameters = payload.is_some();
+    let change = Change::Retry {
+        now: now_millis(),
+        payload,
+    };
+    let mut store = Store::open(&config.database, Durability::Full)?;
+    let changed = store.change(&selection, &change, args.dry_run, |job| match job.state {
+        JobState::Finished => Err(usage(format!(
+            "job {} is FINISHED; publish a new job to run it again",
+            job.id
+        ))),
+        JobState::Processing => Err(usage(format!(
+            "job {} is running; wait for it or use `bgq cancel --kill {}`",
+            job.id, job.id
+        ))),
+        _ => Ok(true),
+    })?;
+    let mut out = std::io::stdout().lock();
+    for (job, _) in &changed {
+        let verb = if args.dry_run {
+            "would retry"
+        } else {
+            "retried"
+        };
+        let with = if new_parameters {
+            ", with new parameters"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{verb} job {} ({}): {} -> READY{with}",
+            job.id, job.callback, job.state
+        )?;
+        if !config.callbacks.contains_key(&job.callback) {
+            eprintln!(
+                "bgq: warning: job {} waits for callback `{}`, which {} does not define",
+                job.id,
+                job.callback,
+                config.path.display()
+            );
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Times as people read them: local time, "3 min ago", and both with UTC for `show`.
+
+use crate::job::{Millis, format_utc};
+
+/// Local time to the second with its offset, e.g. `2026-11-23 10:01:02 +01:00`.
+pub fn local_time(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |time| {
+            time.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+                .to_string()
+        },
+    )
+}
+
+/// How far `millis` is from `now`, e.g. `3 min ago`, `in 2 h`, `just now`.
+pub fn relative(millis: Millis, now: Millis) -> String {
+    let past = millis <= now;
+    let span = span(now.abs_diff(millis));
+    match span {
+        None => "just now".to_owned(),
+        Some(span) if past => format!("{span} ago"),
+        Some(span) => format!("in {span}"),
+    }
+}
+
+/// A span of milliseconds in its largest whole unit (`45s`, `3 min`, `2 h`, `4 d`); `None`
+/// under a second.
+pub fn span(millis: u64) -> Option<String> {
+    let seconds = millis / 1000;
+    Some(match seconds {
+        0 => return None,
+        1..60 => format!("{seconds}s"),
+        60..3600 => format!("{} min", seconds / 60),
+        3600..86_400 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    })
+}
+
+/// Local time, how far from now, and UTC: `2026-11-23 10:01:02 +01:00 (3 min ago), 2026-11-23T09:01:02.123Z`.
+pub fn full_time(millis: Millis, now: Millis) -> String {
+    format!(
+        "{} ({}), {}",
+        local_time(millis),
+        relative(millis, now),
+        format_utc(millis)
+    )
+}
+
+/// Local time and how far from now: `2026-11-23 10:01:02 +01:00 (3 min ago)`.
+pub fn when(millis: Millis, now: Millis) -> String {
+    format!("{} ({})", local_time(millis), relative(millis, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_use_the_largest_whole_unit() {
+        let now = 1_000_000_000;
+        assert_eq!(relative(now, now), "just now");
+        assert_eq!(relative(now - 999, now), "just now");
+        assert_eq!(relative(now - 45_000, now), "45s ago");
+        assert_eq!(relative(now - 3 * 60_000 - 59_000, now), "3 min ago");
+        assert_eq!(relative(now - 2 * 3_600_000, now), "2 h ago");
+        assert_eq!(relative(now - 4 * 86_400_000, now), "4 d ago");
+        assert_eq!(relative(now + 5 * 60_000, now), "in 5 min");
+    }
+
+    #[test]
+    fn full_time_shows_local_relative_and_utc() {
+        let text = full_time(0, 60_000);
+        assert!(
+            text.ends_with(" (1 min ago), 1970-01-01T00:00:00.000Z"),
+            "{text}"
+        );
+    }
+}
