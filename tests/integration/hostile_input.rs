@@ -245,7 +245,7 @@ fn hostile_invocations_and_payloads_are_refused_and_store_nothing() -> TestResul
         case("list --state ''", &["list", "--state", ""], &[2]),
         case("clear 2^33 days", &["clear", "8589934592"], &[2]),
         case("clear -1 days", &["clear", "--", "-1"], &[2]),
-        case("a command not there yet", &["show", "1"], &[2]),
+        case("an unknown command", &["frobnicate", "1"], &[2]),
         case("-v twice", &["-v", "-v", "list"], &[2]),
         case("--config ''", &["--config", "", "list"], &[1, 2]),
         case(
