@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use crate::support::{TestEnv, TestResult, describe, env_with_callbacks, expect_refused};
+use crate::support::{
+    TestEnv, TestResult, describe, env_with_callbacks, expect_refused, listed_ids,
+};
 
 /// Eight jobs in known states:
 ///
@@ -50,23 +52,6 @@ fn populated() -> TestResult<TestEnv> {
         return Err(format!("setup: states {states:?}, expected {expected:?}").into());
     }
     Ok(env)
-}
-
-/// The ids `bgq list --json ARGS` prints, in its order.
-fn ids(env: &TestEnv, args: &[&str]) -> TestResult<Vec<i64>> {
-    let out = env.bgq().args(["list", "--json"]).args(args).output()?;
-    if !out.status.success() {
-        return Err(format!("list --json {args:?}: {}", describe(&out)).into());
-    }
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|line| {
-            let job: Value = serde_json::from_str(line)?;
-            job["id"]
-                .as_i64()
-                .ok_or_else(|| format!("no integer id in {line}").into())
-        })
-        .collect()
 }
 
 /// True for an RFC 3339 UTC timestamp like `2026-11-23T15:32:50.123Z`.
@@ -125,7 +110,7 @@ fn newest_first_and_every_filter() -> TestResult {
         ),
     ];
     for (args, expected) in cases {
-        assert_eq!(ids(&env, args)?, expected, "list --json {args:?}");
+        assert_eq!(listed_ids(&env, args)?, expected, "list --json {args:?}");
     }
     Ok(())
 }
@@ -272,6 +257,6 @@ fn limit_must_be_positive() -> TestResult {
         let out = env.bgq().args(["list", "--limit", limit]).output()?;
         expect_refused(&out, &[2]).map_err(|err| format!("--limit {limit}: {err}"))?;
     }
-    assert_eq!(ids(&env, &["--limit", "1"])?, [1]);
+    assert_eq!(listed_ids(&env, &["--limit", "1"])?, [1]);
     Ok(())
 }

@@ -5,11 +5,9 @@ use std::fs;
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks, expect_error,
-    expect_refused, read_lines, wait_for,
+    expect_refused, listed_ids, read_lines, wait_for,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -103,21 +101,6 @@ fn running_job(env: &TestEnv) -> TestResult<(i64, Spawned)> {
     })?;
     assert_eq!(env.state(id)?, "PROCESSING");
     Ok((id, run))
-}
-
-/// The ids `bgq list --json ARGS` prints.
-fn listed(env: &TestEnv, args: &[&str]) -> TestResult<Vec<i64>> {
-    let mut all = vec!["list", "--json"];
-    all.extend_from_slice(args);
-    stdout_of(env, &all)?
-        .lines()
-        .map(|line| {
-            let job: Value = serde_json::from_str(line)?;
-            job["id"]
-                .as_i64()
-                .ok_or_else(|| format!("no integer id in {line}").into())
-        })
-        .collect()
 }
 
 // ---- retry by id
@@ -555,7 +538,7 @@ fn cancel_of_a_ready_job_keeps_it_from_running() -> TestResult {
     );
     assert_eq!(env.state(cancelled)?, "CANCELLED");
     assert_eq!(env.state(kept)?, "FINISHED");
-    assert_eq!(listed(&env, &["--state", "cancelled"])?, [cancelled]);
+    assert_eq!(listed_ids(&env, &["--state", "cancelled"])?, [cancelled]);
     Ok(())
 }
 

@@ -498,3 +498,20 @@ pub fn faketime_available() -> TestResult<bool> {
     eprintln!("skipped: faketime is not installed (apt-get install faketime)");
     Ok(false)
 }
+
+/// The ids `bgq list --json ARGS` prints, in its order.
+pub fn listed_ids(env: &TestEnv, args: &[&str]) -> TestResult<Vec<i64>> {
+    let out = env.bgq().args(["list", "--json"]).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!("list --json {args:?}: {}", describe(&out)).into());
+    }
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|line| {
+            let job: Value = serde_json::from_str(line)?;
+            job["id"]
+                .as_i64()
+                .ok_or_else(|| format!("no integer id in {line}").into())
+        })
+        .collect()
+}
