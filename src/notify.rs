@@ -4,6 +4,7 @@
 //! which cron mails.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,8 @@ fn run_notify(argv: &[String], lines: &str) -> Result<(), String> {
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        // Its own group, so that a timeout stops whatever it started too.
+        .process_group(0)
         .spawn()
         .map_err(|err| format!("cannot start it: {err}"))?;
     // Written from a thread: a digest can exceed the pipe's buffer, and a command that does not
@@ -159,6 +162,9 @@ fn run_notify(argv: &[String], lines: &str) -> Result<(), String> {
                 };
             }
             Ok(None) if started.elapsed() > NOTIFY_TIMEOUT => {
+                if let Ok(pgid) = i32::try_from(child.id()) {
+                    crate::process_group::signal_group(pgid, libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(

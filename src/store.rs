@@ -200,6 +200,8 @@ pub struct JobBrief {
     pub state: JobState,
     /// When that state began.
     pub state_changed_at: Millis,
+    /// The `process` run that started it last (0: none).
+    pub claimed_run: i64,
 }
 
 /// Which jobs `Store::change` reads.
@@ -603,6 +605,15 @@ impl Store {
         Ok(self.conn.query_row(&sql, [id], read_record).optional()?)
     }
 
+    /// The state of job `id`, if it exists.
+    pub fn state_of(&self, id: i64) -> anyhow::Result<Option<JobState>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+            .query_row([id], |row| read_state(row, 0))
+            .optional()?)
+    }
+
     /// The output tail stored with job `id`.
     pub fn output(&self, id: i64) -> anyhow::Result<Vec<u8>> {
         let output: Option<Vec<u8>> = self
@@ -833,33 +844,26 @@ impl Store {
     /// The notices of `queue` not yet sent, oldest first, each with its job as it is now (if
     /// the job still exists).
     pub fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
-        let sql = format!(
-            "SELECT n.id, n.job_id, n.kind, n.reason, n.output, {}
-             FROM notices n LEFT JOIN jobs j ON j.id = n.job_id
-             WHERE n.queue = ?1 ORDER BY n.id",
-            RECORD_COLUMNS
-                .split(',')
-                .map(|column| format!("j.{}", column.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, job_id, kind, reason, output FROM notices INDEXED BY notices_queue
+             WHERE queue = ?1 ORDER BY id",
+        )?;
         let rows = stmt.query_map([queue], |row| {
             let kind: String = row.get(2)?;
-            let job_id: Option<i64> = row.get(5)?;
             Ok(PendingNotice {
                 id: row.get(0)?,
                 job_id: row.get(1)?,
                 kind: kind.parse().unwrap_or(NoticeKind::Failed),
                 reason: row.get(3)?,
                 output: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                job: match job_id {
-                    Some(_) => Some(read_record_at(row, 5)?),
-                    None => None,
-                },
+                job: None,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut notices: Vec<PendingNotice> = rows.collect::<Result<_, _>>()?;
+        for notice in &mut notices {
+            notice.job = self.record(notice.job_id)?;
+        }
+        Ok(notices)
     }
 
     /// Deletes notices that were sent.
@@ -877,7 +881,8 @@ impl Store {
 }
 
 /// Stores how a run ended, counts its outcome and stores its notice. A job that is no longer
-/// PROCESSING was cancelled while it ran: it keeps its state, and only the output is stored.
+/// PROCESSING was cancelled while it ran: it stays CANCELLED and only the output is stored,
+/// unless its callback got through anyway (FINISHED is the truth; a retry would repeat it).
 fn complete(conn: &Connection, done: &Completion) -> anyhow::Result<bool> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
     let queue: Option<String> = conn
@@ -885,7 +890,8 @@ fn complete(conn: &Connection, done: &Completion) -> anyhow::Result<bool> {
             "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
                     attempts = attempts - ?5, output = ?6, finished_at = ?7,
                     notified = notified OR ?8, state_changed_at = ?9
-             WHERE id = ?1 AND state = 'PROCESSING'
+             WHERE id = ?1
+               AND (state = 'PROCESSING' OR (state = 'CANCELLED' AND ?2 = 'FINISHED'))
              RETURNING queue",
         )?
         .query_row(
@@ -1052,7 +1058,9 @@ const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
 
 /// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name).
 ///
-/// A serial group is held by any older unfinished job of it; PERMANENTLY_FAILED does not hold.
+/// A serial group is held by any older unfinished job of it (PERMANENTLY_FAILED and CANCELLED
+/// do not hold), and by any running job of it: a job retried by an operator is older than jobs
+/// of its group that may be running, and a group never runs two jobs at once.
 fn claim_sql(callbacks: usize) -> String {
     let placeholders = vec!["?"; callbacks].join(", ");
     format!(
@@ -1063,8 +1071,9 @@ fn claim_sql(callbacks: usize) -> String {
              WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
                AND (j.serial_group IS NULL OR NOT EXISTS (
                    SELECT 1 FROM jobs o
-                   WHERE o.serial_group = j.serial_group AND o.id < j.id
-                     AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')))
+                   WHERE o.serial_group = j.serial_group
+                     AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                     AND (o.id < j.id OR o.state = 'PROCESSING')))
              ORDER BY j.id LIMIT 1)
          RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified"
     )
@@ -1085,8 +1094,23 @@ fn read_process(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<ProcessR
     })
 }
 
-const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
-     created_at, run_at, started_at, finished_at, state_changed_at";
+/// When a job's state last changed, as an SQL expression. Jobs stored before schema version 2
+/// have no state time (0): their last known time stands in, so that the upgrade need not
+/// rewrite every row.
+macro_rules! state_changed_at {
+    () => {
+        "coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at)"
+    };
+}
+const STATE_CHANGED_AT: &str = state_changed_at!();
+
+/// The columns of a `JobRecord`.
+const RECORD_COLUMNS: &str = concat!(
+    "id, queue, callback, state, attempts, serial_group, identifier,
+     created_at, run_at, started_at, finished_at, ",
+    state_changed_at!(),
+    " AS state_changed_at"
+);
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     read_record_at(row, 0)
@@ -1158,9 +1182,10 @@ fn select_briefs(
             callback: row.get(2)?,
             state: read_state(row, 3)?,
             state_changed_at: row.get(4)?,
+            claimed_run: row.get(5)?,
         })
     };
-    let columns = "id, queue, callback, state, state_changed_at";
+    let columns = format!("id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run");
     match selection {
         Selection::Ids(ids) => {
             let mut ids = ids.to_vec();

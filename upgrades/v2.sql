@@ -1,8 +1,9 @@
 -- Upgrades a version-1 database to version 2: state times, run outcomes for `bgq stats`, and
 -- stored notices for the per-run digest. Applied in one transaction with the version change.
 
+-- Every ALTER here is O(1): a large queue is upgraded at once, without rewriting its rows (jobs
+-- stored before keep state_changed_at 0, read as their last known time).
 ALTER TABLE jobs ADD COLUMN state_changed_at INTEGER NOT NULL DEFAULT 0;
-UPDATE jobs SET state_changed_at = coalesce(finished_at, started_at, created_at);
 
 ALTER TABLE runs ADD COLUMN jobs INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;

@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use crate::cli::CancelArgs;
 use crate::config::Config;
 use crate::error::usage;
@@ -58,7 +56,7 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         );
         if job.state == JobState::Processing {
             // Marked first, stopped second: the run that ran it then keeps it CANCELLED.
-            line.push_str(&format!("; {}", stop_callback(config, &store, job)?));
+            line.push_str(&format!("; {}", stop_callback(config, &store, job)));
         }
         writeln!(out, "{line}")?;
         out.flush()?;
@@ -68,35 +66,53 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
 
 /// Stops the running callback of `job`, found in the lock file of its queue's `process` run;
 /// says what became of it.
-fn stop_callback(config: &Config, store: &Store, job: &JobBrief) -> anyhow::Result<String> {
-    let canonical = std::fs::canonicalize(store.path())
-        .with_context(|| format!("cannot resolve {}", store.path().display()))?;
-    let lock = process_lock_path(&config.temp_dir, &canonical, &job.queue);
-    let recorded = running_log::read_unlocked(&lock)?
-        .remove(&job.id)
-        .unwrap_or_default();
+fn stop_callback(config: &Config, store: &Store, job: &JobBrief) -> String {
+    let runner = match store.run(job.claimed_run) {
+        Ok(run) => run.map(|run| run.runner),
+        Err(err) => return format!("its callback could not be looked up: {err:#}"),
+    };
+    let runner_alive = runner.as_ref().is_some_and(process_group::is_alive);
+    let lock = match std::fs::canonicalize(store.path()) {
+        Ok(canonical) => process_lock_path(&config.temp_dir, &canonical, &job.queue),
+        Err(err) => return format!("its callback could not be looked up: {err}"),
+    };
+    let recorded = match running_log::read_unlocked(&lock) {
+        Ok(mut log) => log.remove(&job.id).unwrap_or_default(),
+        Err(err) => return format!("its callback could not be looked up: {err:#}"),
+    };
     let grace = config
         .callbacks
         .get(&job.callback)
         .map_or(Duration::from_secs(5), |callback| callback.kill_grace);
-    if let Some(group) = &recorded.group
-        && process_group::stop_group(group, grace, KILL_WAIT) == OrphanGroup::Killed
-    {
-        return Ok(format!(
-            "its callback (process group {}) was stopped",
-            group.pid
-        ));
+    if let Some(group) = &recorded.group {
+        return match process_group::stop_group(group, grace, KILL_WAIT) {
+            OrphanGroup::Killed => {
+                format!("its callback (process group {}) was stopped", group.pid)
+            }
+            OrphanGroup::Gone | OrphanGroup::PidReused => {
+                "its callback had already ended".to_owned()
+            }
+        };
     }
-    // Started but its group not yet recorded: whoever holds its output pipe is the callback.
-    let holders = recorded
+    if let Some(runner) = runner.filter(|_| runner_alive) {
+        // Between its start and the record of its group: the live run holds that pipe too, so
+        // it is not ours to kill; the run stops the callback when it records the group.
+        return format!(
+            "its callback is starting; the running `process` (pid {}) stops it",
+            runner.pid
+        );
+    }
+    // The run that started it died before recording its group: whoever holds its output pipe
+    // is the callback.
+    match recorded
         .pipe
-        .map_or(0, |pipe| process_group::kill_pipe_holders(pipe, KILL_WAIT));
-    Ok(match (holders, &recorded.group) {
-        (0, Some(_)) => "its callback had already ended".to_owned(),
-        (0, None) => format!(
-            "its callback was not found in {}; the `process` running it keeps it CANCELLED when it ends",
+        .map(|pipe| process_group::kill_pipe_holders(pipe, KILL_WAIT))
+    {
+        Some(found) if found > 0 => format!("its callback ({found} process(es)) was stopped"),
+        Some(_) => "its callback had already ended".to_owned(),
+        None => format!(
+            "no callback of it is recorded in {} (it had not started, or ran under another temp_dir)",
             lock.display()
         ),
-        (found, _) => format!("its callback ({found} process(es)) was stopped"),
-    })
+    }
 }

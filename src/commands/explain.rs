@@ -99,15 +99,22 @@ fn explain(
             "is WAITING until the next `process` run of queue `{queue}`"
         ));
     }
-    Ok(due(store.last_run(queue)?, queue, now))
+    Ok(due(store.last_run(queue)?, detail.claimed_run, queue, now))
 }
 
 /// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time).
-fn due(last: Option<RunInfo>, queue: &str, now: Millis) -> String {
+fn due(last: Option<RunInfo>, claimed_run: i64, queue: &str, now: Millis) -> String {
     let Some(run) = last else {
         return format!("is due, but no `process` has run for queue `{queue}` yet");
     };
     if run.finished_at.is_none() && process_group::is_alive(&run.runner) {
+        if run.id == claimed_run {
+            // One run starts a job at most once (it was retried after this run ran it).
+            return format!(
+                "is due: the running `process` of queue `{queue}` (pid {}) already ran it, so it runs on the next run",
+                run.runner.pid
+            );
+        }
         return format!(
             "is due: the running `process` of queue `{queue}` (pid {}) starts it when a slot is free",
             run.runner.pid

@@ -384,6 +384,11 @@ impl Worker<'_> {
             process_group::signal_group(group.pid, libc::SIGKILL);
             return Err(err);
         }
+        // `bgq cancel --kill` marks the job first, then looks for this group in the log: if it
+        // looked before the line above was written, the job is already CANCELLED here.
+        if self.store.state_of(id)? == Some(JobState::Cancelled) {
+            process_group::signal_group(group.pid, libc::SIGKILL);
+        }
         if let Some(running) = self.running.get_mut(&id) {
             running.group = Some(group);
         }

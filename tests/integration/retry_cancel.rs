@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks, expect_error,
-    expect_refused, listed_ids, read_lines, wait_for,
+    expect_refused, listed_ids, lock_files, read_lines, wait_for,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -702,5 +702,96 @@ fn cancel_kill_stops_the_callback_and_the_run_carries_on() -> TestResult {
         [before.to_string(), after.to_string()],
         "the killed callback never reached its end"
     );
+    Ok(())
+}
+
+// ---- races with a running `process`
+
+/// A retried job never runs beside a younger job of its serial group that is running: retry
+/// puts it back in its old place, ahead of the running one, and the group still runs one job at
+/// a time; the retried job runs once the younger one has ended.
+#[test]
+fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
+    let env = env_with_callbacks("", &[("block", BLOCK), ("bad", "exit 1")])?;
+    let older = env.publish_with("bad", "{}", &["--serial-group", "g"])?;
+    env.process(&[])?;
+    assert_eq!(env.state(older)?, "PERMANENTLY_FAILED");
+    let younger = env.publish_with("block", "{}", &["--serial-group", "g"])?;
+    let mut process = env.spawn(&["process"])?;
+    let started = env.path(&format!("started-{younger}"));
+    wait_for("the younger job to start", Duration::from_secs(15), || {
+        started.exists()
+    })?;
+    stdout_of(&env, &["retry", &older.to_string()])?;
+    // The running `process` looks for newly due jobs every second: give it time to (wrongly)
+    // start the retried one.
+    std::thread::sleep(Duration::from_millis(2500));
+    let held = env.state(older);
+    fs::write(env.path("release"), "")?;
+    assert_eq!(
+        held?, "READY",
+        "the retried job must wait for the running one"
+    );
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(younger)?, "FINISHED");
+    let retried = env.job(older)?;
+    assert_eq!(
+        retried["state"], "PERMANENTLY_FAILED",
+        "it ran after: {retried}"
+    );
+    assert_eq!(retried["attempts"], 1);
+    Ok(())
+}
+
+/// `cancel --kill` of a job whose process group is not recorded yet (the moment between its
+/// start and that record, widened here by erasing the record) never touches the `process` run,
+/// which holds the same output pipe: the run carries on and exits 0.
+#[test]
+fn cancel_kill_never_kills_the_running_process() -> TestResult {
+    let env = env_with_callbacks("", &[("block", BLOCK)])?;
+    let (id, mut process) = running_job(&env)?;
+    for lock in lock_files(&env.path("locks"))? {
+        let kept: String = fs::read_to_string(&lock)?
+            .lines()
+            .filter(|line| !line.starts_with("G "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        fs::write(&lock, kept)?;
+    }
+    let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
+    let alive_after = alive(i32::try_from(process.pid())?);
+    fs::write(env.path("release"), "")?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the running `process`"),
+        "{}",
+        describe(&out)
+    );
+    assert!(alive_after, "cancel --kill killed the `process` run");
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    // With its record erased the run never saw it starting after the cancel, so the released
+    // callback exited 0: a job whose callback got through is FINISHED.
+    assert_eq!(env.state(id)?, "FINISHED");
+    Ok(())
+}
+
+/// A callback that, told to stop, still reports success (exit 0 on SIGTERM) leaves its job
+/// FINISHED: the work is done, and a later `retry` must not repeat it.
+#[test]
+fn cancel_kill_of_a_callback_that_finishes_anyway_leaves_it_finished() -> TestResult {
+    let graceful = "trap 'exit 0' TERM
+touch \"@ROOT@/started-$BGQ_JOB_ID\"
+i=0
+while [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done
+exit 3";
+    let env = env_with_callbacks("", &[("block", graceful)])?;
+    let (id, mut process) = running_job(&env)?;
+    let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
+    assert!(out.contains("PROCESSING -> CANCELLED"), "{out}");
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(id)?, "FINISHED");
     Ok(())
 }
