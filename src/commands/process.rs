@@ -23,7 +23,7 @@ use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
 use crate::runner::{self, Exit, Outcome, Prepared};
 use crate::running_log::{Entry, Recorded, RunningLog};
-use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store};
+use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store, Tally};
 
 /// How often the main loop wakes to look for signals, deadlines and newly published jobs.
 const TICK: Duration = Duration::from_millis(100);
@@ -31,6 +31,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// How long recovery waits for a killed orphan group to be gone.
 const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often the counts of ended runs are written for `stats`.
+const TALLY_EVERY: Duration = Duration::from_secs(5);
 /// A clock this far behind the last run's last recorded time has been set back.
 const CLOCK_SLACK: Millis = 1000;
 
@@ -73,6 +75,8 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         waiters: Waiters::new(finished_tx),
         events: finished_rx,
         settled: Vec::new(),
+        tally: Tally::default(),
+        tally_written: Instant::now(),
         started: 0,
         failed: 0,
     };
@@ -225,6 +229,9 @@ struct Worker<'a> {
     events: Receiver<Event>,
     /// Ends of runs not yet committed; they go out with the next claim, in one transaction.
     settled: Vec<Completion>,
+    /// Counts of ended runs for `stats`, written with a claim every `TALLY_EVERY`.
+    tally: Tally,
+    tally_written: Instant,
     /// Jobs this run started.
     started: u64,
     /// Of those, how many failed (temporarily or permanently).
@@ -252,6 +259,7 @@ impl Worker<'_> {
         self.recover_orphans()?;
         self.warn_unknown_callbacks()?;
         self.drain(limits, stop)?;
+        self.store.write_tally(&mut self.tally)?;
         self.send_notices()
     }
 
@@ -320,7 +328,13 @@ impl Worker<'_> {
             limit: want,
             callbacks: &capacities,
         };
-        let claimed = self.store.settle_and_claim(&self.settled, &request)?;
+        let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
+        let claimed =
+            self.store
+                .settle_and_claim(&self.settled, &request, &mut self.tally, write_tally)?;
+        if write_tally {
+            self.tally_written = Instant::now();
+        }
         self.settled.clear();
         Ok(claimed)
     }
