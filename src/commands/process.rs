@@ -264,7 +264,6 @@ impl Worker<'_> {
     }
 
     fn drain(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
-        let mut started: u64 = 0;
         let mut last_promote: Option<Instant> = None;
         loop {
             while let Ok(event) = self.events.try_recv() {
@@ -278,7 +277,7 @@ impl Worker<'_> {
                 0
             };
             if let Some(max) = limits.max_jobs {
-                let left = max.saturating_sub(started);
+                let left = max.saturating_sub(self.started);
                 want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
             }
             if want > 0 && last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
@@ -287,7 +286,6 @@ impl Worker<'_> {
             }
             if want > 0 || !self.settled.is_empty() {
                 let claimed = self.settle_and_claim(want)?;
-                started += claimed.len() as u64;
                 self.started += claimed.len() as u64;
                 self.start_all(claimed)?;
             }
