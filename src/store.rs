@@ -231,6 +231,28 @@ pub struct RunInfo {
     pub error: Option<String>,
 }
 
+impl RunInfo {
+    /// The latest time the run recorded: its end, or its start if it has not ended (or ended
+    /// "before" it started, the clock having gone back).
+    pub fn last_seen(&self) -> Millis {
+        self.finished_at
+            .map_or(self.started_at, |end| end.max(self.started_at))
+    }
+}
+
+/// The due jobs of one queue (see `Store::due_jobs`).
+#[derive(Debug, Clone)]
+pub struct DueJobs {
+    /// Queue.
+    pub queue: String,
+    /// The job due longest.
+    pub oldest: i64,
+    /// Since when it is due.
+    pub since: Millis,
+    /// How many jobs are due.
+    pub count: u64,
+}
+
 /// A job as `bgq retry` and `bgq cancel` decide about it.
 #[derive(Debug, Clone)]
 pub struct JobBrief {
@@ -609,20 +631,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The latest time the last `process` run of `queue` recorded (its end, or its start if it
-    /// did not end), if one is recorded.
-    pub fn last_run_time(&self, queue: &str) -> anyhow::Result<Option<Millis>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT max(started_at, coalesce(finished_at, started_at)) FROM runs
-                 WHERE queue = ?1 ORDER BY id DESC LIMIT 1",
-                [queue],
-                |row| row.get(0),
-            )
-            .optional()?)
-    }
-
     /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
     pub fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
         Ok(self.conn.execute(
@@ -681,18 +689,6 @@ impl Store {
             .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
             .query_row([id], |row| read_state(row, 0))
             .optional()?)
-    }
-
-    /// The output tail stored with job `id`.
-    pub fn output(&self, id: i64) -> anyhow::Result<Vec<u8>> {
-        let output: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT output FROM jobs WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()?
-            .flatten();
-        Ok(output.unwrap_or_default())
     }
 
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
@@ -814,30 +810,25 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The oldest due job of each queue that has one (due by `now`, waiting to run): its id and
-    /// since when it is due.
-    pub fn oldest_due(&self, now: Millis) -> anyhow::Result<Vec<(String, i64, Millis)>> {
+    /// The jobs due by `now` and waiting to run, per queue that has any: how many, and the
+    /// oldest.
+    pub fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
         let mut stmt = self.conn.prepare(
             // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
-            "SELECT queue, id, min(run_at) FROM jobs
+            "SELECT queue, id, min(run_at), count(*) FROM jobs
              WHERE state != 'FINISHED' AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
                AND run_at <= ?1
              GROUP BY queue ORDER BY queue",
         )?;
-        let rows = stmt.query_map([now], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let rows = stmt.query_map([now], |row| {
+            Ok(DueJobs {
+                queue: row.get(0)?,
+                oldest: row.get(1)?,
+                since: row.get(2)?,
+                count: read_count(row, 3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// How many jobs of `queue` are due by `now` and waiting to run.
-    pub fn due_count(&self, queue: &str, now: Millis) -> anyhow::Result<u64> {
-        let count: i64 = self.conn.query_row(
-            "SELECT count(*) FROM jobs
-             WHERE queue = ?1 AND state != 'FINISHED'
-               AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND run_at <= ?2",
-            params![queue, now],
-            |row| row.get(0),
-        )?;
-        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// Runs of jobs that ended since `since`, per queue: (finished, temporarily failed,
@@ -1596,7 +1587,8 @@ mod tests {
             .expect("claim")
             .expect("job");
         assert_eq!(again.attempts, 2);
-        assert_eq!(store.output(ids[0]).expect("output"), b"boom");
+        let detail = store.detail(ids[0]).expect("read").expect("stored");
+        assert_eq!(detail.output, b"boom");
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn due(last: Option<RunInfo>, claimed_run: i64, queue: &str, now: Millis) -> Str
             run.runner.pid
         );
     }
-    let last_seen = run.finished_at.unwrap_or(run.started_at);
+    let last_seen = run.last_seen();
     if now - last_seen > CRON_LATE {
         return format!(
             "is due, but cron has not run `process` for queue `{queue}` since {}",

@@ -115,7 +115,7 @@ fn table(jobs: &[JobRecord], now: Millis) -> Table {
 }
 
 /// The colour of a state: green done, yellow retrying, red failed, cyan running.
-pub fn state_paint(state: JobState) -> Paint {
+fn state_paint(state: JobState) -> Paint {
     match state {
         JobState::Ready => Paint::Bold,
         JobState::Processing => Paint::Cyan,

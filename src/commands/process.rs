@@ -57,7 +57,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         .ok()
         .and_then(process_group::identify)
         .context("cannot read this process's start time from /proc")?;
-    let last_seen = store.last_run_time(queue)?;
+    let last_seen = store.last_run(queue)?.map(|run| run.last_seen());
     let now = now_millis();
     let run = store.begin_run(queue, &me, now)?;
     if let Some(last) = last_seen.filter(|last| *last > now + CLOCK_SLACK) {

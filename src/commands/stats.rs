@@ -105,8 +105,8 @@ fn gather(
             .jobs
             .insert(state.as_str(), count);
     }
-    for (queue, _, since) in store.oldest_due(now)? {
-        entry(&mut queues, &queue).oldest_due = Some(since);
+    for due in store.due_jobs(now)? {
+        entry(&mut queues, &due.queue).oldest_due = Some(due.since);
     }
     for (queue, counts) in store.outcomes_since(now - HOUR)? {
         entry(&mut queues, &queue).last_hour = counts;

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::human::{relative, when};
 use crate::job::{Millis, now_millis};
 use crate::process_group;
-use crate::store::{Durability, Store};
+use crate::store::{DueJobs, Durability, RunInfo, Store};
 
 /// Runs `bgq status`.
 pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
@@ -21,27 +21,20 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     } else {
         args.queue.clone()
     };
-    let oldest_due = store.oldest_due(now)?;
+    let due_jobs = store.due_jobs(now)?;
     let mut healthy = true;
     let mut out = std::io::stdout().lock();
     for queue in &queues {
-        let due = oldest_due.iter().find(|(q, _, _)| q == queue);
-        let problems = problems(
-            &store,
-            queue,
-            due.map(|(_, id, at)| (*id, *at)),
-            now,
-            stale_after,
-        )?;
+        let due = due_jobs.iter().find(|due| &due.queue == queue);
+        let last_run = store.last_run(queue)?;
+        let problems = problems(last_run.as_ref(), due, now, stale_after);
         if problems.is_empty() {
-            let last = store
-                .last_run(queue)?
-                .map(|run| run.finished_at.unwrap_or(run.started_at))
-                .map_or_else(|| "never".to_owned(), |at| relative(at, now));
-            let due_count = store.due_count(queue, now)?;
+            let last =
+                last_run.map_or_else(|| "never".to_owned(), |run| relative(run.last_seen(), now));
+            let count = due.map_or(0, |due| due.count);
             writeln!(
                 out,
-                "ok: queue `{queue}`: last `process` run {last}, {due_count} due job(s)"
+                "ok: queue `{queue}`: last `process` run {last}, {count} due job(s)"
             )?;
         }
         for problem in &problems {
@@ -57,16 +50,15 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     }
 }
 
-/// What is wrong with `queue`, one line each.
+/// What is wrong with a queue whose last run is `last_run` and due jobs `due`, one line each.
 fn problems(
-    store: &Store,
-    queue: &str,
-    oldest_due: Option<(i64, Millis)>,
+    last_run: Option<&RunInfo>,
+    due: Option<&DueJobs>,
     now: Millis,
     stale_after: Millis,
-) -> anyhow::Result<Vec<String>> {
+) -> Vec<String> {
     let mut problems = Vec::new();
-    match store.last_run(queue)? {
+    match last_run {
         None => problems.push("no `process` run has been recorded".to_owned()),
         Some(run) if run.finished_at.is_none() && process_group::is_alive(&run.runner) => {
             if now - run.started_at > stale_after {
@@ -78,16 +70,20 @@ fn problems(
             }
         }
         Some(run) => {
-            let last = run.finished_at.unwrap_or(run.started_at);
+            let last = run.last_seen();
             if now - last > stale_after {
                 problems.push(format!("`process` has not run since {}", when(last, now)));
             }
         }
     }
-    if let Some((id, since)) = oldest_due
-        && now - since > stale_after
+    if let Some(due) = due
+        && now - due.since > stale_after
     {
-        problems.push(format!("job {id} has been due since {}", when(since, now)));
+        problems.push(format!(
+            "job {} has been due since {}",
+            due.oldest,
+            when(due.since, now)
+        ));
     }
-    Ok(problems)
+    problems
 }
