@@ -1,0 +1,1 @@
+//! Placeholder: tests for issue 6 (shaping) land here.
