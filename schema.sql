@@ -33,18 +33,27 @@ CREATE TABLE jobs (
     notified      INTEGER NOT NULL DEFAULT 0,
     -- When the state last changed (version 2; columns added by upgrades go last, so that an
     -- upgraded database and a new one have the same columns in the same order).
-    state_changed_at INTEGER NOT NULL DEFAULT 0
+    state_changed_at INTEGER NOT NULL DEFAULT 0,
+    -- Version 3. Higher runs first among the due jobs of a queue (`publish --priority`).
+    priority      INTEGER NOT NULL DEFAULT 0,
+    -- How many of its `--after` jobs have not FINISHED; until 0 the job is never due.
+    blocked_by    INTEGER NOT NULL DEFAULT 0,
+    -- 1 for a job published with `--unique`: its identifier is unique among unfinished jobs of
+    -- its queue (jobs_unique).
+    is_unique     INTEGER NOT NULL DEFAULT 0
 );
 
--- The claim path: runnable jobs of a queue, oldest first.
-CREATE INDEX jobs_claim ON jobs (queue, id) WHERE due = 1;
--- Jobs waiting for their time (backoff, WAITING), found by time when they fall due.
+-- The claim path: runnable jobs of a queue, highest priority first, then oldest first.
+CREATE INDEX jobs_claim ON jobs (queue, priority DESC, id) WHERE due = 1;
+-- Jobs waiting for their time (delay, backoff, WAITING), found by time when they fall due; jobs
+-- still waiting for their `--after` jobs stay out until those finish.
 CREATE INDEX jobs_schedule ON jobs (queue, run_at)
-    WHERE due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
--- Unfinished jobs of a serial group, to hold back younger ones.
+    WHERE due = 0 AND blocked_by = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
+-- Jobs of a serial group that may hold back younger ones: the unfinished ones, and the
+-- PERMANENTLY_FAILED ones (which hold it when their callback has serial_failure = "block").
 CREATE INDEX jobs_serial ON jobs (serial_group, id)
     WHERE serial_group IS NOT NULL
-      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING');
+      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING', 'PERMANENTLY_FAILED');
 -- Jobs left PROCESSING, for orphan recovery.
 CREATE INDEX jobs_processing ON jobs (queue) WHERE state = 'PROCESSING';
 -- `list --state S`, `--queue Q`, `--callback C`: newest first, however large the table.
@@ -56,6 +65,19 @@ CREATE INDEX jobs_queue ON jobs (queue, id) WHERE state != 'FINISHED';
 CREATE INDEX jobs_callback ON jobs (callback, id) WHERE state != 'FINISHED';
 -- `list --identifier` and `list --unfinished`.
 CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT NULL;
+-- `publish --unique`: one unfinished unique job per queue and identifier, even when publishers
+-- race.
+CREATE UNIQUE INDEX jobs_unique ON jobs (queue, identifier)
+    WHERE is_unique = 1 AND state != 'FINISHED';
+
+-- `publish --after`: job_id runs only after after_id FINISHED.
+CREATE TABLE dependencies (
+    job_id   INTEGER NOT NULL,
+    after_id INTEGER NOT NULL,
+    PRIMARY KEY (job_id, after_id)
+) WITHOUT ROWID;
+-- The jobs waiting for a job that just finished.
+CREATE INDEX dependencies_after ON dependencies (after_id);
 
 -- One row per `process` run: numbers the runs and records when each ran.
 CREATE TABLE runs (
@@ -71,7 +93,9 @@ CREATE TABLE runs (
     -- Version 2: jobs the run started, how many of them failed, and why the run itself failed.
     jobs        INTEGER NOT NULL DEFAULT 0,
     failed      INTEGER NOT NULL DEFAULT 0,
-    error       TEXT
+    error       TEXT,
+    -- Version 3: 1 for a `process --watch` run, which holds the lock for as long as it lives.
+    watch       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX runs_queue ON runs (queue, id);
 
@@ -101,4 +125,4 @@ CREATE TABLE notices (
 );
 CREATE INDEX notices_queue ON notices (queue, id);
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

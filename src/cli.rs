@@ -86,9 +86,38 @@ pub struct PublishArgs {
     #[arg(long, value_name = "G", value_parser = non_empty)]
     pub serial_group: Option<String>,
 
-    /// A name for the job, for `list --identifier`
+    /// A name for the job, for `list --identifier` and `--unique`
     #[arg(long, value_name = "I", value_parser = non_empty)]
     pub identifier: Option<String>,
+
+    /// Not due before this long from now (e.g. 10m)
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+
+    /// Not due before TIME: RFC 3339, or local `YYYY-MM-DD HH:MM`
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+
+    /// Higher runs first among due jobs of the queue (may be negative)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i64,
+
+    /// Run only after job ID FINISHED (repeatable)
+    #[arg(long = "after", value_name = "ID", value_parser = job_id)]
+    pub after: Vec<i64>,
+
+    /// Store nothing while a job with this --identifier is unfinished in the queue; print its id
+    #[arg(long, requires = "identifier", conflicts_with = "jsonl")]
+    pub unique: bool,
+
+    /// Start a detached `bgq process` for the queue right away [config: process_on_publish]
+    #[arg(long)]
+    pub process: bool,
 }
 
 /// Replacement parameters for `bgq retry`, read as `publish` reads them.
@@ -220,6 +249,23 @@ pub struct ProcessArgs {
     /// Start no new job after this long (e.g. 50s), then finish the running ones and exit
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub max_time: Option<Duration>,
+
+    /// Keep running and start jobs as they come (for systemd or supervisord)
+    #[arg(long)]
+    pub watch: bool,
+
+    /// With --watch: how often to look for jobs whose time has come
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::duration::parse, requires = "watch")]
+    pub poll: Duration,
+
+    /// With --watch: once bgq's own memory exceeds SIZE (e.g. 256M), finish and exit
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse, requires = "watch")]
+    pub max_memory: Option<u64>,
+
+    /// Started by `publish --process`: wait briefly for a busy lock, leave stderr notices to
+    /// the next run
+    #[arg(long, hide = true, conflicts_with = "watch")]
+    pub on_demand: bool,
 }
 
 /// `bgq list`.
@@ -308,5 +354,60 @@ mod tests {
         assert!(Cli::try_parse_from(["bgq", "process", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "process", "--max-time", "abc"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "clear", "-3"]).is_err());
+    }
+
+    #[test]
+    fn watch_options_need_watch() {
+        assert!(Cli::try_parse_from(["bgq", "process", "--poll", "2s"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "process", "--max-memory", "1G"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "bgq",
+                "process",
+                "--watch",
+                "--poll",
+                "2s",
+                "--max-memory",
+                "1G"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn publish_shaping_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "bgq",
+            "publish",
+            "cb",
+            "--json",
+            "{}",
+            "--priority",
+            "-5",
+            "--after",
+            "3",
+            "--after",
+            "4",
+        ])
+        .expect("parses");
+        let Command::Publish(args) = cli.command else {
+            panic!("not publish");
+        };
+        assert_eq!((args.priority, args.after), (-5, vec![3, 4]));
+        assert!(Cli::try_parse_from(["bgq", "publish", "cb", "--json", "{}", "--unique"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "bgq",
+                "publish",
+                "cb",
+                "--json",
+                "{}",
+                "--delay",
+                "1m",
+                "--at",
+                "2026-01-01 10:00"
+            ])
+            .is_err()
+        );
     }
 }

@@ -36,6 +36,10 @@ pub struct Config {
     pub notify_on_attempts: u32,
     /// Command that receives notices as JSON on stdin; `None`: notices go to stderr.
     pub notify: Option<Vec<String>>,
+    /// In `process --watch`, how long a WAITING job waits before it runs again.
+    pub waiting_delay: Duration,
+    /// Whether every `publish` starts a detached `process` for its queue.
+    pub process_on_publish: bool,
     /// Callbacks by name.
     pub callbacks: BTreeMap<String, Callback>,
 }
@@ -57,9 +61,31 @@ pub struct Callback {
     pub concurrency: Option<usize>,
     /// Retry schedule.
     pub retry: RetryPolicy,
+    /// What a PERMANENTLY_FAILED job of this callback does to its serial group.
+    pub serial_failure: SerialFailure,
+}
+
+/// What a PERMANENTLY_FAILED job does to its serial group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialFailure {
+    /// The group goes on past it (SPEC section 7).
+    #[default]
+    Skip,
+    /// It holds the group until an operator retries or cancels it.
+    Block,
 }
 
 impl Config {
+    /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group.
+    pub fn blocking_callbacks(&self) -> Vec<&str> {
+        self.callbacks
+            .iter()
+            .filter(|(_, callback)| callback.serial_failure == SerialFailure::Block)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     /// The callback named `name`, or a usage error naming the configured ones.
     pub fn callback(&self, name: &str) -> anyhow::Result<&Callback> {
         self.callbacks.get(name).ok_or_else(|| {
@@ -146,6 +172,7 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
                 env: callback.env.0,
                 concurrency: callback.concurrency.map(|count| count.0),
                 retry: callback.retry.unwrap_or_default().apply(base_retry.clone()),
+                serial_failure: callback.serial_failure.unwrap_or_default(),
             };
             (name, resolved)
         })
@@ -166,6 +193,10 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
         concurrency: raw.concurrency.map_or(4, |count| count.0),
         notify_on_attempts: raw.notify_on_attempts.map_or(5, |count| count.0 as u32),
         notify: raw.notify.map(|command| resolve_command(command.0, folder)),
+        waiting_delay: raw
+            .waiting_delay
+            .map_or(Duration::from_secs(60), |delay| delay.0),
+        process_on_publish: raw.process_on_publish.unwrap_or(false),
         callbacks,
     })
 }
@@ -191,6 +222,8 @@ struct RawConfig {
     concurrency: Option<Count>,
     notify_on_attempts: Option<Count>,
     notify: Option<CommandLine>,
+    waiting_delay: Option<ConfigDuration>,
+    process_on_publish: Option<bool>,
     retry: Option<RawRetry>,
     #[serde(default)]
     callbacks: BTreeMap<String, RawCallback>,
@@ -207,6 +240,7 @@ struct RawCallback {
     env: Environment,
     concurrency: Option<Count>,
     retry: Option<RawRetry>,
+    serial_failure: Option<SerialFailure>,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,6 +409,29 @@ mod tests {
         assert_eq!(callback.timeout, Duration::from_secs(60));
         assert_eq!(callback.working_dir, Path::new("/etc/bgq"));
         assert_eq!(callback.retry, RetryPolicy::default());
+        assert_eq!(callback.serial_failure, SerialFailure::Skip);
+        assert_eq!(config.waiting_delay, Duration::from_secs(60));
+        assert!(!config.process_on_publish);
+        assert!(config.blocking_callbacks().is_empty());
+    }
+
+    #[test]
+    fn serial_failure_block_is_read_per_callback() {
+        let config = parse_ok(
+            "database = \"d\"\nwaiting_delay = \"5s\"\nprocess_on_publish = true\n\
+             [callbacks.a]\ncommand = [\"x\"]\nserial_failure = \"block\"\n\
+             [callbacks.b]\ncommand = [\"x\"]\nserial_failure = \"skip\"\n",
+        );
+        assert_eq!(config.blocking_callbacks(), ["a"]);
+        assert_eq!(config.waiting_delay, Duration::from_secs(5));
+        assert!(config.process_on_publish);
+        let err = parse_err(
+            "database = \"d\"\n[callbacks.a]\ncommand = [\"x\"]\nserial_failure = \"maybe\"\n",
+        );
+        assert!(
+            err.contains(":4: serial_failure: unknown variant `maybe`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct JobRecord {
     /// When its state last changed.
     #[serde(serialize_with = "serialize_time")]
     pub state_changed_at: Millis,
+    /// Higher runs first among the due jobs of its queue.
+    pub priority: i64,
 }
 
 /// Milliseconds since the Unix epoch, as stored.

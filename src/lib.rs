@@ -17,6 +17,7 @@ pub mod notify;
 pub mod process_group;
 pub mod runner;
 pub mod running_log;
+pub mod size;
 pub mod store;
 pub mod table;
 pub mod term;

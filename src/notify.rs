@@ -201,6 +201,7 @@ mod tests {
                 started_at: Some(0),
                 finished_at: None,
                 state_changed_at: 1000,
+                priority: 0,
             }),
             output: b"smtp down\n".to_vec(),
             reason: "failed 5 attempts".to_owned(),

@@ -23,9 +23,12 @@ use crate::process_group::ProcessRecord;
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// The steps from each older version to the next: (version reached, SQL).
-const UPGRADES: [(i64, &str); 1] = [(2, include_str!("../upgrades/v2.sql"))];
+const UPGRADES: [(i64, &str); 2] = [
+    (2, include_str!("../upgrades/v2.sql")),
+    (3, include_str!("../upgrades/v3.sql")),
+];
 /// How long per-minute outcome counts are kept for `stats`.
 const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
 /// How long a writer waits for another one before giving up.
@@ -61,6 +64,8 @@ pub enum Durability {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The last `PRAGMA data_version` seen by `changed_elsewhere`.
+    data_version: Option<i64>,
 }
 
 /// A job `claim` marked PROCESSING for this run.
@@ -136,6 +141,8 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
     /// Callbacks that may be claimed, each with how many more of it may start.
     pub callbacks: &'a [(&'a str, usize)],
+    /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group (serial_failure = "block").
+    pub blocking: &'a [&'a str],
 }
 
 /// Which jobs `list` shows.
@@ -164,6 +171,9 @@ pub struct JobDetail {
     pub notified: bool,
     /// The `process` run that started it last (0: none).
     pub claimed_run: i64,
+    /// The jobs it runs after (`publish --after`), with their states (`None`: deleted by
+    /// `clear`, so it had FINISHED).
+    pub after: Vec<(i64, Option<JobState>)>,
 }
 
 /// How runs of jobs ended, per queue and minute, not yet written for `stats`.
@@ -229,6 +239,8 @@ pub struct RunInfo {
     pub failed: u64,
     /// Why it could not do its work, if so.
     pub error: Option<String>,
+    /// Whether it is a `process --watch` run.
+    pub watch: bool,
 }
 
 impl RunInfo {
@@ -320,6 +332,39 @@ pub struct PendingNotice {
     pub job: Option<JobRecord>,
 }
 
+/// How `Store::publish_with` stores its jobs: the same for every job of one publish.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    /// When the jobs are due (0: at once).
+    pub run_at: Millis,
+    /// Higher runs first among the due jobs of a queue.
+    pub priority: i64,
+    /// The jobs run only after all of these FINISHED.
+    pub after: Vec<i64>,
+    /// Store nothing while a job with the same identifier is unfinished in the queue.
+    pub unique: bool,
+}
+
+/// What `Store::publish_with` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Published {
+    /// The jobs were stored: their ids in order, and the `after` jobs not yet FINISHED, with
+    /// their states.
+    Stored {
+        /// Ids of the new jobs.
+        ids: Vec<i64>,
+        /// `after` jobs the new jobs wait for.
+        waiting_for: Vec<(i64, JobState)>,
+    },
+    /// `unique`: this unfinished job has the identifier, so nothing was stored.
+    Existing {
+        /// Its id.
+        id: i64,
+        /// Its state.
+        state: JobState,
+    },
+}
+
 impl Store {
     /// Opens (creating with its folder, mode 0600, if needed) and upgrades the database.
     pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Store> {
@@ -371,6 +416,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            data_version: None,
         };
         store.migrate()?;
         let journal: String = store
@@ -437,14 +483,69 @@ impl Store {
 
     /// Stores `jobs` in one durable transaction, all or nothing; returns their ids in order.
     pub fn publish(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
-        self.publish_inner(jobs, now)
+        match self.publish_with(jobs, &Schedule::default(), now)? {
+            Published::Stored { ids, .. } => Ok(ids),
+            Published::Existing { id, .. } => Ok(vec![id]),
+        }
+    }
+
+    /// Stores `jobs` as `schedule` says, in one durable transaction, all or nothing. An `after`
+    /// id that names no job is a usage error.
+    pub fn publish_with(
+        &mut self,
+        jobs: &[NewJob],
+        schedule: &Schedule,
+        now: Millis,
+    ) -> anyhow::Result<Published> {
+        self.publish_inner(jobs, schedule, now)
             .map_err(|err| explain_disk_full(err, &self.path))
     }
 
-    fn publish_inner(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
+    fn publish_inner(
+        &mut self,
+        jobs: &[NewJob],
+        schedule: &Schedule,
+        now: Millis,
+    ) -> anyhow::Result<Published> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if schedule.unique
+            && let Some(job) = jobs.first()
+            && let Some((id, state)) = unfinished_with_identifier(&tx, job)?
+        {
+            return Ok(Published::Existing { id, state });
+        }
+        let mut after = schedule.after.clone();
+        after.sort_unstable();
+        after.dedup();
+        let mut waiting_for = Vec::new();
+        for parent in &after {
+            let state = tx
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+                .query_row([parent], |row| read_state(row, 0))
+                .optional()?
+                .ok_or_else(|| {
+                    crate::error::usage(format!(
+                        "--after: no job {parent} in {}",
+                        self.path.display()
+                    ))
+                })?;
+            if state != JobState::Finished {
+                waiting_for.push((*parent, state));
+            }
+        }
+        let blocked_by = i64::try_from(waiting_for.len()).unwrap_or(i64::MAX);
+        let due = blocked_by == 0 && schedule.run_at <= now;
+        let run_at = schedule.run_at.max(now);
+        let shared: [&dyn rusqlite::ToSql; 6] = [
+            &now,
+            &run_at,
+            &schedule.priority,
+            &blocked_by,
+            &schedule.unique,
+            &due,
+        ];
         let mut ids = Vec::with_capacity(jobs.len());
         // Many rows per statement: a statement's fixed cost (and AUTOINCREMENT's bookkeeping)
         // is paid once per chunk instead of once per job.
@@ -453,7 +554,8 @@ impl Store {
                 .iter()
                 .map(|job| job.payload.to_msgpack())
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 8);
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(6 + chunk.len() * 5);
+            values.extend(shared);
             for (job, payload) in chunk.iter().zip(&payloads) {
                 values.extend([
                     &job.queue as &dyn rusqlite::ToSql,
@@ -461,20 +563,39 @@ impl Store {
                     payload,
                     &job.serial_group,
                     &job.identifier,
-                    &now,
-                    &now,
-                    &now,
                 ]);
             }
-            tx.prepare_cached(&insert_sql(chunk.len()))?
-                .execute(params_from_iter(values))?;
+            let inserted = tx
+                .prepare_cached(&insert_sql(chunk.len()))?
+                .execute(params_from_iter(values));
+            if let Err(err) = inserted {
+                // Another publisher stored the unique job first (possible where writers do not
+                // take turns, as they do in SQLite): it is the one to report.
+                if schedule.unique
+                    && err.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+                    && let Some((id, state)) = unfinished_with_identifier(&tx, &chunk[0])?
+                {
+                    return Ok(Published::Existing { id, state });
+                }
+                return Err(err.into());
+            }
             // Within one write transaction AUTOINCREMENT hands out consecutive ids.
             let last = tx.last_insert_rowid();
             let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
             ids.extend(last - count + 1..=last);
         }
+        if !after.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO dependencies (job_id, after_id) VALUES (?1, ?2)",
+            )?;
+            for id in &ids {
+                for parent in &after {
+                    insert.execute([id, parent])?;
+                }
+            }
+        }
         tx.commit()?;
-        Ok(ids)
+        Ok(Published::Stored { ids, waiting_for })
     }
 
     /// Records the start of a `process` run on `queue` by `runner` and returns its number.
@@ -483,19 +604,21 @@ impl Store {
         queue: &str,
         runner: &ProcessRecord,
         now: Millis,
+        watch: bool,
     ) -> anyhow::Result<i64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO runs (queue, pid, pid_started, boot_id, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO runs (queue, pid, pid_started, boot_id, started_at, watch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 queue,
                 runner.pid,
                 i64::try_from(runner.started).unwrap_or(i64::MAX),
                 runner.boot_id,
-                now
+                now,
+                watch
             ],
         )?;
         let run = tx.last_insert_rowid();
@@ -554,14 +677,32 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Moves jobs of `queue` whose time has come into the claim path, except those this run
-    /// already started (a run starts each job at most once).
-    pub fn promote_due(&mut self, queue: &str, run: i64, now: Millis) -> anyhow::Result<usize> {
-        let promoted = self
-            .conn
-            .prepare_cached(PROMOTE_SQL)?
-            .execute(params![queue, run, now])?;
+    /// Moves jobs of `queue` whose time has come into the claim path, except those that run
+    /// `started_by` already started (a cron run starts each job at most once; a watch run
+    /// passes `None`).
+    pub fn promote_due(
+        &mut self,
+        queue: &str,
+        started_by: Option<i64>,
+        now: Millis,
+    ) -> anyhow::Result<usize> {
+        let promoted = self.conn.prepare_cached(PROMOTE_SQL)?.execute(params![
+            queue,
+            started_by.unwrap_or(i64::MAX),
+            now
+        ])?;
         Ok(promoted)
+    }
+
+    /// Whether another connection (a `publish`, a `retry`, another run) committed a change
+    /// since the last call: a cheap check that reads no table.
+    pub fn changed_elsewhere(&mut self) -> anyhow::Result<bool> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        let changed = self.data_version != Some(version);
+        self.data_version = Some(version);
+        Ok(changed)
     }
 
     /// In one transaction: stores how the runs in `done` ended (counting them in `tally`, which
@@ -721,11 +862,18 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let deleted = tx.prepare_cached(CLEAR_SQL)?.execute(params![
-            cutoff,
-            after,
-            upper.unwrap_or(i64::MAX)
-        ])?;
+        let upper_id = upper.unwrap_or(i64::MAX);
+        let deleted = tx
+            .prepare_cached(CLEAR_SQL)?
+            .execute(params![cutoff, after, upper_id])?;
+        if deleted > 0 {
+            // The `--after` records of the deleted jobs: a range of the primary key.
+            tx.prepare_cached(
+                "DELETE FROM dependencies WHERE job_id > ?1 AND job_id <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = dependencies.job_id)",
+            )?
+            .execute(params![after, upper_id])?;
+        }
         tx.commit()?;
         Ok((deleted, upper))
     }
@@ -744,35 +892,68 @@ impl Store {
             "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run
              FROM jobs WHERE id = ?1"
         );
-        Ok(self
-            .conn
+        self.conn
             .query_row(&sql, [id], |row| {
-                let payload: Vec<u8> = row.get(12)?;
-                let output: Option<Vec<u8>> = row.get(13)?;
+                let payload: Vec<u8> = row.get(13)?;
+                let output: Option<Vec<u8>> = row.get(14)?;
                 Ok(JobDetail {
                     record: read_record(row)?,
                     payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
                     output: output.unwrap_or_default(),
-                    notified: row.get(14)?,
-                    claimed_run: row.get(15)?,
+                    notified: row.get(15)?,
+                    claimed_run: row.get(16)?,
+                    after: Vec::new(),
                 })
+            })
+            .optional()?
+            .map(|mut detail| {
+                detail.after = self.after(id)?;
+                Ok(detail)
+            })
+            .transpose()
+    }
+
+    /// The oldest job of `group` older than job `id` that holds it back: an unfinished one, or
+    /// a PERMANENTLY_FAILED one of a callback among `blocking`.
+    pub fn serial_blocker(
+        &self,
+        group: &str,
+        id: i64,
+        blocking: &[&str],
+    ) -> anyhow::Result<Option<(i64, JobState)>> {
+        let sql = format!(
+            "SELECT id, state FROM jobs INDEXED BY jobs_serial
+             WHERE serial_group = ? AND id < ? AND {SERIAL_STATES} AND {}
+             ORDER BY id LIMIT 1",
+            failed_holds("", blocking.len())
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group, &id];
+        values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
+        Ok(self
+            .conn
+            .query_row(&sql, params_from_iter(values), |row| {
+                Ok((row.get(0)?, read_state(row, 1)?))
             })
             .optional()?)
     }
 
-    /// The oldest unfinished job of `group` older than job `id`: the one that holds it back.
-    pub fn serial_blocker(&self, group: &str, id: i64) -> anyhow::Result<Option<(i64, JobState)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, state FROM jobs INDEXED BY jobs_serial
-                 WHERE serial_group = ?1 AND id < ?2
-                   AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
-                 ORDER BY id LIMIT 1",
-                params![group, id],
-                |row| Ok((row.get(0)?, read_state(row, 1)?)),
-            )
-            .optional()?)
+    /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
+    /// `clear`, so it had FINISHED).
+    pub fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.after_id, p.state FROM dependencies d LEFT JOIN jobs p ON p.id = d.after_id
+             WHERE d.job_id = ?1 ORDER BY d.after_id",
+        )?;
+        let rows = stmt.query_map([id], |row| {
+            let state: Option<String> = row.get(1)?;
+            Ok((row.get(0)?, state))
+        })?;
+        rows.map(|row| {
+            let (parent, state) = row?;
+            let state = state.map(|state| state.parse::<JobState>()).transpose()?;
+            Ok((parent, state))
+        })
+        .collect()
     }
 
     /// The `process` run numbered `run`, if it is still recorded.
@@ -817,7 +998,7 @@ impl Store {
             // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
             "SELECT queue, id, min(run_at), count(*) FROM jobs
              WHERE state != 'FINISHED' AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
-               AND run_at <= ?1
+               AND run_at <= ?1 AND blocked_by = 0
              GROUP BY queue ORDER BY queue",
         )?;
         let rows = stmt.query_map([now], |row| {
@@ -975,6 +1156,9 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
         return Ok(false);
     };
     tally.count(&queue, done.ended_at, done.state);
+    if done.state == JobState::Finished {
+        conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])?;
+    }
     if let Some((kind, reason)) = &done.notice {
         conn.prepare_cached(
             "INSERT INTO notices (queue, job_id, kind, reason, output, created_at)
@@ -999,7 +1183,13 @@ fn claim_one(
 ) -> anyhow::Result<Option<ClaimedJob>> {
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&claim.queue, &claim.run, &claim.now];
     values.extend(callbacks.iter().map(|name| name as &dyn rusqlite::ToSql));
-    let mut stmt = conn.prepare_cached(&claim_sql(callbacks.len()))?;
+    values.extend(
+        claim
+            .blocking
+            .iter()
+            .map(|name| name as &dyn rusqlite::ToSql),
+    );
+    let mut stmt = conn.prepare_cached(&claim_sql(callbacks.len(), claim.blocking.len()))?;
     let claimed = stmt
         .query_row(params_from_iter(values), |row| {
             let id: i64 = row.get(0)?;
@@ -1070,20 +1260,77 @@ fn free_bytes(folder: &Path) -> Option<u64> {
 /// Jobs inserted by one statement.
 const INSERT_CHUNK: usize = 100;
 
-/// An INSERT of `rows` jobs, eight parameters each.
+/// An INSERT of `rows` jobs: six values shared by all (?1 now, ?2 run_at, ?3 priority,
+/// ?4 blocked_by, ?5 is_unique, ?6 due), then five per job.
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = 7 + row * 5;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?2, ?1, ?3, ?4, ?5, ?6)",
+                first,
+                first + 1,
+                first + 2,
+                first + 3,
+                first + 4
+            )
+        })
+        .collect();
     format!(
         "INSERT INTO jobs (queue, callback, payload, serial_group, identifier, created_at, run_at,
-                           state_changed_at)
+                           state_changed_at, priority, blocked_by, is_unique, due)
          VALUES {}",
-        vec![row; rows].join(", ")
+        values.join(", ")
     )
+}
+
+/// The newest job with `job`'s identifier in its queue that is not FINISHED.
+fn unfinished_with_identifier(
+    conn: &Connection,
+    job: &NewJob,
+) -> anyhow::Result<Option<(i64, JobState)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, state FROM jobs INDEXED BY jobs_identifier
+             WHERE identifier = ?1 AND queue = ?2 AND state != 'FINISHED'
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![job.identifier, job.queue], |row| {
+            Ok((row.get(0)?, read_state(row, 1)?))
+        })
+        .optional()?)
+}
+
+/// After job ?1 FINISHED: recounts the unfinished `--after` jobs of the jobs waiting for it (a
+/// job `clear` deleted had FINISHED). Counting again, not subtracting one, keeps the count right
+/// however often a job finishes.
+const UNBLOCK_SQL: &str = "UPDATE jobs SET blocked_by = (
+        SELECT count(*) FROM dependencies d JOIN jobs p ON p.id = d.after_id
+        WHERE d.job_id = jobs.id AND p.state != 'FINISHED')
+    WHERE id IN (SELECT job_id FROM dependencies WHERE after_id = ?1) AND blocked_by > 0";
+
+/// The states of the jobs jobs_serial holds, as a condition that lets SQLite use it.
+const SERIAL_STATES: &str =
+    "state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING', 'PERMANENTLY_FAILED')";
+
+/// The condition under which a job of jobs_serial (columns prefixed with `table`) holds its
+/// group, with one parameter per callback whose PERMANENTLY_FAILED jobs hold it
+/// (serial_failure = "block").
+fn failed_holds(table: &str, blocking: usize) -> String {
+    if blocking == 0 {
+        format!("{table}state != 'PERMANENTLY_FAILED'")
+    } else {
+        format!(
+            "({table}state != 'PERMANENTLY_FAILED' OR {table}callback IN ({}))",
+            vec!["?"; blocking].join(", ")
+        )
+    }
 }
 
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).
 const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
-    WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
+    WHERE queue = ?1 AND due = 0 AND blocked_by = 0
+      AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
       AND run_at <= ?3 AND claimed_run < ?2";
 
 /// The id of the `?2 + 1`-th FINISHED job after id ?1: where a `clear` batch ends.
@@ -1094,13 +1341,17 @@ const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
     WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
 
-/// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name).
+/// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name,
+/// then one per callback whose failed jobs hold their group): the highest priority first, then
+/// the oldest.
 ///
-/// A serial group is held by any older unfinished job of it (PERMANENTLY_FAILED and CANCELLED
-/// do not hold), and by any running job of it: a job retried by an operator is older than jobs
-/// of its group that may be running, and a group never runs two jobs at once.
-fn claim_sql(callbacks: usize) -> String {
+/// A serial group is held by any older unfinished job of it (PERMANENTLY_FAILED jobs only when
+/// their callback says serial_failure = "block"; CANCELLED never), and by any running job of
+/// it: a job retried by an operator is older than jobs of its group that may be running, and a
+/// group never runs two jobs at once. So priority orders jobs across groups, never within one.
+fn claim_sql(callbacks: usize, blocking: usize) -> String {
     let placeholders = vec!["?"; callbacks].join(", ");
+    let holds = failed_holds("o.", blocking);
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
                 started_at = ?3, state_changed_at = ?3, claimed_run = ?2
@@ -1109,10 +1360,9 @@ fn claim_sql(callbacks: usize) -> String {
              WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
                AND (j.serial_group IS NULL OR NOT EXISTS (
                    SELECT 1 FROM jobs o
-                   WHERE o.serial_group = j.serial_group
-                     AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                   WHERE o.serial_group = j.serial_group AND o.{SERIAL_STATES} AND {holds}
                      AND (o.id < j.id OR o.state = 'PROCESSING')))
-             ORDER BY j.id LIMIT 1)
+             ORDER BY j.priority DESC, j.id LIMIT 1)
          RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified"
     )
 }
@@ -1147,7 +1397,7 @@ const RECORD_COLUMNS: &str = concat!(
     "id, queue, callback, state, attempts, serial_group, identifier,
      created_at, run_at, started_at, finished_at, ",
     state_changed_at!(),
-    " AS state_changed_at"
+    " AS state_changed_at, priority"
 );
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
@@ -1169,6 +1419,7 @@ fn read_record_at(row: &Row<'_>, first: usize) -> rusqlite::Result<JobRecord> {
         started_at: row.get(first + 9)?,
         finished_at: row.get(first + 10)?,
         state_changed_at: row.get(first + 11)?,
+        priority: row.get(first + 12)?,
     })
 }
 
@@ -1187,7 +1438,7 @@ fn read_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
 }
 
 const RUN_COLUMNS: &str =
-    "id, queue, pid, pid_started, boot_id, started_at, finished_at, jobs, failed, error";
+    "id, queue, pid, pid_started, boot_id, started_at, finished_at, jobs, failed, error, watch";
 
 fn read_run(row: &Row<'_>) -> rusqlite::Result<RunInfo> {
     let started: i64 = row.get(3)?;
@@ -1204,6 +1455,7 @@ fn read_run(row: &Row<'_>) -> rusqlite::Result<RunInfo> {
         jobs: read_count(row, 7)?,
         failed: read_count(row, 8)?,
         error: row.get(9)?,
+        watch: row.get(10)?,
     })
 }
 
@@ -1407,6 +1659,7 @@ mod tests {
             now,
             limit: 1,
             callbacks: &callbacks,
+            blocking: &[],
         };
         Ok(store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)?
@@ -1446,7 +1699,7 @@ mod tests {
         let ids = store
             .publish(&[job("a", None), job("a", None)], 1000)
             .expect("publish");
-        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
         let first = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("a job");
@@ -1475,7 +1728,7 @@ mod tests {
                 1000,
             )
             .expect("publish");
-        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
         let first = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("job");
@@ -1521,13 +1774,14 @@ mod tests {
                 1000,
             )
             .expect("publish");
-        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
         let request = ClaimRequest {
             queue: "general",
             run,
             now: 1000,
             limit: 3,
             callbacks: &[("a", 1), ("b", usize::MAX)],
+            blocking: &[],
         };
         let claimed = store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)
@@ -1542,7 +1796,7 @@ mod tests {
         let ids = store
             .publish(&[job("a", None), job("b", None)], 1000)
             .expect("publish");
-        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
         let claimed = claim(&mut store, "general", run, 1000, &["b"])
             .expect("claim")
             .expect("job");
@@ -1553,7 +1807,7 @@ mod tests {
     fn a_failed_job_waits_for_a_later_run_even_when_due() {
         let (_dir, mut store) = store();
         let ids = store.publish(&[job("a", None)], 1000).expect("publish");
-        let run = store.begin_run("general", &me(), 1000).expect("run");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
         claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("job");
@@ -1570,16 +1824,21 @@ mod tests {
                 notice: None,
             })
             .expect("complete");
-        assert_eq!(store.promote_due("general", run, 5000).expect("promote"), 0);
+        assert_eq!(
+            store
+                .promote_due("general", Some(run), 5000)
+                .expect("promote"),
+            0
+        );
         assert!(
             claim(&mut store, "general", run, 5000, &["a"])
                 .expect("claim")
                 .is_none()
         );
-        let next_run = store.begin_run("general", &me(), 6000).expect("run");
+        let next_run = store.begin_run("general", &me(), 6000, false).expect("run");
         assert_eq!(
             store
-                .promote_due("general", next_run, 6000)
+                .promote_due("general", Some(next_run), 6000)
                 .expect("promote"),
             1
         );
@@ -1650,6 +1909,36 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_database_is_upgraded_in_place_keeping_its_jobs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        let old = Connection::open(&path).expect("create");
+        old.execute_batch(include_str!("../upgrades/schema-v2.sql"))
+            .expect("v2 schema");
+        old.execute(
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at, serial_group)
+             VALUES ('general', 'a', ?1, 1000, 1000, 'g')",
+            [Payload::Json(serde_json::json!({"n": 1}))
+                .to_msgpack()
+                .expect("encode")],
+        )
+        .expect("v2 job");
+        drop(old);
+        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
+        assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
+        let (_fresh_dir, fresh) = store();
+        assert_eq!(shape(&upgraded), shape(&fresh));
+        let run = upgraded
+            .begin_run("general", &me(), 2000, false)
+            .expect("run");
+        let claimed = claim(&mut upgraded, "general", run, 2000, &["a"])
+            .expect("claim")
+            .expect("the old job is in the rebuilt claim index");
+        assert_eq!((claimed.id, claimed.attempts), (1, 1));
+        assert_eq!(upgraded.record(1).expect("read").expect("kept").priority, 0);
+    }
+
+    #[test]
     fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.sqlite");
@@ -1698,7 +1987,10 @@ mod tests {
     #[test]
     fn claim_promote_and_clear_use_their_indexes() {
         let (_dir, store) = store();
-        let claim = plan(&store, &claim_sql(2));
+        let claim = plan(&store, &claim_sql(2, 0));
+        let blocking = plan(&store, &claim_sql(2, 1));
+        assert!(blocking.contains("INDEX jobs_serial"), "{blocking}");
+        assert!(!blocking.contains("SCAN"), "{blocking}");
         assert!(claim.contains("USING INDEX jobs_claim"), "{claim}");
         assert!(claim.contains("INDEX jobs_serial"), "{claim}");
         assert!(!claim.contains("TEMP B-TREE"), "{claim}");
@@ -1795,5 +2087,263 @@ mod tests {
             let record = store.record(*id).expect("read").expect("stored");
             assert_eq!(record.identifier, Some(format!("job-{n}")));
         }
+    }
+
+    fn finish(store: &mut Store, id: i64, state: JobState, at: Millis) {
+        store
+            .complete(&Completion {
+                id,
+                state,
+                run_at: at,
+                due_now: false,
+                uncount_attempt: false,
+                output: Vec::new(),
+                ended_at: at,
+                notified: false,
+                notice: None,
+            })
+            .expect("complete");
+    }
+
+    #[test]
+    fn higher_priority_is_claimed_first_but_never_ahead_of_its_group() {
+        let (_dir, mut store) = store();
+        let low = store.publish(&[job("a", None)], 1000).expect("publish")[0];
+        let schedule = |priority| Schedule {
+            priority,
+            ..Schedule::default()
+        };
+        let publish = |store: &mut Store, job: NewJob, priority| match store
+            .publish_with(&[job], &schedule(priority), 1000)
+            .expect("publish")
+        {
+            Published::Stored { ids, .. } => ids[0],
+            other => panic!("{other:?}"),
+        };
+        let grouped_old = publish(&mut store, job("a", Some("g")), 0);
+        let grouped_urgent = publish(&mut store, job("a", Some("g")), 9);
+        let urgent = publish(&mut store, job("a", None), 5);
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        let mut order = Vec::new();
+        while let Some(job) = claim(&mut store, "general", run, 1000, &["a"]).expect("claim") {
+            order.push(job.id);
+            finish(&mut store, job.id, JobState::Finished, 1000);
+            store
+                .promote_due("general", Some(run), 1000)
+                .expect("promote");
+        }
+        // The urgent grouped job waits for the older job of its group, then comes first.
+        assert_eq!(order, [urgent, low, grouped_old, grouped_urgent]);
+    }
+
+    #[test]
+    fn a_job_after_others_becomes_due_when_the_last_of_them_finishes() {
+        let (_dir, mut store) = store();
+        let parents = store
+            .publish(&[job("a", None), job("a", None)], 1000)
+            .expect("publish");
+        let after = Schedule {
+            after: parents.clone(),
+            ..Schedule::default()
+        };
+        let Published::Stored { ids, waiting_for } = store
+            .publish_with(&[job("b", None)], &after, 1000)
+            .expect("publish")
+        else {
+            panic!("not stored");
+        };
+        assert_eq!(waiting_for.len(), 2);
+        let child = ids[0];
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        for _ in 0..2 {
+            claim(&mut store, "general", run, 1000, &["a"])
+                .expect("claim")
+                .expect("parent");
+        }
+        finish(&mut store, parents[0], JobState::Finished, 1000);
+        finish(&mut store, parents[1], JobState::PermanentlyFailed, 1000);
+        store
+            .promote_due("general", Some(run), 1000)
+            .expect("promote");
+        assert!(
+            claim(&mut store, "general", run, 1000, &["b"])
+                .expect("claim")
+                .is_none()
+        );
+        let retry = Change::Retry {
+            now: 2000,
+            payload: None,
+        };
+        store
+            .change(&Selection::Ids(&parents[1..]), &retry, false, |_| Ok(true))
+            .expect("retry");
+        let run = store.begin_run("general", &me(), 2000, false).expect("run");
+        store
+            .promote_due("general", Some(run), 2000)
+            .expect("promote");
+        let again = claim(&mut store, "general", run, 2000, &["a", "b"])
+            .expect("claim")
+            .expect("the retried parent");
+        assert_eq!(again.id, parents[1]);
+        assert!(
+            claim(&mut store, "general", run, 2000, &["b"])
+                .expect("claim")
+                .is_none()
+        );
+        finish(&mut store, parents[1], JobState::Finished, 2000);
+        store
+            .promote_due("general", Some(run), 2000)
+            .expect("promote");
+        let claimed = claim(&mut store, "general", run, 2000, &["b"])
+            .expect("claim")
+            .expect("due now");
+        assert_eq!(claimed.id, child);
+        let unknown = Schedule {
+            after: vec![999],
+            ..Schedule::default()
+        };
+        let err = store
+            .publish_with(&[job("b", None)], &unknown, 1000)
+            .expect_err("unknown parent");
+        assert_eq!(crate::error::exit_code(&err), 2);
+        assert!(
+            err.to_string().starts_with("--after: no job 999 in "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_unique_job_is_stored_once_while_unfinished() {
+        let (_dir, mut store) = store();
+        let unique = Schedule {
+            unique: true,
+            ..Schedule::default()
+        };
+        let named = NewJob {
+            identifier: Some("x".to_owned()),
+            ..job("a", None)
+        };
+        let Published::Stored { ids, .. } = store
+            .publish_with(std::slice::from_ref(&named), &unique, 1000)
+            .expect("publish")
+        else {
+            panic!("not stored");
+        };
+        assert_eq!(
+            store
+                .publish_with(std::slice::from_ref(&named), &unique, 1000)
+                .expect("publish"),
+            Published::Existing {
+                id: ids[0],
+                state: JobState::Ready
+            }
+        );
+        let other_queue = NewJob {
+            queue: "other".to_owned(),
+            ..named.clone()
+        };
+        assert!(matches!(
+            store
+                .publish_with(&[other_queue], &unique, 1000)
+                .expect("publish"),
+            Published::Stored { .. }
+        ));
+        // The index holds even for a writer that skips the check.
+        let err = store
+            .conn
+            .execute(
+                "UPDATE jobs SET is_unique = 1 WHERE id = (SELECT max(id) FROM jobs WHERE queue = 'other')
+                   OR id = ?1",
+                [ids[0]],
+            )
+            .and_then(|_| {
+                store.conn.execute(
+                    "INSERT INTO jobs (queue, callback, payload, identifier, created_at, run_at, is_unique)
+                     VALUES ('general', 'a', x'c0', 'x', 1, 1, 1)",
+                    [],
+                )
+            })
+            .expect_err("a second unfinished unique job");
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation)
+        );
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        claim(&mut store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        finish(&mut store, ids[0], JobState::Finished, 1000);
+        assert!(matches!(
+            store
+                .publish_with(&[named], &unique, 1000)
+                .expect("publish"),
+            Published::Stored { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failed_job_holds_its_group_only_for_blocking_callbacks() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(&[job("a", Some("g")), job("a", Some("g"))], 1000)
+            .expect("publish");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        let first = claim(&mut store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        finish(&mut store, first.id, JobState::PermanentlyFailed, 1000);
+        let request = ClaimRequest {
+            queue: "general",
+            run,
+            now: 1000,
+            limit: 1,
+            callbacks: &[("a", usize::MAX)],
+            blocking: &["a"],
+        };
+        let held = store
+            .settle_and_claim(&[], &request, &mut Tally::default(), false)
+            .expect("claim");
+        assert!(held.is_empty());
+        assert_eq!(
+            store.serial_blocker("g", ids[1], &["a"]).expect("read"),
+            Some((ids[0], JobState::PermanentlyFailed))
+        );
+        assert_eq!(store.serial_blocker("g", ids[1], &[]).expect("read"), None);
+        let next = claim(&mut store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("skip goes on");
+        assert_eq!(next.id, ids[1]);
+    }
+
+    #[test]
+    fn delayed_jobs_wait_outside_the_claim_path() {
+        let (_dir, mut store) = store();
+        let later = Schedule {
+            run_at: 5000,
+            ..Schedule::default()
+        };
+        store
+            .publish_with(&[job("a", None)], &later, 1000)
+            .expect("publish");
+        let run = store.begin_run("general", &me(), 1000, true).expect("run");
+        assert_eq!(
+            store.promote_due("general", None, 4999).expect("promote"),
+            0
+        );
+        assert!(
+            claim(&mut store, "general", run, 4999, &["a"])
+                .expect("claim")
+                .is_none()
+        );
+        assert_eq!(
+            store.promote_due("general", None, 5000).expect("promote"),
+            1
+        );
+        assert!(
+            claim(&mut store, "general", run, 5000, &["a"])
+                .expect("claim")
+                .is_some()
+        );
+        assert!(store.last_run("general").expect("read").expect("run").watch);
     }
 }

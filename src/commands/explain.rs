@@ -76,9 +76,35 @@ fn explain(
             config.path.display()
         ));
     }
-    if let Some(group) = &job.serial_group
-        && let Some((blocker, state)) = store.serial_blocker(group, job.id)?
+    let parents = &detail.after;
+    if let Some((parent, state)) = parents.iter().find(|(_, state)| {
+        matches!(
+            state,
+            Some(JobState::PermanentlyFailed | JobState::Cancelled)
+        )
+    }) {
+        let state = state.map_or("", JobState::as_str);
+        return Ok(format!(
+            "waits for job {parent}, which is {state}: it runs only after `bgq retry {parent}` and job {parent} finishes"
+        ));
+    }
+    if let Some((parent, Some(state))) = parents
+        .iter()
+        .find(|(_, state)| state.is_some_and(|state| state != JobState::Finished))
     {
+        return Ok(format!(
+            "waits for job {parent} ({state}) to finish (--after)"
+        ));
+    }
+    if let Some(group) = &job.serial_group
+        && let Some((blocker, state)) =
+            store.serial_blocker(group, job.id, &config.blocking_callbacks())?
+    {
+        if state == JobState::PermanentlyFailed {
+            return Ok(format!(
+                "is behind job {blocker} (PERMANENTLY_FAILED) of serial group `{group}`, which holds the group (serial_failure = \"block\"): `bgq retry {blocker}` or `bgq cancel {blocker}` frees it"
+            ));
+        }
         return Ok(format!(
             "is behind job {blocker} ({state}) of serial group `{group}`"
         ));
@@ -89,6 +115,11 @@ fn explain(
                 "is in backoff until {} after attempt {} failed",
                 when(job.run_at, now),
                 job.attempts
+            )
+        } else if job.state == JobState::Waiting {
+            format!(
+                "is WAITING until {} (waiting_delay of `process --watch`)",
+                when(job.run_at, now)
             )
         } else {
             format!("is delayed until {}", when(job.run_at, now))
@@ -108,6 +139,12 @@ fn due(last: Option<RunInfo>, claimed_run: i64, queue: &str, now: Millis) -> Str
         return format!("is due, but no `process` has run for queue `{queue}` yet");
     };
     if run.finished_at.is_none() && process_group::is_alive(&run.runner) {
+        if run.watch {
+            return format!(
+                "is due: the running `process --watch` of queue `{queue}` (pid {}) starts it when a slot is free",
+                run.runner.pid
+            );
+        }
         if run.id == claimed_run {
             // One run starts a job at most once (it was retried after this run ran it).
             return format!(

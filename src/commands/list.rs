@@ -173,6 +173,7 @@ mod tests {
             started_at: None,
             finished_at,
             state_changed_at: run_at,
+            priority: 0,
         }
     }
 

@@ -1,5 +1,6 @@
 //! `bgq process`: under the queue's lock, recovers jobs a dead run left PROCESSING, then runs
-//! every due job once, up to `concurrency` at a time, and exits.
+//! every due job once, up to `concurrency` at a time, and exits. With `--watch` it stays, and
+//! starts jobs as they come and fall due, until a signal or one of its limits ends it.
 //!
 //! The main thread owns the database: it claims jobs, starts their callbacks, and commits each
 //! outcome before that slot starts another job. One thread per running callback only waits for
@@ -35,6 +36,12 @@ const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(5);
 const TALLY_EVERY: Duration = Duration::from_secs(5);
 /// A clock this far behind the last run's last recorded time has been set back.
 const CLOCK_SLACK: Millis = 1000;
+/// How long a run started by `publish --process` waits for a run that holds the lock to end.
+const ON_DEMAND_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting run tries the lock again.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
+/// How often `--watch` sends the notices its jobs stored, as one digest.
+const NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs `bgq process`.
 pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result<()> {
@@ -44,7 +51,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let canonical = std::fs::canonicalize(store.path())
         .with_context(|| format!("cannot resolve {}", store.path().display()))?;
     let lock_path = process_lock_path(&config.temp_dir, &canonical, queue);
-    let Some(lock) = Lock::try_acquire(&lock_path)? else {
+    let Some(lock) = acquire(&lock_path, args, &stop, verbose)? else {
         if verbose {
             eprintln!(
                 "bgq: another `process` of queue `{queue}` holds {}; exiting",
@@ -59,7 +66,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         .context("cannot read this process's start time from /proc")?;
     let last_seen = store.last_run(queue)?.map(|run| run.last_seen());
     let now = now_millis();
-    let run = store.begin_run(queue, &me, now)?;
+    let run = store.begin_run(queue, &me, now, args.watch)?;
     if let Some(last) = last_seen.filter(|last| *last > now + CLOCK_SLACK) {
         follow_clock_back(&mut store, queue, last - now)?;
     }
@@ -79,6 +86,9 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         tally_written: Instant::now(),
         started: 0,
         failed: 0,
+        blocking: config.blocking_callbacks(),
+        watch: args.watch.then_some(args.poll),
+        on_demand: args.on_demand,
     };
     let limits = Limits {
         concurrency: args.concurrency.map_or(config.concurrency, |n| {
@@ -86,6 +96,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         }),
         max_jobs: args.max_jobs,
         deadline: args.max_time.map(|max| Instant::now() + max),
+        max_memory: args.max_memory,
     };
     let result = worker.work(&limits, &stop);
     let error = result.as_ref().err().map(|err| format!("{err:#}"));
@@ -98,6 +109,38 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         error.as_deref(),
     );
     result.and(ended)
+}
+
+/// Takes the queue's lock. A cron run gives up at once when another run holds it; a run
+/// started by `publish --process` waits briefly (the holder may be ending without having seen
+/// the new job); `--watch` waits as a standby until it gets the lock or a signal stops it.
+fn acquire(
+    path: &std::path::Path,
+    args: &ProcessArgs,
+    stop: &AtomicBool,
+    verbose: bool,
+) -> anyhow::Result<Option<Lock>> {
+    let give_up = args.on_demand.then(|| Instant::now() + ON_DEMAND_LOCK_WAIT);
+    let mut said = false;
+    loop {
+        if let Some(lock) = Lock::try_acquire(path)? {
+            return Ok(Some(lock));
+        }
+        if !(args.watch || args.on_demand)
+            || stop.load(Ordering::Relaxed)
+            || give_up.is_some_and(|at| Instant::now() >= at)
+        {
+            return Ok(None);
+        }
+        if args.watch && verbose && !said {
+            eprintln!(
+                "bgq: another `process` holds {}; waiting for it",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(if args.watch { TICK } else { LOCK_RETRY });
+    }
 }
 
 /// A clock jump as people say it: to the second, or to the minute past an hour.
@@ -135,6 +178,8 @@ struct Limits {
     concurrency: usize,
     max_jobs: Option<u64>,
     deadline: Option<Instant>,
+    /// `--watch`: bgq's own resident memory, in bytes, past which it starts nothing new.
+    max_memory: Option<u64>,
 }
 
 /// What a waiter thread tells the main loop about a callback.
@@ -236,6 +281,12 @@ struct Worker<'a> {
     started: u64,
     /// Of those, how many failed (temporarily or permanently).
     failed: u64,
+    /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group.
+    blocking: Vec<&'a str>,
+    /// `--watch`, with its poll interval.
+    watch: Option<Duration>,
+    /// Started by `publish --process`, with nowhere to print.
+    on_demand: bool,
 }
 
 /// A job whose callback is running.
@@ -258,9 +309,106 @@ impl Worker<'_> {
     fn work(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
         self.recover_orphans()?;
         self.warn_unknown_callbacks()?;
-        self.drain(limits, stop)?;
-        self.store.write_tally(&mut self.tally)?;
-        self.send_notices()
+        if let Some(poll) = self.watch {
+            self.watch(limits, stop, poll)?;
+            self.store.write_tally(&mut self.tally)?;
+            self.send_notices()?;
+            return Ok(());
+        }
+        loop {
+            // Jobs published (or freed by a job that finished) after the last look are due too:
+            // look again until a look starts nothing.
+            loop {
+                let before = self.started;
+                self.drain(limits, stop)?;
+                if self.started == before {
+                    break;
+                }
+            }
+            self.store.write_tally(&mut self.tally)?;
+            // A digest can take a while to send: a job published meanwhile would otherwise wait
+            // for the next run (its `publish --process` found the lock taken).
+            if !self.send_notices()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// How many jobs may start now under `limits` (0 once a limit or a signal says stop).
+    fn wanted(&self, limits: &Limits, stop: &AtomicBool) -> usize {
+        let accepting = !stop.load(Ordering::Relaxed)
+            && limits.deadline.is_none_or(|at| Instant::now() < at)
+            && limits.max_memory.is_none_or(|max| {
+                crate::size::resident_bytes().is_none_or(|resident| resident <= max)
+            });
+        let mut want = if accepting {
+            limits.concurrency.saturating_sub(self.running.len())
+        } else {
+            0
+        };
+        if let Some(max) = limits.max_jobs {
+            let left = max.saturating_sub(self.started);
+            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        want
+    }
+
+    /// Starts jobs as they come and fall due until a signal or a limit stops it; then lets the
+    /// running ones finish. New jobs are noticed through the database's change counter, at
+    /// once; jobs whose time comes, every `poll`.
+    fn watch(&mut self, limits: &Limits, stop: &AtomicBool, poll: Duration) -> anyhow::Result<()> {
+        let mut last_promote: Option<Instant> = None;
+        let mut notices_sent = Instant::now();
+        let mut look = true;
+        let mut stopping = false;
+        loop {
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event)?;
+                look = true;
+            }
+            let want = if stopping {
+                0
+            } else {
+                self.wanted(limits, stop)
+            };
+            // A limit reached stays reached: memory that went down again does not restart it.
+            stopping = want == 0 && self.running.len() < limits.concurrency;
+            if stopping && self.running.is_empty() && self.settled.is_empty() {
+                return Ok(());
+            }
+            let changed = self.store.changed_elsewhere()?;
+            let time_to_promote = last_promote.is_none_or(|at| at.elapsed() >= poll);
+            if want > 0 && (changed || time_to_promote) {
+                self.store.promote_due(self.queue, None, now_millis())?;
+                last_promote = Some(Instant::now());
+                look = true;
+            }
+            if (want > 0 && look) || !self.settled.is_empty() {
+                let claimed = self.settle_and_claim(want)?;
+                self.started += claimed.len() as u64;
+                look = !claimed.is_empty();
+                self.start_all(claimed)?;
+            }
+            if !self.settled.is_empty() {
+                continue;
+            }
+            if self.tally_written.elapsed() >= TALLY_EVERY && !self.tally.is_empty() {
+                self.store.write_tally(&mut self.tally)?;
+                self.tally_written = Instant::now();
+            }
+            if notices_sent.elapsed() >= NOTICE_EVERY {
+                self.send_notices()?;
+                notices_sent = Instant::now();
+            }
+            match self.events.recv_timeout(TICK) {
+                Ok(event) => {
+                    self.handle(event)?;
+                    look = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => bail!("lost track of running callbacks"),
+            }
+        }
     }
 
     fn drain(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -269,19 +417,10 @@ impl Worker<'_> {
             while let Ok(event) = self.events.try_recv() {
                 self.handle(event)?;
             }
-            let accepting = !stop.load(Ordering::Relaxed)
-                && limits.deadline.is_none_or(|at| Instant::now() < at);
-            let mut want = if accepting {
-                limits.concurrency.saturating_sub(self.running.len())
-            } else {
-                0
-            };
-            if let Some(max) = limits.max_jobs {
-                let left = max.saturating_sub(self.started);
-                want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
-            }
+            let want = self.wanted(limits, stop);
             if want > 0 && last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
-                self.store.promote_due(self.queue, self.run, now_millis())?;
+                self.store
+                    .promote_due(self.queue, Some(self.run), now_millis())?;
                 last_promote = Some(Instant::now());
             }
             if want > 0 || !self.settled.is_empty() {
@@ -325,6 +464,7 @@ impl Worker<'_> {
             now: now_millis(),
             limit: want,
             callbacks: &capacities,
+            blocking: &self.blocking,
         };
         let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
         let claimed =
@@ -461,7 +601,14 @@ impl Worker<'_> {
             },
             Outcome::Waiting => Transition {
                 state: JobState::Waiting,
-                run_at: now,
+                // A cron run leaves it to the next run; a watch run to `waiting_delay` from now.
+                run_at: match self.watch {
+                    Some(_) => now.saturating_add(
+                        Millis::try_from(self.config.waiting_delay.as_millis())
+                            .unwrap_or(Millis::MAX),
+                    ),
+                    None => now,
+                },
                 notice: None,
                 notified_now: false,
             },
@@ -540,11 +687,15 @@ impl Worker<'_> {
     }
 
     /// Sends the notices this run (and any earlier run that died first) stored, as one digest,
-    /// then forgets them.
-    fn send_notices(&mut self) -> anyhow::Result<()> {
+    /// then forgets them; returns whether it sent any. A run started by `publish --process`
+    /// has no stderr anyone reads: without a `notify` command it leaves them to the next run.
+    fn send_notices(&mut self) -> anyhow::Result<bool> {
+        if self.on_demand && self.config.notify.is_none() {
+            return Ok(false);
+        }
         let pending = self.store.pending_notices(self.queue)?;
         if pending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let ids: Vec<i64> = pending.iter().map(|notice| notice.id).collect();
         let notices: Vec<Notice> = pending
@@ -558,7 +709,8 @@ impl Worker<'_> {
             })
             .collect();
         notify::send_digest(self.config.notify.as_deref(), &notices);
-        self.store.delete_notices(&ids)
+        self.store.delete_notices(&ids)?;
+        Ok(true)
     }
 
     /// Puts back jobs a dead run left PROCESSING, after killing what is left of their callbacks.

@@ -1,19 +1,30 @@
 //! `bgq publish`: validates the job against the config, then stores it durably and prints its id.
-//! Everything is checked before the database is opened, so a refused publish writes nothing.
+//! Everything is checked before the database is opened, and what needs the database (`--after`
+//! ids) inside the storing transaction, so a refused publish writes nothing.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 
 use anyhow::Context;
 
 use crate::cli::PublishArgs;
 use crate::config::Config;
 use crate::error::usage;
-use crate::job::{NewJob, Payload, now_millis};
-use crate::store::{Durability, Store};
+use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
+use crate::store::{Durability, Published, Schedule, Store};
 
 /// Runs `bgq publish`.
 pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
     config.callback(&args.callback)?;
+    let now = now_millis();
+    let run_at = match (&args.delay, &args.at) {
+        (Some(delay), _) => {
+            now.saturating_add(Millis::try_from(delay.as_millis()).unwrap_or(Millis::MAX))
+        }
+        (None, Some(at)) => parse_at(at)?,
+        (None, None) => now,
+    };
     let payloads = read_payloads(args)?;
     let queue = args.queue.clone().unwrap_or_else(|| config.queue.clone());
     let jobs: Vec<NewJob> = payloads
@@ -26,17 +37,103 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
             identifier: args.identifier.clone(),
         })
         .collect();
+    let schedule = Schedule {
+        run_at,
+        priority: args.priority,
+        after: args.after.clone(),
+        unique: args.unique,
+    };
     let mut store = Store::open(&config.database, Durability::Full)?;
-    let ids = store
-        .publish(&jobs, now_millis())
+    let published = store
+        .publish_with(&jobs, &schedule, now)
         .context("cannot store the job")?;
+    drop(store);
     let mut stdout = std::io::stdout().lock();
-    if args.jsonl.is_some() {
-        writeln!(stdout, "{}", ids.len())?;
-    } else if let Some(id) = ids.first() {
-        writeln!(stdout, "{id}")?;
+    match published {
+        Published::Existing { id, state } => {
+            writeln!(stdout, "{id}")?;
+            stdout.flush()?;
+            eprintln!(
+                "bgq: job {id} ({state}) already has identifier `{}` in queue `{queue}`: no new job stored",
+                args.identifier.as_deref().unwrap_or_default()
+            );
+        }
+        Published::Stored { ids, waiting_for } => {
+            if args.jsonl.is_some() {
+                writeln!(stdout, "{}", ids.len())?;
+            } else if let Some(id) = ids.first() {
+                writeln!(stdout, "{id}")?;
+            }
+            stdout.flush()?;
+            for (parent, state) in waiting_for {
+                if matches!(state, JobState::PermanentlyFailed | JobState::Cancelled) {
+                    eprintln!(
+                        "bgq: note: job {parent} is {state}: the new job runs only after `bgq retry {parent}` and job {parent} finishes"
+                    );
+                }
+            }
+            if (args.process || config.process_on_publish) && run_at <= now {
+                start_process(config, &queue)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Starts `bgq process` for `queue` detached from this publish: in its own session, with no
+/// terminal and no stdio, so that neither a terminal's hangup nor a caller reading our output
+/// to its end waits for it. It takes the queue's lock like any run.
+fn start_process(config: &Config, queue: &str) -> anyhow::Result<()> {
+    let bgq = std::env::current_exe().context("cannot find the bgq binary to start `process`")?;
+    let mut command = std::process::Command::new(bgq);
+    command
+        .arg("--config")
+        .arg(&config.path)
+        .args(["process", "--on-demand", "--queue", queue])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Not waited for: it outlives us, and init reaps it.
+    command
+        .spawn()
+        .context("the job is stored, but `process` could not be started")?;
+    Ok(())
+}
+
+/// The time `--at` names: RFC 3339, or local `YYYY-MM-DD HH:MM` (`:SS` optional).
+pub fn parse_at(text: &str) -> anyhow::Result<Millis> {
+    use chrono::{Local, NaiveDateTime, TimeZone};
+    let invalid = || {
+        usage(format!(
+            "invalid --at `{text}`: write RFC 3339 (2026-11-24T03:00:00Z) or local time (2026-11-24 03:00)"
+        ))
+    };
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_millis());
+    }
+    let local = ["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .ok_or_else(invalid)?;
+    // In a DST fold the earlier of the two times; in a gap there is no such local time.
+    Local
+        .from_local_datetime(&local)
+        .earliest()
+        .map(|time| time.timestamp_millis())
+        .ok_or_else(|| {
+            usage(format!(
+                "invalid --at `{text}`: no such local time (a daylight saving gap)"
+            ))
+        })
 }
 
 fn read_payloads(args: &PublishArgs) -> anyhow::Result<Vec<Payload>> {
@@ -111,6 +208,37 @@ pub fn parse_jsonl(bytes: &[u8]) -> anyhow::Result<Vec<Payload>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn at_reads_rfc3339_and_local_minutes() {
+        assert_eq!(
+            parse_at("2026-11-24T03:00:00Z").expect("utc"),
+            1_795_489_200_000
+        );
+        assert_eq!(
+            parse_at("2026-11-24T04:00:00+01:00").expect("offset"),
+            1_795_489_200_000
+        );
+        let local = parse_at("2026-11-24 03:00").expect("local");
+        let expected = chrono::Local
+            .with_ymd_and_hms(2026, 11, 24, 3, 0, 0)
+            .earliest()
+            .expect("exists")
+            .timestamp_millis();
+        assert_eq!(local, expected);
+        for bad in [
+            "tomorrow",
+            "2026-11-24",
+            "2026-13-01 10:00",
+            "24.11.2026 03:00",
+            "",
+        ] {
+            let err = parse_at(bad).expect_err(bad);
+            assert_eq!(crate::error::exit_code(&err), 2);
+            assert!(err.to_string().starts_with("invalid --at"), "{err}");
+        }
+    }
 
     #[test]
     fn jsonl_reads_one_job_per_line() {

@@ -55,6 +55,8 @@ fn to_json(detail: &JobDetail) -> anyhow::Result<String> {
         next_run_at(detail).map(format_utc).into(),
     );
     object.insert("notified".into(), detail.notified.into());
+    let after: Vec<i64> = detail.after.iter().map(|(id, _)| *id).collect();
+    object.insert("after".into(), after.into());
     match &detail.payload {
         Ok(Payload::Json(parameters)) => {
             object.insert("parameters".into(), parameters.clone());
@@ -78,6 +80,24 @@ fn to_json(detail: &JobDetail) -> anyhow::Result<String> {
     Ok(value.to_string())
 }
 
+/// The jobs it runs after, with their states: `5 (FINISHED), 6 (READY)`, or `-`.
+fn after(detail: &JobDetail) -> String {
+    if detail.after.is_empty() {
+        return "-".to_owned();
+    }
+    detail
+        .after
+        .iter()
+        .map(|(id, state)| {
+            format!(
+                "{id} ({})",
+                state.map_or("FINISHED, cleared", JobState::as_str)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
     let job = &detail.record;
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
@@ -97,6 +117,8 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
         ("callback", job.callback.clone()),
         ("serial group", or_dash(&job.serial_group)),
         ("identifier", or_dash(&job.identifier)),
+        ("priority", job.priority.to_string()),
+        ("after", after(detail)),
         ("attempts", attempts),
         ("created", time(Some(job.created_at))),
         ("started", time(job.started_at)),

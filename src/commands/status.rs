@@ -29,13 +29,17 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         let last_run = store.last_run(queue)?;
         let problems = problems(last_run.as_ref(), due, now, stale_after);
         if problems.is_empty() {
-            let last =
-                last_run.map_or_else(|| "never".to_owned(), |run| relative(run.last_seen(), now));
             let count = due.map_or(0, |due| due.count);
-            writeln!(
-                out,
-                "ok: queue `{queue}`: last `process` run {last}, {count} due job(s)"
-            )?;
+            let runs = match last_run {
+                Some(run) if watching(&run) => format!(
+                    "`process --watch` (pid {}) running since {}",
+                    run.runner.pid,
+                    when(run.started_at, now)
+                ),
+                Some(run) => format!("last `process` run {}", relative(run.last_seen(), now)),
+                None => "last `process` run never".to_owned(),
+            };
+            writeln!(out, "ok: queue `{queue}`: {runs}, {count} due job(s)")?;
         }
         for problem in &problems {
             healthy = false;
@@ -50,6 +54,12 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `run` is a `process --watch` that still runs: it holds the lock for as long as it
+/// lives, so that is no sign of a hung run.
+fn watching(run: &RunInfo) -> bool {
+    run.watch && run.finished_at.is_none() && process_group::is_alive(&run.runner)
+}
+
 /// What is wrong with a queue whose last run is `last_run` and due jobs `due`, one line each.
 fn problems(
     last_run: Option<&RunInfo>,
@@ -60,6 +70,7 @@ fn problems(
     let mut problems = Vec::new();
     match last_run {
         None => problems.push("no `process` run has been recorded".to_owned()),
+        Some(run) if watching(run) => {}
         Some(run) if run.finished_at.is_none() && process_group::is_alive(&run.runner) => {
             if now - run.started_at > stale_after {
                 problems.push(format!(

@@ -1,0 +1,107 @@
+-- The schema of version 2, kept unchanged so that tests can upgrade a version-2 database and
+-- compare it with a new one. The binary never applies this file.
+--
+-- bgq: the canonical schema. The binary embeds this file and applies it to a new database;
+-- `PRAGMA user_version` records which version a database has.
+--
+-- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4, and
+-- CANCELLED (`bgq cancel`). Older databases are upgraded by the files in upgrades/.
+
+CREATE TABLE jobs (
+    -- AUTOINCREMENT: ids must keep increasing in publish order even after `clear` deleted the newest.
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT    NOT NULL,
+    callback      TEXT    NOT NULL,
+    -- The parameters as MessagePack: a JSON value, or a `bin` holding the exact bytes of a --raw job.
+    payload       BLOB    NOT NULL,
+    state         TEXT    NOT NULL DEFAULT 'READY',
+    -- Runs that counted (a run that ended WAITING does not).
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    serial_group  TEXT,
+    identifier    TEXT,
+    created_at    INTEGER NOT NULL,
+    -- When the job is due (publish time, end of its backoff, or the WAITING run's end).
+    run_at        INTEGER NOT NULL,
+    -- 1 while the job is in the claim path: runnable now, waiting only for a free slot. 0 while it
+    -- waits for run_at or for the next `process` run, so that future jobs never slow claims down.
+    due           INTEGER NOT NULL DEFAULT 1,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    -- The `process` run (runs.id) that started the job last; one run starts a job at most once.
+    -- (The process group running it is recorded in that run's lock file: see running_log.rs.)
+    claimed_run   INTEGER NOT NULL DEFAULT 0,
+    -- Tail of what the last run printed (stdout and stderr).
+    output        BLOB,
+    -- 1 once the notify_on_attempts notice went out.
+    notified      INTEGER NOT NULL DEFAULT 0,
+    -- When the state last changed (version 2; columns added by upgrades go last, so that an
+    -- upgraded database and a new one have the same columns in the same order).
+    state_changed_at INTEGER NOT NULL DEFAULT 0
+);
+
+-- The claim path: runnable jobs of a queue, oldest first.
+CREATE INDEX jobs_claim ON jobs (queue, id) WHERE due = 1;
+-- Jobs waiting for their time (backoff, WAITING), found by time when they fall due.
+CREATE INDEX jobs_schedule ON jobs (queue, run_at)
+    WHERE due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
+-- Unfinished jobs of a serial group, to hold back younger ones.
+CREATE INDEX jobs_serial ON jobs (serial_group, id)
+    WHERE serial_group IS NOT NULL
+      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING');
+-- Jobs left PROCESSING, for orphan recovery.
+CREATE INDEX jobs_processing ON jobs (queue) WHERE state = 'PROCESSING';
+-- `list --state S`, `--queue Q`, `--callback C`: newest first, however large the table.
+-- jobs_state also walks `clear` through the FINISHED jobs in id order.
+CREATE INDEX jobs_state ON jobs (state, id);
+-- FINISHED jobs stay out of these two, so that `clear` has fewer entries to delete: `list`
+-- reads FINISHED jobs through jobs_state.
+CREATE INDEX jobs_queue ON jobs (queue, id) WHERE state != 'FINISHED';
+CREATE INDEX jobs_callback ON jobs (callback, id) WHERE state != 'FINISHED';
+-- `list --identifier` and `list --unfinished`.
+CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT NULL;
+
+-- One row per `process` run: numbers the runs and records when each ran.
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    -- The `process` that ran it (pid, start ticks, boot id): recovery leaves alone the jobs of a
+    -- run that still lives, even if a misconfigured temp_dir let it bypass the lock.
+    pid         INTEGER NOT NULL,
+    pid_started INTEGER NOT NULL,
+    boot_id     TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    -- Version 2: jobs the run started, how many of them failed, and why the run itself failed.
+    jobs        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
+);
+CREATE INDEX runs_queue ON runs (queue, id);
+
+-- How runs of jobs ended, counted per queue and minute, for `bgq stats` (kept for two days).
+CREATE TABLE outcomes (
+    queue              TEXT    NOT NULL,
+    -- Unix epoch minutes.
+    minute             INTEGER NOT NULL,
+    finished           INTEGER NOT NULL DEFAULT 0,
+    temporarily_failed INTEGER NOT NULL DEFAULT 0,
+    permanently_failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute)
+) WITHOUT ROWID;
+
+-- Notices not yet sent. Each is stored with the job's new state, in one transaction, and deleted
+-- once sent: a `process` that dies before sending its digest leaves them to the next run.
+CREATE TABLE notices (
+    id         INTEGER PRIMARY KEY,
+    queue      TEXT    NOT NULL,
+    job_id     INTEGER NOT NULL,
+    -- attempts, failed, orphan or recovered
+    kind       TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    -- Tail of what the job's run printed.
+    output     BLOB,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX notices_queue ON notices (queue, id);
+
+PRAGMA user_version = 2;
