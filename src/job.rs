@@ -193,6 +193,9 @@ pub struct JobRecord {
     pub state_changed_at: Millis,
     /// Higher runs first among the due jobs of its queue.
     pub priority: i64,
+    /// How many of the jobs it was published `--after` have not FINISHED yet.
+    #[serde(skip)]
+    pub blocked_by: i64,
 }
 
 /// Milliseconds since the Unix epoch, as stored.

@@ -202,6 +202,7 @@ mod tests {
                 finished_at: None,
                 state_changed_at: 1000,
                 priority: 0,
+                blocked_by: 0,
             }),
             output: b"smtp down\n".to_vec(),
             reason: "failed 5 attempts".to_owned(),

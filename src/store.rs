@@ -894,14 +894,14 @@ impl Store {
         );
         self.conn
             .query_row(&sql, [id], |row| {
-                let payload: Vec<u8> = row.get(13)?;
-                let output: Option<Vec<u8>> = row.get(14)?;
+                let payload: Vec<u8> = row.get(14)?;
+                let output: Option<Vec<u8>> = row.get(15)?;
                 Ok(JobDetail {
                     record: read_record(row)?,
                     payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
                     output: output.unwrap_or_default(),
-                    notified: row.get(15)?,
-                    claimed_run: row.get(16)?,
+                    notified: row.get(16)?,
+                    claimed_run: row.get(17)?,
                     after: Vec::new(),
                 })
             })
@@ -1397,7 +1397,7 @@ const RECORD_COLUMNS: &str = concat!(
     "id, queue, callback, state, attempts, serial_group, identifier,
      created_at, run_at, started_at, finished_at, ",
     state_changed_at!(),
-    " AS state_changed_at, priority"
+    " AS state_changed_at, priority, blocked_by"
 );
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
@@ -1420,6 +1420,7 @@ fn read_record_at(row: &Row<'_>, first: usize) -> rusqlite::Result<JobRecord> {
         finished_at: row.get(first + 10)?,
         state_changed_at: row.get(first + 11)?,
         priority: row.get(first + 12)?,
+        blocked_by: row.get(first + 13)?,
     })
 }
 

@@ -130,6 +130,7 @@ fn state_paint(state: JobState) -> Paint {
 /// The time that matters for a job in its state, e.g. `retry in 2 min`, `finished 3 min ago`.
 fn when(job: &JobRecord, now: Millis) -> String {
     match job.state {
+        JobState::Ready if job.blocked_by > 0 => "after other jobs".to_owned(),
         JobState::Ready if job.run_at > now => format!("due {}", relative(job.run_at, now)),
         JobState::Ready => "due".to_owned(),
         JobState::Processing => {
@@ -174,6 +175,7 @@ mod tests {
             finished_at,
             state_changed_at: run_at,
             priority: 0,
+            blocked_by: 0,
         }
     }
 
@@ -207,5 +209,10 @@ mod tests {
             when(&job(JobState::Ready, now + 5000, None), now),
             "due in 5s"
         );
+        let waiting = JobRecord {
+            blocked_by: 1,
+            ..job(JobState::Ready, now - 5000, None)
+        };
+        assert_eq!(when(&waiting, now), "after other jobs");
     }
 }

@@ -114,7 +114,7 @@ pub fn parse_at(text: &str) -> anyhow::Result<Millis> {
     use chrono::{Local, NaiveDateTime, TimeZone};
     let invalid = || {
         usage(format!(
-            "invalid --at `{text}`: write RFC 3339 (2026-11-24T03:00:00Z) or local time (2026-11-24 03:00)"
+            "invalid --at `{text}`: write RFC 3339 (2026-11-24T03:00:00Z) or local time as YYYY-MM-DD HH:MM"
         ))
     };
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
