@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    TestEnv, TestResult, alive, callback_toml, read_lines, send_signal, toml_str, wait_for,
+    TestEnv, TestResult, alive, callback_toml, hanging_callback, read_lines, send_signal, toml_str,
+    wait_for,
 };
 
 /// `[retry]` with no delay, so the next `process` run picks a failed job up again.
@@ -279,14 +280,7 @@ fn without_notify_each_notice_is_one_stderr_line() -> TestResult {
 fn orphan_recovery_goes_into_the_digest() -> TestResult {
     let env = TestEnv::new("")?;
     let notify = digest_notify(&env)?;
-    let pidfile = env.path("hang.pid");
-    let hang = env.script(
-        "hang.sh",
-        &format!(
-            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
+    let (hang, pidfile) = hanging_callback(&env, "hang.sh")?;
     let ok = env.script("ok.sh", "exit 0")?;
     env.write_config(&format!("{notify}\n{}", callback_toml("cb", &hang, "")))?;
     let id = env.publish("cb", "{}")?;
@@ -326,14 +320,7 @@ fn orphan_recovery_goes_into_the_digest() -> TestResult {
 #[test]
 fn orphan_is_not_repeated_as_a_stderr_notice() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("hang.pid");
-    let hang = env.script(
-        "hang.sh",
-        &format!(
-            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
+    let (hang, pidfile) = hanging_callback(&env, "hang.sh")?;
     // After recovery the job says "not yet" (WAITING), which is never notified.
     let later = env.script("later.sh", "exit 76")?;
     env.write_config(&callback_toml("cb", &hang, ""))?;

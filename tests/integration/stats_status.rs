@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::support::{
     TestEnv, TestResult, callback_toml, describe, env_with_callbacks, expect_error, expect_refused,
-    faketime_available, read_lines, send_signal, wait_for,
+    faketime_available, hanging_callback, read_lines, send_signal, wait_for,
 };
 
 /// The seven job states, as `stats` names them.
@@ -569,14 +569,7 @@ fn stats_output_into_a_missing_folder_fails() -> TestResult {
 #[test]
 fn stats_reports_a_killed_run_as_died() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("callback.pid");
-    let block = env.script(
-        "block.sh",
-        &format!(
-            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
+    let (block, pidfile) = hanging_callback(&env, "block.sh")?;
     env.write_config(&callback_toml("block", &block, ""))?;
     let _cleanup = KillPidFile(pidfile.clone());
     env.publish("block", "{}")?;

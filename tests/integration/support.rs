@@ -515,3 +515,17 @@ pub fn listed_ids(env: &TestEnv, args: &[&str]) -> TestResult<Vec<i64>> {
         })
         .collect()
 }
+
+/// A callback script `name` that writes its pid to a file, then sleeps 30 s in that process:
+/// returns the script and the pid file (written whole, by a rename).
+pub fn hanging_callback(env: &TestEnv, name: &str) -> TestResult<(PathBuf, PathBuf)> {
+    let pidfile = env.path(&format!("{name}.pid"));
+    let script = env.script(
+        name,
+        &format!(
+            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
+            p = pidfile.display()
+        ),
+    )?;
+    Ok((script, pidfile))
+}

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks,
-    expect_refused, intervals, lock_files, max_overlap, notices, notify_line, read_lines,
-    send_signal, timed_body, wait_for,
+    expect_refused, hanging_callback, intervals, lock_files, max_overlap, notices, notify_line,
+    read_lines, send_signal, timed_body, wait_for,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -738,14 +738,7 @@ fn status_reports_a_job_due_too_long_even_while_a_watcher_runs() -> TestResult {
 #[test]
 fn watch_recovers_orphans_when_it_starts() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("hang.pid");
-    let hang = env.script(
-        "hang.sh",
-        &format!(
-            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
+    let (hang, pidfile) = hanging_callback(&env, "hang.sh")?;
     env.write_config(&callback_toml("cb", &hang, ""))?;
     let id = env.publish("cb", "{}")?;
     let mut killed = env.spawn(&["process"])?;
