@@ -43,17 +43,23 @@ CREATE TABLE jobs (
     is_unique     INTEGER NOT NULL DEFAULT 0
 );
 
--- The claim path: runnable jobs of a queue, highest priority first, then oldest first.
-CREATE INDEX jobs_claim ON jobs (queue, priority DESC, id) WHERE due = 1;
+-- The claim path: runnable jobs of a queue, highest priority first, then oldest first. (Named
+-- jobs_claim up to version 2: a `process` of bgq 2 still running when the file is upgraded
+-- fails at its next claim instead of claiming without priorities and `--after`.)
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE due = 1 AND blocked_by = 0;
 -- Jobs waiting for their time (delay, backoff, WAITING), found by time when they fall due; jobs
 -- still waiting for their `--after` jobs stay out until those finish.
 CREATE INDEX jobs_schedule ON jobs (queue, run_at)
     WHERE due = 0 AND blocked_by = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
--- Jobs of a serial group that may hold back younger ones: the unfinished ones, and the
--- PERMANENTLY_FAILED ones (which hold it when their callback has serial_failure = "block").
+-- Unfinished jobs of a serial group, to hold back younger ones.
 CREATE INDEX jobs_serial ON jobs (serial_group, id)
     WHERE serial_group IS NOT NULL
-      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING', 'PERMANENTLY_FAILED');
+      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING');
+-- PERMANENTLY_FAILED jobs of a serial group, which hold it when their callback says
+-- serial_failure = "block". Apart from jobs_serial, so that the failures a long-lived group
+-- collects cost nothing to groups that skip them.
+CREATE INDEX jobs_serial_failed ON jobs (serial_group, callback, id)
+    WHERE serial_group IS NOT NULL AND state = 'PERMANENTLY_FAILED';
 -- Jobs left PROCESSING, for orphan recovery.
 CREATE INDEX jobs_processing ON jobs (queue) WHERE state = 'PROCESSING';
 -- `list --state S`, `--queue Q`, `--callback C`: newest first, however large the table.

@@ -143,6 +143,8 @@ pub struct ClaimRequest<'a> {
     pub callbacks: &'a [(&'a str, usize)],
     /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group (serial_failure = "block").
     pub blocking: &'a [&'a str],
+    /// Serial groups of the jobs the run is running (one cancelled with `--kill` included).
+    pub running_groups: &'a [&'a str],
 }
 
 /// Which jobs `list` shows.
@@ -510,30 +512,41 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut after = schedule.after.clone();
+        after.sort_unstable();
+        after.dedup();
+        let mut waiting_for = Vec::new();
+        // Ids up to this one were handed out; one that is gone was FINISHED and cleared.
+        let last_id: i64 = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'jobs'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        for parent in &after {
+            let state = tx
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+                .query_row([parent], |row| read_state(row, 0))
+                .optional()?;
+            match state {
+                Some(JobState::Finished) => {}
+                Some(state) => waiting_for.push((*parent, state)),
+                None if *parent <= last_id => {}
+                None => {
+                    return Err(crate::error::usage(format!(
+                        "--after: no job {parent} in {}",
+                        self.path.display()
+                    )));
+                }
+            }
+        }
         if schedule.unique
             && let Some(job) = jobs.first()
             && let Some((id, state)) = unfinished_with_identifier(&tx, job)?
         {
             return Ok(Published::Existing { id, state });
-        }
-        let mut after = schedule.after.clone();
-        after.sort_unstable();
-        after.dedup();
-        let mut waiting_for = Vec::new();
-        for parent in &after {
-            let state = tx
-                .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
-                .query_row([parent], |row| read_state(row, 0))
-                .optional()?
-                .ok_or_else(|| {
-                    crate::error::usage(format!(
-                        "--after: no job {parent} in {}",
-                        self.path.display()
-                    ))
-                })?;
-            if state != JobState::Finished {
-                waiting_for.push((*parent, state));
-            }
         }
         let blocked_by = i64::try_from(waiting_for.len()).unwrap_or(i64::MAX);
         let due = blocked_by == 0 && schedule.run_at <= now;
@@ -627,12 +640,15 @@ impl Store {
             "DELETE FROM runs WHERE queue = ?1 AND id <= ?2 - 100",
             params![queue, run],
         )?;
-        tx.execute(
-            "DELETE FROM outcomes WHERE queue = ?1 AND minute < ?2",
-            params![queue, now / 60_000 - OUTCOMES_KEPT_MINUTES],
-        )?;
+        prune_outcomes(&tx, queue, now)?;
         tx.commit()?;
         Ok(run)
+    }
+
+    /// Deletes the outcome counts of `queue` that `stats` no longer shows (a long `--watch`
+    /// run calls it now and then; other runs prune when they begin).
+    pub fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
+        prune_outcomes(&self.conn, queue, now)
     }
 
     /// Records the end of a `process` run: how many jobs it started, how many of them failed,
@@ -759,8 +775,8 @@ impl Store {
     ) -> anyhow::Result<Vec<(String, i64)>> {
         let placeholders = vec!["?"; known.len()].join(", ");
         let sql = format!(
-            "SELECT callback, count(*) FROM jobs INDEXED BY jobs_claim
-             WHERE queue = ? AND due = 1 AND callback NOT IN ({placeholders})
+            "SELECT callback, count(*) FROM jobs INDEXED BY jobs_ready
+             WHERE queue = ? AND due = 1 AND blocked_by = 0 AND callback NOT IN ({placeholders})
              GROUP BY callback ORDER BY callback"
         );
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue];
@@ -921,20 +937,39 @@ impl Store {
         id: i64,
         blocking: &[&str],
     ) -> anyhow::Result<Option<(i64, JobState)>> {
-        let sql = format!(
-            "SELECT id, state FROM jobs INDEXED BY jobs_serial
-             WHERE serial_group = ? AND id < ? AND {SERIAL_STATES} AND {}
-             ORDER BY id LIMIT 1",
-            failed_holds("", blocking.len())
-        );
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group, &id];
-        values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
-        Ok(self
+        let read = |row: &Row<'_>| Ok((row.get(0)?, read_state(row, 1)?));
+        let unfinished: Option<(i64, JobState)> = self
             .conn
-            .query_row(&sql, params_from_iter(values), |row| {
-                Ok((row.get(0)?, read_state(row, 1)?))
-            })
-            .optional()?)
+            .query_row(
+                "SELECT id, state FROM jobs INDEXED BY jobs_serial
+                 WHERE serial_group = ?1 AND id < ?2
+                   AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                 ORDER BY id LIMIT 1",
+                params![group, id],
+                read,
+            )
+            .optional()?;
+        let failed: Option<(i64, JobState)> = if blocking.is_empty() {
+            None
+        } else {
+            let sql = format!(
+                "SELECT id, state FROM jobs INDEXED BY jobs_serial_failed
+                 WHERE serial_group = ? AND state = 'PERMANENTLY_FAILED'
+                   AND callback IN ({}) AND id < ?
+                 ORDER BY id LIMIT 1",
+                vec!["?"; blocking.len()].join(", ")
+            );
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group];
+            values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
+            values.push(&id);
+            self.conn
+                .query_row(&sql, params_from_iter(values), read)
+                .optional()?
+        };
+        Ok(unfinished
+            .into_iter()
+            .chain(failed)
+            .min_by_key(|(id, _)| *id))
     }
 
     /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
@@ -1121,6 +1156,12 @@ impl Store {
     }
 }
 
+fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result<()> {
+    conn.prepare_cached("DELETE FROM outcomes WHERE queue = ?1 AND minute < ?2")?
+        .execute(params![queue, now / 60_000 - OUTCOMES_KEPT_MINUTES])?;
+    Ok(())
+}
+
 /// Stores how a run ended, counts its outcome and stores its notice. A job that is no longer
 /// PROCESSING was cancelled while it ran: it stays CANCELLED and only the output is stored,
 /// unless its callback got through anyway (FINISHED is the truth; a retry would repeat it).
@@ -1156,8 +1197,15 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
         return Ok(false);
     };
     tally.count(&queue, done.ended_at, done.state);
-    if done.state == JobState::Finished {
-        conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])?;
+    if done.state == JobState::Finished && conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])? > 0
+    {
+        // Due from now, not from when it was published: `status` must not call it late.
+        conn.prepare_cached(
+            "UPDATE jobs SET run_at = ?2
+             WHERE id IN (SELECT job_id FROM dependencies WHERE after_id = ?1)
+               AND blocked_by = 0 AND due = 0 AND state = 'READY' AND run_at < ?2",
+        )?
+        .execute(params![done.id, done.ended_at])?;
     }
     if let Some((kind, reason)) = &done.notice {
         conn.prepare_cached(
@@ -1189,7 +1237,17 @@ fn claim_one(
             .iter()
             .map(|name| name as &dyn rusqlite::ToSql),
     );
-    let mut stmt = conn.prepare_cached(&claim_sql(callbacks.len(), claim.blocking.len()))?;
+    values.extend(
+        claim
+            .running_groups
+            .iter()
+            .map(|name| name as &dyn rusqlite::ToSql),
+    );
+    let mut stmt = conn.prepare_cached(&claim_sql(
+        callbacks.len(),
+        claim.blocking.len(),
+        claim.running_groups.len(),
+    ))?;
     let claimed = stmt
         .query_row(params_from_iter(values), |row| {
             let id: i64 = row.get(0)?;
@@ -1309,24 +1367,6 @@ const UNBLOCK_SQL: &str = "UPDATE jobs SET blocked_by = (
         WHERE d.job_id = jobs.id AND p.state != 'FINISHED')
     WHERE id IN (SELECT job_id FROM dependencies WHERE after_id = ?1) AND blocked_by > 0";
 
-/// The states of the jobs jobs_serial holds, as a condition that lets SQLite use it.
-const SERIAL_STATES: &str =
-    "state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING', 'PERMANENTLY_FAILED')";
-
-/// The condition under which a job of jobs_serial (columns prefixed with `table`) holds its
-/// group, with one parameter per callback whose PERMANENTLY_FAILED jobs hold it
-/// (serial_failure = "block").
-fn failed_holds(table: &str, blocking: usize) -> String {
-    if blocking == 0 {
-        format!("{table}state != 'PERMANENTLY_FAILED'")
-    } else {
-        format!(
-            "({table}state != 'PERMANENTLY_FAILED' OR {table}callback IN ({}))",
-            vec!["?"; blocking].join(", ")
-        )
-    }
-}
-
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).
 const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
     WHERE queue = ?1 AND due = 0 AND blocked_by = 0
@@ -1342,28 +1382,48 @@ const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
     WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
 
 /// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name,
-/// then one per callback whose failed jobs hold their group): the highest priority first, then
-/// the oldest.
+/// one per callback whose failed jobs hold their group, and one per serial group the run is
+/// running): the highest priority first, then the oldest.
 ///
-/// A serial group is held by any older unfinished job of it (PERMANENTLY_FAILED jobs only when
-/// their callback says serial_failure = "block"; CANCELLED never), and by any running job of
-/// it: a job retried by an operator is older than jobs of its group that may be running, and a
-/// group never runs two jobs at once. So priority orders jobs across groups, never within one.
-fn claim_sql(callbacks: usize, blocking: usize) -> String {
-    let placeholders = vec!["?"; callbacks].join(", ");
-    let holds = failed_holds("o.", blocking);
+/// A serial group is held by any older unfinished job of it, by an older PERMANENTLY_FAILED
+/// one whose callback says serial_failure = "block" (CANCELLED never holds), and by any running
+/// job of it: a job retried by an operator is older than jobs of its group that may be
+/// running, and a group never runs two jobs at once. The run's own running groups are named
+/// too, since a job cancelled with `--kill` is no longer PROCESSING while its callback stops.
+/// So priority orders jobs across groups, never within one.
+fn claim_sql(callbacks: usize, blocking: usize, running_groups: usize) -> String {
+    let list = |count: usize| vec!["?"; count].join(", ");
+    let failed = if blocking == 0 {
+        String::new()
+    } else {
+        format!(
+            "AND NOT EXISTS (
+                 SELECT 1 FROM jobs f INDEXED BY jobs_serial_failed
+                 WHERE f.serial_group = j.serial_group AND f.state = 'PERMANENTLY_FAILED'
+                   AND f.callback IN ({}) AND f.id < j.id)",
+            list(blocking)
+        )
+    };
+    let running = if running_groups == 0 {
+        String::new()
+    } else {
+        format!("AND j.serial_group NOT IN ({})", list(running_groups))
+    };
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
                 started_at = ?3, state_changed_at = ?3, claimed_run = ?2
          WHERE id = (
-             SELECT j.id FROM jobs j INDEXED BY jobs_claim
-             WHERE j.queue = ?1 AND j.due = 1 AND j.callback IN ({placeholders})
-               AND (j.serial_group IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM jobs o
-                   WHERE o.serial_group = j.serial_group AND o.{SERIAL_STATES} AND {holds}
-                     AND (o.id < j.id OR o.state = 'PROCESSING')))
+             SELECT j.id FROM jobs j INDEXED BY jobs_ready
+             WHERE j.queue = ?1 AND j.due = 1 AND j.blocked_by = 0
+               AND j.callback IN ({callbacks})
+               AND (j.serial_group IS NULL OR (NOT EXISTS (
+                   SELECT 1 FROM jobs o INDEXED BY jobs_serial
+                   WHERE o.serial_group = j.serial_group
+                     AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                     AND (o.id < j.id OR o.state = 'PROCESSING')) {failed} {running}))
              ORDER BY j.priority DESC, j.id LIMIT 1)
-         RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified"
+         RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified",
+        callbacks = list(callbacks)
     )
 }
 
@@ -1661,6 +1721,7 @@ mod tests {
             limit: 1,
             callbacks: &callbacks,
             blocking: &[],
+            running_groups: &[],
         };
         Ok(store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)?
@@ -1783,6 +1844,7 @@ mod tests {
             limit: 3,
             callbacks: &[("a", 1), ("b", usize::MAX)],
             blocking: &[],
+            running_groups: &[],
         };
         let claimed = store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)
@@ -1988,11 +2050,16 @@ mod tests {
     #[test]
     fn claim_promote_and_clear_use_their_indexes() {
         let (_dir, store) = store();
-        let claim = plan(&store, &claim_sql(2, 0));
-        let blocking = plan(&store, &claim_sql(2, 1));
-        assert!(blocking.contains("INDEX jobs_serial"), "{blocking}");
+        let claim = plan(&store, &claim_sql(2, 0, 0));
+        // A group's PERMANENTLY_FAILED jobs are read only for callbacks that block on them.
+        assert!(!claim.contains("jobs_serial_failed"), "{claim}");
+        let blocking = plan(&store, &claim_sql(2, 1, 2));
+        assert!(
+            blocking.contains("INDEX jobs_serial_failed (serial_group=? AND callback=? AND id<?)"),
+            "{blocking}"
+        );
         assert!(!blocking.contains("SCAN"), "{blocking}");
-        assert!(claim.contains("USING INDEX jobs_claim"), "{claim}");
+        assert!(claim.contains("USING INDEX jobs_ready"), "{claim}");
         assert!(claim.contains("INDEX jobs_serial"), "{claim}");
         assert!(!claim.contains("TEMP B-TREE"), "{claim}");
         assert!(!claim.contains("SCAN"), "{claim}");
@@ -2300,6 +2367,7 @@ mod tests {
             limit: 1,
             callbacks: &[("a", usize::MAX)],
             blocking: &["a"],
+            running_groups: &[],
         };
         let held = store
             .settle_and_claim(&[], &request, &mut Tally::default(), false)

@@ -42,6 +42,8 @@ const ON_DEMAND_LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// How often `--watch` sends the notices its jobs stored, as one digest.
 const NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// How often `--watch` deletes outcome counts `stats` no longer shows.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs `bgq process`.
 pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result<()> {
@@ -336,21 +338,27 @@ impl Worker<'_> {
 
     /// How many jobs may start now under `limits` (0 once a limit or a signal says stop).
     fn wanted(&self, limits: &Limits, stop: &AtomicBool) -> usize {
-        let accepting = !stop.load(Ordering::Relaxed)
-            && limits.deadline.is_none_or(|at| Instant::now() < at)
-            && limits.max_memory.is_none_or(|max| {
-                crate::size::resident_bytes().is_none_or(|resident| resident <= max)
-            });
-        let mut want = if accepting {
-            limits.concurrency.saturating_sub(self.running.len())
-        } else {
-            0
-        };
-        if let Some(max) = limits.max_jobs {
-            let left = max.saturating_sub(self.started);
-            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+        if self.limit_reached(limits, stop) {
+            return 0;
         }
-        want
+        let want = limits.concurrency.saturating_sub(self.running.len());
+        match limits.max_jobs {
+            Some(max) => {
+                let left = max.saturating_sub(self.started);
+                want.min(usize::try_from(left).unwrap_or(usize::MAX))
+            }
+            None => want,
+        }
+    }
+
+    /// Whether a signal or one of `limits` says to start nothing more.
+    fn limit_reached(&self, limits: &Limits, stop: &AtomicBool) -> bool {
+        stop.load(Ordering::Relaxed)
+            || limits.deadline.is_some_and(|at| Instant::now() >= at)
+            || limits.max_jobs.is_some_and(|max| self.started >= max)
+            || limits.max_memory.is_some_and(|max| {
+                crate::size::resident_bytes().is_some_and(|resident| resident > max)
+            })
     }
 
     /// Starts jobs as they come and fall due until a signal or a limit stops it; then lets the
@@ -359,6 +367,7 @@ impl Worker<'_> {
     fn watch(&mut self, limits: &Limits, stop: &AtomicBool, poll: Duration) -> anyhow::Result<()> {
         let mut last_promote: Option<Instant> = None;
         let mut notices_sent = Instant::now();
+        let mut pruned = Instant::now();
         let mut look = true;
         let mut stopping = false;
         loop {
@@ -366,17 +375,19 @@ impl Worker<'_> {
                 self.handle(event)?;
                 look = true;
             }
+            // A limit reached stays reached: memory that went down again does not restart it.
+            stopping = stopping || self.limit_reached(limits, stop);
             let want = if stopping {
                 0
             } else {
                 self.wanted(limits, stop)
             };
-            // A limit reached stays reached: memory that went down again does not restart it.
-            stopping = want == 0 && self.running.len() < limits.concurrency;
             if stopping && self.running.is_empty() && self.settled.is_empty() {
                 return Ok(());
             }
-            let changed = self.store.changed_elsewhere()?;
+            // Read only when a job could start, so that a change seen while every slot is busy
+            // is still news when one frees.
+            let changed = want > 0 && self.store.changed_elsewhere()?;
             let time_to_promote = last_promote.is_none_or(|at| at.elapsed() >= poll);
             if want > 0 && (changed || time_to_promote) {
                 self.store.promote_due(self.queue, None, now_millis())?;
@@ -384,10 +395,22 @@ impl Worker<'_> {
                 look = true;
             }
             if (want > 0 && look) || !self.settled.is_empty() {
+                // A job that finished may free jobs published `--after` it: promote again soon.
+                if self
+                    .settled
+                    .iter()
+                    .any(|done| done.state == JobState::Finished)
+                {
+                    last_promote = None;
+                }
                 let claimed = self.settle_and_claim(want)?;
                 self.started += claimed.len() as u64;
                 look = !claimed.is_empty();
                 self.start_all(claimed)?;
+            }
+            if pruned.elapsed() >= PRUNE_EVERY {
+                self.store.prune_outcomes(self.queue, now_millis())?;
+                pruned = Instant::now();
             }
             if !self.settled.is_empty() {
                 continue;
@@ -458,6 +481,13 @@ impl Worker<'_> {
                 (name.as_str(), left)
             })
             .collect();
+        let mut running_groups: Vec<&str> = self
+            .running
+            .values()
+            .filter_map(|running| running.job.serial_group.as_deref())
+            .collect();
+        running_groups.sort_unstable();
+        running_groups.dedup();
         let request = ClaimRequest {
             queue: self.queue,
             run: self.run,
@@ -465,6 +495,7 @@ impl Worker<'_> {
             limit: want,
             callbacks: &capacities,
             blocking: &self.blocking,
+            running_groups: &running_groups,
         };
         let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
         let claimed =

@@ -93,12 +93,23 @@ fn start_process(config: &Config, queue: &str) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    // SAFETY: setsid and close_range are async-signal-safe system calls that touch no memory of
+    // ours.
     unsafe {
         command.pre_exec(|| {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Files the caller left open to us (a web server's listening socket, say) must not
+            // stay open for as long as the run lasts: close them on exec. Kernels before 5.11
+            // lack the call; the run then keeps them, as any child would.
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }

@@ -25,6 +25,7 @@ mod retries;
 mod retry_cancel;
 mod serial_groups;
 mod shaping;
+mod shaping_edges;
 mod show_explain;
 mod signals;
 mod stats_status;
