@@ -178,6 +178,16 @@ pub struct JobDetail {
     pub after: Vec<(i64, Option<JobState>)>,
 }
 
+impl JobDetail {
+    /// The jobs it was published `--after` that have not FINISHED, with their states.
+    pub fn waits_for(&self) -> impl Iterator<Item = (i64, JobState)> + '_ {
+        self.after.iter().filter_map(|(id, state)| match state {
+            Some(state) if *state != JobState::Finished => Some((*id, *state)),
+            _ => None,
+        })
+    }
+}
+
 /// How runs of jobs ended, per queue and minute, not yet written for `stats`.
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
@@ -483,7 +493,8 @@ impl Store {
             .query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 
-    /// Stores `jobs` in one durable transaction, all or nothing; returns their ids in order.
+    /// Stores `jobs`, due now, in one durable transaction; returns their ids in order.
+    #[cfg(test)]
     pub fn publish(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
         match self.publish_with(jobs, &Schedule::default(), now)? {
             Published::Stored { ids, .. } => Ok(ids),
@@ -517,14 +528,17 @@ impl Store {
         after.dedup();
         let mut waiting_for = Vec::new();
         // Ids up to this one were handed out; one that is gone was FINISHED and cleared.
-        let last_id: i64 = tx
-            .query_row(
+        let last_id: i64 = if after.is_empty() {
+            0
+        } else {
+            tx.query_row(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'jobs'",
                 [],
                 |row| row.get(0),
             )
             .optional()?
-            .unwrap_or(0);
+            .unwrap_or(0)
+        };
         for parent in &after {
             let state = tx
                 .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?

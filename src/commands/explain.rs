@@ -76,25 +76,23 @@ fn explain(
             config.path.display()
         ));
     }
-    let parents = &detail.after;
-    if let Some((parent, state)) = parents.iter().find(|(_, state)| {
-        matches!(
-            state,
-            Some(JobState::PermanentlyFailed | JobState::Cancelled)
-        )
-    }) {
-        let state = state.map_or("", JobState::as_str);
-        return Ok(format!(
-            "waits for job {parent}, which is {state}: it runs only after `bgq retry {parent}` and job {parent} finishes"
-        ));
-    }
-    if let Some((parent, Some(state))) = parents
-        .iter()
-        .find(|(_, state)| state.is_some_and(|state| state != JobState::Finished))
-    {
-        return Ok(format!(
-            "waits for job {parent} ({state}) to finish (--after)"
-        ));
+    // A parent that needs an operator says more than one that will finish by itself.
+    let parent = detail
+        .waits_for()
+        .find(|(_, state)| matches!(state, JobState::PermanentlyFailed | JobState::Cancelled))
+        .or_else(|| detail.waits_for().next());
+    match parent {
+        Some((parent, state @ (JobState::PermanentlyFailed | JobState::Cancelled))) => {
+            return Ok(format!(
+                "waits for job {parent}, which is {state}: it runs only after `bgq retry {parent}` and job {parent} finishes"
+            ));
+        }
+        Some((parent, state)) => {
+            return Ok(format!(
+                "waits for job {parent} ({state}) to finish (--after)"
+            ));
+        }
+        None => {}
     }
     if let Some(group) = &job.serial_group
         && let Some((blocker, state)) =

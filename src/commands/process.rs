@@ -89,7 +89,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         started: 0,
         failed: 0,
         blocking: config.blocking_callbacks(),
-        watch: args.watch.then_some(args.poll),
+        watch_poll: args.watch.then_some(args.poll),
         on_demand: args.on_demand,
     };
     let limits = Limits {
@@ -285,8 +285,8 @@ struct Worker<'a> {
     failed: u64,
     /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group.
     blocking: Vec<&'a str>,
-    /// `--watch`, with its poll interval.
-    watch: Option<Duration>,
+    /// `--watch`: its poll interval.
+    watch_poll: Option<Duration>,
     /// Started by `publish --process`, with nowhere to print.
     on_demand: bool,
 }
@@ -311,7 +311,7 @@ impl Worker<'_> {
     fn work(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
         self.recover_orphans()?;
         self.warn_unknown_callbacks()?;
-        if let Some(poll) = self.watch {
+        if let Some(poll) = self.watch_poll {
             self.watch(limits, stop, poll)?;
             self.store.write_tally(&mut self.tally)?;
             self.send_notices()?;
@@ -336,11 +336,8 @@ impl Worker<'_> {
         }
     }
 
-    /// How many jobs may start now under `limits` (0 once a limit or a signal says stop).
-    fn wanted(&self, limits: &Limits, stop: &AtomicBool) -> usize {
-        if self.limit_reached(limits, stop) {
-            return 0;
-        }
+    /// How many jobs may start now: the free slots, within what `--max-jobs` leaves.
+    fn free_slots(&self, limits: &Limits) -> usize {
         let want = limits.concurrency.saturating_sub(self.running.len());
         match limits.max_jobs {
             Some(max) => {
@@ -377,11 +374,7 @@ impl Worker<'_> {
             }
             // A limit reached stays reached: memory that went down again does not restart it.
             stopping = stopping || self.limit_reached(limits, stop);
-            let want = if stopping {
-                0
-            } else {
-                self.wanted(limits, stop)
-            };
+            let want = if stopping { 0 } else { self.free_slots(limits) };
             if stopping && self.running.is_empty() && self.settled.is_empty() {
                 return Ok(());
             }
@@ -440,7 +433,11 @@ impl Worker<'_> {
             while let Ok(event) = self.events.try_recv() {
                 self.handle(event)?;
             }
-            let want = self.wanted(limits, stop);
+            let want = if self.limit_reached(limits, stop) {
+                0
+            } else {
+                self.free_slots(limits)
+            };
             if want > 0 && last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
                 self.store
                     .promote_due(self.queue, Some(self.run), now_millis())?;
@@ -633,7 +630,7 @@ impl Worker<'_> {
             Outcome::Waiting => Transition {
                 state: JobState::Waiting,
                 // A cron run leaves it to the next run; a watch run to `waiting_delay` from now.
-                run_at: match self.watch {
+                run_at: match self.watch_poll {
                     Some(_) => now.saturating_add(
                         Millis::try_from(self.config.waiting_delay.as_millis())
                             .unwrap_or(Millis::MAX),

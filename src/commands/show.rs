@@ -106,12 +106,7 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
         Some(callback) => format!("{} of {}", job.attempts, callback.retry.max_attempts),
         None => job.attempts.to_string(),
     };
-    let waits_for: Vec<String> = detail
-        .after
-        .iter()
-        .filter(|(_, state)| state.is_some_and(|state| state != JobState::Finished))
-        .map(|(id, _)| id.to_string())
-        .collect();
+    let waits_for: Vec<String> = detail.waits_for().map(|(id, _)| id.to_string()).collect();
     let next_run = match next_run_at(detail) {
         Some(_) if !waits_for.is_empty() => format!("after job {} finishes", waits_for.join(", ")),
         Some(at) if at > now => full_time(at, now),
