@@ -21,6 +21,7 @@ pub mod size;
 pub mod store;
 pub mod table;
 pub mod term;
+pub mod wake;
 
 use cli::{Cli, Command};
 

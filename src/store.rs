@@ -450,6 +450,13 @@ impl Store {
         &self.path
     }
 
+    /// The file every commit writes (SQLite's write-ahead log), for watching the database.
+    pub fn write_log_path(&self) -> PathBuf {
+        let mut path = self.path.clone().into_os_string();
+        path.push("-wal");
+        PathBuf::from(path)
+    }
+
     fn migrate(&mut self) -> anyhow::Result<()> {
         let version = self.user_version()?;
         if version == SCHEMA_VERSION {

@@ -42,6 +42,10 @@ const ON_DEMAND_LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// How often `--watch` sends the notices its jobs stored, as one digest.
 const NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// How long `--watch` keeps looking for the commit of a write it was woken by.
+const RECHECK_FOR: Duration = Duration::from_millis(50);
+/// How often it looks meanwhile.
+const RECHECK: Duration = Duration::from_millis(2);
 /// How often `--watch` deletes outcome counts `stats` no longer shows.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -73,6 +77,15 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         follow_clock_back(&mut store, queue, last - now)?;
     }
     let (finished_tx, finished_rx) = mpsc::channel();
+    if args.watch {
+        let wake = finished_tx.clone();
+        let written = crate::wake::on_write(&store.write_log_path(), move || {
+            wake.send(Event::DatabaseWritten).is_ok()
+        });
+        if let Err(err) = written {
+            eprintln!("bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once");
+        }
+    }
     let mut worker = Worker {
         config,
         store,
@@ -194,6 +207,8 @@ enum Event {
         exit: Exit,
         output: Vec<u8>,
     },
+    /// Another process wrote the database (`--watch`): look at it now, not at the next tick.
+    DatabaseWritten,
 }
 
 /// Threads that wait on running callbacks, one per running callback at most, reused from job
@@ -367,10 +382,13 @@ impl Worker<'_> {
         let mut pruned = Instant::now();
         let mut look = true;
         let mut stopping = false;
+        // After a write to the database that is not visible yet (its commit is still under
+        // way), look again every RECHECK until then.
+        let mut recheck_until: Option<Instant> = None;
+        let mut written = false;
         loop {
             while let Ok(event) = self.events.try_recv() {
-                self.handle(event)?;
-                look = true;
+                self.handle_watching(event, &mut look, &mut written)?;
             }
             // A limit reached stays reached: memory that went down again does not restart it.
             stopping = stopping || self.limit_reached(limits, stop);
@@ -381,6 +399,12 @@ impl Worker<'_> {
             // Read only when a job could start, so that a change seen while every slot is busy
             // is still news when one frees.
             let changed = want > 0 && self.store.changed_elsewhere()?;
+            if changed {
+                recheck_until = None;
+            } else if written && want > 0 {
+                recheck_until.get_or_insert_with(|| Instant::now() + RECHECK_FOR);
+            }
+            written = false;
             let time_to_promote = last_promote.is_none_or(|at| at.elapsed() >= poll);
             if want > 0 && (changed || time_to_promote) {
                 self.store.promote_due(self.queue, None, now_millis())?;
@@ -416,15 +440,38 @@ impl Worker<'_> {
                 self.send_notices()?;
                 notices_sent = Instant::now();
             }
-            match self.events.recv_timeout(TICK) {
-                Ok(event) => {
-                    self.handle(event)?;
-                    look = true;
+            let wait = match recheck_until {
+                Some(until) if Instant::now() < until => RECHECK,
+                _ => {
+                    recheck_until = None;
+                    TICK
                 }
+            };
+            match self.events.recv_timeout(wait) {
+                Ok(event) => self.handle_watching(event, &mut look, &mut written)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => bail!("lost track of running callbacks"),
             }
         }
+    }
+
+    /// Handles `event` in `--watch`: a callback that started or ended calls for a claim
+    /// (`look`); a write to the database only wakes the loop (`written`), since
+    /// `changed_elsewhere` tells whether another process committed something.
+    fn handle_watching(
+        &mut self,
+        event: Event,
+        look: &mut bool,
+        written: &mut bool,
+    ) -> anyhow::Result<()> {
+        match event {
+            Event::DatabaseWritten => *written = true,
+            event => {
+                self.handle(event)?;
+                *look = true;
+            }
+        }
+        Ok(())
     }
 
     fn drain(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -554,6 +601,7 @@ impl Worker<'_> {
         match event {
             Event::Started { id, group } => self.record_group(id, group),
             Event::Finished { id, exit, output } => self.finish_running(id, exit, output),
+            Event::DatabaseWritten => Ok(()),
         }
     }
 
