@@ -7,6 +7,7 @@
 #   stress/crash-loop.sh [JOBS [KILLS]]      (defaults: 400 jobs, 100 kills)
 #   BGQ=/path/to/bgq stress/crash-loop.sh    (else: cargo build --release of this checkout)
 #   SEED=123 ...                              repeats the random choices of a run (not its timing)
+#   PROCESS_ARGS=--watch ...                  kills `bgq process --watch` runs instead
 set -uo pipefail
 jobs="${1:-400}"
 kills="${2:-100}"
@@ -50,7 +51,8 @@ for round in $(seq 1 "$kills"); do
     before=$(starts)
     err="$work/err/$round"
     # exec, so that $! is bgq itself and the kill reaches it.
-    (exec "$BGQ" --config "$work/bgq.toml" process 2>"$err") &
+    # shellcheck disable=SC2086 # PROCESS_ARGS is a list of words
+    (exec "$BGQ" --config "$work/bgq.toml" process ${PROCESS_ARGS:-} 2>"$err") &
     pid=$!
     early=0
     if [ $((RANDOM % 5)) -eq 0 ]; then
