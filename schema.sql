@@ -40,7 +40,10 @@ CREATE TABLE jobs (
     blocked_by    INTEGER NOT NULL DEFAULT 0,
     -- 1 for a job published with `--unique`: its identifier is unique among unfinished jobs of
     -- its queue (jobs_unique).
-    is_unique     INTEGER NOT NULL DEFAULT 0
+    is_unique     INTEGER NOT NULL DEFAULT 0,
+    -- Version 4. 1 while `bgq cancel --kill` stops the job's callback: the job stays PROCESSING,
+    -- holding its serial group, until its run sees the callback end and stores it CANCELLED.
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 
 -- The claim path: runnable jobs of a queue, highest priority first, then oldest first. (Named
@@ -131,4 +134,4 @@ CREATE TABLE notices (
 );
 CREATE INDEX notices_queue ON notices (queue, id);
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

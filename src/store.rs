@@ -23,11 +23,12 @@ use crate::process_group::ProcessRecord;
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// The steps from each older version to the next: (version reached, SQL).
-const UPGRADES: [(i64, &str); 2] = [
+const UPGRADES: [(i64, &str); 3] = [
     (2, include_str!("../upgrades/v2.sql")),
     (3, include_str!("../upgrades/v3.sql")),
+    (4, include_str!("../upgrades/v4.sql")),
 ];
 /// How long per-minute outcome counts are kept for `stats`.
 const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
@@ -102,6 +103,8 @@ pub struct Orphan {
     pub claimed_by: Option<ProcessRecord>,
     /// Whether the notify_on_attempts notice already went out.
     pub notified: bool,
+    /// Whether `bgq cancel --kill` asked for it to stop: recovery ends it CANCELLED.
+    pub cancel_requested: bool,
 }
 
 /// How a run of a job ended, as the caller decided it.
@@ -143,8 +146,6 @@ pub struct ClaimRequest<'a> {
     pub callbacks: &'a [(&'a str, usize)],
     /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group (serial_failure = "block").
     pub blocking: &'a [&'a str],
-    /// Serial groups of the jobs the run is running (one cancelled with `--kill` included).
-    pub running_groups: &'a [&'a str],
 }
 
 /// Which jobs `list` shows.
@@ -173,6 +174,8 @@ pub struct JobDetail {
     pub notified: bool,
     /// The `process` run that started it last (0: none).
     pub claimed_run: i64,
+    /// Whether `bgq cancel --kill` is stopping its callback (it is still PROCESSING).
+    pub cancel_requested: bool,
     /// The jobs it runs after (`publish --after`), with their states (`None`: deleted by
     /// `clear`, so it had FINISHED).
     pub after: Vec<(i64, Option<JobState>)>,
@@ -320,7 +323,8 @@ pub enum Change {
         /// Replacement parameters.
         payload: Option<Payload>,
     },
-    /// To CANCELLED: it does not run again.
+    /// To CANCELLED: it does not run again. A running job is only marked: it ends CANCELLED
+    /// when its run sees the callback end.
     Cancel {
         /// The current time.
         now: Millis,
@@ -698,7 +702,8 @@ impl Store {
     /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
     pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT j.id, j.callback, j.attempts, j.notified, r.pid, r.pid_started, r.boot_id
+            "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
+                    r.pid, r.pid_started, r.boot_id
              FROM jobs j LEFT JOIN runs r ON r.id = j.claimed_run
              WHERE j.queue = ?1 AND j.state = 'PROCESSING' ORDER BY j.id",
         )?;
@@ -708,7 +713,8 @@ impl Store {
                 callback: row.get(1)?,
                 attempts: row.get(2)?,
                 notified: row.get(3)?,
-                claimed_by: read_process(row, 4)?,
+                cancel_requested: row.get(4)?,
+                claimed_by: read_process(row, 5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -869,6 +875,27 @@ impl Store {
             .optional()?)
     }
 
+    /// Whether `bgq cancel --kill` asked running job `id` to stop.
+    pub fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT cancel_requested FROM jobs WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
+    /// end): it becomes CANCELLED, keeping `output`. False when it is no longer PROCESSING with
+    /// a cancel requested.
+    pub fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool> {
+        let changed = self
+            .conn
+            .prepare_cached(END_CANCEL_SQL)?
+            .execute(params![id, output, now])?;
+        Ok(changed > 0)
+    }
+
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
     pub fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
         let (sql, values) = unfinished_sql(filter);
@@ -926,7 +953,7 @@ impl Store {
     /// Everything stored about job `id`, if it exists.
     pub fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run
+            "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run, cancel_requested
              FROM jobs WHERE id = ?1"
         );
         self.conn
@@ -939,6 +966,7 @@ impl Store {
                     output: output.unwrap_or_default(),
                     notified: row.get(16)?,
                     claimed_run: row.get(17)?,
+                    cancel_requested: row.get(18)?,
                     after: Vec::new(),
                 })
             })
@@ -1183,18 +1211,17 @@ fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result
     Ok(())
 }
 
-/// Stores how a run ended, counts its outcome and stores its notice. A job that is no longer
-/// PROCESSING was cancelled while it ran: it stays CANCELLED and only the output is stored,
-/// unless its callback got through anyway (FINISHED is the truth; a retry would repeat it).
+/// Stores how a run ended, counts its outcome and stores its notice. A job that `bgq cancel
+/// --kill` asked to stop becomes CANCELLED, uncounted and unnoticed, unless its callback got
+/// through anyway (FINISHED is the truth; a retry would repeat it).
 fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::Result<bool> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
     let queue: Option<String> = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
                     attempts = attempts - ?5, output = ?6, finished_at = ?7,
-                    notified = notified OR ?8, state_changed_at = ?9
-             WHERE id = ?1
-               AND (state = 'PROCESSING' OR (state = 'CANCELLED' AND ?2 = 'FINISHED'))
+                    notified = notified OR ?8, state_changed_at = ?9, cancel_requested = 0
+             WHERE id = ?1 AND state = 'PROCESSING' AND (cancel_requested = 0 OR ?2 = 'FINISHED')
              RETURNING queue",
         )?
         .query_row(
@@ -1213,8 +1240,16 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
         )
         .optional()?;
     let Some(queue) = queue else {
-        conn.prepare_cached("UPDATE jobs SET output = ?2 WHERE id = ?1")?
-            .execute(params![done.id, done.output])?;
+        let cancelled = conn.prepare_cached(END_CANCEL_SQL)?.execute(params![
+            done.id,
+            done.output,
+            done.ended_at
+        ])?;
+        if cancelled == 0 {
+            // No longer ours (recovered by a run that bypassed the lock): only the output.
+            conn.prepare_cached("UPDATE jobs SET output = ?2 WHERE id = ?1")?
+                .execute(params![done.id, done.output])?;
+        }
         return Ok(false);
     };
     tally.count(&queue, done.ended_at, done.state);
@@ -1258,17 +1293,7 @@ fn claim_one(
             .iter()
             .map(|name| name as &dyn rusqlite::ToSql),
     );
-    values.extend(
-        claim
-            .running_groups
-            .iter()
-            .map(|name| name as &dyn rusqlite::ToSql),
-    );
-    let mut stmt = conn.prepare_cached(&claim_sql(
-        callbacks.len(),
-        claim.blocking.len(),
-        claim.running_groups.len(),
-    ))?;
+    let mut stmt = conn.prepare_cached(&claim_sql(callbacks.len(), claim.blocking.len()))?;
     let claimed = stmt
         .query_row(params_from_iter(values), |row| {
             let id: i64 = row.get(0)?;
@@ -1398,21 +1423,26 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
 const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
     WHERE state = 'FINISHED' AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
 
+/// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3.
+const END_CANCEL_SQL: &str = "UPDATE jobs SET state = 'CANCELLED', due = 0, cancel_requested = 0,
+        output = ?2, state_changed_at = ?3
+    WHERE id = ?1 AND state = 'PROCESSING' AND cancel_requested = 1";
+
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
     WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
 
-/// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name,
-/// one per callback whose failed jobs hold their group, and one per serial group the run is
-/// running): the highest priority first, then the oldest.
+/// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name and
+/// one per callback whose failed jobs hold their group): the highest priority first, then the
+/// oldest.
 ///
 /// A serial group is held by any older unfinished job of it, by an older PERMANENTLY_FAILED
 /// one whose callback says serial_failure = "block" (CANCELLED never holds), and by any running
 /// job of it: a job retried by an operator is older than jobs of its group that may be
-/// running, and a group never runs two jobs at once. The run's own running groups are named
-/// too, since a job cancelled with `--kill` is no longer PROCESSING while its callback stops.
-/// So priority orders jobs across groups, never within one.
-fn claim_sql(callbacks: usize, blocking: usize, running_groups: usize) -> String {
+/// running, and a group never runs two jobs at once (a job cancelled with `--kill` stays
+/// PROCESSING until its callback has ended). So priority orders jobs across groups, never
+/// within one.
+fn claim_sql(callbacks: usize, blocking: usize) -> String {
     let list = |count: usize| vec!["?"; count].join(", ");
     let failed = if blocking == 0 {
         String::new()
@@ -1425,11 +1455,6 @@ fn claim_sql(callbacks: usize, blocking: usize, running_groups: usize) -> String
             list(blocking)
         )
     };
-    let running = if running_groups == 0 {
-        String::new()
-    } else {
-        format!("AND j.serial_group NOT IN ({})", list(running_groups))
-    };
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
                 started_at = ?3, state_changed_at = ?3, claimed_run = ?2
@@ -1441,7 +1466,7 @@ fn claim_sql(callbacks: usize, blocking: usize, running_groups: usize) -> String
                    SELECT 1 FROM jobs o INDEXED BY jobs_serial
                    WHERE o.serial_group = j.serial_group
                      AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
-                     AND (o.id < j.id OR o.state = 'PROCESSING')) {failed} {running}))
+                     AND (o.id < j.id OR o.state = 'PROCESSING')) {failed}))
              ORDER BY j.priority DESC, j.id LIMIT 1)
          RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified",
         callbacks = list(callbacks)
@@ -1619,8 +1644,14 @@ fn apply_change(conn: &Connection, id: i64, change: &Change) -> anyhow::Result<(
             }
         }
         Change::Cancel { now } => {
+            // A running job stays PROCESSING, holding its serial group, until its callback has
+            // ended: see `complete`.
             conn.prepare_cached(
-                "UPDATE jobs SET state = 'CANCELLED', due = 0, state_changed_at = ?2 WHERE id = ?1",
+                "UPDATE jobs SET cancel_requested = (state = 'PROCESSING'),
+                        state = CASE state WHEN 'PROCESSING' THEN state ELSE 'CANCELLED' END,
+                        due = 0,
+                        state_changed_at = CASE state WHEN 'PROCESSING' THEN state_changed_at ELSE ?2 END
+                 WHERE id = ?1",
             )?
             .execute(params![id, now])?;
         }
@@ -1742,7 +1773,6 @@ mod tests {
             limit: 1,
             callbacks: &callbacks,
             blocking: &[],
-            running_groups: &[],
         };
         Ok(store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)?
@@ -1865,7 +1895,6 @@ mod tests {
             limit: 3,
             callbacks: &[("a", 1), ("b", usize::MAX)],
             blocking: &[],
-            running_groups: &[],
         };
         let claimed = store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)
@@ -2023,6 +2052,34 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_database_is_upgraded_in_place_keeping_its_running_jobs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite");
+        let old = Connection::open(&path).expect("create");
+        old.execute_batch(include_str!("../upgrades/schema-v3.sql"))
+            .expect("v3 schema");
+        old.execute(
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, due, attempts)
+             VALUES ('general', 'a', ?1, 1000, 1000, 'PROCESSING', 0, 1)",
+            [Payload::Json(serde_json::json!({"n": 1}))
+                .to_msgpack()
+                .expect("encode")],
+        )
+        .expect("v3 job");
+        drop(old);
+        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
+        assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
+        let (_fresh_dir, fresh) = store();
+        assert_eq!(shape(&upgraded), shape(&fresh));
+        assert!(!upgraded.cancel_requested(1).expect("read"));
+        let orphans = upgraded.orphans("general").expect("orphans");
+        assert_eq!(orphans.len(), 1);
+        assert!(!orphans[0].cancel_requested);
+        cancel(&mut upgraded, 1, 2000);
+        assert!(upgraded.orphans("general").expect("orphans")[0].cancel_requested);
+    }
+
+    #[test]
     fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.sqlite");
@@ -2071,10 +2128,10 @@ mod tests {
     #[test]
     fn claim_promote_and_clear_use_their_indexes() {
         let (_dir, store) = store();
-        let claim = plan(&store, &claim_sql(2, 0, 0));
+        let claim = plan(&store, &claim_sql(2, 0));
         // A group's PERMANENTLY_FAILED jobs are read only for callbacks that block on them.
         assert!(!claim.contains("jobs_serial_failed"), "{claim}");
-        let blocking = plan(&store, &claim_sql(2, 1, 2));
+        let blocking = plan(&store, &claim_sql(2, 1));
         assert!(
             blocking.contains("INDEX jobs_serial_failed (serial_group=? AND callback=? AND id<?)"),
             "{blocking}"
@@ -2388,7 +2445,6 @@ mod tests {
             limit: 1,
             callbacks: &[("a", usize::MAX)],
             blocking: &["a"],
-            running_groups: &[],
         };
         let held = store
             .settle_and_claim(&[], &request, &mut Tally::default(), false)
@@ -2403,6 +2459,93 @@ mod tests {
             .expect("claim")
             .expect("skip goes on");
         assert_eq!(next.id, ids[1]);
+    }
+
+    /// Marks job `id` as `bgq cancel --kill` does.
+    fn cancel(store: &mut Store, id: i64, now: Millis) {
+        store
+            .change(
+                &Selection::Ids(&[id]),
+                &Change::Cancel { now },
+                false,
+                |_| Ok(true),
+            )
+            .expect("cancel");
+    }
+
+    #[test]
+    fn a_job_cancelled_while_running_holds_its_group_until_its_callback_ends() {
+        let (_dir, mut store) = store();
+        let mut other_queue = job("a", Some("g"));
+        other_queue.queue = "other".to_owned();
+        let first = store
+            .publish(&[job("a", Some("g"))], 1000)
+            .expect("publish")[0];
+        let second = store.publish(&[other_queue], 1000).expect("publish")[0];
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        claim(&mut store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        cancel(&mut store, first, 2000);
+        let record = store.record(first).expect("read").expect("kept");
+        assert_eq!(record.state, JobState::Processing);
+        assert!(store.cancel_requested(first).expect("read"));
+        let other = store.begin_run("other", &me(), 2000, false).expect("run");
+        assert!(
+            claim(&mut store, "other", other, 2000, &["a"])
+                .expect("claim")
+                .is_none(),
+            "the group ran two jobs at once"
+        );
+        finish(&mut store, first, JobState::PermanentlyFailed, 3000);
+        let record = store.record(first).expect("read").expect("kept");
+        assert_eq!(record.state, JobState::Cancelled, "not PERMANENTLY_FAILED");
+        assert_eq!(record.state_changed_at, 3000);
+        assert!(store.pending_notices("general").expect("read").is_empty());
+        assert!(!store.cancel_requested(first).expect("read"));
+        let next = claim(&mut store, "other", other, 3000, &["a"])
+            .expect("claim")
+            .expect("the group goes on");
+        assert_eq!(next.id, second);
+    }
+
+    #[test]
+    fn a_cancelled_callback_that_exits_0_leaves_its_job_finished() {
+        let (_dir, mut store) = store();
+        let id = store.publish(&[job("a", None)], 1000).expect("publish")[0];
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        claim(&mut store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        cancel(&mut store, id, 2000);
+        finish(&mut store, id, JobState::Finished, 3000);
+        assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
+        assert!(!store.cancel_requested(id).expect("read"));
+    }
+
+    #[test]
+    fn end_cancel_ends_only_a_running_job_marked_for_cancelling() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(&[job("a", None), job("a", None)], 1000)
+            .expect("publish");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        for _ in &ids {
+            claim(&mut store, "general", run, 1000, &["a"])
+                .expect("claim")
+                .expect("job");
+        }
+        cancel(&mut store, ids[0], 2000);
+        assert!(!store.end_cancel(ids[1], b"", 2000).expect("end"));
+        assert_eq!(
+            store.state_of(ids[1]).expect("read"),
+            Some(JobState::Processing)
+        );
+        assert!(store.end_cancel(ids[0], b"stopped\n", 2000).expect("end"));
+        let detail = store.detail(ids[0]).expect("read").expect("kept");
+        assert_eq!(detail.record.state, JobState::Cancelled);
+        assert_eq!(detail.output, b"stopped\n");
+        assert!(!store.end_cancel(ids[0], b"", 2000).expect("end"), "once");
     }
 
     #[test]

@@ -59,8 +59,14 @@ fn explain(
             let runner_alive = store
                 .run(detail.claimed_run)?
                 .is_some_and(|run| process_group::is_alive(&run.runner));
-            return Ok(if runner_alive {
+            return Ok(if runner_alive && detail.cancel_requested {
+                "is being cancelled: `bgq cancel --kill` is stopping its callback, and it becomes CANCELLED when that has ended".to_owned()
+            } else if runner_alive {
                 format!("is running since {since} (attempt {})", job.attempts)
+            } else if detail.cancel_requested {
+                format!(
+                    "was left PROCESSING by a `process` run that died; the next run of queue `{queue}` ends it CANCELLED, as `bgq cancel --kill` asked"
+                )
             } else {
                 format!(
                     "was left PROCESSING by a `process` run that died; the next run of queue `{queue}` recovers it"

@@ -525,13 +525,6 @@ impl Worker<'_> {
                 (name.as_str(), left)
             })
             .collect();
-        let mut running_groups: Vec<&str> = self
-            .running
-            .values()
-            .filter_map(|running| running.job.serial_group.as_deref())
-            .collect();
-        running_groups.sort_unstable();
-        running_groups.dedup();
         let request = ClaimRequest {
             queue: self.queue,
             run: self.run,
@@ -539,7 +532,6 @@ impl Worker<'_> {
             limit: want,
             callbacks: &capacities,
             blocking: &self.blocking,
-            running_groups: &running_groups,
         };
         let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
         let claimed =
@@ -613,8 +605,8 @@ impl Worker<'_> {
             return Err(err);
         }
         // `bgq cancel --kill` marks the job first, then looks for this group in the log: if it
-        // looked before the line above was written, the job is already CANCELLED here.
-        if self.store.state_of(id)? == Some(JobState::Cancelled) {
+        // looked before the line above was written, the mark is already there.
+        if self.store.cancel_requested(id)? {
             process_group::signal_group(group.pid, libc::SIGKILL);
         }
         if let Some(running) = self.running.get_mut(&id) {
@@ -839,6 +831,16 @@ impl Worker<'_> {
         };
         let now = now_millis();
         let why = "the `process` run running it died";
+        if orphan.cancel_requested {
+            // `bgq cancel --kill` found the run dead too, or died itself before ending the job.
+            eprintln!(
+                "bgq: recovered job {} ({}): {why}; {group}; it stays CANCELLED, as `bgq cancel --kill` asked",
+                orphan.id, orphan.callback
+            );
+            let output = format!("bgq: {why}; {group}\n").into_bytes();
+            self.store.end_cancel(orphan.id, &output, now)?;
+            return Ok(());
+        }
         let mut transition = self.failed_attempt(
             orphan.id,
             &orphan.callback,

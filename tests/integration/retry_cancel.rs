@@ -778,7 +778,7 @@ fn cancel_kill_never_kills_the_running_process() -> TestResult {
 }
 
 /// A callback that, told to stop, still reports success (exit 0 on SIGTERM) leaves its job
-/// FINISHED: the work is done, and a later `retry` must not repeat it.
+/// FINISHED: the work is done, and a later `retry` must not repeat it. `cancel` says so.
 #[test]
 fn cancel_kill_of_a_callback_that_finishes_anyway_leaves_it_finished() -> TestResult {
     let graceful = "trap 'exit 0' TERM
@@ -789,9 +789,108 @@ exit 3";
     let env = env_with_callbacks("", &[("block", graceful)])?;
     let (id, mut process) = running_job(&env)?;
     let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
-    assert!(out.contains("PROCESSING -> CANCELLED"), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "job {id} (block) is FINISHED: its callback exited 0 before it could be stopped, so its work is done\n"
+        )
+    );
+    assert_eq!(env.state(id)?, "FINISHED");
     let status = process.wait_exit(Duration::from_secs(20))?;
     assert_eq!(status.code(), Some(0), "{}", process.stderr());
     assert_eq!(env.state(id)?, "FINISHED");
+    Ok(())
+}
+
+/// A `process` run with a callback of `hang.sh` (pid file `hang.sh.pid`, `kill_grace` 1 s) on
+/// its one job: the job id, the run, the callback's pid and a guard that kills its group.
+fn hanging_job(env: &TestEnv) -> TestResult<(i64, Spawned, i32, KillGroupOnDrop)> {
+    let (script, pidfile) = crate::support::hanging_callback(env, "hang.sh")?;
+    env.write_config(&callback_toml("hang", &script, "kill_grace = \"1s\""))?;
+    let id = env.publish("hang", "{}")?;
+    let process = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let guard = KillGroupOnDrop(pgid_of(callback)?);
+    Ok((id, process, callback, guard))
+}
+
+/// `cancel --kill` of a job whose `process` run died (its callback lives on, orphaned) stops
+/// the callback and ends the job CANCELLED at once: no run is left to do it, and the next run
+/// neither recovers nor re-runs it.
+#[test]
+fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (id, mut process, callback, guard) = hanging_job(&env)?;
+    crate::support::send_signal(process.pid(), "KILL")?;
+    process.wait_exit(Duration::from_secs(10))?;
+    assert!(alive(callback), "the orphaned callback lives on");
+
+    let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
+    assert_eq!(
+        out,
+        format!(
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback (process group {}) was stopped\n",
+            guard.0
+        )
+    );
+    assert_eq!(env.state(id)?, "CANCELLED");
+    wait_for("the callback to die", Duration::from_secs(5), || {
+        !alive(callback)
+    })?;
+    let (code, _, stderr) = env.process_output(&[])?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains(&format!("job {id}")), "{stderr}");
+    assert_eq!(env.state(id)?, "CANCELLED");
+    assert_eq!(attempts(&env, id)?, 1);
+    Ok(())
+}
+
+/// When the run of a job being cancelled cannot store its end (here it is stopped, then
+/// killed), `cancel --kill` says the job becomes CANCELLED once that is seen, `explain` says it
+/// is being cancelled, and the next run's recovery ends it CANCELLED instead of running it
+/// again, without a notice.
+#[test]
+fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (id, mut process, _callback, guard) = hanging_job(&env)?;
+    crate::support::send_signal(process.pid(), "STOP")?;
+    let out = run(&env, &["cancel", "--kill", &id.to_string()]);
+    let explained = run(&env, &["explain", &id.to_string()]);
+    crate::support::send_signal(process.pid(), "KILL")?;
+    process.wait_exit(Duration::from_secs(10))?;
+    let out = out?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!(
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED when its callback has ended; its callback (process group {}) was stopped\n",
+            guard.0
+        )
+    );
+    let explained = String::from_utf8(explained?.stdout)?;
+    assert!(
+        explained.starts_with(&format!("job {id} is being cancelled")),
+        "{explained}"
+    );
+    assert_eq!(env.state(id)?, "PROCESSING");
+
+    let (code, _, stderr) = env.process_output(&[])?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bgq: recovered job {id} (hang): the `process` run running it died; its callback was no longer running; it stays CANCELLED"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("notice"), "{stderr}");
+    assert_eq!(env.state(id)?, "CANCELLED");
+    assert!(
+        String::from_utf8(run(&env, &["show", &id.to_string()])?.stdout)?
+            .contains("its callback was no longer running"),
+        "the recovery is kept as the job's output"
+    );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Edge cases of issue 6 found in review, each of which failed before its fix: dependents and
 //! retries under `--watch`, `--unique` with `--after`, when a dependent counts as due,
-//! `cancel --kill` in a serial group, and what a detached `publish --process` run holds open.
+//! `cancel --kill` in a serial group (across queues too) and beside a `retry`, and what a detached `publish --process` run holds open.
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +209,131 @@ fn cancel_kill_does_not_let_the_group_run_two_jobs_at_once() -> TestResult {
         "job {second} started {} ms before job {first} of its serial group ended",
         (first_end - second_start) / 1_000_000
     );
+    Ok(())
+}
+
+/// A callback that logs `start`, then (the first time it runs a job) waits 10 s; on SIGTERM it
+/// logs `term`, takes 1.5 s to stop, logs `end` and exits 3.
+const SLOW_TO_STOP: &str = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     trap 'echo \"term $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; sleep 1.5; echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; exit 3' TERM\n\
+     if [ ! -e @ROOT@/ran-$BGQ_JOB_ID ]; then touch @ROOT@/ran-$BGQ_JOB_ID; sleep 10 & wait; fi\n\
+     echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log";
+
+/// Every nanosecond time logged as `kind ID NS`, in order.
+fn all_logged(env: &TestEnv, kind: &str, id: i64) -> Vec<u128> {
+    read_lines(&env.path("log"))
+        .iter()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts[..] {
+                [k, i, ns] if k == kind && i == id.to_string() => ns.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A serial group spans queues: while `cancel --kill` waits for a callback of queue `one` to
+/// stop, a watcher of queue `two` must not start the next job of the group. The job stays
+/// PROCESSING until its callback has ended, then becomes CANCELLED.
+#[test]
+fn cancel_kill_holds_the_group_for_other_queues_until_the_callback_has_stopped() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", SLOW_TO_STOP)])?;
+    let first = env.publish_with("cb", "{}", &["--serial-group", "g", "--queue", "one"])?;
+    let second = env.publish_with("cb", "{}", &["--serial-group", "g", "--queue", "two"])?;
+    let mut run = env.spawn(&["process", "--queue", "one"])?;
+    wait_for("the first job to start", Duration::from_secs(10), || {
+        logged(&env, "start", first).is_some()
+    })?;
+    let mut watcher = env.spawn(&["process", "--watch", "--queue", "two", "--poll", "100ms"])?;
+    let out = env
+        .bgq()
+        .args(["cancel", "--kill", &first.to_string()])
+        .output()?;
+    let cancelled = wait_for("the second job to end", Duration::from_secs(15), || {
+        logged(&env, "end", second).is_some()
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    run.wait_exit(Duration::from_secs(10))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "cancelled job {first} (cb): PROCESSING -> CANCELLED; its callback (process group "
+        )),
+        "{stdout}"
+    );
+    cancelled?;
+    let first_end = logged(&env, "end", first).ok_or("the first job never ended")?;
+    let second_start = logged(&env, "start", second).ok_or("the second job never ran")?;
+    assert!(
+        second_start >= first_end,
+        "job {second} (queue two) started {} ms before job {first} (queue one) of its serial group stopped",
+        (first_end - second_start) / 1_000_000
+    );
+    assert_eq!(env.state(first)?, "CANCELLED");
+    assert_eq!(env.state(second)?, "FINISHED");
+    Ok(())
+}
+
+/// While `cancel --kill` stops a callback under `--watch`, the job is still running: `retry`
+/// refuses it (before, the watcher started it a second time beside the stopping callback and
+/// then failed on "a callback of job N ended that was not running"). Once cancelled, a retry
+/// runs it once more, after the first run has ended, and the watcher carries on.
+#[test]
+fn retry_waits_for_cancel_kill_to_stop_the_callback_under_watch() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", SLOW_TO_STOP)])?;
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "100ms"])?;
+    wait_for_watcher(&env)?;
+    let id = env.publish("cb", "{}")?;
+    wait_for("the job to start", Duration::from_secs(10), || {
+        logged(&env, "start", id).is_some()
+    })?;
+    let mut cancel = env.spawn(&["cancel", "--kill", &id.to_string()])?;
+    wait_for(
+        "the callback to get SIGTERM",
+        Duration::from_secs(10),
+        || logged(&env, "term", id).is_some(),
+    )?;
+    let early = env.bgq().args(["retry", &id.to_string()]).output()?;
+    let explained = env.bgq().args(["explain", &id.to_string()]).output()?;
+    let cancel_status = cancel.wait_exit(Duration::from_secs(15))?;
+    let state_after_cancel = env.state(id)?;
+    let retried = env.bgq().args(["retry", &id.to_string()]).output()?;
+    let ran_again = wait_for("the retried job to end", Duration::from_secs(15), || {
+        all_logged(&env, "end", id).len() == 2
+    });
+    let alive = crate::support::alive(i32::try_from(watcher.pid())?);
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    let watcher_status = watcher.wait_exit(Duration::from_secs(10))?;
+
+    crate::support::expect_error(&early, 2, &[&format!("job {id} is running")])?;
+    assert!(
+        String::from_utf8_lossy(&explained.stdout).contains("is being cancelled"),
+        "{}",
+        describe(&explained)
+    );
+    assert!(cancel_status.success(), "{}", cancel.stderr());
+    assert!(
+        cancel.stdout().contains("PROCESSING -> CANCELLED"),
+        "{}",
+        cancel.stdout()
+    );
+    assert_eq!(state_after_cancel, "CANCELLED");
+    assert!(retried.status.success(), "{}", describe(&retried));
+    ran_again?;
+    let starts = all_logged(&env, "start", id);
+    let ends = all_logged(&env, "end", id);
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        starts[1] >= ends[0],
+        "the retried job started beside its stopping callback"
+    );
+    assert!(alive, "the watcher died: {}", watcher.stderr());
+    assert_eq!(watcher_status.code(), Some(0), "{}", watcher.stderr());
+    assert!(!watcher.stderr().contains("error"), "{}", watcher.stderr());
+    assert_eq!(env.state(id)?, "FINISHED");
     Ok(())
 }
 

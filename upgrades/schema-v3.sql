@@ -1,0 +1,137 @@
+-- The schema of version 3, kept unchanged so that tests can upgrade a version-3 database and
+-- compare it with a new one. The binary never applies this file.
+--
+-- bgq: the canonical schema. The binary embeds this file and applies it to a new database;
+-- `PRAGMA user_version` records which version a database has.
+--
+-- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4, and
+-- CANCELLED (`bgq cancel`). Older databases are upgraded by the files in upgrades/.
+
+CREATE TABLE jobs (
+    -- AUTOINCREMENT: ids must keep increasing in publish order even after `clear` deleted the newest.
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT    NOT NULL,
+    callback      TEXT    NOT NULL,
+    -- The parameters as MessagePack: a JSON value, or a `bin` holding the exact bytes of a --raw job.
+    payload       BLOB    NOT NULL,
+    state         TEXT    NOT NULL DEFAULT 'READY',
+    -- Runs that counted (a run that ended WAITING does not).
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    serial_group  TEXT,
+    identifier    TEXT,
+    created_at    INTEGER NOT NULL,
+    -- When the job is due (publish time, end of its backoff, or the WAITING run's end).
+    run_at        INTEGER NOT NULL,
+    -- 1 while the job is in the claim path: runnable now, waiting only for a free slot. 0 while it
+    -- waits for run_at or for the next `process` run, so that future jobs never slow claims down.
+    due           INTEGER NOT NULL DEFAULT 1,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    -- The `process` run (runs.id) that started the job last; one run starts a job at most once.
+    -- (The process group running it is recorded in that run's lock file: see running_log.rs.)
+    claimed_run   INTEGER NOT NULL DEFAULT 0,
+    -- Tail of what the last run printed (stdout and stderr).
+    output        BLOB,
+    -- 1 once the notify_on_attempts notice went out.
+    notified      INTEGER NOT NULL DEFAULT 0,
+    -- When the state last changed (version 2; columns added by upgrades go last, so that an
+    -- upgraded database and a new one have the same columns in the same order).
+    state_changed_at INTEGER NOT NULL DEFAULT 0,
+    -- Version 3. Higher runs first among the due jobs of a queue (`publish --priority`).
+    priority      INTEGER NOT NULL DEFAULT 0,
+    -- How many of its `--after` jobs have not FINISHED; until 0 the job is never due.
+    blocked_by    INTEGER NOT NULL DEFAULT 0,
+    -- 1 for a job published with `--unique`: its identifier is unique among unfinished jobs of
+    -- its queue (jobs_unique).
+    is_unique     INTEGER NOT NULL DEFAULT 0
+);
+
+-- The claim path: runnable jobs of a queue, highest priority first, then oldest first. (Named
+-- jobs_claim up to version 2: a `process` of bgq 2 still running when the file is upgraded
+-- fails at its next claim instead of claiming without priorities and `--after`.)
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, id) WHERE due = 1 AND blocked_by = 0;
+-- Jobs waiting for their time (delay, backoff, WAITING), found by time when they fall due; jobs
+-- still waiting for their `--after` jobs stay out until those finish.
+CREATE INDEX jobs_schedule ON jobs (queue, run_at)
+    WHERE due = 0 AND blocked_by = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING');
+-- Unfinished jobs of a serial group, to hold back younger ones.
+CREATE INDEX jobs_serial ON jobs (serial_group, id)
+    WHERE serial_group IS NOT NULL
+      AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING');
+-- PERMANENTLY_FAILED jobs of a serial group, which hold it when their callback says
+-- serial_failure = "block". Apart from jobs_serial, so that the failures a long-lived group
+-- collects cost nothing to groups that skip them.
+CREATE INDEX jobs_serial_failed ON jobs (serial_group, callback, id)
+    WHERE serial_group IS NOT NULL AND state = 'PERMANENTLY_FAILED';
+-- Jobs left PROCESSING, for orphan recovery.
+CREATE INDEX jobs_processing ON jobs (queue) WHERE state = 'PROCESSING';
+-- `list --state S`, `--queue Q`, `--callback C`: newest first, however large the table.
+-- jobs_state also walks `clear` through the FINISHED jobs in id order.
+CREATE INDEX jobs_state ON jobs (state, id);
+-- FINISHED jobs stay out of these two, so that `clear` has fewer entries to delete: `list`
+-- reads FINISHED jobs through jobs_state.
+CREATE INDEX jobs_queue ON jobs (queue, id) WHERE state != 'FINISHED';
+CREATE INDEX jobs_callback ON jobs (callback, id) WHERE state != 'FINISHED';
+-- `list --identifier` and `list --unfinished`.
+CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT NULL;
+-- `publish --unique`: one unfinished unique job per queue and identifier, even when publishers
+-- race.
+CREATE UNIQUE INDEX jobs_unique ON jobs (queue, identifier)
+    WHERE is_unique = 1 AND state != 'FINISHED';
+
+-- `publish --after`: job_id runs only after after_id FINISHED.
+CREATE TABLE dependencies (
+    job_id   INTEGER NOT NULL,
+    after_id INTEGER NOT NULL,
+    PRIMARY KEY (job_id, after_id)
+) WITHOUT ROWID;
+-- The jobs waiting for a job that just finished.
+CREATE INDEX dependencies_after ON dependencies (after_id);
+
+-- One row per `process` run: numbers the runs and records when each ran.
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    -- The `process` that ran it (pid, start ticks, boot id): recovery leaves alone the jobs of a
+    -- run that still lives, even if a misconfigured temp_dir let it bypass the lock.
+    pid         INTEGER NOT NULL,
+    pid_started INTEGER NOT NULL,
+    boot_id     TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    -- Version 2: jobs the run started, how many of them failed, and why the run itself failed.
+    jobs        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    -- Version 3: 1 for a `process --watch` run, which holds the lock for as long as it lives.
+    watch       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_queue ON runs (queue, id);
+
+-- How runs of jobs ended, counted per queue and minute, for `bgq stats` (kept for two days).
+CREATE TABLE outcomes (
+    queue              TEXT    NOT NULL,
+    -- Unix epoch minutes.
+    minute             INTEGER NOT NULL,
+    finished           INTEGER NOT NULL DEFAULT 0,
+    temporarily_failed INTEGER NOT NULL DEFAULT 0,
+    permanently_failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute)
+) WITHOUT ROWID;
+
+-- Notices not yet sent. Each is stored with the job's new state, in one transaction, and deleted
+-- once sent: a `process` that dies before sending its digest leaves them to the next run.
+CREATE TABLE notices (
+    id         INTEGER PRIMARY KEY,
+    queue      TEXT    NOT NULL,
+    job_id     INTEGER NOT NULL,
+    -- attempts, failed, orphan or recovered
+    kind       TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    -- Tail of what the job's run printed.
+    output     BLOB,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX notices_queue ON notices (queue, id);
+
+PRAGMA user_version = 3;
