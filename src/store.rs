@@ -454,11 +454,14 @@ impl Store {
         &self.path
     }
 
-    /// The file every commit writes (SQLite's write-ahead log), for watching the database.
-    pub fn write_log_path(&self) -> PathBuf {
-        let mut path = self.path.clone().into_os_string();
+    /// The file every commit writes (SQLite's write-ahead log), for watching the database. It
+    /// lies beside the file a symlinked path leads to: SQLite resolves the link.
+    pub fn write_log_path(&self) -> anyhow::Result<PathBuf> {
+        let database = std::fs::canonicalize(&self.path)
+            .with_context(|| format!("cannot resolve {}", self.path.display()))?;
+        let mut path = database.into_os_string();
         path.push("-wal");
-        PathBuf::from(path)
+        Ok(PathBuf::from(path))
     }
 
     fn migrate(&mut self) -> anyhow::Result<()> {

@@ -79,8 +79,10 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let (finished_tx, finished_rx) = mpsc::channel();
     if args.watch {
         let wake = finished_tx.clone();
-        let written = crate::wake::on_write(&store.write_log_path(), move || {
-            wake.send(Event::DatabaseWritten).is_ok()
+        let written = store.write_log_path().and_then(|write_log| {
+            crate::wake::on_write(&write_log, move || {
+                wake.send(Event::DatabaseWritten).is_ok()
+            })
         });
         if let Err(err) = written {
             eprintln!("bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once");

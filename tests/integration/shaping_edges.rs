@@ -1,6 +1,7 @@
 //! Edge cases of issue 6 found in review, each of which failed before its fix: dependents and
 //! retries under `--watch`, `--unique` with `--after`, when a dependent counts as due,
-//! `cancel --kill` in a serial group (across queues too) and beside a `retry`, and what a detached `publish --process` run holds open.
+//! `cancel --kill` in a serial group (across queues too) and beside a `retry`, a watcher on a
+//! symlinked database, and what a detached `publish --process` run holds open.
 
 use std::time::{Duration, Instant};
 
@@ -334,6 +335,39 @@ fn retry_waits_for_cancel_kill_to_stop_the_callback_under_watch() -> TestResult 
     assert_eq!(watcher_status.code(), Some(0), "{}", watcher.stderr());
     assert!(!watcher.stderr().contains("error"), "{}", watcher.stderr());
     assert_eq!(env.state(id)?, "FINISHED");
+    Ok(())
+}
+
+/// A watcher of a database reached through a symlink wakes on publishes like any other: it
+/// watches the write-ahead log beside the real file, where SQLite writes it, and so warns of
+/// nothing.
+#[test]
+fn watch_on_a_symlinked_database_watches_the_real_write_ahead_log() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED)])?;
+    let real = env.path("data");
+    std::fs::create_dir_all(&real)?;
+    std::os::unix::fs::symlink(real.join("bgq.sqlite"), env.path("bgq.sqlite"))?;
+    let first = env.publish("cb", "{}")?;
+    assert!(
+        real.join("bgq.sqlite").exists(),
+        "the database is the link's target"
+    );
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s"])?;
+    wait_for_watcher(&env)?;
+    let second = env.publish("cb", "{}")?;
+    let finished = wait_for("the second job to finish", Duration::from_secs(10), || {
+        env.state(second).is_ok_and(|state| state == "FINISHED")
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    let status = watcher.wait_exit(Duration::from_secs(10))?;
+    finished?;
+    assert_eq!(status.code(), Some(0), "{}", watcher.stderr());
+    assert_eq!(
+        watcher.stderr(),
+        "",
+        "a watcher of a symlinked database warned"
+    );
+    assert_eq!(env.state(first)?, "FINISHED");
     Ok(())
 }
 
