@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestEnv, TestResult, callback_toml, intervals, max_overlap, read_lines, timed_body,
+    TestEnv, TestResult, callback_toml, intervals, max_overlap, read_lines, timed_body, timed_env,
 };
 
 /// Counts jobs per state.
@@ -19,13 +19,7 @@ fn states(env: &TestEnv) -> TestResult<BTreeMap<String, usize>> {
 
 #[test]
 fn concurrency_limits_callbacks_running_at_once() -> TestResult {
-    let env = TestEnv::new("")?;
-    let log = env.path("times");
-    let cb = env.script("cb.sh", &timed_body(&log, "0.3"))?;
-    env.write_config(&format!(
-        "concurrency = 2\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, log) = timed_env(2, "0.3")?;
     for _ in 0..6 {
         env.publish("cb", "{}")?;
     }
@@ -49,13 +43,7 @@ fn concurrency_limits_callbacks_running_at_once() -> TestResult {
 
 #[test]
 fn concurrency_option_overrides_the_config() -> TestResult {
-    let env = TestEnv::new("")?;
-    let log = env.path("times");
-    let cb = env.script("cb.sh", &timed_body(&log, "0.15"))?;
-    env.write_config(&format!(
-        "concurrency = 4\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, log) = timed_env(4, "0.15")?;
     for _ in 0..3 {
         env.publish("cb", "{}")?;
     }

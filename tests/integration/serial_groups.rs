@@ -1,6 +1,6 @@
 //! SPEC.md section 7: serial groups run one job at a time, in publish order.
 
-use crate::support::{TestEnv, TestResult, callback_toml, intervals, read_lines, timed_body};
+use crate::support::{TestEnv, TestResult, callback_toml, intervals, read_lines, timed_env};
 
 #[test]
 fn a_retrying_job_holds_back_its_group_only() -> TestResult {
@@ -103,13 +103,7 @@ fn a_permanently_failed_job_does_not_block_its_group() -> TestResult {
 
 #[test]
 fn jobs_of_one_group_never_overlap_and_run_in_publish_order() -> TestResult {
-    let env = TestEnv::new("")?;
-    let log = env.path("times");
-    let cb = env.script("cb.sh", &timed_body(&log, "0.1"))?;
-    env.write_config(&format!(
-        "concurrency = 4\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, log) = timed_env(4, "0.1")?;
     let mut group_a = Vec::new();
     let mut group_b = Vec::new();
     for _ in 0..4 {

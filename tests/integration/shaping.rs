@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::support::{
     TestEnv, TestResult, callback_toml, describe, expect_error, expect_refused, faketime_available,
-    intervals, read_lines, timed_body,
+    intervals, read_lines, timed_env,
 };
 
 /// `[retry]` with no backoff, so a TEMPORARILY_FAILED job is due again in the next run.
@@ -482,13 +482,7 @@ fn a_dependent_waits_while_its_parent_retries() -> TestResult {
 /// other in chain order, even with free slots and higher priorities further down the chain.
 #[test]
 fn a_chain_finishes_in_one_process_run_in_order() -> TestResult {
-    let env = TestEnv::new("")?;
-    let log = env.path("times");
-    let cb = env.script("cb.sh", &timed_body(&log, "0.1"))?;
-    env.write_config(&format!(
-        "concurrency = 4\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, log) = timed_env(4, "0.1")?;
     let a = printed_id(&publish_out(&env, "{}", &[])?)?;
     let b = printed_id(&publish_out(
         &env,

@@ -2,24 +2,10 @@
 
 use std::time::Duration;
 
-use crate::support::{TestEnv, TestResult, callback_toml, read_lines, send_signal, wait_for};
+use crate::support::{TestResult, one_slow_slot_env, read_lines, send_signal, wait_for};
 
 fn stops_gracefully_on(signal: &str) -> TestResult {
-    let env = TestEnv::new("")?;
-    let started = env.path("started");
-    let ended = env.path("ended");
-    let cb = env.script(
-        "cb.sh",
-        &format!(
-            "echo $BGQ_JOB_ID >> {s}\nsleep 1\necho $BGQ_JOB_ID >> {e}",
-            s = started.display(),
-            e = ended.display()
-        ),
-    )?;
-    env.write_config(&format!(
-        "concurrency = 1\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, started, ended) = one_slow_slot_env()?;
     let ids: Vec<i64> = (0..5)
         .map(|i| env.publish("cb", &format!("{{\"i\":{i}}}")))
         .collect::<TestResult<_>>()?;

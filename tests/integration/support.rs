@@ -318,6 +318,40 @@ pub fn timed_body(log: &Path, secs: &str) -> String {
     )
 }
 
+/// A [`TestEnv`] with `concurrency` slots and one callback, `cb`, a [`timed_body`] of `secs`:
+/// returns it and the callback's log.
+pub fn timed_env(concurrency: usize, secs: &str) -> TestResult<(TestEnv, PathBuf)> {
+    let env = TestEnv::new("")?;
+    let log = env.path("times");
+    let cb = env.script("cb.sh", &timed_body(&log, secs))?;
+    env.write_config(&format!(
+        "concurrency = {concurrency}\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    Ok((env, log))
+}
+
+/// A [`TestEnv`] with one slot and one callback, `cb`, that appends its job id to `started`,
+/// sleeps 1 s, then appends it to `ended`: returns it and the two files.
+pub fn one_slow_slot_env() -> TestResult<(TestEnv, PathBuf, PathBuf)> {
+    let env = TestEnv::new("")?;
+    let started = env.path("started");
+    let ended = env.path("ended");
+    let cb = env.script(
+        "cb.sh",
+        &format!(
+            "echo $BGQ_JOB_ID >> {s}\nsleep 1\necho $BGQ_JOB_ID >> {e}",
+            s = started.display(),
+            e = ended.display()
+        ),
+    )?;
+    env.write_config(&format!(
+        "concurrency = 1\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    Ok((env, started, ended))
+}
+
 /// Parses a [`timed_body`] log into `(job id, start ns, end ns)`, sorted by start.
 pub fn intervals(log: &Path) -> TestResult<Vec<(i64, u128, u128)>> {
     let mut starts = std::collections::BTreeMap::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks,
     expect_refused, hanging_callback, intervals, lock_files, max_overlap, notices, notify_line,
-    read_lines, send_signal, timed_body, wait_for,
+    one_slow_slot_env, read_lines, send_signal, timed_body, timed_env, wait_for,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -261,21 +261,7 @@ fn watch_runs_jobs_that_were_due_before_it_started() -> TestResult {
 
 /// Runs two jobs with `concurrency = 1` under a watcher and sends SIG`signal` during the first.
 fn watcher_stops_gracefully_on(signal: &str) -> TestResult {
-    let env = TestEnv::new("")?;
-    let started = env.path("started");
-    let ended = env.path("ended");
-    let cb = env.script(
-        "cb.sh",
-        &format!(
-            "echo $BGQ_JOB_ID >> {s}\nsleep 1\necho $BGQ_JOB_ID >> {e}",
-            s = started.display(),
-            e = ended.display()
-        ),
-    )?;
-    env.write_config(&format!(
-        "concurrency = 1\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, started, ended) = one_slow_slot_env()?;
     let mut watcher = Watcher::start(&env, &["--poll", "200ms"])?;
     let first = env.publish("cb", "{\"n\":1}")?;
     let second = env.publish("cb", "{\"n\":2}")?;
@@ -869,13 +855,7 @@ fn publish_process_runs_the_jobs_own_queue() -> TestResult {
 /// `concurrency = 1` never two at the same time (the detached runs share the lock).
 #[test]
 fn publish_process_in_quick_succession_runs_each_job_once() -> TestResult {
-    let env = TestEnv::new("")?;
-    let log = env.path("log");
-    let cb = env.script("cb.sh", &timed_body(&log, "0.3"))?;
-    env.write_config(&format!(
-        "concurrency = 1\n{}",
-        callback_toml("cb", &cb, "")
-    ))?;
+    let (env, log) = timed_env(1, "0.3")?;
     let ids: Vec<i64> = (0..5)
         .map(|i| env.publish_with("cb", &format!("{{\"i\":{i}}}"), &["--process"]))
         .collect::<TestResult<_>>()?;
