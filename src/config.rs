@@ -19,6 +19,9 @@ pub const CONFIG_ENV: &str = "BGQ_CONFIG";
 /// The config file looked for in the current directory last.
 pub const DEFAULT_CONFIG_FILE: &str = "bgq.toml";
 
+/// How long a callback told to stop gets before SIGKILL, unless its `kill_grace` says.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -165,7 +168,7 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
             let resolved = Callback {
                 command: resolve_command(callback.command.0, folder),
                 timeout: callback.timeout.map_or(Duration::from_secs(60), |t| t.0.0),
-                kill_grace: callback.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
+                kill_grace: callback.kill_grace.map_or(DEFAULT_KILL_GRACE, |d| d.0),
                 working_dir: callback
                     .working_dir
                     .map_or_else(|| folder.to_owned(), |dir| folder.join(dir.0)),

@@ -1,5 +1,6 @@
 //! Runs one callback: argv from the config, the job on stdin, `BGQ_*` in the environment, its
-//! own process group, a timeout that kills the whole group, and a bounded tail of its output.
+//! own process group, a timeout that kills the whole group, a way to stop it the same way
+//! (`bgq cancel --kill`), and a bounded tail of its output.
 //!
 //! One thread per running callback waits on the child, its output pipe and its stdin together
 //! with poll(2), so that a callback that floods output, never reads stdin, or leaves a
@@ -10,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Callback;
@@ -71,6 +73,38 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// Asks a callback's waiter, from another thread, to stop the callback as a timeout does:
+/// SIGTERM to its group, SIGKILL after `kill_grace`, and what is left of the group killed
+/// before its end is reported. An eventfd, so that the waiter sleeps in poll(2) meanwhile.
+#[derive(Clone)]
+pub struct StopHandle(Arc<OwnedFd>);
+
+impl StopHandle {
+    fn new() -> Result<StopHandle, String> {
+        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!(
+                "cannot create an eventfd: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+        Ok(StopHandle(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+    }
+
+    /// Asks for the stop; harmless once the callback has ended.
+    pub fn request(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to a descriptor we own.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// A callback that has been started.
 pub struct Started {
     child: Child,
@@ -80,6 +114,7 @@ pub struct Started {
     output: std::io::PipeReader,
     timeout: Duration,
     kill_grace: Duration,
+    stop: StopHandle,
 }
 
 /// A callback about to start: its command built and its output pipe made, so that the pipe can
@@ -93,6 +128,7 @@ pub struct Prepared {
     pipe_inode: u64,
     timeout: Duration,
     kill_grace: Duration,
+    stop: StopHandle,
 }
 
 /// Prepares `callback` for `job`; the error is the one-line reason it cannot start.
@@ -117,6 +153,7 @@ pub fn prepare(
         .try_clone()
         .map_err(|err| format!("cannot create an output pipe: {err}"))?;
     let pipe_inode = inode(output.as_raw_fd());
+    let stop = StopHandle::new()?;
     let mut command = Command::new(program);
     command
         .args(&callback.command[1..])
@@ -146,6 +183,7 @@ pub fn prepare(
         pipe_inode,
         timeout: callback.timeout,
         kill_grace: callback.kill_grace,
+        stop,
     })
 }
 
@@ -153,6 +191,11 @@ impl Prepared {
     /// The inode of the callback's output pipe: whoever holds it open belongs to this run.
     pub fn pipe_inode(&self) -> u64 {
         self.pipe_inode
+    }
+
+    /// What stops the callback once started (a request made before its start stops it at once).
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Starts the callback; the error is the one-line reason it could not start.
@@ -165,6 +208,7 @@ impl Prepared {
             output,
             timeout,
             kill_grace,
+            stop,
             ..
         } = self;
         let spawned = command.spawn();
@@ -200,6 +244,7 @@ impl Prepared {
             output,
             timeout,
             kill_grace,
+            stop,
         })
     }
 }
@@ -307,7 +352,8 @@ impl Started {
         self.group.as_ref()
     }
 
-    /// Feeds stdin, collects the output tail and enforces the timeout until the callback exits.
+    /// Feeds stdin, collects the output tail and enforces the timeout until the callback exits;
+    /// a stop request ends it the same way, reporting how it then exited.
     pub fn finish(mut self) -> (Exit, Vec<u8>) {
         let pid = self.child.id();
         let pgid = i32::try_from(pid).unwrap_or(0);
@@ -319,6 +365,8 @@ impl Started {
         let mut written = 0;
         let mut output_open = true;
         let mut phase = Phase::Running;
+        let mut timed_out = false;
+        let mut stop_requested = false;
         let started = Instant::now();
         let mut deadline = Some(started + self.timeout);
         let mut buffer = vec![0u8; 64 * 1024];
@@ -336,6 +384,9 @@ impl Started {
             if let Some(stdin) = &self.stdin {
                 fds.push(poll_fd(stdin.as_raw_fd(), libc::POLLOUT));
             }
+            if !stop_requested {
+                fds.push(poll_fd(self.stop.fd(), libc::POLLIN));
+            }
             let wait = deadline.map(|at| at.saturating_duration_since(Instant::now()));
             // Without a pidfd (old kernels) the child's exit is noticed by polling it.
             let wait = if pidfd.is_none() {
@@ -350,7 +401,14 @@ impl Started {
                 if fd.revents == 0 {
                     continue;
                 }
-                if fd.fd == self.output.as_raw_fd() && output_open {
+                if fd.fd == self.stop.fd() && !stop_requested {
+                    stop_requested = true;
+                    if phase == Phase::Running {
+                        process_group::signal_group(pgid, libc::SIGTERM);
+                        phase = Phase::Terminating;
+                        deadline = Some(Instant::now() + self.kill_grace);
+                    }
+                } else if fd.fd == self.output.as_raw_fd() && output_open {
                     output_open = drain(&mut self.output, &mut buffer, &mut tail);
                 } else if let Some(stdin) = &mut self.stdin
                     && fd.fd == stdin.as_raw_fd()
@@ -378,6 +436,7 @@ impl Started {
                 match phase {
                     Phase::Running => {
                         process_group::signal_group(pgid, libc::SIGTERM);
+                        timed_out = true;
                         phase = Phase::Terminating;
                         deadline = Some(Instant::now() + self.kill_grace);
                     }
@@ -399,7 +458,7 @@ impl Started {
             drain(&mut self.output, &mut buffer, &mut tail);
         }
         let status = self.child.wait();
-        let exit = if phase != Phase::Running {
+        let exit = if timed_out {
             Exit::TimedOut(self.timeout)
         } else {
             match status {

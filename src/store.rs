@@ -295,6 +295,8 @@ pub struct JobBrief {
     pub state_changed_at: Millis,
     /// The `process` run that started it last (0: none).
     pub claimed_run: i64,
+    /// Whether `bgq cancel --kill` is stopping it (it is PROCESSING).
+    pub cancel_requested: bool,
 }
 
 /// Which jobs `Store::change` reads.
@@ -878,14 +880,14 @@ impl Store {
             .optional()?)
     }
 
-    /// Whether `bgq cancel --kill` asked running job `id` to stop.
-    pub fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT cancel_requested FROM jobs WHERE id = ?1")?
-            .query_row([id], |row| row.get(0))
-            .optional()?
-            .unwrap_or(false))
+    /// The jobs `run` of `queue` is running that `bgq cancel --kill` asked to stop.
+    pub fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM jobs INDEXED BY jobs_processing
+             WHERE queue = ?1 AND state = 'PROCESSING' AND claimed_run = ?2 AND cancel_requested = 1",
+        )?;
+        let ids = stmt.query_map(params![queue, run], |row| row.get(0))?;
+        Ok(ids.collect::<Result<_, _>>()?)
     }
 
     /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
@@ -1460,7 +1462,7 @@ fn claim_sql(callbacks: usize, blocking: usize) -> String {
     };
     format!(
         "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
-                started_at = ?3, state_changed_at = ?3, claimed_run = ?2
+                started_at = ?3, state_changed_at = ?3, claimed_run = ?2, cancel_requested = 0
          WHERE id = (
              SELECT j.id FROM jobs j INDEXED BY jobs_ready
              WHERE j.queue = ?1 AND j.due = 1 AND j.blocked_by = 0
@@ -1583,9 +1585,11 @@ fn select_briefs(
             state: read_state(row, 3)?,
             state_changed_at: row.get(4)?,
             claimed_run: row.get(5)?,
+            cancel_requested: row.get(6)?,
         })
     };
-    let columns = format!("id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run");
+    let columns =
+        format!("id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run, cancel_requested");
     match selection {
         Selection::Ids(ids) => {
             let mut ids = ids.to_vec();
@@ -1637,7 +1641,7 @@ fn apply_change(conn: &Connection, id: i64, change: &Change) -> anyhow::Result<(
             // job it already started: one run starts a job at most once.
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'READY', attempts = 0, notified = 0, run_at = ?2,
-                        due = 0, state_changed_at = ?2
+                        due = 0, state_changed_at = ?2, cancel_requested = 0
                  WHERE id = ?1",
             )?
             .execute(params![id, now])?;
@@ -2074,7 +2078,7 @@ mod tests {
         assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
         let (_fresh_dir, fresh) = store();
         assert_eq!(shape(&upgraded), shape(&fresh));
-        assert!(!upgraded.cancel_requested(1).expect("read"));
+        assert!(!marked(&upgraded, 1));
         let orphans = upgraded.orphans("general").expect("orphans");
         assert_eq!(orphans.len(), 1);
         assert!(!orphans[0].cancel_requested);
@@ -2464,6 +2468,62 @@ mod tests {
         assert_eq!(next.id, ids[1]);
     }
 
+    /// Whether job `id` carries the mark of `bgq cancel --kill`.
+    fn marked(store: &Store, id: i64) -> bool {
+        store
+            .detail(id)
+            .expect("read")
+            .expect("kept")
+            .cancel_requested
+    }
+
+    #[test]
+    fn a_retry_or_a_claim_clears_a_stale_cancel_mark() {
+        let (_dir, mut store) = store();
+        let ids = store
+            .publish(&[job("a", None), job("a", None)], 1000)
+            .expect("publish");
+        // As a `process` of bgq 3 leaves a job it ended after an upgrade: failed, yet marked.
+        store
+            .conn
+            .execute(
+                "UPDATE jobs SET state = 'PERMANENTLY_FAILED', cancel_requested = 1 WHERE id = ?1",
+                [ids[0]],
+            )
+            .expect("mark");
+        store
+            .conn
+            .execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
+                [ids[1]],
+            )
+            .expect("mark");
+        store
+            .change(
+                &Selection::Ids(&ids[..1]),
+                &Change::Retry {
+                    now: 2000,
+                    payload: None,
+                },
+                false,
+                |_| Ok(true),
+            )
+            .expect("retry");
+        assert!(!marked(&store, ids[0]));
+        let run = store.begin_run("general", &me(), 2000, false).expect("run");
+        let claimed = claim(&mut store, "general", run, 2000, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(claimed.id, ids[1]);
+        assert!(!marked(&store, ids[1]));
+        assert!(
+            store
+                .cancels_requested("general", run)
+                .expect("read")
+                .is_empty()
+        );
+    }
+
     /// Marks job `id` as `bgq cancel --kill` does.
     fn cancel(store: &mut Store, id: i64, now: Millis) {
         store
@@ -2492,7 +2552,11 @@ mod tests {
         cancel(&mut store, first, 2000);
         let record = store.record(first).expect("read").expect("kept");
         assert_eq!(record.state, JobState::Processing);
-        assert!(store.cancel_requested(first).expect("read"));
+        assert!(marked(&store, first));
+        assert_eq!(
+            store.cancels_requested("general", run).expect("read"),
+            [first]
+        );
         let other = store.begin_run("other", &me(), 2000, false).expect("run");
         assert!(
             claim(&mut store, "other", other, 2000, &["a"])
@@ -2505,7 +2569,7 @@ mod tests {
         assert_eq!(record.state, JobState::Cancelled, "not PERMANENTLY_FAILED");
         assert_eq!(record.state_changed_at, 3000);
         assert!(store.pending_notices("general").expect("read").is_empty());
-        assert!(!store.cancel_requested(first).expect("read"));
+        assert!(!marked(&store, first));
         let next = claim(&mut store, "other", other, 3000, &["a"])
             .expect("claim")
             .expect("the group goes on");
@@ -2523,7 +2587,7 @@ mod tests {
         cancel(&mut store, id, 2000);
         finish(&mut store, id, JobState::Finished, 3000);
         assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
-        assert!(!store.cancel_requested(id).expect("read"));
+        assert!(!marked(&store, id));
     }
 
     #[test]

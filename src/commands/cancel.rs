@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::cli::CancelArgs;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_KILL_GRACE};
 use crate::error::usage;
 use crate::human::when;
 use crate::job::{JobState, now_millis};
@@ -17,8 +17,12 @@ use crate::store::{Change, Durability, JobBrief, Selection, Store};
 /// How long to wait for a stopped callback group to be gone after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// How long to wait for the running `process` to store the end of a stopped callback.
-const SETTLE_WAIT: Duration = Duration::from_secs(5);
+/// How long, beyond the callback's `kill_grace`, the running `process` gets to stop the
+/// callback and store its end before `cancel` stops it itself.
+const RUN_STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// How long to wait for the end to be stored after `cancel` stopped the callback itself.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often to look whether it has.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
@@ -36,6 +40,7 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
                 "job {} is FINISHED; there is nothing to cancel",
                 job.id
             ))),
+            JobState::Processing if job.cancel_requested && !args.kill => Ok(false),
             JobState::Processing if !args.kill => Err(usage(format!(
                 "job {} is running (since {}); use `bgq cancel --kill {}` to stop it",
                 job.id,
@@ -49,11 +54,12 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for (job, applied) in &changed {
         if !applied {
-            writeln!(
-                out,
-                "job {} ({}) was already CANCELLED",
-                job.id, job.callback
-            )?;
+            let already = if job.state == JobState::Processing {
+                "is already being cancelled"
+            } else {
+                "was already CANCELLED"
+            };
+            writeln!(out, "job {} ({}) {already}", job.id, job.callback)?;
             continue;
         }
         let line = if job.state == JobState::Processing {
@@ -71,51 +77,77 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the callback of running `job`, marked for cancelling, and sees it end CANCELLED: by
-/// its live `process` run, which stores the end of every callback it started, or here when
-/// that run is gone. Says what became of it.
+/// Sees the callback of running `job`, marked for cancelling, stopped and the job ended: by its
+/// live `process` run, which looks for marks every 0.1 s and stops the callback as a timeout
+/// does; by this command when that run is dead, or does not do it in time (it is stuck, or of a
+/// bgq that knows no marks). Says what became of the job.
 fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow::Result<String> {
     let runner = store
         .run(job.claimed_run)?
         .map(|run| run.runner)
         .filter(process_group::is_alive);
-    let stopped = stop_callback(config, store, job, runner.as_ref());
+    let grace = config
+        .callbacks
+        .get(&job.callback)
+        .map_or(DEFAULT_KILL_GRACE, |callback| callback.kill_grace);
+    let (stopped, mut state) = match &runner {
+        Some(runner) => match settled_state(store, job.id, grace + RUN_STOP_WAIT)? {
+            Some(JobState::Processing) => (
+                stop_callback(config, store, job, grace, Some(runner)),
+                Some(JobState::Processing),
+            ),
+            state => (
+                format!(
+                    "the running `process` (pid {}) stopped its callback",
+                    runner.pid
+                ),
+                state,
+            ),
+        },
+        None => {
+            let stopped = stop_callback(config, store, job, grace, None);
+            // No run will see the callback end. (When this finds nothing to end, a `process`
+            // run recovered the job meanwhile, which ends it CANCELLED too.)
+            let output = format!("bgq: cancelled with --kill; {stopped}\n");
+            store.end_cancel(job.id, output.as_bytes(), now_millis())?;
+            (stopped, store.state_of(job.id)?)
+        }
+    };
+    if state == Some(JobState::Processing) {
+        state = settled_state(store, job.id, SETTLE_WAIT)?;
+    }
     let cancelled = format!(
         "cancelled job {} ({}): PROCESSING -> CANCELLED",
         job.id, job.callback
     );
-    if runner.is_none() {
-        // No run will see the callback end. (When this finds nothing to end, a `process` run
-        // recovered the job meanwhile, which ends it CANCELLED too.)
-        let output = format!("bgq: cancelled with --kill; {stopped}\n");
-        store.end_cancel(job.id, output.as_bytes(), now_millis())?;
-    }
+    Ok(match state {
+        Some(JobState::Cancelled) => format!("{cancelled}; {stopped}"),
+        Some(JobState::Processing) => {
+            format!("{cancelled} when the `process` running it records its end; {stopped}")
+        }
+        Some(JobState::Finished) => format!(
+            "job {} ({}) is FINISHED, not CANCELLED: its callback exited 0, so its work is done",
+            job.id, job.callback
+        ),
+        other => {
+            let other = other.map_or_else(|| "deleted".to_owned(), |state| state.to_string());
+            format!(
+                "job {} ({}): PROCESSING -> {other}; {stopped}",
+                job.id, job.callback
+            )
+        }
+    })
+}
+
+/// The state of job `id` once it is no longer PROCESSING, or PROCESSING after `limit`.
+fn settled_state(store: &Store, id: i64, limit: Duration) -> anyhow::Result<Option<JobState>> {
     let waited = Instant::now();
     loop {
-        match store.state_of(job.id)? {
-            Some(JobState::Processing) if waited.elapsed() < SETTLE_WAIT => {
-                std::thread::sleep(SETTLE_POLL);
-            }
-            Some(JobState::Processing) => {
-                return Ok(format!(
-                    "{cancelled} when its callback has ended; {stopped}"
-                ));
-            }
-            Some(JobState::Cancelled) => return Ok(format!("{cancelled}; {stopped}")),
-            Some(JobState::Finished) => {
-                return Ok(format!(
-                    "job {} ({}) is FINISHED: its callback exited 0 before it could be stopped, so its work is done",
-                    job.id, job.callback
-                ));
-            }
-            state => {
-                let state = state.map_or_else(|| "deleted".to_owned(), |state| state.to_string());
-                return Ok(format!(
-                    "job {} ({}): PROCESSING -> {state}; {stopped}",
-                    job.id, job.callback
-                ));
-            }
+        let state = store.state_of(id)?;
+        if state != Some(JobState::Processing) || waited.elapsed() >= limit {
+            return Ok(state);
         }
+        std::thread::sleep(SETTLE_POLL);
     }
 }
 
@@ -125,6 +157,7 @@ fn stop_callback(
     config: &Config,
     store: &Store,
     job: &JobBrief,
+    grace: Duration,
     runner: Option<&ProcessRecord>,
 ) -> String {
     let lock = match std::fs::canonicalize(store.path()) {
@@ -135,10 +168,6 @@ fn stop_callback(
         Ok(mut log) => log.remove(&job.id).unwrap_or_default(),
         Err(err) => return format!("its callback could not be looked up: {err:#}"),
     };
-    let grace = config
-        .callbacks
-        .get(&job.callback)
-        .map_or(Duration::from_secs(5), |callback| callback.kill_grace);
     if let Some(group) = &recorded.group {
         return match process_group::stop_group(group, grace, KILL_WAIT) {
             OrphanGroup::Killed => {
@@ -150,10 +179,10 @@ fn stop_callback(
         };
     }
     if let Some(runner) = runner {
-        // Between its start and the record of its group: the live run holds that pipe too, so
-        // it is not ours to kill; the run stops the callback when it records the group.
+        // Its group is not recorded (yet): the live run holds that pipe too, so it is not ours
+        // to kill; the run stops the callback once it sees the mark.
         return format!(
-            "its callback is starting; the running `process` (pid {}) stops it",
+            "its callback is not recorded yet; the running `process` (pid {}) stops it",
             runner.pid
         );
     }

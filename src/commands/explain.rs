@@ -60,7 +60,7 @@ fn explain(
                 .run(detail.claimed_run)?
                 .is_some_and(|run| process_group::is_alive(&run.runner));
             return Ok(if runner_alive && detail.cancel_requested {
-                "is being cancelled: `bgq cancel --kill` is stopping its callback, and it becomes CANCELLED when that has ended".to_owned()
+                "is being cancelled: `bgq cancel --kill` asked its `process` run to stop its callback; it becomes CANCELLED once that has ended (FINISHED if the callback exits 0)".to_owned()
             } else if runner_alive {
                 format!("is running since {since} (attempt {})", job.attempts)
             } else if detail.cancel_requested {

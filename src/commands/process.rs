@@ -22,7 +22,7 @@ use crate::lock::{Lock, process_lock_path};
 use crate::notify::{self, Notice, NoticeKind};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
-use crate::runner::{self, Exit, Outcome, Prepared};
+use crate::runner::{self, Exit, Outcome, Prepared, StopHandle};
 use crate::running_log::{Entry, Recorded, RunningLog};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store, Tally};
 
@@ -101,6 +101,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         settled: Vec::new(),
         tally: Tally::default(),
         tally_written: Instant::now(),
+        cancels_checked: Instant::now(),
         started: 0,
         failed: 0,
         blocking: config.blocking_callbacks(),
@@ -296,6 +297,8 @@ struct Worker<'a> {
     /// Counts of ended runs for `stats`, written with a claim every `TALLY_EVERY`.
     tally: Tally,
     tally_written: Instant,
+    /// When the marks of `bgq cancel --kill` were last looked for.
+    cancels_checked: Instant,
     /// Jobs this run started.
     started: u64,
     /// Of those, how many failed (temporarily or permanently).
@@ -313,6 +316,9 @@ struct Running {
     job: ClaimedJob,
     pipe: u64,
     group: Option<ProcessRecord>,
+    /// Stops the callback when `bgq cancel --kill` marks the job.
+    stop: StopHandle,
+    stop_requested: bool,
 }
 
 /// What a run's end does to a job.
@@ -392,6 +398,7 @@ impl Worker<'_> {
             while let Ok(event) = self.events.try_recv() {
                 self.handle_watching(event, &mut look, &mut written)?;
             }
+            self.stop_cancelled()?;
             // A limit reached stays reached: memory that went down again does not restart it.
             stopping = stopping || self.limit_reached(limits, stop);
             let want = if stopping { 0 } else { self.free_slots(limits) };
@@ -482,6 +489,7 @@ impl Worker<'_> {
             while let Ok(event) = self.events.try_recv() {
                 self.handle(event)?;
             }
+            self.stop_cancelled()?;
             let want = if self.limit_reached(limits, stop) {
                 0
             } else {
@@ -578,12 +586,15 @@ impl Worker<'_> {
                 .or_default() += 1;
             let id = job.id;
             let pipe = ready.pipe_inode();
+            let stop = ready.stop_handle();
             self.running.insert(
                 id,
                 Running {
                     job,
                     pipe,
                     group: None,
+                    stop,
+                    stop_requested: false,
                 },
             );
             self.waiters.run(id, ready, self.running.len())?;
@@ -606,11 +617,6 @@ impl Worker<'_> {
             process_group::signal_group(group.pid, libc::SIGKILL);
             return Err(err);
         }
-        // `bgq cancel --kill` marks the job first, then looks for this group in the log: if it
-        // looked before the line above was written, the mark is already there.
-        if self.store.cancel_requested(id)? {
-            process_group::signal_group(group.pid, libc::SIGKILL);
-        }
         if let Some(running) = self.running.get_mut(&id) {
             running.group = Some(group);
         }
@@ -630,24 +636,69 @@ impl Worker<'_> {
     }
 
     fn finish_running(&mut self, id: i64, exit: Exit, output: Vec<u8>) -> anyhow::Result<()> {
-        let Some(Running { job, .. }) = self.running.remove(&id) else {
+        let Some(Running {
+            job,
+            stop_requested,
+            ..
+        }) = self.running.remove(&id)
+        else {
             bail!("a callback of job {id} ended that was not running");
         };
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }
-        self.settle(&job, exit, output);
+        if stop_requested && exit != Exit::Code(0) {
+            self.settle_cancelled(&job, &exit, output);
+        } else {
+            self.settle(&job, exit, output);
+        }
         Ok(())
+    }
+
+    /// Stops the callbacks of the running jobs that `bgq cancel --kill` marked, looking at most
+    /// every TICK (a mark is not worth a read per job).
+    fn stop_cancelled(&mut self) -> anyhow::Result<()> {
+        if self.running.is_empty() || self.cancels_checked.elapsed() < TICK {
+            return Ok(());
+        }
+        self.cancels_checked = Instant::now();
+        for id in self.store.cancels_requested(self.queue, self.run)? {
+            if let Some(running) = self.running.get_mut(&id)
+                && !running.stop_requested
+            {
+                running.stop.request();
+                running.stop_requested = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// A callback stopped for `bgq cancel --kill` that did not exit 0: its job becomes
+    /// CANCELLED, neither a failure nor a notice.
+    fn settle_cancelled(&mut self, job: &ClaimedJob, exit: &Exit, mut output: Vec<u8>) {
+        end_line(
+            &mut output,
+            &format!("stopped by `bgq cancel --kill` ({exit})"),
+        );
+        let now = now_millis();
+        self.settled.push(Completion {
+            id: job.id,
+            state: JobState::Cancelled,
+            run_at: now,
+            due_now: false,
+            uncount_attempt: false,
+            output,
+            ended_at: now,
+            notified: false,
+            notice: None,
+        });
     }
 
     /// Decides how a run ended; the result is committed with the next claim.
     fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>) {
         let now = now_millis();
         if !matches!(exit, Exit::Code(_)) {
-            if !output.is_empty() && !output.ends_with(b"\n") {
-                output.push(b'\n');
-            }
-            output.extend_from_slice(format!("bgq: {exit}\n").as_bytes());
+            end_line(&mut output, &exit.to_string());
         }
         let outcome = Outcome::from_exit(&exit);
         if matches!(
@@ -834,9 +885,9 @@ impl Worker<'_> {
         let now = now_millis();
         let why = "the `process` run running it died";
         if orphan.cancel_requested {
-            // `bgq cancel --kill` found the run dead too, or died itself before ending the job.
+            // `bgq cancel --kill` marked it, and the run died before ending it (or cancel did).
             eprintln!(
-                "bgq: recovered job {} ({}): {why}; {group}; it stays CANCELLED, as `bgq cancel --kill` asked",
+                "bgq: recovered job {} ({}): {why}; {group}; it becomes CANCELLED, as `bgq cancel --kill` asked",
                 orphan.id, orphan.callback
             );
             let output = format!("bgq: {why}; {group}\n").into_bytes();
@@ -901,6 +952,14 @@ impl Worker<'_> {
         }
         Ok(())
     }
+}
+
+/// Appends `bgq: WHAT` on a line of its own to a callback's output.
+fn end_line(output: &mut Vec<u8>, what: &str) {
+    if !output.is_empty() && !output.ends_with(b"\n") {
+        output.push(b'\n');
+    }
+    output.extend_from_slice(format!("bgq: {what}\n").as_bytes());
 }
 
 #[cfg(test)]

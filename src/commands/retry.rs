@@ -51,6 +51,10 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
             "job {} is FINISHED; publish a new job to run it again",
             job.id
         ))),
+        JobState::Processing if job.cancel_requested => Err(usage(format!(
+            "job {} is being cancelled (`bgq cancel --kill`); retry it once it is CANCELLED",
+            job.id
+        ))),
         JobState::Processing => Err(usage(format!(
             "job {} is running; wait for it or use `bgq cancel --kill {}`",
             job.id, job.id

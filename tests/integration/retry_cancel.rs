@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks, expect_error,
-    expect_refused, listed_ids, lock_files, read_lines, wait_for,
+    expect_refused, listed_ids, lock_files, read_lines, send_signal, wait_for,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -678,7 +678,8 @@ fn cancel_kill_stops_the_callback_and_the_run_carries_on() -> TestResult {
     assert_eq!(
         String::from_utf8(out.stdout)?,
         format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback (process group {group}) was stopped\n"
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED; the running `process` (pid {}) stopped its callback\n",
+            process.pid()
         )
     );
     wait_for("the callback to die", Duration::from_secs(5), || {
@@ -744,13 +745,16 @@ fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
     Ok(())
 }
 
-/// `cancel --kill` of a job whose process group is not recorded yet (the moment between its
-/// start and that record, widened here by erasing the record) never touches the `process` run,
-/// which holds the same output pipe: the run carries on and exits 0.
+/// When the run does not stop the callback in time (here it is stopped with SIGSTOP), `cancel
+/// --kill` stops it itself by the process group recorded in the lock file. With no group
+/// recorded (the moment between a callback's start and that record, widened here by erasing
+/// it) it never kills the holders of the callback's output pipe, among which is the `process`
+/// run itself: the run, continued, stops the callback and exits 0.
 #[test]
 fn cancel_kill_never_kills_the_running_process() -> TestResult {
-    let env = env_with_callbacks("", &[("block", BLOCK)])?;
-    let (id, mut process) = running_job(&env)?;
+    let env = TestEnv::new("")?;
+    let (id, mut process, callback, _guard) = hanging_job(&env)?;
+    send_signal(process.pid(), "STOP")?;
     for lock in lock_files(&env.path("locks"))? {
         let kept: String = fs::read_to_string(&lock)?
             .lines()
@@ -759,21 +763,100 @@ fn cancel_kill_never_kills_the_running_process() -> TestResult {
             .collect();
         fs::write(&lock, kept)?;
     }
-    let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
-    let alive_after = alive(i32::try_from(process.pid())?);
-    fs::write(env.path("release"), "")?;
+    let out = run(&env, &["cancel", "--kill", &id.to_string()]);
+    let run_alive = alive(i32::try_from(process.pid())?);
+    let callback_alive = alive(callback);
+    send_signal(process.pid(), "CONT")?;
+    let out = out?;
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("the running `process`"),
-        "{}",
-        describe(&out)
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!(
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED when the `process` running it records its end; its callback is not recorded yet; the running `process` (pid {}) stops it\n",
+            process.pid()
+        )
     );
-    assert!(alive_after, "cancel --kill killed the `process` run");
+    assert!(run_alive, "cancel --kill killed the `process` run");
+    assert!(callback_alive, "not ours to kill without its group");
     let status = process.wait_exit(Duration::from_secs(20))?;
     assert_eq!(status.code(), Some(0), "{}", process.stderr());
-    // With its record erased the run never saw it starting after the cancel, so the released
-    // callback exited 0: a job whose callback got through is FINISHED.
-    assert_eq!(env.state(id)?, "FINISHED");
+    assert_eq!(env.state(id)?, "CANCELLED");
+    wait_for("the callback to die", Duration::from_secs(5), || {
+        !alive(callback)
+    })?;
+    Ok(())
+}
+
+/// A job left marked for cancelling by a `process` of bgq 3 (which ended it PERMANENTLY_FAILED
+/// without knowing the mark) runs normally once retried: retry and claim clear the mark.
+#[test]
+fn a_retried_job_left_marked_by_an_older_run_is_not_cancelled() -> TestResult {
+    let env = env_with_callbacks("", &[("work", "sleep 0.5\nexit 0")])?;
+    let id = env.publish("work", "{}")?;
+    let conn = rusqlite::Connection::open(env.db_path())?;
+    conn.execute(
+        "UPDATE jobs SET state = 'PERMANENTLY_FAILED', attempts = 1, cancel_requested = 1, due = 0
+         WHERE id = ?1",
+        [id],
+    )?;
+    drop(conn);
+    stdout_of(&env, &["retry", &id.to_string()])?;
+    let stderr = env.process(&[])?;
+    assert_eq!(env.state(id)?, "FINISHED", "{stderr}");
+    Ok(())
+}
+
+/// The `process` run stops the callback itself, so a `cancel --kill` from a shell whose
+/// temp_dir (here `$TMPDIR`) differs from cron's, and so finds no lock file, still works.
+#[test]
+fn cancel_kill_works_from_a_shell_with_another_temp_dir() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (script, pidfile) = crate::support::hanging_callback(&env, "hang.sh")?;
+    let cron_tmp = env.path("cron-tmp");
+    let shell_tmp = env.path("shell-tmp");
+    fs::create_dir_all(&cron_tmp)?;
+    fs::create_dir_all(&shell_tmp)?;
+    env.write_raw_config(&format!(
+        "database = \"bgq.sqlite\"\n{}",
+        callback_toml("hang", &script, "kill_grace = \"1s\"")
+    ))?;
+    let id = env.publish("hang", "{}")?;
+    let mut process = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let out = env
+        .bgq()
+        .env("TMPDIR", &shell_tmp)
+        .args(["cancel", "--kill", &id.to_string()])
+        .output()?;
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!(
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED; the running `process` (pid {}) stopped its callback\n",
+            process.pid()
+        )
+    );
+    assert!(!alive(callback));
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(id)?, "CANCELLED");
+    Ok(())
+}
+
+/// A job cancelled with `--kill` is not a failure of its run: `stats` does not count it.
+#[test]
+fn a_job_cancelled_with_kill_is_not_a_failure_of_its_run() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (id, mut process, _callback, _guard) = hanging_job(&env)?;
+    stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
+    process.wait_exit(Duration::from_secs(20))?;
+    let stats = stdout_of(&env, &["stats", "--json"])?;
+    assert!(stats.contains("\"jobs\":1"), "{stats}");
+    assert!(stats.contains("\"failed\":0"), "{stats}");
     Ok(())
 }
 
@@ -792,7 +875,7 @@ exit 3";
     assert_eq!(
         out,
         format!(
-            "job {id} (block) is FINISHED: its callback exited 0 before it could be stopped, so its work is done\n"
+            "job {id} (block) is FINISHED, not CANCELLED: its callback exited 0, so its work is done\n"
         )
     );
     assert_eq!(env.state(id)?, "FINISHED");
@@ -824,7 +907,7 @@ fn hanging_job(env: &TestEnv) -> TestResult<(i64, Spawned, i32, KillGroupOnDrop)
 fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
     let env = TestEnv::new("")?;
     let (id, mut process, callback, guard) = hanging_job(&env)?;
-    crate::support::send_signal(process.pid(), "KILL")?;
+    send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
     assert!(alive(callback), "the orphaned callback lives on");
 
@@ -856,17 +939,17 @@ fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
 fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult {
     let env = TestEnv::new("")?;
     let (id, mut process, _callback, guard) = hanging_job(&env)?;
-    crate::support::send_signal(process.pid(), "STOP")?;
+    send_signal(process.pid(), "STOP")?;
     let out = run(&env, &["cancel", "--kill", &id.to_string()]);
     let explained = run(&env, &["explain", &id.to_string()]);
-    crate::support::send_signal(process.pid(), "KILL")?;
+    send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
     let out = out?;
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
         String::from_utf8(out.stdout)?,
         format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED when its callback has ended; its callback (process group {}) was stopped\n",
+            "cancelled job {id} (hang): PROCESSING -> CANCELLED when the `process` running it records its end; its callback (process group {}) was stopped\n",
             guard.0
         )
     );
@@ -881,7 +964,7 @@ fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult 
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "bgq: recovered job {id} (hang): the `process` run running it died; its callback was no longer running; it stays CANCELLED"
+            "bgq: recovered job {id} (hang): the `process` run running it died; its callback was no longer running; it becomes CANCELLED"
         )),
         "{stderr}"
     );

@@ -258,12 +258,12 @@ fn cancel_kill_holds_the_group_for_other_queues_until_the_callback_has_stopped()
     watcher.wait_exit(Duration::from_secs(10))?;
     run.wait_exit(Duration::from_secs(10))?;
     assert!(out.status.success(), "{}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.starts_with(&format!(
-            "cancelled job {first} (cb): PROCESSING -> CANCELLED; its callback (process group "
-        )),
-        "{stdout}"
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "cancelled job {first} (cb): PROCESSING -> CANCELLED; the running `process` (pid {}) stopped its callback\n",
+            run.pid()
+        )
     );
     cancelled?;
     let first_end = logged(&env, "end", first).ok_or("the first job never ended")?;
@@ -275,6 +275,48 @@ fn cancel_kill_holds_the_group_for_other_queues_until_the_callback_has_stopped()
     );
     assert_eq!(env.state(first)?, "CANCELLED");
     assert_eq!(env.state(second)?, "FINISHED");
+    Ok(())
+}
+
+/// A callback whose group leader dies at once on SIGTERM while a helper in its process group
+/// keeps working (it logs `beat ID NS` every 50 ms, and for 2 s more after SIGTERM).
+const LEADER_DIES_FIRST: &str = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     ( beat() { echo \"beat $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; sleep 0.05; }; \
+       trap 'i=0; while [ $i -lt 40 ]; do beat; i=$((i+1)); done; exit 0' TERM; \
+       while :; do beat; done ) &\n\
+     wait";
+
+/// The group is held until the whole stopped callback is gone, not only its leader: the run
+/// kills what is left of the group, as after a timeout, before it stores the end.
+#[test]
+fn cancel_kill_holds_the_group_until_the_whole_callback_is_gone() -> TestResult {
+    let env = env_with_callbacks("", &[("slow", LEADER_DIES_FIRST), ("cb", TIMED)])?;
+    let first = env.publish_with("slow", "{}", &["--serial-group", "g"])?;
+    let second = env.publish_with("cb", "{}", &["--serial-group", "g"])?;
+    let mut run = env.spawn(&["process"])?;
+    wait_for(
+        "the first callback to beat",
+        Duration::from_secs(10),
+        || !all_logged(&env, "beat", first).is_empty(),
+    )?;
+    let out = env
+        .bgq()
+        .args(["cancel", "--kill", &first.to_string()])
+        .output()?;
+    let status = run.wait_exit(Duration::from_secs(20))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    let second_start = logged(&env, "start", second).ok_or("the second job never ran")?;
+    let last_beat = all_logged(&env, "beat", first)
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    assert!(
+        last_beat < second_start,
+        "job {second} of serial group g started {} ms before the callback of job {first} was gone",
+        (last_beat - second_start) / 1_000_000
+    );
+    assert_eq!(env.state(first)?, "CANCELLED");
     Ok(())
 }
 
@@ -309,7 +351,14 @@ fn retry_waits_for_cancel_kill_to_stop_the_callback_under_watch() -> TestResult 
     crate::support::send_signal(watcher.pid(), "TERM")?;
     let watcher_status = watcher.wait_exit(Duration::from_secs(10))?;
 
-    crate::support::expect_error(&early, 2, &[&format!("job {id} is running")])?;
+    crate::support::expect_error(
+        &early,
+        2,
+        &[
+            &format!("job {id} is being cancelled"),
+            "once it is CANCELLED",
+        ],
+    )?;
     assert!(
         String::from_utf8_lossy(&explained.stdout).contains("is being cancelled"),
         "{}",

@@ -278,6 +278,11 @@ impl Drop for Spawned {
 impl TestEnv {
     /// Starts `bgq --config ... <args>` in the background; stdout/stderr go to files in the temp dir.
     pub fn spawn(&self, args: &[&str]) -> TestResult<Spawned> {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// [`TestEnv::spawn`] with these variables added to its environment.
+    pub fn spawn_with_env(&self, args: &[&str], vars: &[(&str, &Path)]) -> TestResult<Spawned> {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let stdout = self.path(&format!("spawned-{n}.stdout"));
@@ -285,6 +290,7 @@ impl TestEnv {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
             .current_dir(self.root())
             .env_remove("BGQ_CONFIG")
+            .envs(vars.iter().copied())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
