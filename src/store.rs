@@ -2028,26 +2028,35 @@ mod tests {
         shape
     }
 
-    #[test]
-    fn a_version_2_database_is_upgraded_in_place_keeping_its_jobs() {
+    /// A database made with an old schema `old` holding one job (`insert`, its payload ?1),
+    /// then opened, and so upgraded, by this bgq: it has the version and the shape of a new one.
+    fn upgraded(old: &str, insert: &str) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.sqlite");
-        let old = Connection::open(&path).expect("create");
-        old.execute_batch(include_str!("../upgrades/schema-v2.sql"))
-            .expect("v2 schema");
-        old.execute(
-            "INSERT INTO jobs (queue, callback, payload, created_at, run_at, serial_group)
-             VALUES ('general', 'a', ?1, 1000, 1000, 'g')",
+        let conn = Connection::open(&path).expect("create");
+        conn.execute_batch(old).expect("old schema");
+        conn.execute(
+            insert,
             [Payload::Json(serde_json::json!({"n": 1}))
                 .to_msgpack()
                 .expect("encode")],
         )
-        .expect("v2 job");
-        drop(old);
-        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
+        .expect("old job");
+        drop(conn);
+        let upgraded = Store::open(&path, Durability::Full).expect("upgrade");
         assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
         let (_fresh_dir, fresh) = store();
         assert_eq!(shape(&upgraded), shape(&fresh));
+        (dir, upgraded)
+    }
+
+    #[test]
+    fn a_version_2_database_is_upgraded_in_place_keeping_its_jobs() {
+        let (_dir, mut upgraded) = upgraded(
+            include_str!("../upgrades/schema-v2.sql"),
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at, serial_group)
+             VALUES ('general', 'a', ?1, 1000, 1000, 'g')",
+        );
         let run = upgraded
             .begin_run("general", &me(), 2000, false)
             .expect("run");
@@ -2060,24 +2069,11 @@ mod tests {
 
     #[test]
     fn a_version_3_database_is_upgraded_in_place_keeping_its_running_jobs() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("old.sqlite");
-        let old = Connection::open(&path).expect("create");
-        old.execute_batch(include_str!("../upgrades/schema-v3.sql"))
-            .expect("v3 schema");
-        old.execute(
+        let (_dir, mut upgraded) = upgraded(
+            include_str!("../upgrades/schema-v3.sql"),
             "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, due, attempts)
              VALUES ('general', 'a', ?1, 1000, 1000, 'PROCESSING', 0, 1)",
-            [Payload::Json(serde_json::json!({"n": 1}))
-                .to_msgpack()
-                .expect("encode")],
-        )
-        .expect("v3 job");
-        drop(old);
-        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
-        assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
-        let (_fresh_dir, fresh) = store();
-        assert_eq!(shape(&upgraded), shape(&fresh));
+        );
         assert!(!marked(&upgraded, 1));
         let orphans = upgraded.orphans("general").expect("orphans");
         assert_eq!(orphans.len(), 1);
@@ -2088,24 +2084,11 @@ mod tests {
 
     #[test]
     fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("old.sqlite");
-        let old = Connection::open(&path).expect("create");
-        old.execute_batch(include_str!("../upgrades/schema-v1.sql"))
-            .expect("v1 schema");
-        old.execute(
+        let (_dir, mut upgraded) = upgraded(
+            include_str!("../upgrades/schema-v1.sql"),
             "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, finished_at)
              VALUES ('general', 'a', ?1, 1000, 1000, 'FINISHED', 5000)",
-            [Payload::Json(serde_json::json!({"n": 1}))
-                .to_msgpack()
-                .expect("encode")],
-        )
-        .expect("v1 job");
-        drop(old);
-        let mut upgraded = Store::open(&path, Durability::Full).expect("upgrade");
-        assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
-        let (_fresh_dir, fresh) = store();
-        assert_eq!(shape(&upgraded), shape(&fresh));
+        );
         let detail = upgraded.detail(1).expect("read").expect("kept");
         assert_eq!(detail.record.state, JobState::Finished);
         assert_eq!(detail.record.state_changed_at, 5000);
