@@ -170,7 +170,7 @@ fn pipe_holders(inode: u64) -> Vec<i32> {
 }
 
 /// Whether any process that is not a zombie belongs to group `pgid`.
-fn has_live_members(pgid: i32) -> bool {
+pub fn has_live_members(pgid: i32) -> bool {
     let Ok(entries) = fs::read_dir("/proc") else {
         return false;
     };

@@ -448,7 +448,11 @@ impl Started {
                 }
             }
         }
+        // A stopped callback whose first process exited (even with 0) while others of its group
+        // still worked did not finish its work.
+        let mut cut_short = false;
         if phase != Phase::Running {
+            cut_short = stop_requested && process_group::has_live_members(pgid);
             // The leader is a zombie until we reap it, so its group id still names our group:
             // kill what is left of it (children that ignored SIGTERM).
             process_group::signal_group(pgid, libc::SIGKILL);
@@ -460,6 +464,8 @@ impl Started {
         let status = self.child.wait();
         let exit = if timed_out {
             Exit::TimedOut(self.timeout)
+        } else if cut_short {
+            Exit::Signal(libc::SIGKILL)
         } else {
             match status {
                 Ok(status) => match (status.code(), status.signal()) {

@@ -131,6 +131,15 @@ pub struct Completion {
     pub notice: Option<(NoticeKind, String)>,
 }
 
+/// What `Store::settle_and_claim` did.
+#[derive(Debug)]
+pub struct Settled {
+    /// The jobs it claimed.
+    pub claimed: Vec<ClaimedJob>,
+    /// How many of the runs it stored failed (a run of a job cancelled meanwhile did not).
+    pub failed: u64,
+}
+
 /// What `settle_and_claim` may claim.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
@@ -766,12 +775,21 @@ impl Store {
         claim: &ClaimRequest<'_>,
         tally: &mut Tally,
         write_tally: bool,
-    ) -> anyhow::Result<Vec<ClaimedJob>> {
+    ) -> anyhow::Result<Settled> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut failed = 0;
         for completion in done {
-            complete(&tx, completion, tally)?;
+            let stored = complete(&tx, completion, tally)?;
+            if stored
+                && matches!(
+                    completion.state,
+                    JobState::TemporarilyFailed | JobState::PermanentlyFailed
+                )
+            {
+                failed += 1;
+            }
         }
         if write_tally {
             tally.write(&tx)?;
@@ -796,7 +814,7 @@ impl Store {
             claimed.push(job);
         }
         tx.commit()?;
-        Ok(claimed)
+        Ok(Settled { claimed, failed })
     }
 
     /// Due jobs of `queue` whose callback is not among `known`, counted per callback.
@@ -1783,6 +1801,7 @@ mod tests {
         };
         Ok(store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)?
+            .claimed
             .pop())
     }
 
@@ -1906,7 +1925,7 @@ mod tests {
         let claimed = store
             .settle_and_claim(&[], &request, &mut Tally::default(), true)
             .expect("claim");
-        let claimed: Vec<i64> = claimed.iter().map(|job| job.id).collect();
+        let claimed: Vec<i64> = claimed.claimed.iter().map(|job| job.id).collect();
         assert_eq!(claimed, [ids[0], ids[2]]);
     }
 
@@ -2439,7 +2458,7 @@ mod tests {
         let held = store
             .settle_and_claim(&[], &request, &mut Tally::default(), false)
             .expect("claim");
-        assert!(held.is_empty());
+        assert!(held.claimed.is_empty());
         assert_eq!(
             store.serial_blocker("g", ids[1], &["a"]).expect("read"),
             Some((ids[0], JobState::PermanentlyFailed))

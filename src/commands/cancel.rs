@@ -82,57 +82,58 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
 /// does; by this command when that run is dead, or does not do it in time (it is stuck, or of a
 /// bgq that knows no marks). Says what became of the job.
 fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow::Result<String> {
-    let runner = store
-        .run(job.claimed_run)?
-        .map(|run| run.runner)
-        .filter(process_group::is_alive);
+    let runner = store.run(job.claimed_run)?.map(|run| run.runner);
     let grace = config
         .callbacks
         .get(&job.callback)
         .map_or(DEFAULT_KILL_GRACE, |callback| callback.kill_grace);
-    let (stopped, mut state) = match &runner {
-        Some(runner) => match settled_state(store, job.id, grace + RUN_STOP_WAIT)? {
-            Some(JobState::Processing) => (
-                stop_callback(config, store, job, grace, Some(runner)),
-                Some(JobState::Processing),
-            ),
-            state => (
-                format!(
-                    "the running `process` (pid {}) stopped its callback",
-                    runner.pid
-                ),
-                state,
-            ),
-        },
-        None => {
-            let stopped = stop_callback(config, store, job, grace, None);
+    let mut state = Some(JobState::Processing);
+    if runner.as_ref().is_some_and(process_group::is_alive) {
+        state = settled_state(store, job.id, grace + RUN_STOP_WAIT)?;
+    }
+    // What this command did itself, when the run did not.
+    let mut stop = None;
+    if state == Some(JobState::Processing) {
+        // Looked at again: the run may have died while we waited.
+        let live_runner = runner
+            .as_ref()
+            .filter(|runner| process_group::is_alive(runner));
+        let stopped = stop_callback(config, store, job, grace, live_runner);
+        if live_runner.is_none() && stopped.gone {
             // No run will see the callback end. (When this finds nothing to end, a `process`
             // run recovered the job meanwhile, which ends it CANCELLED too.)
-            let output = format!("bgq: cancelled with --kill; {stopped}\n");
+            let output = format!("bgq: cancelled with --kill; {}\n", stopped.said);
             store.end_cancel(job.id, output.as_bytes(), now_millis())?;
-            (stopped, store.state_of(job.id)?)
         }
-    };
-    if state == Some(JobState::Processing) {
         state = settled_state(store, job.id, SETTLE_WAIT)?;
+        stop = Some((stopped, live_runner.is_some()));
     }
     let cancelled = format!(
         "cancelled job {} ({}): PROCESSING -> CANCELLED",
         job.id, job.callback
     );
-    Ok(match state {
-        Some(JobState::Cancelled) => format!("{cancelled}; {stopped}"),
-        Some(JobState::Processing) => {
-            format!("{cancelled} when the `process` running it records its end; {stopped}")
-        }
-        Some(JobState::Finished) => format!(
-            "job {} ({}) is FINISHED, not CANCELLED: its callback exited 0, so its work is done",
+    let said = stop
+        .as_ref()
+        .map_or("its callback has ended", |(stopped, _)| {
+            stopped.said.as_str()
+        });
+    Ok(match (state, &stop) {
+        (Some(JobState::Cancelled), _) => format!("{cancelled}; {said}"),
+        (Some(JobState::Finished), _) => format!(
+            "job {} ({}) is FINISHED, not CANCELLED: its callback reported success (exit 0)",
             job.id, job.callback
         ),
-        other => {
+        (Some(JobState::Processing), Some((_, false))) => format!(
+            "job {} ({}) stays PROCESSING, marked for cancelling: {said}; the next `process` run of queue `{}` under the temp_dir of the run that started it stops its callback and ends it CANCELLED",
+            job.id, job.callback, job.queue
+        ),
+        (Some(JobState::Processing), _) => {
+            format!("{cancelled} when the `process` running it records its end; {said}")
+        }
+        (other, _) => {
             let other = other.map_or_else(|| "deleted".to_owned(), |state| state.to_string());
             format!(
-                "job {} ({}): PROCESSING -> {other}; {stopped}",
+                "job {} ({}): PROCESSING -> {other}; {said}",
                 job.id, job.callback
             )
         }
@@ -151,52 +152,70 @@ fn settled_state(store: &Store, id: i64, limit: Duration) -> anyhow::Result<Opti
     }
 }
 
+/// What `stop_callback` did.
+struct Stopped {
+    /// Said to the user.
+    said: String,
+    /// Whether the callback is known to be gone (stopped, ended, or never started).
+    gone: bool,
+}
+
 /// Stops the running callback of `job`, found in the lock file of its queue's `process` run
-/// (`runner`, when alive); says what became of it.
+/// (`runner`, when alive), giving it `grace` between SIGTERM and SIGKILL.
 fn stop_callback(
     config: &Config,
     store: &Store,
     job: &JobBrief,
     grace: Duration,
     runner: Option<&ProcessRecord>,
-) -> String {
+) -> Stopped {
+    let unknown = |said: String| Stopped { said, gone: false };
     let lock = match std::fs::canonicalize(store.path()) {
         Ok(canonical) => process_lock_path(&config.temp_dir, &canonical, &job.queue),
-        Err(err) => return format!("its callback could not be looked up: {err}"),
+        Err(err) => return unknown(format!("its callback could not be looked up: {err}")),
     };
+    if !lock.exists() {
+        return unknown(format!(
+            "its callback could not be looked up: there is no lock file {} (did its `process` run with another temp_dir?)",
+            lock.display()
+        ));
+    }
     let recorded = match running_log::read_unlocked(&lock) {
         Ok(mut log) => log.remove(&job.id).unwrap_or_default(),
-        Err(err) => return format!("its callback could not be looked up: {err:#}"),
+        Err(err) => return unknown(format!("its callback could not be looked up: {err:#}")),
     };
+    let gone = |said: String| Stopped { said, gone: true };
     if let Some(group) = &recorded.group {
-        return match process_group::stop_group(group, grace, KILL_WAIT) {
+        return gone(match process_group::stop_group(group, grace, KILL_WAIT) {
             OrphanGroup::Killed => {
                 format!("its callback (process group {}) was stopped", group.pid)
             }
             OrphanGroup::Gone | OrphanGroup::PidReused => {
                 "its callback had already ended".to_owned()
             }
-        };
+        });
     }
     if let Some(runner) = runner {
         // Its group is not recorded (yet): the live run holds that pipe too, so it is not ours
         // to kill; the run stops the callback once it sees the mark.
-        return format!(
+        return unknown(format!(
             "its callback is not recorded yet; the running `process` (pid {}) stops it",
             runner.pid
-        );
+        ));
     }
     // The run that started it died before recording its group: whoever holds its output pipe
     // is the callback.
-    match recorded
-        .pipe
-        .map(|pipe| process_group::kill_pipe_holders(pipe, KILL_WAIT))
-    {
-        Some(found) if found > 0 => format!("its callback ({found} process(es)) was stopped"),
-        Some(_) => "its callback had already ended".to_owned(),
-        None => format!(
-            "no callback of it is recorded in {} (it had not started, or ran under another temp_dir)",
-            lock.display()
-        ),
-    }
+    gone(
+        match recorded
+            .pipe
+            .map(|pipe| process_group::kill_pipe_holders(pipe, KILL_WAIT))
+        {
+            Some(found) if found > 0 => format!("its callback ({found} process(es)) was stopped"),
+            Some(_) => "its callback had already ended".to_owned(),
+            None => format!(
+                "no callback of it is recorded in {}: it had not started",
+                lock.display()
+            ),
+        },
+    )
 }

@@ -544,9 +544,11 @@ impl Worker<'_> {
             blocking: &self.blocking,
         };
         let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
-        let claimed =
+        let settled =
             self.store
                 .settle_and_claim(&self.settled, &request, &mut self.tally, write_tally)?;
+        self.failed += settled.failed;
+        let claimed = settled.claimed;
         if write_tally {
             self.tally_written = Instant::now();
         }
@@ -701,12 +703,6 @@ impl Worker<'_> {
             end_line(&mut output, &exit.to_string());
         }
         let outcome = Outcome::from_exit(&exit);
-        if matches!(
-            outcome,
-            Outcome::TemporarilyFailed | Outcome::PermanentlyFailed
-        ) {
-            self.failed += 1;
-        }
         let transition = match outcome {
             Outcome::Finished => Transition {
                 state: JobState::Finished,

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod cancel_kill;
 mod check;
 mod clear;
 mod clock;

@@ -569,3 +569,31 @@ pub fn hanging_callback(env: &TestEnv, name: &str) -> TestResult<(PathBuf, PathB
     )?;
     Ok((script, pidfile))
 }
+
+/// The process group id of `pid`, from `/proc/PID/stat`.
+pub fn pgid_of(pid: i32) -> TestResult<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, rest) = stat.rsplit_once(')').ok_or("bad /proc stat")?;
+    // After the command name: state, ppid, pgrp.
+    Ok(rest
+        .split_whitespace()
+        .nth(2)
+        .ok_or("no pgrp in /proc stat")?
+        .parse()?)
+}
+
+/// SIGKILLs process group `.0` when dropped, so a failing test leaves no sleeping callback behind.
+pub struct KillGroupOnDrop(pub i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        // Never the test binary's own group.
+        if pgid_of(std::process::id() as i32).is_ok_and(|own| own == self.0) {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

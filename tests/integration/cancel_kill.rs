@@ -1,0 +1,382 @@
+//! `bgq cancel --kill` of a running job, where the `process` run stops the callback itself:
+//! descriptors over a long watch, a run that dies or is told to stop meanwhile, callbacks that
+//! end by themselves or leave helpers behind, timeouts, and another temp_dir.
+
+use std::fs;
+use std::io::Write;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe, pgid_of,
+    send_signal, wait_for,
+};
+
+/// Runs `bgq ARGS` and returns its output without checking anything.
+fn run(env: &TestEnv, args: &[&str]) -> TestResult<Output> {
+    Ok(env.bgq().args(args).output()?)
+}
+
+/// Whether job `id` carries the mark of `bgq cancel --kill`.
+fn marked(env: &TestEnv, id: i64) -> bool {
+    rusqlite::Connection::open(env.db_path())
+        .and_then(|conn| {
+            conn.query_row(
+                "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                [id],
+                |row| row.get::<_, bool>(0),
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// Starts `bgq cancel --kill ID` in the background.
+fn spawn_cancel(env: &TestEnv, id: i64) -> TestResult<std::process::Child> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
+        .current_dir(env.root())
+        .env_remove("BGQ_CONFIG")
+        .arg("--config")
+        .arg(env.config_path())
+        .args(["cancel", "--kill", &id.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// The number of open descriptors of `pid`.
+fn open_fds(pid: u32) -> TestResult<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The eventfds among the open descriptors of `pid`.
+fn eventfds(pid: u32) -> TestResult<usize> {
+    let mut count = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        if fs::read_link(entry?.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("eventfd"))
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// A `--watch` run keeps no descriptor per job: after many jobs (some of them stopped by
+/// `cancel --kill`) it holds as many as after the first few.
+#[test]
+fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
+    let env = TestEnv::new("")?;
+    let ok = env.script("ok.sh", "cat >/dev/null; exit 0")?;
+    let (hang, pidfile) = crate::support::hanging_callback(&env, "hang.sh")?;
+    env.write_config(&format!(
+        "concurrency = 4\n{}{}",
+        callback_toml("ok", &ok, ""),
+        callback_toml("hang", &hang, "kill_grace = \"1s\"")
+    ))?;
+    let mut watch = env.spawn(&["process", "--watch"])?;
+    let batch = |n: usize| -> TestResult<i64> {
+        let mut last = 0;
+        for _ in 0..n {
+            last = env.publish("ok", "{\"x\":1}")?;
+        }
+        Ok(last)
+    };
+    let last = batch(20)?;
+    wait_for("the first batch", Duration::from_secs(30), || {
+        env.state(last).is_ok_and(|s| s == "FINISHED")
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_fds(watch.pid())?;
+    for round in 0..3 {
+        let id = env.publish("hang", "{}")?;
+        wait_for("the hanging callback", Duration::from_secs(15), || {
+            pidfile.exists()
+        })?;
+        let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
+        assert!(out.status.success(), "round {round}: {}", describe(&out));
+        fs::remove_file(&pidfile)?;
+        assert_eq!(env.state(id)?, "CANCELLED");
+    }
+    let last = batch(150)?;
+    wait_for("the second batch", Duration::from_secs(120), || {
+        env.state(last).is_ok_and(|s| s == "FINISHED")
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = open_fds(watch.pid())?;
+    let events = eventfds(watch.pid())?;
+    send_signal(watch.pid(), "TERM")?;
+    watch.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(events, 0, "eventfds left open while idle");
+    assert!(
+        after <= before,
+        "descriptors grew from {before} to {after} over 173 jobs"
+    );
+    Ok(())
+}
+
+/// The run dies while `cancel --kill` waits for it (here it is SIGKILLed after it sent SIGTERM,
+/// which the callback ignores): `cancel` stops the callback itself and, with no run left to
+/// store the end, ends the job CANCELLED (it does not leave it PROCESSING, holding its serial
+/// group, until some later run recovers it).
+#[test]
+fn cancel_ends_the_job_itself_when_the_run_dies_during_the_wait() -> TestResult {
+    let env = TestEnv::new("")?;
+    let pidfile = env.path("stubborn.pid");
+    let script = env.script(
+        "stubborn.sh",
+        &format!(
+            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
+            p = pidfile.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("stubborn", &script, "kill_grace = \"1s\""))?;
+    let id = env.publish("stubborn", "{}")?;
+    let mut process = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+
+    let cancel = spawn_cancel(&env, id)?;
+    wait_for("the mark", Duration::from_secs(10), || marked(&env, id))?;
+    // The run sees the mark within 0.1 s and sends SIGTERM, which is ignored; it dies before
+    // its SIGKILL, 1 s later.
+    std::thread::sleep(Duration::from_millis(400));
+    send_signal(process.pid(), "KILL")?;
+    process.wait_exit(Duration::from_secs(10))?;
+    assert!(alive(callback), "the orphaned callback lives on");
+
+    let out = cancel.wait_with_output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(!alive(callback), "cancel stopped the callback: {stdout}");
+    let state = env.state(id)?;
+    assert_eq!(
+        state, "CANCELLED",
+        "the run is dead and its callback stopped, yet cancel left the job {state}: {stdout}"
+    );
+    Ok(())
+}
+
+/// A callback that ends on its own (exit 1) after `cancel --kill` marked its job but before the
+/// run looked for marks (it looks every 0.1 s) leaves the job CANCELLED, and its run counts no
+/// failure (`stats`).
+#[test]
+fn a_callback_that_ends_by_itself_once_marked_is_cancelled_and_no_failure() -> TestResult {
+    let env = TestEnv::new("")?;
+    let fifo = env.path("go");
+    let started = env.path("started");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()?
+            .success()
+    );
+    let script = env.script(
+        "quick.sh",
+        &format!(
+            "touch {s}\nread x < {f}\nexit 1",
+            s = started.display(),
+            f = fifo.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("quick", &script, "kill_grace = \"1s\""))?;
+    let id = env.publish("quick", "{}")?;
+    let mut process = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        started.exists()
+    })?;
+    let cancel = spawn_cancel(&env, id)?;
+    // Release the callback the moment the mark is there: far sooner than 0.1 s.
+    let conn = rusqlite::Connection::open(env.db_path())?;
+    let begun = Instant::now();
+    while !conn
+        .query_row(
+            "SELECT cancel_requested FROM jobs WHERE id = ?1",
+            [id],
+            |row| row.get::<_, bool>(0),
+        )
+        .unwrap_or(false)
+    {
+        assert!(begun.elapsed() < Duration::from_secs(10), "no mark");
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)?
+        .write_all(b"go\n")?;
+    let out = cancel.wait_with_output()?;
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(id)?, "CANCELLED", "{}", describe(&out));
+    let stats = String::from_utf8(run(&env, &["stats", "--json"])?.stdout)?;
+    assert!(
+        stats.contains("\"failed\":0"),
+        "a job that ended CANCELLED counted as a failure of its run: {stats}\ncancel said: {}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+/// A callback whose leader exits 0 on SIGTERM while a helper of its group is still at work: the
+/// waiter SIGKILLs the helper to free the group, so the work was cut off and the job is not
+/// FINISHED (as a timeout is a timeout whatever the exit code).
+#[test]
+fn a_stopped_callback_whose_helpers_were_cut_off_is_not_finished() -> TestResult {
+    let env = TestEnv::new("")?;
+    let started = env.path("started");
+    let done = env.path("done");
+    let script = env.script(
+        "leader.sh",
+        &format!(
+            "(trap '' TERM; sleep 2; touch {d}) &\ntrap 'exit 0' TERM\ntouch {s}\nwhile :; do sleep 0.05; done",
+            d = done.display(),
+            s = started.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("leader", &script, "kill_grace = \"5s\""))?;
+    let id = env.publish("leader", "{}")?;
+    let mut process: Spawned = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        started.exists()
+    })?;
+    let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    std::thread::sleep(Duration::from_millis(2500));
+    let helper_done = done.exists();
+    let state = env.state(id)?;
+    assert!(
+        helper_done || state != "FINISHED",
+        "job FINISHED though its helper was killed before its work was done; cancel said: {}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+/// SIGTERM to a `--watch` run while `cancel --kill` is under way (and `--max-jobs` reached):
+/// the run still stops the callback, stores CANCELLED and exits 0.
+#[test]
+fn sigterm_to_the_watch_run_during_a_cancel_still_ends_it_cancelled() -> TestResult {
+    let env = TestEnv::new("")?;
+    let pidfile = env.path("stubborn.pid");
+    let script = env.script(
+        "stubborn.sh",
+        &format!(
+            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
+            p = pidfile.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("stubborn", &script, "kill_grace = \"1s\""))?;
+    let id = env.publish("stubborn", "{}")?;
+    let mut watch = env.spawn(&["process", "--watch", "--max-jobs", "1"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let cancel = spawn_cancel(&env, id)?;
+    wait_for("the mark", Duration::from_secs(10), || marked(&env, id))?;
+    send_signal(watch.pid(), "TERM")?;
+    let out = cancel.wait_with_output()?;
+    let status = watch.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", watch.stderr());
+    assert!(!alive(callback));
+    assert_eq!(env.state(id)?, "CANCELLED", "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!("cancelled job {id} (stubborn): PROCESSING -> CANCELLED; its callback has ended\n")
+    );
+    Ok(())
+}
+
+/// A callback that timed out (SIGTERM ignored, SIGKILL pending) and is then cancelled ends
+/// CANCELLED, and `cancel` returns once it is.
+#[test]
+fn a_timed_out_callback_then_cancelled_ends_cancelled_and_no_failure() -> TestResult {
+    let env = TestEnv::new("")?;
+    let pidfile = env.path("stubborn.pid");
+    let script = env.script(
+        "stubborn.sh",
+        &format!(
+            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
+            p = pidfile.display()
+        ),
+    )?;
+    env.write_config(&callback_toml(
+        "stubborn",
+        &script,
+        "timeout = \"1s\"\nkill_grace = \"3s\"",
+    ))?;
+    let id = env.publish("stubborn", "{}")?;
+    let mut process = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(id)?, "CANCELLED", "{}", describe(&out));
+    let stats = String::from_utf8(run(&env, &["stats", "--json"])?.stdout)?;
+    assert!(stats.contains("\"failed\":0"), "{stats}");
+    Ok(())
+}
+
+/// `cancel --kill` from a shell whose temp_dir differs from cron's, of a job whose run has died:
+/// with no lock file it cannot find the orphaned callback, so it leaves the job PROCESSING and
+/// marked (not CANCELLED beside a callback that runs on) and says so; the next run under cron's
+/// temp_dir kills the callback and ends the job CANCELLED.
+#[test]
+fn cancel_of_a_dead_runs_job_from_another_temp_dir_leaves_it_to_recovery() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (script, pidfile) = crate::support::hanging_callback(&env, "hang.sh")?;
+    let cron_tmp = env.path("cron-tmp");
+    let shell_tmp = env.path("shell-tmp");
+    fs::create_dir_all(&cron_tmp)?;
+    fs::create_dir_all(&shell_tmp)?;
+    env.write_raw_config(&format!(
+        "database = \"bgq.sqlite\"\n{}",
+        callback_toml("hang", &script, "kill_grace = \"1s\"")
+    ))?;
+    let id = env.publish("hang", "{}")?;
+    let mut process = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    send_signal(process.pid(), "KILL")?;
+    process.wait_exit(Duration::from_secs(10))?;
+    let out = env
+        .bgq()
+        .env("TMPDIR", &shell_tmp)
+        .args(["cancel", "--kill", &id.to_string()])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout.starts_with(&format!(
+            "job {id} (hang) stays PROCESSING, marked for cancelling: its callback could not be looked up: there is no lock file "
+        )),
+        "{stdout}"
+    );
+    assert!(alive(callback));
+    assert_eq!(env.state(id)?, "PROCESSING");
+
+    let mut recovery = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
+    let status = recovery.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.code(), Some(0), "{}", recovery.stderr());
+    assert!(
+        recovery.stderr().contains("it becomes CANCELLED"),
+        "{}",
+        recovery.stderr()
+    );
+    assert_eq!(env.state(id)?, "CANCELLED");
+    wait_for("the callback to die", Duration::from_secs(5), || {
+        !alive(callback)
+    })?;
+    Ok(())
+}
