@@ -4,11 +4,12 @@
 
 use std::fs;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe, pgid_of,
+    HangingJob, Spawned, TestEnv, TestResult, alive, callback_toml, describe, hanging_job,
     send_signal, wait_for,
 };
 
@@ -28,6 +29,24 @@ fn marked(env: &TestEnv, id: i64) -> bool {
             )
         })
         .unwrap_or(false)
+}
+
+/// A callback that ignores SIGTERM: only SIGKILL, after `kill_grace`, stops it.
+const IGNORING_TERM: HangingJob<'static> = HangingJob {
+    head: "trap '' TERM",
+    settings: "kill_grace = \"1s\"",
+    run: &["process"],
+    tmpdir: None,
+};
+
+/// Two temp dirs, as cron's and an operator's shell's `$TMPDIR` when the config sets no
+/// `temp_dir`.
+fn two_temp_dirs(env: &TestEnv) -> TestResult<(PathBuf, PathBuf)> {
+    let cron_tmp = env.path("cron-tmp");
+    let shell_tmp = env.path("shell-tmp");
+    fs::create_dir_all(&cron_tmp)?;
+    fs::create_dir_all(&shell_tmp)?;
+    Ok((cron_tmp, shell_tmp))
 }
 
 /// Starts `bgq cancel --kill ID` in the background.
@@ -121,22 +140,7 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
 #[test]
 fn cancel_ends_the_job_itself_when_the_run_dies_during_the_wait() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("stubborn.pid");
-    let script = env.script(
-        "stubborn.sh",
-        &format!(
-            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
-    env.write_config(&callback_toml("stubborn", &script, "kill_grace = \"1s\""))?;
-    let id = env.publish("stubborn", "{}")?;
-    let mut process = env.spawn(&["process"])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let (id, mut process, callback, _guard) = hanging_job(&env, &IGNORING_TERM)?;
 
     let cancel = spawn_cancel(&env, id)?;
     wait_for("the mark", Duration::from_secs(10), || marked(&env, id))?;
@@ -259,22 +263,11 @@ fn a_stopped_callback_whose_helpers_were_cut_off_is_not_finished() -> TestResult
 #[test]
 fn sigterm_to_the_watch_run_during_a_cancel_still_ends_it_cancelled() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("stubborn.pid");
-    let script = env.script(
-        "stubborn.sh",
-        &format!(
-            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
-    env.write_config(&callback_toml("stubborn", &script, "kill_grace = \"1s\""))?;
-    let id = env.publish("stubborn", "{}")?;
-    let mut watch = env.spawn(&["process", "--watch", "--max-jobs", "1"])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let setup = HangingJob {
+        run: &["process", "--watch", "--max-jobs", "1"],
+        ..IGNORING_TERM
+    };
+    let (id, mut watch, callback, _guard) = hanging_job(&env, &setup)?;
     let cancel = spawn_cancel(&env, id)?;
     wait_for("the mark", Duration::from_secs(10), || marked(&env, id))?;
     send_signal(watch.pid(), "TERM")?;
@@ -285,7 +278,7 @@ fn sigterm_to_the_watch_run_during_a_cancel_still_ends_it_cancelled() -> TestRes
     assert_eq!(env.state(id)?, "CANCELLED", "{}", describe(&out));
     assert_eq!(
         String::from_utf8(out.stdout)?,
-        format!("cancelled job {id} (stubborn): PROCESSING -> CANCELLED; its callback has ended\n")
+        format!("cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback has ended\n")
     );
     Ok(())
 }
@@ -295,26 +288,11 @@ fn sigterm_to_the_watch_run_during_a_cancel_still_ends_it_cancelled() -> TestRes
 #[test]
 fn a_timed_out_callback_then_cancelled_ends_cancelled_and_no_failure() -> TestResult {
     let env = TestEnv::new("")?;
-    let pidfile = env.path("stubborn.pid");
-    let script = env.script(
-        "stubborn.sh",
-        &format!(
-            "trap '' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
-            p = pidfile.display()
-        ),
-    )?;
-    env.write_config(&callback_toml(
-        "stubborn",
-        &script,
-        "timeout = \"1s\"\nkill_grace = \"3s\"",
-    ))?;
-    let id = env.publish("stubborn", "{}")?;
-    let mut process = env.spawn(&["process"])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let setup = HangingJob {
+        settings: "timeout = \"1s\"\nkill_grace = \"3s\"",
+        ..IGNORING_TERM
+    };
+    let (id, mut process, _callback, _guard) = hanging_job(&env, &setup)?;
     std::thread::sleep(Duration::from_millis(1500));
     let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
     let status = process.wait_exit(Duration::from_secs(20))?;
@@ -325,6 +303,34 @@ fn a_timed_out_callback_then_cancelled_ends_cancelled_and_no_failure() -> TestRe
     Ok(())
 }
 
+/// The `process` run stops the callback itself, so a `cancel --kill` from a shell whose
+/// temp_dir (here `$TMPDIR`) differs from cron's, and so finds no lock file, still works.
+#[test]
+fn cancel_kill_works_from_a_shell_with_another_temp_dir() -> TestResult {
+    let env = TestEnv::new("")?;
+    let (cron_tmp, shell_tmp) = two_temp_dirs(&env)?;
+    let setup = HangingJob {
+        tmpdir: Some(&cron_tmp),
+        ..HangingJob::default()
+    };
+    let (id, mut process, callback, _guard) = hanging_job(&env, &setup)?;
+    let out = env
+        .bgq()
+        .env("TMPDIR", &shell_tmp)
+        .args(["cancel", "--kill", &id.to_string()])
+        .output()?;
+    let status = process.wait_exit(Duration::from_secs(20))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        format!("cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback has ended\n")
+    );
+    assert!(!alive(callback));
+    assert_eq!(status.code(), Some(0), "{}", process.stderr());
+    assert_eq!(env.state(id)?, "CANCELLED");
+    Ok(())
+}
+
 /// `cancel --kill` from a shell whose temp_dir differs from cron's, of a job whose run has died:
 /// with no lock file it cannot find the orphaned callback, so it leaves the job PROCESSING and
 /// marked (not CANCELLED beside a callback that runs on) and says so; the next run under cron's
@@ -332,22 +338,12 @@ fn a_timed_out_callback_then_cancelled_ends_cancelled_and_no_failure() -> TestRe
 #[test]
 fn cancel_of_a_dead_runs_job_from_another_temp_dir_leaves_it_to_recovery() -> TestResult {
     let env = TestEnv::new("")?;
-    let (script, pidfile) = crate::support::hanging_callback(&env, "hang.sh")?;
-    let cron_tmp = env.path("cron-tmp");
-    let shell_tmp = env.path("shell-tmp");
-    fs::create_dir_all(&cron_tmp)?;
-    fs::create_dir_all(&shell_tmp)?;
-    env.write_raw_config(&format!(
-        "database = \"bgq.sqlite\"\n{}",
-        callback_toml("hang", &script, "kill_grace = \"1s\"")
-    ))?;
-    let id = env.publish("hang", "{}")?;
-    let mut process = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let _guard = KillGroupOnDrop(pgid_of(callback)?);
+    let (cron_tmp, shell_tmp) = two_temp_dirs(&env)?;
+    let setup = HangingJob {
+        tmpdir: Some(&cron_tmp),
+        ..HangingJob::default()
+    };
+    let (id, mut process, callback, _guard) = hanging_job(&env, &setup)?;
     send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
     let out = env

@@ -6,9 +6,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::support::{
-    KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe,
-    env_with_callbacks, expect_error, expect_refused, listed_ids, lock_files, pgid_of, read_lines,
-    send_signal, wait_for,
+    HangingJob, KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe,
+    env_with_callbacks, expect_error, expect_refused, hanging_job, listed_ids, lock_files, pgid_of,
+    read_lines, send_signal, wait_for, wait_for_group_record,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -723,7 +723,7 @@ fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
 #[test]
 fn cancel_kill_never_kills_the_running_process() -> TestResult {
     let env = TestEnv::new("")?;
-    let (id, mut process, callback, _guard) = hanging_job(&env)?;
+    let (id, mut process, callback, _guard) = hanging_job(&env, &HangingJob::default())?;
     send_signal(process.pid(), "STOP")?;
     for lock in lock_files(&env.path("locks"))? {
         let kept: String = fs::read_to_string(&lock)?
@@ -776,49 +776,11 @@ fn a_retried_job_left_marked_by_an_older_run_is_not_cancelled() -> TestResult {
     Ok(())
 }
 
-/// The `process` run stops the callback itself, so a `cancel --kill` from a shell whose
-/// temp_dir (here `$TMPDIR`) differs from cron's, and so finds no lock file, still works.
-#[test]
-fn cancel_kill_works_from_a_shell_with_another_temp_dir() -> TestResult {
-    let env = TestEnv::new("")?;
-    let (script, pidfile) = crate::support::hanging_callback(&env, "hang.sh")?;
-    let cron_tmp = env.path("cron-tmp");
-    let shell_tmp = env.path("shell-tmp");
-    fs::create_dir_all(&cron_tmp)?;
-    fs::create_dir_all(&shell_tmp)?;
-    env.write_raw_config(&format!(
-        "database = \"bgq.sqlite\"\n{}",
-        callback_toml("hang", &script, "kill_grace = \"1s\"")
-    ))?;
-    let id = env.publish("hang", "{}")?;
-    let mut process = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let _guard = KillGroupOnDrop(pgid_of(callback)?);
-    let out = env
-        .bgq()
-        .env("TMPDIR", &shell_tmp)
-        .args(["cancel", "--kill", &id.to_string()])
-        .output()?;
-    let status = process.wait_exit(Duration::from_secs(20))?;
-    assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(
-        String::from_utf8(out.stdout)?,
-        format!("cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback has ended\n")
-    );
-    assert!(!alive(callback));
-    assert_eq!(status.code(), Some(0), "{}", process.stderr());
-    assert_eq!(env.state(id)?, "CANCELLED");
-    Ok(())
-}
-
 /// A job cancelled with `--kill` is not a failure of its run: `stats` does not count it.
 #[test]
 fn a_job_cancelled_with_kill_is_not_a_failure_of_its_run() -> TestResult {
     let env = TestEnv::new("")?;
-    let (id, mut process, _callback, _guard) = hanging_job(&env)?;
+    let (id, mut process, _callback, _guard) = hanging_job(&env, &HangingJob::default())?;
     stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
     process.wait_exit(Duration::from_secs(20))?;
     let stats = stdout_of(&env, &["stats", "--json"])?;
@@ -852,28 +814,14 @@ exit 3";
     Ok(())
 }
 
-/// A `process` run with a callback of `hang.sh` (pid file `hang.sh.pid`, `kill_grace` 1 s) on
-/// its one job: the job id, the run, the callback's pid and a guard that kills its group.
-fn hanging_job(env: &TestEnv) -> TestResult<(i64, Spawned, i32, KillGroupOnDrop)> {
-    let (script, pidfile) = crate::support::hanging_callback(env, "hang.sh")?;
-    env.write_config(&callback_toml("hang", &script, "kill_grace = \"1s\""))?;
-    let id = env.publish("hang", "{}")?;
-    let process = env.spawn(&["process"])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        pidfile.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
-    let guard = KillGroupOnDrop(pgid_of(callback)?);
-    Ok((id, process, callback, guard))
-}
-
 /// `cancel --kill` of a job whose `process` run died (its callback lives on, orphaned) stops
 /// the callback and ends the job CANCELLED at once: no run is left to do it, and the next run
 /// neither recovers nor re-runs it.
 #[test]
 fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
     let env = TestEnv::new("")?;
-    let (id, mut process, callback, guard) = hanging_job(&env)?;
+    let (id, mut process, callback, guard) = hanging_job(&env, &HangingJob::default())?;
+    wait_for_group_record(&env, id)?;
     send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
     assert!(alive(callback), "the orphaned callback lives on");
@@ -905,7 +853,9 @@ fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
 #[test]
 fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult {
     let env = TestEnv::new("")?;
-    let (id, mut process, _callback, guard) = hanging_job(&env)?;
+    let (id, mut process, _callback, guard) = hanging_job(&env, &HangingJob::default())?;
+    // The run records the callback's group just after the callback starts: stop it only then.
+    wait_for_group_record(&env, id)?;
     send_signal(process.pid(), "STOP")?;
     let out = run(&env, &["cancel", "--kill", &id.to_string()]);
     let explained = run(&env, &["explain", &id.to_string()]);

@@ -559,15 +559,34 @@ pub fn listed_ids(env: &TestEnv, args: &[&str]) -> TestResult<Vec<i64>> {
 /// A callback script `name` that writes its pid to a file, then sleeps 30 s in that process:
 /// returns the script and the pid file (written whole, by a rename).
 pub fn hanging_callback(env: &TestEnv, name: &str) -> TestResult<(PathBuf, PathBuf)> {
+    hanging_script(env, name, "")
+}
+
+/// [`hanging_callback`] that runs the shell lines `head` first.
+fn hanging_script(env: &TestEnv, name: &str, head: &str) -> TestResult<(PathBuf, PathBuf)> {
     let pidfile = env.path(&format!("{name}.pid"));
     let script = env.script(
         name,
         &format!(
-            "echo $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
+            "{head}\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nexec sleep 30",
             p = pidfile.display()
         ),
     )?;
     Ok((script, pidfile))
+}
+
+/// Waits until a `process` has recorded the process group of job `id`'s callback in its lock
+/// file (just after the callback started).
+pub fn wait_for_group_record(env: &TestEnv, id: i64) -> TestResult {
+    wait_for("the group's record", Duration::from_secs(10), || {
+        lock_files(&env.path("locks")).is_ok_and(|locks| {
+            locks.iter().any(|lock| {
+                read_lines(lock)
+                    .iter()
+                    .any(|line| line.starts_with(&format!("G {id} ")))
+            })
+        })
+    })
 }
 
 /// The process group id of `pid`, from `/proc/PID/stat`.
@@ -596,4 +615,56 @@ impl Drop for KillGroupOnDrop {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// How [`hanging_job`] sets up its job and starts the run.
+pub struct HangingJob<'a> {
+    /// Shell lines the callback runs first (`trap '' TERM` makes it ignore SIGTERM).
+    pub head: &'a str,
+    /// Settings of the callback, after its `command`.
+    pub settings: &'a str,
+    /// The `bgq` arguments that start the run.
+    pub run: &'a [&'a str],
+    /// Leave `temp_dir` out of the config and start the run with `TMPDIR` set to this.
+    pub tmpdir: Option<&'a Path>,
+}
+
+impl Default for HangingJob<'_> {
+    fn default() -> Self {
+        HangingJob {
+            head: "",
+            settings: "kill_grace = \"1s\"",
+            run: &["process"],
+            tmpdir: None,
+        }
+    }
+}
+
+/// One job of callback `hang` (a [`hanging_callback`] that runs `setup.head` first), started by
+/// `setup.run`: the job id, the run, the callback's pid once it runs, and a guard that kills its
+/// process group.
+pub fn hanging_job(
+    env: &TestEnv,
+    setup: &HangingJob<'_>,
+) -> TestResult<(i64, Spawned, i32, KillGroupOnDrop)> {
+    let (script, pidfile) = hanging_script(env, "hang.sh", setup.head)?;
+    let callback = callback_toml("hang", &script, setup.settings);
+    let run = match setup.tmpdir {
+        Some(tmpdir) => {
+            env.write_raw_config(&format!("database = \"bgq.sqlite\"\n{callback}"))?;
+            let id = env.publish("hang", "{}")?;
+            (id, env.spawn_with_env(setup.run, &[("TMPDIR", tmpdir)])?)
+        }
+        None => {
+            env.write_config(&callback)?;
+            let id = env.publish("hang", "{}")?;
+            (id, env.spawn(setup.run)?)
+        }
+    };
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let pid: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let guard = KillGroupOnDrop(pgid_of(pid)?);
+    Ok((run.0, run.1, pid, guard))
 }
