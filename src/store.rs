@@ -131,6 +131,14 @@ pub struct Completion {
     pub notice: Option<(NoticeKind, String)>,
 }
 
+/// The file every commit to the database at `canonical` (its path with symlinks resolved, as
+/// SQLite resolves them) writes: SQLite's write-ahead log, for watching the database.
+pub fn write_log_path(canonical: &Path) -> PathBuf {
+    let mut path = canonical.as_os_str().to_owned();
+    path.push("-wal");
+    PathBuf::from(path)
+}
+
 /// What `Store::settle_and_claim` did.
 #[derive(Debug)]
 pub struct Settled {
@@ -463,16 +471,6 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The file every commit writes (SQLite's write-ahead log), for watching the database. It
-    /// lies beside the file a symlinked path leads to: SQLite resolves the link.
-    pub fn write_log_path(&self) -> anyhow::Result<PathBuf> {
-        let database = std::fs::canonicalize(&self.path)
-            .with_context(|| format!("cannot resolve {}", self.path.display()))?;
-        let mut path = database.into_os_string();
-        path.push("-wal");
-        Ok(PathBuf::from(path))
     }
 
     fn migrate(&mut self) -> anyhow::Result<()> {

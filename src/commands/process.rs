@@ -79,10 +79,8 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let (finished_tx, finished_rx) = mpsc::channel();
     if args.watch {
         let wake = finished_tx.clone();
-        let written = store.write_log_path().and_then(|write_log| {
-            crate::wake::on_write(&write_log, move || {
-                wake.send(Event::DatabaseWritten).is_ok()
-            })
+        let written = crate::wake::on_write(&crate::store::write_log_path(&canonical), move || {
+            wake.send(Event::DatabaseWritten).is_ok()
         });
         if let Err(err) = written {
             eprintln!("bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once");
@@ -573,7 +571,7 @@ impl Worker<'_> {
             };
             match attempt {
                 Ok(ready) => prepared.push((job, ready)),
-                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new()),
+                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new(), false),
             }
         }
         let pipes: Vec<(i64, u64)> = prepared
@@ -649,11 +647,7 @@ impl Worker<'_> {
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }
-        if stop_requested && exit != Exit::Code(0) {
-            self.settle_cancelled(&job, &exit, output);
-        } else {
-            self.settle(&job, exit, output);
-        }
+        self.settle(&job, exit, output, stop_requested);
         Ok(())
     }
 
@@ -675,35 +669,28 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// A callback stopped for `bgq cancel --kill` that did not exit 0: its job becomes
-    /// CANCELLED, neither a failure nor a notice.
-    fn settle_cancelled(&mut self, job: &ClaimedJob, exit: &Exit, mut output: Vec<u8>) {
-        end_line(
-            &mut output,
-            &format!("stopped by `bgq cancel --kill` ({exit})"),
-        );
+    /// Decides how a run ended; the result is committed with the next claim. A callback
+    /// `stopped` for `bgq cancel --kill` that did not exit 0 leaves its job CANCELLED, neither a
+    /// failure nor a notice.
+    fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>, stopped: bool) {
         let now = now_millis();
-        self.settled.push(Completion {
-            id: job.id,
-            state: JobState::Cancelled,
-            run_at: now,
-            due_now: false,
-            uncount_attempt: false,
-            output,
-            ended_at: now,
-            notified: false,
-            notice: None,
-        });
-    }
-
-    /// Decides how a run ended; the result is committed with the next claim.
-    fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>) {
-        let now = now_millis();
-        if !matches!(exit, Exit::Code(_)) {
+        let cancelled = stopped && exit != Exit::Code(0);
+        if cancelled {
+            end_line(
+                &mut output,
+                &format!("stopped by `bgq cancel --kill` ({exit})"),
+            );
+        } else if !matches!(exit, Exit::Code(_)) {
             end_line(&mut output, &exit.to_string());
         }
         let outcome = Outcome::from_exit(&exit);
         let transition = match outcome {
+            _ if cancelled => Transition {
+                state: JobState::Cancelled,
+                run_at: now,
+                notice: None,
+                notified_now: false,
+            },
             Outcome::Finished => Transition {
                 state: JobState::Finished,
                 run_at: now,
@@ -749,7 +736,7 @@ impl Worker<'_> {
             state: transition.state,
             run_at: transition.run_at,
             due_now: false,
-            uncount_attempt: outcome == Outcome::Waiting,
+            uncount_attempt: !cancelled && outcome == Outcome::Waiting,
             output,
             ended_at: now,
             notified: transition.notified_now,
