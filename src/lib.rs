@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod diagnostic;
 pub mod duration;
 pub mod error;
 pub mod human;

@@ -6,15 +6,20 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = bgq::cli::Cli::parse();
-    match bgq::run(cli) {
+    let code = match bgq::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if bgq::error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) if bgq::error::is_unhealthy(&err) => ExitCode::FAILURE,
         Err(err) => {
             // One line, whatever a cause's message holds: cron mails and log greps read lines.
             let message = format!("{err:#}").replace('\n', " ");
-            eprintln!("bgq: error: {message}");
+            bgq::diagnostic!("bgq: error: {message}");
             ExitCode::from(bgq::error::exit_code(&err))
         }
+    };
+    // A run whose warnings were lost did its work, but someone should look at its stderr.
+    if code == ExitCode::SUCCESS && bgq::diagnostic::any_dropped() {
+        return ExitCode::FAILURE;
     }
+    code
 }

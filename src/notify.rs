@@ -110,7 +110,7 @@ pub fn send_digest(command: Option<&[String]>, notices: &[Notice]) {
     }
     let to_stderr = || {
         for notice in notices.iter().filter(|n| n.kind != NoticeKind::Orphan) {
-            eprintln!("{}", notice.stderr_line());
+            crate::diagnostic!("{}", notice.stderr_line());
         }
     };
     let Some(argv) = command else {
@@ -123,7 +123,7 @@ pub fn send_digest(command: Option<&[String]>, notices: &[Notice]) {
         lines.push('\n');
     }
     if let Err(why) = run_notify(argv, &lines) {
-        eprintln!(
+        crate::diagnostic!(
             "bgq: error: notify command `{}` failed: {why}",
             argv.join(" ")
         );

@@ -22,7 +22,7 @@ pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<(
     let lock_path = clear_lock_path(&config.temp_dir, &canonical);
     let Some(_lock) = Lock::try_acquire(&lock_path)? else {
         if verbose {
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: another `clear` holds {}; leaving it to that one",
                 lock_path.display()
             );

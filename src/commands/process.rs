@@ -59,7 +59,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let lock_path = process_lock_path(&config.temp_dir, &canonical, queue);
     let Some(lock) = acquire(&lock_path, args, &stop, verbose)? else {
         if verbose {
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: another `process` of queue `{queue}` holds {}; exiting",
                 lock_path.display()
             );
@@ -83,7 +83,9 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
             wake.send(Event::DatabaseWritten).is_ok()
         });
         if let Err(err) = written {
-            eprintln!("bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once");
+            crate::diagnostic!(
+                "bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once"
+            );
         }
     }
     let mut worker = Worker {
@@ -149,7 +151,7 @@ fn acquire(
             return Ok(None);
         }
         if args.watch && verbose && !said {
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: another `process` holds {}; waiting for it",
                 path.display()
             );
@@ -170,7 +172,7 @@ fn rounded(millis: Millis) -> Duration {
 /// back with it, so that each keeps the wait it had left instead of waiting out the jump too.
 fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Result<()> {
     let moved = store.shift_schedule(queue, by)?;
-    eprintln!(
+    crate::diagnostic!(
         "bgq: warning: the clock went back by {} since the last run of queue `{queue}`; \
          {moved} waiting job(s) moved back with it",
         crate::duration::format(rounded(by))
@@ -826,10 +828,11 @@ impl Worker<'_> {
                 .as_ref()
                 .filter(|r| process_group::is_alive(r))
             {
-                eprintln!(
+                crate::diagnostic!(
                     "bgq: warning: job {} is running under another live `process` (pid {}) that \
                      holds a different lock: give every config of this database the same temp_dir",
-                    orphan.id, runner.pid
+                    orphan.id,
+                    runner.pid
                 );
                 continue;
             }
@@ -869,9 +872,10 @@ impl Worker<'_> {
         let why = "the `process` run running it died";
         if orphan.cancel_requested {
             // `bgq cancel --kill` marked it, and the run died before ending it (or cancel did).
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: recovered job {} ({}): {why}; {group}; it becomes CANCELLED, as `bgq cancel --kill` asked",
-                orphan.id, orphan.callback
+                orphan.id,
+                orphan.callback
             );
             let output = format!("bgq: {why}; {group}\n").into_bytes();
             self.store.end_cancel(orphan.id, &output, now)?;
@@ -901,9 +905,10 @@ impl Worker<'_> {
             }
         );
         // Said before it is stored: if we die in between, the line shows twice, never not at all.
-        eprintln!(
+        crate::diagnostic!(
             "bgq: recovered job {} ({}): {report}",
-            orphan.id, orphan.callback
+            orphan.id,
+            orphan.callback
         );
         // The digest carries it too; a retry notice or a permanent failure says more.
         let notice = transition
@@ -927,7 +932,7 @@ impl Worker<'_> {
     fn warn_unknown_callbacks(&mut self) -> anyhow::Result<()> {
         let known: Vec<&str> = self.config.callbacks.keys().map(String::as_str).collect();
         for (callback, count) in self.store.due_callbacks_not_in(self.queue, &known)? {
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: warning: {count} due job(s) of queue `{}` wait for callback `{callback}`, which {} does not define",
                 self.queue,
                 self.config.path.display()

@@ -53,7 +53,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         Published::Existing { id, state } => {
             writeln!(stdout, "{id}")?;
             stdout.flush()?;
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: job {id} ({state}) already has identifier `{}` in queue `{queue}`: no new job stored",
                 args.identifier.as_deref().unwrap_or_default()
             );
@@ -67,7 +67,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
             stdout.flush()?;
             for (parent, state) in waiting_for {
                 if matches!(state, JobState::PermanentlyFailed | JobState::Cancelled) {
-                    eprintln!(
+                    crate::diagnostic!(
                         "bgq: note: job {parent} is {state}: the new job runs only after `bgq retry {parent}` and job {parent} finishes"
                     );
                 }

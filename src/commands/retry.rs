@@ -79,7 +79,7 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
             job.id, job.callback, job.state
         )?;
         if !config.callbacks.contains_key(&job.callback) {
-            eprintln!(
+            crate::diagnostic!(
                 "bgq: warning: job {} waits for callback `{}`, which {} does not define",
                 job.id,
                 job.callback,
