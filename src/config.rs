@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::backoff::RetryPolicy;
 use crate::duration::ConfigDuration;
 use crate::error::usage;
+use crate::lock::LockFolder;
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "BGQ_CONFIG";
@@ -29,8 +30,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The SQLite database file (absolute).
     pub database: PathBuf,
-    /// Where lock files live.
-    pub temp_dir: PathBuf,
+    /// Where lock files live: `temp_dir`, or bgq's private folder when the config names none.
+    pub lock_folder: LockFolder,
     /// Default queue for publish and process.
     pub queue: String,
     /// Callbacks running at once within one `process`.
@@ -189,9 +190,11 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
     Ok(Config {
         path: path.to_owned(),
         database: folder.join(raw.database.0),
-        temp_dir: raw
+        lock_folder: raw
             .temp_dir
-            .map_or_else(std::env::temp_dir, |dir| folder.join(dir.0)),
+            .map_or_else(LockFolder::private_default, |dir| {
+                LockFolder::named(folder.join(dir.0))
+            }),
         queue: raw.queue.unwrap_or_else(|| "general".to_owned()),
         concurrency: raw.concurrency.map_or(4, |count| count.0),
         notify_on_attempts: raw.notify_on_attempts.map_or(5, |count| count.0 as u32),
@@ -402,7 +405,8 @@ mod tests {
     fn minimal_config_gets_every_default() {
         let config = parse_ok("database = \"var/q.sqlite\"\n[callbacks.a]\ncommand = [\"true\"]\n");
         assert_eq!(config.database, Path::new("/etc/bgq/var/q.sqlite"));
-        assert_eq!(config.temp_dir, std::env::temp_dir());
+        assert_eq!(config.lock_folder, LockFolder::private_default());
+        assert!(config.lock_folder.is_private());
         assert_eq!(config.queue, "general");
         assert_eq!(config.concurrency, 4);
         assert_eq!(config.notify_on_attempts, 5);
@@ -444,7 +448,8 @@ mod tests {
              [callbacks.a]\ncommand = [\"./run.sh\", \"data/file\"]\nworking_dir = \"app\"\n\
              [callbacks.b]\ncommand = [\"/usr/bin/env\"]\nworking_dir = \"/srv\"\n",
         );
-        assert_eq!(config.temp_dir, Path::new("/etc/bgq/locks"));
+        assert_eq!(config.lock_folder.path(), Path::new("/etc/bgq/locks"));
+        assert!(!config.lock_folder.is_private());
         assert_eq!(
             config.notify.as_deref(),
             Some(&["/etc/bgq/bin/alert".to_owned(), "x/y".to_owned()][..])

@@ -22,6 +22,7 @@ pub mod size;
 pub mod store;
 pub mod table;
 pub mod term;
+pub mod trust;
 pub mod wake;
 
 use cli::{Cli, Command};

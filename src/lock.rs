@@ -1,14 +1,141 @@
-//! The file locks that keep one `process` per database and queue, and one `clear` per database.
+//! The file locks that keep one `process` per database and queue, and one `clear` per database,
+//! and the folder they live in.
 //!
 //! A lock is a value: holding a `Lock` means holding the kernel lock, dropping it releases it.
-//! The file is never removed: removing it would race with the next run that opens it.
+//! The file is never removed: removing it would race with the next run that opens it. Neither
+//! the folder nor the file is used unless no other user could have written it (see `trust`),
+//! checked on every use: whoever could plant the file could hold it and stop the queue, or
+//! write the notes that tell recovery what to kill.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use fs2::FileExt;
+
+use crate::trust::{self, Role};
+
+/// The folder that holds the lock files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockFolder {
+    path: PathBuf,
+    /// bgq's own folder (`$TMPDIR/bgq-UID`, as tmux keeps `/tmp/tmux-UID`), not one the config
+    /// named: it must belong to this user and be closed to everyone else.
+    private: bool,
+}
+
+impl LockFolder {
+    /// The folder the config's `temp_dir` names.
+    pub fn named(path: PathBuf) -> LockFolder {
+        LockFolder {
+            path,
+            private: false,
+        }
+    }
+
+    /// bgq's private folder for the user it runs as, used when the config names none.
+    pub fn private_default() -> LockFolder {
+        let uid = nix::unistd::Uid::effective();
+        LockFolder {
+            path: std::env::temp_dir().join(format!("bgq-{uid}")),
+            private: true,
+        }
+    }
+
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it is bgq's private folder rather than one the config named.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    /// The lock file of `process` runs on `queue` of the database at `database` (canonical).
+    pub fn process_lock_path(&self, database: &Path, queue: &str) -> PathBuf {
+        lock_path(&self.path, &["process", &database.to_string_lossy(), queue])
+    }
+
+    /// The lock file of `clear` runs on the database at `database` (canonical).
+    pub fn clear_lock_path(&self, database: &Path) -> PathBuf {
+        lock_path(&self.path, &["clear", &database.to_string_lossy()])
+    }
+
+    /// Creates the folder when missing (mode 0700), then refuses it unless it can be trusted.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        let builder = {
+            let mut builder = fs::DirBuilder::new();
+            // The private folder is made in a shared one, which must exist: making parents
+            // there would leave folders another user might have made first.
+            builder.recursive(!self.private).mode(0o700);
+            builder
+        };
+        match builder.create(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("cannot create lock folder {}", self.path.display())));
+            }
+        }
+        if !self.verify()? {
+            bail!(
+                "lock folder {} vanished as it was made",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses the folder unless it can be trusted; `false` when it does not exist.
+    pub fn verify(&self) -> anyhow::Result<bool> {
+        // The private folder is checked as it is, link and all: a symlink planted in its place
+        // would send the locks wherever its maker likes.
+        let meta = if self.private {
+            fs::symlink_metadata(&self.path)
+        } else {
+            fs::metadata(&self.path)
+        };
+        let meta = match meta {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "cannot inspect lock folder {}",
+                    self.path.display()
+                )));
+            }
+        };
+        let shown = self.path.display();
+        if meta.file_type().is_symlink() {
+            bail!("lock folder {shown} is a symlink: refusing to follow it; remove it");
+        }
+        if !meta.is_dir() {
+            bail!("lock folder {shown} is not a folder");
+        }
+        if self.private {
+            let me = nix::unistd::Uid::effective().as_raw();
+            if meta.uid() != me {
+                bail!(
+                    "lock folder {shown} is owned by {}, not by {}, the user bgq runs as: someone else made it; remove it",
+                    trust::user_name(meta.uid()),
+                    trust::user_name(me)
+                );
+            }
+            let mode = meta.mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "lock folder {shown} is open to other users (mode {mode:04o}): bgq's private lock folder must be mode 0700; run `chmod 700 {shown}`"
+                );
+            }
+            return Ok(true);
+        }
+        trust::require(&self.path, &meta, Role::LockFolder)?;
+        Ok(true)
+    }
+}
 
 /// A held exclusive lock on a file.
 #[derive(Debug)]
@@ -17,44 +144,23 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Takes the lock at `path` without waiting; `None` when another process holds it.
+    /// Takes the lock at `path` in `folder` without waiting; `None` when another process holds
+    /// it.
     ///
-    /// The file is created mode 0600 if missing; a symlink or anything but a regular file is
-    /// refused, and its target left untouched.
-    pub fn try_acquire(path: &Path) -> anyhow::Result<Option<Lock>> {
-        if let Some(folder) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(folder)
-                .with_context(|| format!("cannot create lock folder {}", folder.display()))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|err| {
-                if err.raw_os_error() == Some(libc::ELOOP) {
-                    anyhow::anyhow!(
-                        "lock file {} is a symlink: refusing to follow it",
-                        path.display()
-                    )
-                } else {
-                    anyhow::Error::new(err)
-                        .context(format!("cannot open lock file {}", path.display()))
-                }
-            })?;
-        let is_file = file
-            .metadata()
-            .with_context(|| format!("cannot inspect lock file {}", path.display()))?
-            .is_file();
-        if !is_file {
-            bail!("lock file {} is not a regular file", path.display());
-        }
+    /// The folder is made and checked first; the file is created mode 0600 if missing. A
+    /// symlink, anything but a regular file, or a file someone else could have written is
+    /// refused, and left untouched.
+    pub fn try_acquire(folder: &LockFolder, path: &Path) -> anyhow::Result<Option<Lock>> {
+        folder.prepare()?;
+        let file = open_trusted(
+            path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+        )?;
         match file.try_lock_exclusive() {
             Ok(()) => Ok(Some(Lock { file })),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
@@ -70,14 +176,40 @@ impl Lock {
     }
 }
 
-/// The lock file of `process` runs on `queue` of the database at `database` (canonical).
-pub fn process_lock_path(temp_dir: &Path, database: &Path, queue: &str) -> PathBuf {
-    lock_path(temp_dir, &["process", &database.to_string_lossy(), queue])
-}
-
-/// The lock file of `clear` runs on the database at `database` (canonical).
-pub fn clear_lock_path(temp_dir: &Path, database: &Path) -> PathBuf {
-    lock_path(temp_dir, &["clear", &database.to_string_lossy()])
+/// Opens the lock file at `path` with `options`, never through a symlink, and refuses it unless
+/// it is a regular file no one else could have written.
+pub fn open_trusted(path: &Path, options: &mut OpenOptions) -> anyhow::Result<File> {
+    let shown = path.display();
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| {
+            let is_symlink = fs::symlink_metadata(path).is_ok_and(|meta| meta.is_symlink());
+            // In a sticky folder the kernel may refuse a link someone else owns before it
+            // tells it is one: say what it is either way.
+            if err.raw_os_error() == Some(libc::ELOOP) || is_symlink {
+                return anyhow::anyhow!("lock file {shown} is a symlink: refusing to follow it");
+            }
+            if err.kind() == std::io::ErrorKind::PermissionDenied
+                && let Ok(meta) = fs::symlink_metadata(path)
+            {
+                return anyhow::anyhow!(
+                    "cannot open lock file {shown}: it belongs to {} (mode {:04o}) and bgq runs as {}; remove it, or run bgq as its owner",
+                    trust::user_name(meta.uid()),
+                    meta.mode() & 0o7777,
+                    trust::user_name(nix::unistd::Uid::effective().as_raw())
+                );
+            }
+            anyhow::Error::new(err).context(format!("cannot open lock file {shown}"))
+        })?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot inspect lock file {shown}"))?;
+    if !meta.is_file() {
+        bail!("lock file {shown} is not a regular file");
+    }
+    trust::require(path, &meta, Role::LockFile)?;
+    Ok(file)
 }
 
 /// `temp_dir/bgq-<hash>.lock`, the hash being FNV-1a 64 of the parts joined by NUL: a function
@@ -98,25 +230,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn folder_in(dir: &Path) -> LockFolder {
+        LockFolder::named(dir.to_owned())
+    }
+
     #[test]
     fn names_are_stable_and_distinct() {
-        let tmp = Path::new("/tmp");
+        let tmp = folder_in(Path::new("/tmp"));
         let db = Path::new("/srv/app/var/bgq.sqlite");
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(
-            process_lock_path(tmp, db, "general"),
-            process_lock_path(tmp, db, "general")
+            tmp.process_lock_path(db, "general"),
+            tmp.process_lock_path(db, "general")
         );
         assert_ne!(
-            process_lock_path(tmp, db, "general"),
-            process_lock_path(tmp, db, "mail")
+            tmp.process_lock_path(db, "general"),
+            tmp.process_lock_path(db, "mail")
         );
         assert_ne!(
-            process_lock_path(tmp, db, "general"),
-            clear_lock_path(tmp, db)
+            tmp.process_lock_path(db, "general"),
+            tmp.clear_lock_path(db)
         );
-        let name = process_lock_path(tmp, db, "general");
+        let name = tmp.process_lock_path(db, "general");
         assert!(name.to_string_lossy().starts_with("/tmp/bgq-"));
         assert!(name.to_string_lossy().ends_with(".lock"));
     }
@@ -124,11 +260,14 @@ mod tests {
     #[test]
     fn second_holder_is_refused_until_the_first_drops() {
         let dir = tempfile::tempdir().expect("temp dir");
+        let folder = folder_in(dir.path());
         let path = dir.path().join("x.lock");
-        let first = Lock::try_acquire(&path).expect("lock").expect("free");
-        assert!(Lock::try_acquire(&path).expect("lock").is_none());
+        let first = Lock::try_acquire(&folder, &path)
+            .expect("lock")
+            .expect("free");
+        assert!(Lock::try_acquire(&folder, &path).expect("lock").is_none());
         drop(first);
-        assert!(Lock::try_acquire(&path).expect("lock").is_some());
+        assert!(Lock::try_acquire(&folder, &path).expect("lock").is_some());
         let mode = fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
@@ -140,8 +279,56 @@ mod tests {
         fs::write(&target, "keep").expect("write");
         let path = dir.path().join("x.lock");
         std::os::unix::fs::symlink(&target, &path).expect("symlink");
-        let err = Lock::try_acquire(&path).expect_err("refused");
+        let err = Lock::try_acquire(&folder_in(dir.path()), &path).expect_err("refused");
         assert!(err.to_string().contains("is a symlink"), "{err}");
         assert_eq!(fs::read_to_string(&target).expect("read"), "keep");
+    }
+
+    #[test]
+    fn refuses_a_lock_file_others_can_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.lock");
+        fs::write(&path, "").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).expect("chmod");
+        let err = Lock::try_acquire(&folder_in(dir.path()), &path).expect_err("refused");
+        assert!(err.to_string().contains("writable by every user"), "{err}");
+    }
+
+    #[test]
+    fn the_private_folder_is_made_closed_and_checked_on_every_use() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = LockFolder {
+            path: dir.path().join("bgq-private"),
+            private: true,
+        };
+        folder.prepare().expect("made");
+        let mode = fs::metadata(folder.path())
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::set_permissions(folder.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = folder.prepare().expect_err("refused");
+        assert!(
+            err.to_string().contains("open to other users (mode 0755)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_private_folder_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let path = dir.path().join("bgq-private");
+        std::os::unix::fs::symlink(&elsewhere, &path).expect("symlink");
+        let folder = LockFolder {
+            path,
+            private: true,
+        };
+        let err = folder.prepare().expect_err("refused");
+        assert!(err.to_string().contains("is a symlink"), "{err}");
     }
 }

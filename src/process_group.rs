@@ -26,9 +26,23 @@ pub fn identify(pid: i32) -> Option<ProcessRecord> {
     })
 }
 
-/// Whether the recorded process still runs (same boot, same pid, same start time).
+/// Whether the recorded process still runs (same boot, same pid, same start time). A process
+/// that has exited but is not yet reaped (a zombie, as under a container's PID 1 that reaps
+/// late) is dead: it holds no lock and runs nothing.
 pub fn is_alive(record: &ProcessRecord) -> bool {
-    record.boot_id == boot_id() && start_ticks(record.pid) == Some(record.started)
+    if record.boot_id != boot_id() {
+        return false;
+    }
+    let Some(fields) = stat_fields(record.pid) else {
+        return false;
+    };
+    let running = fields.first().is_some_and(|state| !is_dead_state(state));
+    running && fields.get(19).and_then(|ticks| ticks.parse().ok()) == Some(record.started)
+}
+
+/// A zombie (`Z`) or a process being torn down (`X`), as /proc/PID/stat's state field says.
+fn is_dead_state(state: &str) -> bool {
+    state == "Z" || state == "X"
 }
 
 /// This boot's id, so that groups recorded before a reboot are known to be gone.
@@ -164,7 +178,7 @@ fn pipe_holders(inode: u64) -> Vec<i32> {
         .filter(|pid| {
             stat_fields(*pid)
                 .and_then(|fields| fields.first().cloned())
-                .is_some_and(|state| state != "Z" && state != "X")
+                .is_some_and(|state| !is_dead_state(&state))
         })
         .collect()
 }
@@ -179,9 +193,7 @@ pub fn has_live_members(pgid: i32) -> bool {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(stat_fields)
         .any(|fields| {
-            fields
-                .first()
-                .is_some_and(|state| state != "Z" && state != "X")
+            fields.first().is_some_and(|state| !is_dead_state(state))
                 && fields.get(2).and_then(|pgrp| pgrp.parse::<i32>().ok()) == Some(pgid)
         })
 }
@@ -203,6 +215,26 @@ mod tests {
             ..record.clone()
         }));
         assert!(identify(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        // Not reaped yet: it stays a zombie until `wait`. Its record is read before it exits,
+        // when possible; a start time read from the zombie is the same.
+        let record = ProcessRecord {
+            pid,
+            started: start_ticks(pid).expect("a zombie keeps its /proc entry until reaped"),
+            boot_id: boot_id(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stat_fields(pid).and_then(|f| f.first().cloned()).as_deref() != Some("Z") {
+            assert!(Instant::now() < deadline, "the child never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!is_alive(&record), "a zombie counted as alive");
+        child.wait().expect("reaped");
     }
 
     #[test]

@@ -428,6 +428,9 @@ impl Store {
                 .create(folder)
                 .with_context(|| format!("cannot create folder {}", folder.display()))?;
         }
+        if let Some(problem) = crate::trust::database_folder_problem(path) {
+            bail!(problem);
+        }
         if path.is_dir() {
             bail!("it is a directory");
         }

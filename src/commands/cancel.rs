@@ -9,9 +9,8 @@ use crate::config::{Config, DEFAULT_KILL_GRACE};
 use crate::error::usage;
 use crate::human::when;
 use crate::job::{JobState, now_millis};
-use crate::lock::process_lock_path;
 use crate::process_group::{self, OrphanGroup, ProcessRecord};
-use crate::running_log;
+use crate::running_log::{self, Started};
 use crate::store::{Change, Durability, JobBrief, Selection, Store};
 
 /// How long to wait for a stopped callback group to be gone after SIGKILL.
@@ -98,7 +97,7 @@ fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow:
         let live_runner = runner
             .as_ref()
             .filter(|runner| process_group::is_alive(runner));
-        let stopped = stop_callback(config, store, job, grace, live_runner);
+        let stopped = stop_callback(config, store, job, grace, runner.as_ref(), live_runner);
         if live_runner.is_none() && stopped.gone {
             // No run will see the callback end. (When this finds nothing to end, a `process`
             // run recovered the job meanwhile, which ends it CANCELLED too.)
@@ -161,17 +160,18 @@ struct Stopped {
 }
 
 /// Stops the running callback of `job`, found in the lock file of its queue's `process` run
-/// (`runner`, when alive), giving it `grace` between SIGTERM and SIGKILL.
+/// (`claimed_by`; `runner` when it is alive), giving it `grace` between SIGTERM and SIGKILL.
 fn stop_callback(
     config: &Config,
     store: &Store,
     job: &JobBrief,
     grace: Duration,
+    claimed_by: Option<&ProcessRecord>,
     runner: Option<&ProcessRecord>,
 ) -> Stopped {
     let unknown = |said: String| Stopped { said, gone: false };
     let lock = match std::fs::canonicalize(store.path()) {
-        Ok(canonical) => process_lock_path(&config.temp_dir, &canonical, &job.queue),
+        Ok(canonical) => config.lock_folder.process_lock_path(&canonical, &job.queue),
         Err(err) => return unknown(format!("its callback could not be looked up: {err}")),
     };
     if !lock.exists() {
@@ -180,9 +180,19 @@ fn stop_callback(
             lock.display()
         ));
     }
-    let recorded = match running_log::read_unlocked(&lock) {
-        Ok(mut log) => log.remove(&job.id).unwrap_or_default(),
+    // Notes are acted on only from a folder and file no one else could have written.
+    let notes = config
+        .lock_folder
+        .verify()
+        .and_then(|_| running_log::read_unlocked(&lock));
+    let started = match notes {
+        Ok(notes) => notes.of(job.id, claimed_by),
         Err(err) => return unknown(format!("its callback could not be looked up: {err:#}")),
+    };
+    let started_never = started == Started::Never;
+    let recorded = match started {
+        Started::Noted(recorded) => recorded,
+        Started::Never | Started::Unknown => Default::default(),
     };
     let gone = |said: String| Stopped { said, gone: true };
     if let Some(group) = &recorded.group {
@@ -212,10 +222,16 @@ fn stop_callback(
         {
             Some(found) if found > 0 => format!("its callback ({found} process(es)) was stopped"),
             Some(_) => "its callback had already ended".to_owned(),
-            None => format!(
+            None if started_never => format!(
                 "no callback of it is recorded in {}: it had not started",
                 lock.display()
             ),
+            None => {
+                return unknown(format!(
+                    "its callback could not be looked up: {} has no notes of the run that started it",
+                    lock.display()
+                ));
+            }
         },
     )
 }

@@ -41,7 +41,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     problems.extend(folder_problems(config));
     let mut database = "not created yet";
-    if let Some(store) = Store::open_existing(&config.database)? {
+    let untrusted = crate::trust::database_folder_problem(&config.database);
+    if let Some(problem) = &untrusted {
+        problems.push(problem.clone());
+        database = "not opened";
+    } else if let Some(store) = Store::open_existing(&config.database)? {
         database = "ok";
         let known: Vec<&str> = config.callbacks.keys().map(String::as_str).collect();
         for (queue, callback, count) in store.waiting_callbacks_not_in(&known)? {
@@ -61,7 +65,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             config.path.display(),
             config.callbacks.len(),
             config.database.display(),
-            config.temp_dir.display()
+            config.lock_folder.path().display()
         )?;
     }
     out.flush()?;
@@ -130,11 +134,23 @@ fn is_writable(folder: &Path) -> bool {
     unsafe { libc::access(name.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
-/// Problems with the folders bgq writes: temp_dir and the database's folder.
+/// Problems with the folders bgq writes: the lock folder and the database's folder.
 fn folder_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    let temp_dir = &config.temp_dir;
-    if !temp_dir.is_dir() {
+    let temp_dir = config.lock_folder.path();
+    let lock_folder = config.lock_folder.verify();
+    if let Err(err) = &lock_folder {
+        problems.push(format!("{err:#}"));
+    } else if config.lock_folder.is_private() {
+        // Made on first use, in a folder that must exist.
+        if let Some(parent) = temp_dir.parent().filter(|parent| !is_writable(parent)) {
+            problems.push(format!(
+                "the private lock folder {} cannot be made: {} is not writable",
+                temp_dir.display(),
+                parent.display()
+            ));
+        }
+    } else if !temp_dir.is_dir() {
         problems.push(format!(
             "temp_dir {} does not exist or is not a directory",
             temp_dir.display()

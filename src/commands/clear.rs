@@ -6,7 +6,7 @@ use std::io::Write;
 use crate::cli::ClearArgs;
 use crate::config::Config;
 use crate::job::now_millis;
-use crate::lock::{Lock, clear_lock_path};
+use crate::lock::Lock;
 use crate::store::{Durability, Store};
 
 /// Rows deleted per transaction.
@@ -19,8 +19,8 @@ const DAY_MILLIS: i64 = 86_400_000;
 pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<()> {
     let mut store = Store::open(&config.database, Durability::Relaxed)?;
     let canonical = std::fs::canonicalize(store.path())?;
-    let lock_path = clear_lock_path(&config.temp_dir, &canonical);
-    let Some(_lock) = Lock::try_acquire(&lock_path)? else {
+    let lock_path = config.lock_folder.clear_lock_path(&canonical);
+    let Some(_lock) = Lock::try_acquire(&config.lock_folder, &lock_path)? else {
         if verbose {
             crate::diagnostic!(
                 "bgq: another `clear` holds {}; leaving it to that one",

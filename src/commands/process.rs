@@ -18,12 +18,12 @@ use crate::backoff::{Retry, RetryPolicy, random_spread};
 use crate::cli::ProcessArgs;
 use crate::config::Config;
 use crate::job::{JobState, Millis, now_millis};
-use crate::lock::{Lock, process_lock_path};
+use crate::lock::{Lock, LockFolder};
 use crate::notify::{self, Notice, NoticeKind};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
 use crate::runner::{self, Exit, Outcome, Prepared, StopHandle};
-use crate::running_log::{Entry, Recorded, RunningLog};
+use crate::running_log::{Entry, RunningLog, Started};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store, Tally};
 
 /// How often the main loop wakes to look for signals, deadlines and newly published jobs.
@@ -56,8 +56,8 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let mut store = Store::open(&config.database, Durability::Relaxed)?;
     let canonical = std::fs::canonicalize(store.path())
         .with_context(|| format!("cannot resolve {}", store.path().display()))?;
-    let lock_path = process_lock_path(&config.temp_dir, &canonical, queue);
-    let Some(lock) = acquire(&lock_path, args, &stop, verbose)? else {
+    let lock_path = config.lock_folder.process_lock_path(&canonical, queue);
+    let Some(lock) = acquire(&config.lock_folder, &lock_path, args, &stop, verbose)? else {
         if verbose {
             crate::diagnostic!(
                 "bgq: another `process` of queue `{queue}` holds {}; exiting",
@@ -93,6 +93,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         store,
         queue,
         run,
+        me,
         running: HashMap::new(),
         running_per_callback: HashMap::new(),
         log: RunningLog::open(&lock)?,
@@ -133,6 +134,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
 /// started by `publish --process` waits briefly (the holder may be ending without having seen
 /// the new job); `--watch` waits as a standby until it gets the lock or a signal stops it.
 fn acquire(
+    folder: &LockFolder,
     path: &std::path::Path,
     args: &ProcessArgs,
     stop: &AtomicBool,
@@ -141,7 +143,7 @@ fn acquire(
     let give_up = args.on_demand.then(|| Instant::now() + ON_DEMAND_LOCK_WAIT);
     let mut said = false;
     loop {
-        if let Some(lock) = Lock::try_acquire(path)? {
+        if let Some(lock) = Lock::try_acquire(folder, path)? {
             return Ok(Some(lock));
         }
         if !(args.watch || args.on_demand)
@@ -286,6 +288,8 @@ struct Worker<'a> {
     store: Store,
     queue: &'a str,
     run: i64,
+    /// This `process`, as its run is recorded in the database and noted in the lock file.
+    me: ProcessRecord,
     running: HashMap<i64, Running>,
     running_per_callback: HashMap<String, usize>,
     /// Where the process groups of running callbacks are recorded, for recovery.
@@ -561,6 +565,18 @@ impl Worker<'_> {
     /// once it runs, so that recovery finds every callback of a dead run. A job whose callback
     /// cannot be prepared is settled as failed.
     fn start_all(&mut self, jobs: Vec<ClaimedJob>) -> anyhow::Result<()> {
+        // Every callback that ended has its outcome committed now (the claim did it), so only
+        // the running ones need notes: a long log can shrink here.
+        let running: Vec<Entry<'_>> = self
+            .running
+            .iter()
+            .map(|(id, running)| Entry {
+                id: *id,
+                pipe: running.pipe,
+                group: running.group.as_ref(),
+            })
+            .collect();
+        self.log.compact(&running)?;
         let mut prepared = Vec::with_capacity(jobs.len());
         for job in jobs {
             let attempt = match self.config.callbacks.get(&job.callback) {
@@ -622,19 +638,7 @@ impl Worker<'_> {
         if let Some(running) = self.running.get_mut(&id) {
             running.group = Some(group);
         }
-        if !self.log.needs_compacting() {
-            return Ok(());
-        }
-        let running: Vec<Entry<'_>> = self
-            .running
-            .iter()
-            .map(|(id, running)| Entry {
-                id: *id,
-                pipe: running.pipe,
-                group: running.group.as_ref(),
-            })
-            .collect();
-        self.log.compact(&running)
+        Ok(())
     }
 
     fn finish_running(&mut self, id: i64, exit: Exit, output: Vec<u8>) -> anyhow::Result<()> {
@@ -820,9 +824,14 @@ impl Worker<'_> {
     }
 
     /// Puts back jobs a dead run left PROCESSING, after killing what is left of their callbacks.
+    /// The notes of jobs that still run under a live `process` are kept until they are
+    /// recovered: that run may yet die.
     fn recover_orphans(&mut self) -> anyhow::Result<()> {
-        let groups = self.log.read()?;
-        for orphan in self.store.orphans(self.queue)? {
+        let notes = self.log.read()?;
+        let mut kept = Vec::new();
+        let mut live_runs = Vec::new();
+        let orphans = self.store.orphans(self.queue)?;
+        for orphan in &orphans {
             if let Some(runner) = orphan
                 .claimed_by
                 .as_ref()
@@ -834,15 +843,20 @@ impl Worker<'_> {
                     orphan.id,
                     runner.pid
                 );
+                kept.push(orphan.id);
+                live_runs.push(runner);
                 continue;
             }
-            self.recover(&orphan, groups.get(&orphan.id))?;
+            self.recover(orphan, notes.of(orphan.id, orphan.claimed_by.as_ref()))?;
         }
-        self.log.clear()
+        self.log.begin(&self.me, &notes, &kept, &live_runs)
     }
 
-    fn recover(&mut self, orphan: &Orphan, recorded: Option<&Recorded>) -> anyhow::Result<()> {
-        let recorded = recorded.cloned().unwrap_or_default();
+    fn recover(&mut self, orphan: &Orphan, started: Started) -> anyhow::Result<()> {
+        let recorded = match &started {
+            Started::Noted(recorded) => recorded.clone(),
+            Started::Never | Started::Unknown => Default::default(),
+        };
         let by_group = recorded.group.as_ref().map(|group| {
             (
                 group.pid,
@@ -866,7 +880,13 @@ impl Worker<'_> {
             }
             (Some((_, OrphanGroup::Gone)), _) => "its callback was no longer running".to_owned(),
             (None, _) if recorded.pipe.is_some() => "its callback was no longer running".to_owned(),
-            (None, _) => "its callback had not started".to_owned(),
+            (None, _) if started == Started::Never => "its callback had not started".to_owned(),
+            // Noted elsewhere (another temp_dir), or by a bgq that noted no runs: nothing here
+            // names what to stop.
+            (None, _) => {
+                "whether its callback started is unknown (the lock file has no notes of its run)"
+                    .to_owned()
+            }
         };
         let now = now_millis();
         let why = "the `process` run running it died";
