@@ -31,4 +31,5 @@ mod show_explain;
 mod signals;
 mod stats_status;
 mod support;
+mod untrusted_files;
 mod watch;

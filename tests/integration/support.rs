@@ -668,3 +668,79 @@ pub fn hanging_job(
     let guard = KillGroupOnDrop(pgid_of(pid)?);
     Ok((run.0, run.1, pid, guard))
 }
+
+/// A real Unix user other than the one the tests run as, for the tests of what bgq trusts.
+pub struct OtherUser {
+    /// Its login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its own group's gid.
+    pub gid: u32,
+}
+
+impl OtherUser {
+    /// `sh -c SCRIPT` run as this user (its own uid and gid, no supplementary groups).
+    pub fn sh(&self, script: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .args(["--clear-groups", "--", "sh", "-c", script]);
+        cmd
+    }
+
+    /// Runs `sh -c SCRIPT` as this user and asserts it succeeded.
+    pub fn run(&self, script: &str) -> TestResult {
+        let out = self.sh(script).output()?;
+        if !out.status.success() {
+            return Err(format!("`{script}` as {}: {}", self.name, describe(&out)).into());
+        }
+        Ok(())
+    }
+}
+
+/// The user `bgq-test-other` with a group of its own, created as a system user the first time. Tests need
+/// root for that: without it they are skipped with a printed reason on a developer's machine,
+/// and fail in CI (`CI=true`), which runs as root.
+pub fn other_user() -> TestResult<Option<OtherUser>> {
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    const NAME: &str = "bgq-test-other";
+    let _one_at_a_time = MADE
+        .lock()
+        .map_err(|_| "another test panicked making the user")?;
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    if !is_root {
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            return Err("the tests of other users' files need root, as CI runs them".into());
+        }
+        eprintln!("skipped: needs root to create the user {NAME}");
+        return Ok(None);
+    }
+    let id_of = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, NAME])
+            .output()
+            .ok()?;
+        std::str::from_utf8(&out.stdout).ok()?.trim().parse().ok()
+    };
+    let uid_of = || id_of("-u");
+    if uid_of().is_none() {
+        let out = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", NAME])
+            .output()?;
+        if !out.status.success() && uid_of().is_none() {
+            return Err(format!("useradd {NAME}: {}", describe(&out)).into());
+        }
+    }
+    let uid = uid_of().ok_or("the user was made but has no uid")?;
+    let gid = id_of("-g").ok_or("the user was made but has no group")?;
+    Ok(Some(OtherUser {
+        name: NAME.to_owned(),
+        uid,
+        gid,
+    }))
+}
