@@ -20,7 +20,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
     config.callback(&args.callback)?;
     let (queue, queue_source) = match &args.queue {
         Some(queue) => (queue.clone(), "--queue"),
-        None => (config.queue.clone(), "the config's `queue`"),
+        None => (config.queue.clone(), "the config's queue"),
     };
     printable(queue_source, &queue)?;
     if let Some(group) = &args.serial_group {
