@@ -31,4 +31,5 @@ mod show_explain;
 mod signals;
 mod stats_status;
 mod support;
+mod terminal_escapes;
 mod watch;
