@@ -11,6 +11,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod error;
+pub mod escape;
 pub mod human;
 pub mod job;
 pub mod lock;

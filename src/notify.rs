@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::escape;
 use crate::job::JobRecord;
 
 /// How long the notify command may take.
@@ -88,14 +89,17 @@ impl Notice {
         value.to_string()
     }
 
-    /// The notice as one stderr line.
+    /// The notice as one stderr line, safe on the terminal that reads cron's mail: names escaped,
+    /// and the JSON with DEL and C1 as JSON escapes (`serde_json` escapes only C0), so that it
+    /// still parses to the exact job and output.
     fn stderr_line(&self) -> String {
         let callback = self.job.as_ref().map_or("?", |job| job.callback.as_str());
         format!(
-            "bgq: notice: job {} ({callback}) {}: {}",
+            "bgq: notice: job {} ({}) {}: {}",
             self.job_id,
-            self.reason,
-            self.to_json()
+            escape::line(callback),
+            escape::line(&self.reason),
+            escape::json(&self.to_json())
         )
     }
 }
@@ -216,5 +220,43 @@ mod tests {
         assert_eq!(value["notice"], "failed 5 attempts");
         assert_eq!(value["kind"], "attempts");
         assert!(!notice.to_json().contains('\n'));
+    }
+
+    #[test]
+    fn the_stderr_line_has_no_control_characters_and_the_exact_json() {
+        let output = "\x1b]52;c;SGVsbG8=\x07\x1b[2J\rgone\x7f\u{9b}31m\n".to_owned();
+        let notice = Notice {
+            job_id: 7,
+            kind: NoticeKind::Failed,
+            job: Some(JobRecord {
+                id: 7,
+                queue: "mail\x1b[2J".to_owned(),
+                callback: "send\u{85}Email".to_owned(),
+                state: JobState::PermanentlyFailed,
+                attempts: 1,
+                serial_group: None,
+                identifier: Some("a\nb".to_owned()),
+                created_at: 0,
+                run_at: 0,
+                started_at: Some(0),
+                finished_at: None,
+                state_changed_at: 0,
+                priority: 0,
+                blocked_by: 0,
+            }),
+            output: output.clone().into_bytes(),
+            reason: "failed permanently".to_owned(),
+        };
+        let line = notice.stderr_line();
+        assert!(!line.chars().any(escape::is_control), "{line:?}");
+        assert!(
+            line.starts_with("bgq: notice: job 7 (send\\u{85}Email) failed permanently: {"),
+            "{line}"
+        );
+        let json = &line[line.find(": {").expect("JSON") + 2..];
+        let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        assert_eq!(value["output"], output.as_str());
+        assert_eq!(value["queue"], "mail\x1b[2J");
+        assert_eq!(value["identifier"], "a\nb");
     }
 }

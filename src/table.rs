@@ -1,9 +1,13 @@
 //! Tables for people: columns aligned under a header, fitted to the terminal's width by
-//! shortening the columns that may be shortened, with optional colour.
+//! shortening the columns that may be shortened, with optional colour. A cell is one line of
+//! visible text: its control characters are shown escaped (`escape::line`), whoever wrote them.
 
+use std::borrow::Cow;
+
+use crate::escape;
 use crate::term::{Paint, Style};
 
-/// One cell: its text and colour.
+/// One cell: its text, as shown, and colour.
 #[derive(Debug, Clone, Default)]
 pub struct Cell {
     text: String,
@@ -14,7 +18,7 @@ impl Cell {
     /// A plain cell.
     pub fn new(text: impl Into<String>) -> Cell {
         Cell {
-            text: text.into(),
+            text: shown(text.into()),
             paint: None,
         }
     }
@@ -22,9 +26,18 @@ impl Cell {
     /// A coloured cell (coloured only when the style colours).
     pub fn painted(text: impl Into<String>, paint: Paint) -> Cell {
         Cell {
-            text: text.into(),
+            text: shown(text.into()),
             paint: Some(paint),
         }
+    }
+}
+
+/// `text` escaped once, here, so that widths and shortening count what the terminal shows and a
+/// name cannot break its row or send the terminal a command.
+fn shown(text: String) -> String {
+    match escape::line(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
     }
 }
 
@@ -190,6 +203,28 @@ mod tests {
             assert!(line.chars().count() <= 24, "{line:?}");
         }
         assert!(text.contains("12  a-rather-lon…  READY"), "{text}");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_counted_as_shown() {
+        let mut table = Table::new(&[
+            Column {
+                header: "NAME",
+                shrinks: true,
+            },
+            Column {
+                header: "STATE",
+                shrinks: false,
+            },
+        ]);
+        table.push(vec![Cell::new("a\nb\x1b[2J"), Cell::new("READY")]);
+        table.push(vec![Cell::new("plain"), Cell::new("READY")]);
+        let text = table.render(&Style::plain());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME         STATE");
+        assert_eq!(lines[1], "a\\nb\\x1b[2J  READY");
+        assert_eq!(lines[2], "plain        READY");
+        assert!(!text.contains('\x1b'), "{text:?}");
     }
 
     #[test]

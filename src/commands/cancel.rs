@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::cli::CancelArgs;
 use crate::config::{Config, DEFAULT_KILL_GRACE};
 use crate::error::usage;
+use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, now_millis};
 use crate::process_group::{self, OrphanGroup, ProcessRecord};
@@ -58,7 +59,12 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
             } else {
                 "was already CANCELLED"
             };
-            writeln!(out, "job {} ({}) {already}", job.id, job.callback)?;
+            writeln!(
+                out,
+                "job {} ({}) {already}",
+                job.id,
+                escape::line(&job.callback)
+            )?;
             continue;
         }
         let line = if job.state == JobState::Processing {
@@ -67,7 +73,9 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         } else {
             format!(
                 "cancelled job {} ({}): {} -> CANCELLED",
-                job.id, job.callback, job.state
+                job.id,
+                escape::line(&job.callback),
+                job.state
             )
         };
         writeln!(out, "{line}")?;
@@ -107,9 +115,10 @@ fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow:
         state = settled_state(store, job.id, SETTLE_WAIT)?;
         stop = Some((stopped, live_runner.is_some()));
     }
+    let callback = escape::line(&job.callback);
     let cancelled = format!(
-        "cancelled job {} ({}): PROCESSING -> CANCELLED",
-        job.id, job.callback
+        "cancelled job {} ({callback}): PROCESSING -> CANCELLED",
+        job.id
     );
     let said = stop
         .as_ref()
@@ -119,22 +128,20 @@ fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow:
     Ok(match (state, &stop) {
         (Some(JobState::Cancelled), _) => format!("{cancelled}; {said}"),
         (Some(JobState::Finished), _) => format!(
-            "job {} ({}) is FINISHED, not CANCELLED: its callback reported success (exit 0)",
-            job.id, job.callback
+            "job {} ({callback}) is FINISHED, not CANCELLED: its callback reported success (exit 0)",
+            job.id
         ),
         (Some(JobState::Processing), Some((_, false))) => format!(
-            "job {} ({}) stays PROCESSING, marked for cancelling: {said}; the next `process` run of queue `{}` under the temp_dir of the run that started it stops its callback and ends it CANCELLED",
-            job.id, job.callback, job.queue
+            "job {} ({callback}) stays PROCESSING, marked for cancelling: {said}; the next `process` run of queue `{}` under the temp_dir of the run that started it stops its callback and ends it CANCELLED",
+            job.id,
+            escape::line(&job.queue)
         ),
         (Some(JobState::Processing), _) => {
             format!("{cancelled} when the `process` running it records its end; {said}")
         }
         (other, _) => {
             let other = other.map_or_else(|| "deleted".to_owned(), |state| state.to_string());
-            format!(
-                "job {} ({}): PROCESSING -> {other}; {said}",
-                job.id, job.callback
-            )
+            format!("job {} ({callback}): PROCESSING -> {other}; {said}", job.id)
         }
     })
 }

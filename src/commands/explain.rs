@@ -4,6 +4,7 @@ use std::io::Write;
 
 use crate::cli::ExplainArgs;
 use crate::config::Config;
+use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, Millis, now_millis};
 use crate::process_group;
@@ -32,7 +33,8 @@ fn explain(
 ) -> anyhow::Result<String> {
     let job = &detail.record;
     let since = when(detail.record.state_changed_at, now);
-    let queue = &job.queue;
+    // Names as shown: a publisher wrote them (an older bgq stored control characters too).
+    let queue = &escape::line(&job.queue);
     match job.state {
         JobState::Finished => {
             return Ok(format!(
@@ -78,7 +80,7 @@ fn explain(
     if !config.callbacks.contains_key(&job.callback) {
         return Ok(format!(
             "waits for callback `{}`, which {} does not define",
-            job.callback,
+            escape::line(&job.callback),
             config.path.display()
         ));
     }
@@ -104,6 +106,7 @@ fn explain(
         && let Some((blocker, state)) =
             store.serial_blocker(group, job.id, &config.blocking_callbacks())?
     {
+        let group = escape::line(group);
         if state == JobState::PermanentlyFailed {
             return Ok(format!(
                 "is behind job {blocker} (PERMANENTLY_FAILED) of serial group `{group}`, which holds the group (serial_failure = \"block\"): `bgq retry {blocker}` or `bgq cancel {blocker}` frees it"
@@ -134,10 +137,16 @@ fn explain(
             "is WAITING until the next `process` run of queue `{queue}`"
         ));
     }
-    Ok(due(store.last_run(queue)?, detail.claimed_run, queue, now))
+    Ok(due(
+        store.last_run(&job.queue)?,
+        detail.claimed_run,
+        queue,
+        now,
+    ))
 }
 
-/// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time).
+/// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time). `queue` is
+/// the queue's name as shown.
 fn due(last: Option<RunInfo>, claimed_run: i64, queue: &str, now: Millis) -> String {
     let Some(run) = last else {
         return format!("is due, but no `process` has run for queue `{queue}` yet");

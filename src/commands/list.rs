@@ -4,6 +4,7 @@ use std::io::Write;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
+use crate::escape;
 use crate::human::relative;
 use crate::job::{JobRecord, JobState, Millis, now_millis};
 use crate::store::{Durability, ListFilter, Store};
@@ -38,7 +39,8 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
             }
         }
         for identifier in shown {
-            writeln!(out, "{identifier}")?;
+            // One line per identifier, even for one an older bgq stored with a newline in it.
+            writeln!(out, "{}", escape::line(identifier))?;
         }
     } else {
         let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
@@ -95,6 +97,7 @@ const COLUMNS: [Column; 9] = [
     },
 ];
 
+/// The jobs as a table; its cells show control characters in names escaped.
 fn table(jobs: &[JobRecord], now: Millis) -> Table {
     let mut table = Table::new(&COLUMNS);
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
@@ -192,6 +195,23 @@ mod tests {
             lines[1],
             "12  READY  general  sendEmail  0         invoice-7     -           3 min ago  due"
         );
+    }
+
+    #[test]
+    fn names_with_control_characters_stay_on_their_row() {
+        let job = JobRecord {
+            queue: "mail\x1b]52;c;SGVsbG8=\x07".to_owned(),
+            identifier: Some("sync\n42".to_owned()),
+            ..job(JobState::Ready, 0, None)
+        };
+        let text = table(&[job], 180_000).render(&Style::plain());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[1].starts_with("12  READY  mail\\x1b]52;c;SGVsbG8=\\x07  sendEmail"),
+            "{text}"
+        );
+        assert!(lines[1].contains("  sync\\n42  "), "{text}");
     }
 
     #[test]

@@ -11,12 +11,24 @@ use anyhow::Context;
 use crate::cli::PublishArgs;
 use crate::config::Config;
 use crate::error::usage;
+use crate::escape;
 use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
 use crate::store::{Durability, Published, Schedule, Store};
 
 /// Runs `bgq publish`.
 pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
     config.callback(&args.callback)?;
+    let (queue, queue_source) = match &args.queue {
+        Some(queue) => (queue.clone(), "--queue"),
+        None => (config.queue.clone(), "the config's queue"),
+    };
+    printable(queue_source, &queue)?;
+    if let Some(group) = &args.serial_group {
+        printable("--serial-group", group)?;
+    }
+    if let Some(identifier) = &args.identifier {
+        printable("--identifier", identifier)?;
+    }
     let now = now_millis();
     let run_at = match (&args.delay, &args.at) {
         (Some(delay), _) => {
@@ -26,7 +38,6 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         (None, None) => now,
     };
     let payloads = read_payloads(args)?;
-    let queue = args.queue.clone().unwrap_or_else(|| config.queue.clone());
     let jobs: Vec<NewJob> = payloads
         .into_iter()
         .map(|payload| NewJob {
@@ -54,8 +65,9 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
             writeln!(stdout, "{id}")?;
             stdout.flush()?;
             crate::diagnostic!(
-                "bgq: job {id} ({state}) already has identifier `{}` in queue `{queue}`: no new job stored",
-                args.identifier.as_deref().unwrap_or_default()
+                "bgq: job {id} ({state}) already has identifier `{}` in queue `{}`: no new job stored",
+                escape::line(args.identifier.as_deref().unwrap_or_default()),
+                escape::line(&queue)
             );
         }
         Published::Stored { ids, waiting_for } => {
@@ -78,6 +90,20 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses a queue, serial group or identifier (`what`) holding a control character. Stored, it
+/// would reach every terminal that lists the job and split the lines of `list --unfinished`; no
+/// name needs one. Jobs that an older bgq stored with one are still shown, escaped.
+fn printable(what: &str, value: &str) -> anyhow::Result<()> {
+    match value.chars().find(|c| escape::is_control(*c)) {
+        Some(control) => Err(usage(format!(
+            "{what} `{}` holds a control character ({}): queue names, serial groups and identifiers must be printable",
+            escape::line(value),
+            escape::line(control.encode_utf8(&mut [0; 4]))
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Starts `bgq process` for `queue` detached from this publish: in its own session, with no
@@ -248,6 +274,30 @@ mod tests {
             let err = parse_at(bad).expect_err(bad);
             assert_eq!(crate::error::exit_code(&err), 2);
             assert!(err.to_string().starts_with("invalid --at"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_and_shown_escaped() {
+        for (value, control) in [
+            ("sync\n42", "\\n"),
+            ("mail\x1b]52;c;SGVsbG8=\x07", "\\x1b"),
+            ("a\tb", "\\t"),
+            ("del\x7f", "\\x7f"),
+            ("csi\u{9b}2J", "\\u{9b}"),
+        ] {
+            let err = printable("--identifier", value).expect_err(value);
+            assert_eq!(crate::error::exit_code(&err), 2);
+            let message = err.to_string();
+            assert!(!message.chars().any(escape::is_control), "{message:?}");
+            let expected = format!(
+                "--identifier `{}` holds a control character ({control}):",
+                escape::line(value)
+            );
+            assert!(message.starts_with(&expected), "{message}");
+        }
+        for fine in ["sendEmail-7", "invoice 7", "café ☕", "C:\\jobs"] {
+            assert!(printable("--queue", fine).is_ok(), "{fine}");
         }
     }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use crate::cli::RetryArgs;
 use crate::config::Config;
 use crate::error::usage;
+use crate::escape;
 use crate::job::{JobState, now_millis};
 use crate::store::{Change, Durability, Selection, Store};
 
@@ -73,16 +74,16 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
+        let callback = escape::line(&job.callback);
         writeln!(
             out,
-            "{verb} job {} ({}): {} -> READY{with}",
-            job.id, job.callback, job.state
+            "{verb} job {} ({callback}): {} -> READY{with}",
+            job.id, job.state
         )?;
         if !config.callbacks.contains_key(&job.callback) {
             crate::diagnostic!(
-                "bgq: warning: job {} waits for callback `{}`, which {} does not define",
+                "bgq: warning: job {} waits for callback `{callback}`, which {} does not define",
                 job.id,
-                job.callback,
                 config.path.display()
             );
         }

@@ -7,6 +7,7 @@ use base64::Engine;
 use crate::cli::ShowArgs;
 use crate::config::Config;
 use crate::error::usage;
+use crate::escape;
 use crate::human::full_time;
 use crate::job::{JobState, Payload, format_utc, now_millis};
 use crate::store::{Durability, JobDetail, Store};
@@ -100,7 +101,9 @@ fn after(detail: &JobDetail) -> String {
 
 fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
     let job = &detail.record;
-    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    // Names came from a publisher (or a config): shown escaped, each on its line.
+    let name = |value: &str| escape::line(value).into_owned();
+    let or_dash = |value: &Option<String>| value.as_deref().map_or_else(|| "-".to_owned(), name);
     let time = |millis: Option<i64>| millis.map_or_else(|| "-".to_owned(), |t| full_time(t, now));
     let attempts = match config.callbacks.get(&job.callback) {
         Some(callback) => format!("{} of {}", job.attempts, callback.retry.max_attempts),
@@ -115,8 +118,8 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
         None => "-".to_owned(),
     };
     let fields = [
-        ("queue", job.queue.clone()),
-        ("callback", job.callback.clone()),
+        ("queue", name(&job.queue)),
+        ("callback", name(&job.callback)),
         ("serial group", or_dash(&job.serial_group)),
         ("identifier", or_dash(&job.identifier)),
         ("priority", job.priority.to_string()),
@@ -140,21 +143,25 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
         Ok(Payload::Json(value)) => {
             let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
             let size = serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
-            text.push_str(&format!("parameters (JSON, {size} bytes):\n{pretty}\n"));
+            text.push_str(&format!(
+                "parameters (JSON, {size} bytes):\n{}\n",
+                escape::json(&pretty)
+            ));
         }
         Ok(Payload::Raw(bytes)) => {
             text.push_str(&format!("parameters (raw, {} bytes):\n", bytes.len()));
             text.push_str(&hex_preview(bytes));
         }
-        Err(why) => text.push_str(&format!("parameters: unreadable: {why}\n")),
+        Err(why) => text.push_str(&format!("parameters: unreadable: {}\n", name(why))),
     }
     if detail.output.is_empty() {
         text.push_str("output of the last run: none\n");
     } else {
+        // Invalid UTF-8 becomes U+FFFD first, so that what is escaped is what would be shown.
         text.push_str(&format!(
             "output of the last run ({} bytes):\n{}",
             detail.output.len(),
-            String::from_utf8_lossy(&detail.output)
+            escape::text(&String::from_utf8_lossy(&detail.output))
         ));
         if !detail.output.ends_with(b"\n") {
             text.push('\n');

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use crate::cli::StatusArgs;
 use crate::config::Config;
+use crate::escape;
 use crate::human::{relative, when};
 use crate::job::{Millis, now_millis};
 use crate::process_group;
@@ -28,6 +29,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         let due = due_jobs.iter().find(|due| &due.queue == queue);
         let last_run = store.last_run(queue)?;
         let problems = problems(last_run.as_ref(), due, now, stale_after);
+        // A monitor reads one line per problem; a queue name must not make two (or a command).
+        let shown = escape::line(queue);
         if problems.is_empty() {
             let count = due.map_or(0, |due| due.count);
             let runs = match last_run {
@@ -39,11 +42,11 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
                 Some(run) => format!("last `process` run {}", relative(run.last_seen(), now)),
                 None => "last `process` run never".to_owned(),
             };
-            writeln!(out, "ok: queue `{queue}`: {runs}, {count} due job(s)")?;
+            writeln!(out, "ok: queue `{shown}`: {runs}, {count} due job(s)")?;
         }
         for problem in &problems {
             healthy = false;
-            writeln!(out, "stale: queue `{queue}`: {problem}")?;
+            writeln!(out, "stale: queue `{shown}`: {problem}")?;
         }
     }
     out.flush()?;

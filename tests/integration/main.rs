@@ -31,5 +31,6 @@ mod show_explain;
 mod signals;
 mod stats_status;
 mod support;
+mod terminal_escapes;
 mod untrusted_files;
 mod watch;
