@@ -50,7 +50,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         let known: Vec<&str> = config.callbacks.keys().map(String::as_str).collect();
         for (queue, callback, count) in store.waiting_callbacks_not_in(&known)? {
             problems.push(format!(
-                "{count} unfinished job(s) of queue `{queue}` wait for callback `{callback}`, which the config does not define"
+                "{count} unfinished job(s) of queue `{}` wait for callback `{}`, which the config does not define",
+                crate::escape::line(&queue),
+                crate::escape::line(&callback)
             ));
         }
     }

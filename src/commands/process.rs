@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use crate::backoff::{Retry, RetryPolicy, random_spread};
 use crate::cli::ProcessArgs;
 use crate::config::Config;
+use crate::escape;
 use crate::job::{JobState, Millis, now_millis};
 use crate::lock::{Lock, LockFolder};
 use crate::notify::{self, Notice, NoticeKind};
@@ -895,7 +896,7 @@ impl Worker<'_> {
             crate::diagnostic!(
                 "bgq: recovered job {} ({}): {why}; {group}; it becomes CANCELLED, as `bgq cancel --kill` asked",
                 orphan.id,
-                orphan.callback
+                escape::line(&orphan.callback)
             );
             let output = format!("bgq: {why}; {group}\n").into_bytes();
             self.store.end_cancel(orphan.id, &output, now)?;
@@ -928,7 +929,7 @@ impl Worker<'_> {
         crate::diagnostic!(
             "bgq: recovered job {} ({}): {report}",
             orphan.id,
-            orphan.callback
+            escape::line(&orphan.callback)
         );
         // The digest carries it too; a retry notice or a permanent failure says more.
         let notice = transition
@@ -953,8 +954,9 @@ impl Worker<'_> {
         let known: Vec<&str> = self.config.callbacks.keys().map(String::as_str).collect();
         for (callback, count) in self.store.due_callbacks_not_in(self.queue, &known)? {
             crate::diagnostic!(
-                "bgq: warning: {count} due job(s) of queue `{}` wait for callback `{callback}`, which {} does not define",
-                self.queue,
+                "bgq: warning: {count} due job(s) of queue `{}` wait for callback `{}`, which {} does not define",
+                escape::line(self.queue),
+                escape::line(&callback),
                 self.config.path.display()
             );
         }
