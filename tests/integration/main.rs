@@ -33,4 +33,5 @@ mod stats_status;
 mod support;
 mod terminal_escapes;
 mod untrusted_files;
+mod unwritable_stderr;
 mod watch;
