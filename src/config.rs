@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backoff::RetryPolicy;
 use crate::duration::ConfigDuration;
 use crate::error::usage;
 use crate::lock::LockFolder;
+use crate::queue::backoff::RetryPolicy;
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "BGQ_CONFIG";

@@ -4,7 +4,6 @@
 //! `backoff`. Commands hold no SQL; `store` holds no policy.
 #![warn(missing_docs)]
 
-pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,6 +16,7 @@ pub mod job;
 pub mod lock;
 pub mod notify;
 pub mod process_group;
+pub mod queue;
 pub mod runner;
 pub mod running_log;
 pub mod size;

@@ -35,31 +35,6 @@ pub enum Exit {
     NotStarted(String),
 }
 
-/// What a run means for the job (SPEC.md section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exit 0.
-    Finished,
-    /// Exit 75 (`EX_TEMPFAIL`) or a timeout: retry after a backoff.
-    TemporarilyFailed,
-    /// Exit 76: not yet; the next run tries again without counting an attempt.
-    Waiting,
-    /// Anything else.
-    PermanentlyFailed,
-}
-
-impl Outcome {
-    /// Maps a run's end to its outcome.
-    pub fn from_exit(exit: &Exit) -> Outcome {
-        match exit {
-            Exit::Code(0) => Outcome::Finished,
-            Exit::Code(75) | Exit::TimedOut(_) => Outcome::TemporarilyFailed,
-            Exit::Code(76) => Outcome::Waiting,
-            Exit::Code(_) | Exit::Signal(_) | Exit::NotStarted(_) => Outcome::PermanentlyFailed,
-        }
-    }
-}
-
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -515,35 +490,6 @@ fn poll(fds: &mut [libc::pollfd], wait: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exit_codes_map_to_outcomes() {
-        assert_eq!(Outcome::from_exit(&Exit::Code(0)), Outcome::Finished);
-        assert_eq!(
-            Outcome::from_exit(&Exit::Code(75)),
-            Outcome::TemporarilyFailed
-        );
-        assert_eq!(Outcome::from_exit(&Exit::Code(76)), Outcome::Waiting);
-        assert_eq!(
-            Outcome::from_exit(&Exit::TimedOut(Duration::from_secs(1))),
-            Outcome::TemporarilyFailed
-        );
-        for exit in [
-            Exit::Code(1),
-            Exit::Code(2),
-            Exit::Code(74),
-            Exit::Code(77),
-            Exit::Code(255),
-            Exit::Signal(9),
-            Exit::NotStarted("no such file".to_owned()),
-        ] {
-            assert_eq!(
-                Outcome::from_exit(&exit),
-                Outcome::PermanentlyFailed,
-                "{exit}"
-            );
-        }
-    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

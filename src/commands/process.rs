@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::backoff::{Retry, RetryPolicy, random_spread};
 use crate::cli::ProcessArgs;
 use crate::config::Config;
 use crate::escape;
@@ -23,7 +22,9 @@ use crate::lock::{Lock, LockFolder};
 use crate::notify::{self, Notice, NoticeKind};
 use crate::process_group::ProcessRecord;
 use crate::process_group::{self, OrphanGroup};
-use crate::runner::{self, Exit, Outcome, Prepared, StopHandle};
+use crate::queue::backoff::{RetryPolicy, random_spread};
+use crate::queue::outcome::{self, Attempted, Rules, RunEnd};
+use crate::runner::{self, Exit, Prepared, StopHandle};
 use crate::running_log::{Entry, RunningLog, Started};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store, Tally};
 
@@ -324,14 +325,6 @@ struct Running {
     /// Stops the callback when `bgq cancel --kill` marks the job.
     stop: StopHandle,
     stop_requested: bool,
-}
-
-/// What a run's end does to a job.
-struct Transition {
-    state: JobState,
-    run_at: Millis,
-    notice: Option<(NoticeKind, String)>,
-    notified_now: bool,
 }
 
 impl Worker<'_> {
@@ -681,7 +674,24 @@ impl Worker<'_> {
     /// failure nor a notice.
     fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>, stopped: bool) {
         let now = now_millis();
-        let cancelled = stopped && exit != Exit::Code(0);
+        let end = if stopped {
+            RunEnd::Stopped(&exit)
+        } else {
+            RunEnd::Exited(&exit)
+        };
+        let attempted = Attempted {
+            id: job.id,
+            attempts: job.attempts,
+            notified: job.notified,
+        };
+        let transition = outcome::decide(
+            &attempted,
+            end,
+            &self.rules(&job.callback),
+            now,
+            random_spread(job.id),
+        );
+        let cancelled = transition.state == JobState::Cancelled;
         if cancelled {
             end_line(
                 &mut output,
@@ -690,60 +700,12 @@ impl Worker<'_> {
         } else if !matches!(exit, Exit::Code(_)) {
             end_line(&mut output, &exit.to_string());
         }
-        let outcome = Outcome::from_exit(&exit);
-        let transition = match outcome {
-            _ if cancelled => Transition {
-                state: JobState::Cancelled,
-                run_at: now,
-                notice: None,
-                notified_now: false,
-            },
-            Outcome::Finished => Transition {
-                state: JobState::Finished,
-                run_at: now,
-                // Whoever was told it kept failing is told it got through.
-                notice: job.notified.then(|| {
-                    (
-                        NoticeKind::Recovered,
-                        format!("recovered: FINISHED after {} attempt(s)", job.attempts),
-                    )
-                }),
-                notified_now: false,
-            },
-            Outcome::Waiting => Transition {
-                state: JobState::Waiting,
-                // A cron run leaves it to the next run; a watch run to `waiting_delay` from now.
-                run_at: match self.watch_poll {
-                    Some(_) => now.saturating_add(
-                        Millis::try_from(self.config.waiting_delay.as_millis())
-                            .unwrap_or(Millis::MAX),
-                    ),
-                    None => now,
-                },
-                notice: None,
-                notified_now: false,
-            },
-            Outcome::TemporarilyFailed => self.failed_attempt(
-                job.id,
-                &job.callback,
-                job.attempts,
-                job.notified,
-                &exit,
-                now,
-            ),
-            Outcome::PermanentlyFailed => Transition {
-                state: JobState::PermanentlyFailed,
-                run_at: now,
-                notice: Some((NoticeKind::Failed, format!("failed permanently ({exit})"))),
-                notified_now: false,
-            },
-        };
         self.settled.push(Completion {
             id: job.id,
             state: transition.state,
             run_at: transition.run_at,
-            due_now: false,
-            uncount_attempt: !cancelled && outcome == Outcome::Waiting,
+            due_now: transition.due_now,
+            uncount_attempt: transition.uncount_attempt,
             output,
             ended_at: now,
             notified: transition.notified_now,
@@ -751,49 +713,19 @@ impl Worker<'_> {
         });
     }
 
-    /// The retry decision after a failed attempt, and the notice it calls for.
-    fn failed_attempt(
-        &self,
-        id: i64,
-        callback: &str,
-        attempts: u32,
-        notified: bool,
-        why: &dyn std::fmt::Display,
-        now: Millis,
-    ) -> Transition {
-        let default_policy = RetryPolicy::default();
-        let policy = self
-            .config
-            .callbacks
-            .get(callback)
-            .map_or(&default_policy, |callback| &callback.retry);
-        match policy.after_failure(attempts, random_spread(id)) {
-            Retry::GiveUp => Transition {
-                state: JobState::PermanentlyFailed,
-                run_at: now,
-                notice: Some((
-                    NoticeKind::Failed,
-                    format!(
-                        "failed permanently: retries used up after {attempts} attempts ({why})"
-                    ),
-                )),
-                notified_now: false,
-            },
-            Retry::After(delay) => {
-                let notify = !notified && attempts >= self.config.notify_on_attempts;
-                let delay = Millis::try_from(delay.as_millis()).unwrap_or(Millis::MAX);
-                Transition {
-                    state: JobState::TemporarilyFailed,
-                    run_at: now.saturating_add(delay),
-                    notice: notify.then(|| {
-                        (
-                            NoticeKind::Attempts,
-                            format!("failed {attempts} attempts ({why}); still retrying"),
-                        )
-                    }),
-                    notified_now: notify,
-                }
-            }
+    /// The rules that decide what a run's end does to a job of `callback`.
+    fn rules(&self, callback: &str) -> Rules<'_> {
+        static DEFAULT_POLICY: std::sync::LazyLock<RetryPolicy> =
+            std::sync::LazyLock::new(RetryPolicy::default);
+        Rules {
+            retry: self
+                .config
+                .callbacks
+                .get(callback)
+                .map_or(&*DEFAULT_POLICY, |callback| &callback.retry),
+            notify_on_attempts: self.config.notify_on_attempts,
+            // A cron run leaves a WAITING job to the next run; a watch run to `waiting_delay`.
+            waiting_delay: self.watch_poll.map(|_| self.config.waiting_delay),
         }
     }
 
@@ -902,24 +834,23 @@ impl Worker<'_> {
             self.store.end_cancel(orphan.id, &output, now)?;
             return Ok(());
         }
-        let mut transition = self.failed_attempt(
-            orphan.id,
-            &orphan.callback,
-            orphan.attempts,
-            orphan.notified,
-            &why,
+        let attempted = Attempted {
+            id: orphan.id,
+            attempts: orphan.attempts,
+            notified: orphan.notified,
+        };
+        let transition = outcome::decide(
+            &attempted,
+            RunEnd::Lost,
+            &self.rules(&orphan.callback),
             now,
+            random_spread(orphan.id),
         );
-        let again = transition.state == JobState::TemporarilyFailed;
-        if again {
-            // A lost run is no reason to wait: the job is due at once.
-            transition.run_at = now;
-        }
         let output = format!("bgq: {why}; {group}\n").into_bytes();
         let report = format!(
             "{why}; {group}; attempt {} counted, {}",
             orphan.attempts,
-            if again {
+            if transition.due_now {
                 "it runs again now"
             } else {
                 "no retries left"
@@ -939,7 +870,7 @@ impl Worker<'_> {
             id: orphan.id,
             state: transition.state,
             run_at: transition.run_at,
-            due_now: again,
+            due_now: transition.due_now,
             uncount_attempt: false,
             output,
             ended_at: now,

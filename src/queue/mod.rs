@@ -1,0 +1,6 @@
+//! The queue's rules as plain code, with no storage and no processes in them: what a run's end
+//! does to its job, and the retry schedule. Every backend and every kind of run (cron,
+//! `--watch`, recovery) applies these same functions.
+
+pub mod backoff;
+pub mod outcome;
