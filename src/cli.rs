@@ -32,6 +32,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Store a job; prints its id
+    #[command(
+        after_help = "Exit 0: stored, id printed. 1 or 2: nothing stored. 3: stored, but the id could not be printed (stdout full or closed): do not publish it again; --identifier with --unique makes retries safe."
+    )]
     Publish(PublishArgs),
     /// Run every due job once, then exit (run it from cron every minute)
     Process(ProcessArgs),

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cli::PublishArgs;
 use crate::config::Config;
-use crate::error::usage;
+use crate::error::{StoredButUnprinted, usage};
 use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
 use crate::store::{Durability, Published, Schedule, Store};
 
@@ -48,23 +48,29 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         .publish_with(&jobs, &schedule, now)
         .context("cannot store the job")?;
     drop(store);
-    let mut stdout = std::io::stdout().lock();
     match published {
         Published::Existing { id, state } => {
-            writeln!(stdout, "{id}")?;
-            stdout.flush()?;
+            let identifier = args.identifier.as_deref().unwrap_or_default();
+            print_stored(&id.to_string(), |err| {
+                format!(
+                    "job {id} ({state}) already has identifier `{identifier}` in queue `{queue}`, so no new job was stored, but its id could not be printed: {err}"
+                )
+            })?;
             crate::diagnostic!(
-                "bgq: job {id} ({state}) already has identifier `{}` in queue `{queue}`: no new job stored",
-                args.identifier.as_deref().unwrap_or_default()
+                "bgq: job {id} ({state}) already has identifier `{identifier}` in queue `{queue}`: no new job stored"
             );
         }
         Published::Stored { ids, waiting_for } => {
-            if args.jsonl.is_some() {
-                writeln!(stdout, "{}", ids.len())?;
-            } else if let Some(id) = ids.first() {
-                writeln!(stdout, "{id}")?;
-            }
-            stdout.flush()?;
+            let printed = if args.jsonl.is_some() {
+                print_stored(&ids.len().to_string(), |err| lost_count(&ids, err))
+            } else {
+                let id = ids.first().copied().unwrap_or_default();
+                print_stored(&id.to_string(), |err| {
+                    format!(
+                        "job {id} was stored, but its id could not be printed: {err}; do not publish it again"
+                    )
+                })
+            };
             for (parent, state) in waiting_for {
                 if matches!(state, JobState::PermanentlyFailed | JobState::Cancelled) {
                     crate::diagnostic!(
@@ -72,12 +78,44 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            if (args.process || config.process_on_publish) && run_at <= now {
-                start_process(config, &queue)?;
+            // The jobs are stored whether or not their ids reached the caller: run them.
+            let started = if (args.process || config.process_on_publish) && run_at <= now {
+                start_process(config, &queue)
+            } else {
+                Ok(())
+            };
+            if let (Err(_), Err(err)) = (&printed, &started) {
+                crate::diagnostic!("bgq: warning: {err:#}");
             }
+            printed?;
+            started?;
         }
     }
     Ok(())
+}
+
+/// Prints `line` (a job id, or a `--jsonl` count) on stdout. The jobs are stored by now, so a
+/// stdout that cannot take it (full, a closed pipe) is not an ordinary failure: a caller that
+/// retried on exit 1 would store them twice. It exits 3 with `lost(cause)` instead.
+fn print_stored(line: &str, lost: impl FnOnce(&std::io::Error) -> String) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| anyhow::Error::new(StoredButUnprinted(lost(&err))))
+}
+
+/// The exit-3 line of a `--jsonl` publish whose count was lost: how many, and which ids.
+fn lost_count(ids: &[i64], err: &std::io::Error) -> String {
+    match ids {
+        [id] => format!(
+            "1 job was stored (id {id}), but its count could not be printed: {err}; do not publish it again"
+        ),
+        [first, .., last] => format!(
+            "{} jobs were stored (ids {first} to {last}), but their count could not be printed: {err}; do not publish them again",
+            ids.len()
+        ),
+        [] => format!("no job was stored, and the count could not be printed: {err}"),
+    }
 }
 
 /// Starts `bgq process` for `queue` detached from this publish: in its own session, with no
