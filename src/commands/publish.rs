@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::cli::PublishArgs;
 use crate::config::Config;
+use crate::duration;
 use crate::error::{StoredButUnprinted, usage};
 use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
 use crate::store::{Durability, Published, Schedule, Store};
@@ -18,11 +19,22 @@ use crate::store::{Durability, Published, Schedule, Store};
 pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
     config.callback(&args.callback)?;
     let now = now_millis();
+    let furthest = now.saturating_add(Millis::try_from(duration::MAX.as_millis()).unwrap_or(0));
     let run_at = match (&args.delay, &args.at) {
+        // The parser refused a delay beyond duration::MAX.
         (Some(delay), _) => {
             now.saturating_add(Millis::try_from(delay.as_millis()).unwrap_or(Millis::MAX))
         }
-        (None, Some(at)) => parse_at(at)?,
+        (None, Some(at)) => {
+            let run_at = parse_at(at)?;
+            if run_at > furthest {
+                return Err(usage(format!(
+                    "--at `{at}` is more than {} from now, the furthest bgq accepts",
+                    duration::MAX_TEXT
+                )));
+            }
+            run_at
+        }
         (None, None) => now,
     };
     let payloads = read_payloads(args)?;

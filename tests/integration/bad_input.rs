@@ -238,3 +238,41 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
     }
     Ok(())
 }
+
+/// `--delay` and `--at` reach at most 100 years ahead (README "Shaping work"): beyond, a due
+/// time no longer prints as RFC 3339, so they are refused with one line and store nothing.
+#[test]
+fn delays_and_times_beyond_100_years_are_refused() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let id = env.publish_with("cb", "{}", &["--delay", "36500d"])?;
+    let run_at = env.job(id)?["run_at"]
+        .as_str()
+        .ok_or("no run_at")?
+        .to_owned();
+    let due = chrono::DateTime::parse_from_rfc3339(&run_at)
+        .map_err(|err| format!("run_at {run_at:?} is not RFC 3339: {err}"))?;
+    let years = (due.timestamp() - chrono::Utc::now().timestamp()) / (365 * 86_400);
+    assert_eq!(years, 100, "{run_at}");
+    for too_far in [
+        &["--delay", "18446744073709551615ms"][..],
+        &["--delay", "36501d"],
+        &["--at", "2300-01-01T00:00:00Z"],
+        &["--at", "9999-12-31 23:59"],
+    ] {
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--json", "{}"])
+            .args(too_far)
+            .output()?;
+        if too_far[0] == "--delay" {
+            // The argument parser's own refusal, with bgq's reason in it.
+            assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("at most 36500d (100 years)"), "{stderr}");
+        } else {
+            expect_error(&out, 2, &["more than 36500d (100 years) from now"])?;
+        }
+    }
+    assert_eq!(env.jobs()?.len(), 1, "only the 100-year job is stored");
+    Ok(())
+}

@@ -271,6 +271,33 @@ fn invalid_values_are_refused() -> TestResult {
     )
 }
 
+/// A duration of the config becomes a due time (retry delays) or a deadline (timeouts): beyond
+/// 100 years one is refused, as on the command line, rather than overflowing a time.
+#[test]
+fn durations_longer_than_100_years_are_refused() -> TestResult {
+    let base = "database = \"bgq.sqlite\"\n";
+    let limit = "too long: at most 36500d (100 years)";
+    refused(
+        &format!("{base}{TRUE_CALLBACK}timeout = \"36501d\"\n"),
+        Some(4),
+        limit,
+    )?;
+    refused(
+        &format!("{base}[retry]\ndelay = \"18446744073709551615ms\"\n{TRUE_CALLBACK}"),
+        Some(3),
+        limit,
+    )?;
+    refused(
+        &format!("{base}[retry]\nmax_delay = \"876001h\"\n{TRUE_CALLBACK}"),
+        Some(3),
+        limit,
+    )?;
+    let env = TestEnv::new("[retry]\nmax_delay = \"36500d\"\n")?;
+    let out = env.bgq().args(["list"]).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    Ok(())
+}
+
 #[test]
 fn missing_required_settings_are_refused() -> TestResult {
     refused(TRUE_CALLBACK, None, "database")?;
