@@ -240,9 +240,58 @@ fn read_source(source: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Parses one whole JSON value (nothing may follow it).
-pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
-    serde_json::from_slice(bytes)
+/// The deepest nesting of arrays and objects a payload may have: 128 levels are accepted, 129
+/// refused (README, "The callback protocol").
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses one whole JSON value (nothing may follow it), nested at most [`MAX_DEPTH`] levels.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    use serde::Deserialize;
+    check_depth(bytes)?;
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    // serde_json's own limit refuses 128 levels already; check_depth bounds the recursion.
+    parser.disable_recursion_limit();
+    let value = serde_json::Value::deserialize(&mut parser).map_err(|err| err.to_string())?;
+    parser.end().map_err(|err| err.to_string())?;
+    Ok(value)
+}
+
+/// Refuses JSON nested deeper than [`MAX_DEPTH`], before the parser recurses that deep. It
+/// splits strings from the rest as the parser does, so any input it lets through the parser
+/// reads with at most that many levels open.
+fn check_depth(bytes: &[u8]) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut line, mut column) = (1usize, 0usize);
+    for &byte in bytes {
+        column += 1;
+        if byte == b'\n' {
+            line += 1;
+            column = 0;
+        }
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!(
+                        "nested deeper than {MAX_DEPTH} levels at line {line} column {column}"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// One JSON value per line; a trailing newline ends the last line. Any bad line refuses all.
@@ -336,5 +385,19 @@ mod tests {
         assert!(parse_json(b"\"nul\x00\"").is_err());
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(parse_json(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn json_nested_128_levels_is_accepted_and_129_refused() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_json(nested(128).as_bytes()).is_ok());
+        let err = parse_json(nested(129).as_bytes()).expect_err("too deep");
+        assert_eq!(err, "nested deeper than 128 levels at line 1 column 129");
+        let objects = |depth: usize| format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        assert!(parse_json(objects(128).as_bytes()).is_ok());
+        assert!(parse_json(objects(129).as_bytes()).is_err());
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let quoted = format!("[\"\\\"{}\"]", "[".repeat(500));
+        assert!(parse_json(quoted.as_bytes()).is_ok(), "{quoted}");
     }
 }

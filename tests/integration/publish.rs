@@ -332,6 +332,52 @@ fn nested_json_within_the_depth_limit_is_delivered_unchanged() -> TestResult {
     Ok(())
 }
 
+/// README: "JSON nested deeper than 128 levels is refused": 128 levels are published (with
+/// `--json` and `--jsonl`) and delivered unchanged, 129 are refused and store nothing.
+#[test]
+fn json_nested_128_levels_is_published_and_129_refused() -> TestResult {
+    let env = recorder()?;
+    let arrays = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let objects = |depth: usize| format!("{}1{}", "{\"k\":".repeat(depth), "}".repeat(depth));
+    let by_json = env.publish("cb", &arrays(128))?;
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--jsonl", "-"])
+        .write_stdin(format!("{}\n{}\n", objects(128), arrays(1)))
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let by_jsonl = by_json + 1;
+    for too_deep in [arrays(129), objects(129)] {
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--json", &too_deep])
+            .output()?;
+        expect_error(
+            &out,
+            2,
+            &["invalid JSON in --json: nested deeper than 128 levels"],
+        )?;
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--jsonl", "-"])
+            .write_stdin(format!("{}\n{too_deep}\n", arrays(1)))
+            .output()?;
+        expect_error(
+            &out,
+            2,
+            &["invalid JSON on --jsonl line 2: nested deeper than 128 levels"],
+        )?;
+    }
+    assert_eq!(env.jobs()?.len(), 3, "only the jobs within the limit");
+    env.process(&[])?;
+    assert_eq!(String::from_utf8(got(&env, by_json)?)?, arrays(128) + "\n");
+    assert_eq!(
+        String::from_utf8(got(&env, by_jsonl)?)?,
+        objects(128) + "\n"
+    );
+    Ok(())
+}
+
 #[test]
 fn large_raw_payload_is_delivered_or_may_be_ignored() -> TestResult {
     let env = env_with_callbacks(
