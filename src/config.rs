@@ -115,8 +115,16 @@ pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
             path.display()
         ))
     })?;
-    let text = std::fs::read(&path)
-        .map_err(|err| usage(format!("cannot read config {}: {err}", path.display())))?;
+    let text = std::fs::read(&path).map_err(|err| {
+        let message = format!("cannot read config {}: {err}", path.display());
+        // A missing file is a wrong path the user gave; any other failure to read it (a
+        // folder, a disk error, no permission) is the machine's, not the input's.
+        if err.kind() == std::io::ErrorKind::NotFound {
+            usage(message)
+        } else {
+            anyhow::anyhow!(message)
+        }
+    })?;
     let text = String::from_utf8(text)
         .map_err(|_| usage(format!("{}: config is not valid UTF-8", path.display())))?;
     parse(&text, &path)

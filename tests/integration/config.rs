@@ -84,6 +84,46 @@ fn no_config_found_names_all_three_places() -> TestResult {
     Ok(())
 }
 
+/// A config that cannot be read (here a folder: EISDIR, which root cannot bypass) is the
+/// machine's trouble, exit 1; a config path that names nothing is the user's typo, exit 2, as
+/// are invalid TOML and unknown keys (see the tests below).
+#[test]
+fn an_unreadable_config_exits_1_and_a_missing_one_2() -> TestResult {
+    let env = TestEnv::new(TRUE_CALLBACK)?;
+    let folder = env.path("config-folder.toml");
+    fs::create_dir(&folder)?;
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&folder)
+        .arg("list")
+        .output()?;
+    expect_error(
+        &out,
+        1,
+        &[&format!("cannot read config {}", folder.display())],
+    )?;
+    let out = env
+        .bgq_bare()
+        .env("BGQ_CONFIG", &folder)
+        .arg("list")
+        .output()?;
+    expect_error(&out, 1, &["config-folder.toml"])?;
+    let missing = env.path("missing.toml");
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&missing)
+        .arg("list")
+        .output()?;
+    expect_error(
+        &out,
+        2,
+        &[&format!("cannot read config {}", missing.display())],
+    )?;
+    Ok(())
+}
+
 #[test]
 fn relative_paths_resolve_against_the_config_folder() -> TestResult {
     let env = TestEnv::new("")?;
