@@ -56,9 +56,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         unique: args.unique,
     };
     let mut store = Store::open(&config.database, Durability::Full)?;
-    let published = store
-        .publish_with(&jobs, &schedule, now)
-        .context("cannot store the job")?;
+    let published = store.publish_with(&jobs, &schedule, now)?;
     drop(store);
     match published {
         Published::Existing { id, state } => {

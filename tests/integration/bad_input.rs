@@ -220,6 +220,10 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
         .chain((0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]))
         .collect();
     fs::write(env.db_path(), &garbage)?;
+    let opening = format!(
+        "cannot open database {}: file is not a database",
+        env.db_path().display()
+    );
 
     for args in [
         &["publish", "cb", "--json", "{}"][..],
@@ -228,7 +232,7 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
         &["clear"],
     ] {
         let out = env.bgq().args(args).output()?;
-        expect_error(&out, 1, &[]).map_err(|err| format!("bgq {args:?}: {err}"))?;
+        expect_error(&out, 1, &[&opening]).map_err(|err| format!("bgq {args:?}: {err}"))?;
         assert_eq!(
             fs::read(env.db_path())?,
             garbage,
@@ -274,5 +278,57 @@ fn delays_and_times_beyond_100_years_are_refused() -> TestResult {
         }
     }
     assert_eq!(env.jobs()?.len(), 1, "only the 100-year job is stored");
+    Ok(())
+}
+
+/// A database whose jobs table is damaged opens (its schema is intact), and then every command
+/// meets SQLite's `database disk image is malformed`, a line that by itself names neither the
+/// file nor what bgq was doing. Each error line names both, exit 1.
+#[test]
+fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    env.publish("cb", "{}")?;
+    let (root, page_size) = {
+        let conn = rusqlite::Connection::open(env.db_path())?;
+        let root: i64 = conn.query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'",
+            [],
+            |row| row.get(0),
+        )?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        (root, page_size)
+    };
+    let mut bytes = fs::read(env.db_path())?;
+    let start = usize::try_from((root - 1) * page_size)?;
+    let end = start + usize::try_from(page_size)?;
+    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+        *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+    }
+    fs::write(env.db_path(), &bytes)?;
+
+    let db = env.db_path().display().to_string();
+    for (args, operation) in [
+        (
+            &["publish", "cb", "--json", "{}"][..],
+            "cannot store the job",
+        ),
+        (&["list"], "cannot list jobs"),
+        (&["show", "1"], "cannot read job 1"),
+        (&["retry", "1"], "cannot retry jobs"),
+        (&["cancel", "1"], "cannot cancel jobs"),
+        (&["stats"], "cannot count jobs"),
+        (&["process"], "cannot "),
+    ] {
+        let out = env.bgq().args(args).output()?;
+        expect_error(
+            &out,
+            1,
+            &[
+                operation,
+                &format!(" in database {db}: database disk image is malformed"),
+            ],
+        )
+        .map_err(|err| format!("bgq {args:?}: {err}"))?;
+    }
     Ok(())
 }
