@@ -143,6 +143,136 @@ impl Payload {
     }
 }
 
+/// The MessagePack of the JSON value `parser` reads: the bytes `Payload::Json(value).to_msgpack()`
+/// stores, without building the `serde_json::Value` (which takes many times the memory of its
+/// text, 32 bytes and more for each number). A key given twice keeps its first place and its
+/// last value, as in a `Value`.
+pub fn json_to_msgpack<'de, D: serde::Deserializer<'de>>(parser: D) -> Result<Vec<u8>, D::Error> {
+    let mut out = Vec::new();
+    serde::de::DeserializeSeed::deserialize(Encode(&mut out), parser)?;
+    Ok(out)
+}
+
+/// Appends the MessagePack of one value to its `Vec`; see [`json_to_msgpack`].
+struct Encode<'a>(&'a mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Encode<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+/// Maps an error of writing to a `Vec`, which does not happen, into the parser's error type.
+fn written<E: serde::de::Error, T, W: fmt::Display>(result: Result<T, W>) -> Result<(), E> {
+    result.map(|_| ()).map_err(E::custom)
+}
+
+/// Below this many keys a map looks for a repeated key by scanning; from it on, by hashing.
+const LINEAR_KEYS: usize = 16;
+
+// Each method writes what rmp_serde writes for the `Value` that serde_json's own visitor builds
+// from the same call, so that stored bytes do not depend on which path stored them.
+impl<'de> serde::de::Visitor<'de> for Encode<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<(), E> {
+        written(rmp::encode::write_bool(self.0, value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<(), E> {
+        match u64::try_from(value) {
+            Ok(positive) => self.visit_u64(positive),
+            Err(_) => written(rmp::encode::write_sint(self.0, value)),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<(), E> {
+        written(rmp::encode::write_uint(self.0, value))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
+        if value.is_finite() {
+            written(rmp::encode::write_f64(self.0, value))
+        } else {
+            self.visit_unit()
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<(), E> {
+        written(rmp::encode::write_str(self.0, value))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        written(rmp::encode::write_nil(self.0))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let mut body = Vec::new();
+        let mut count: u32 = 0;
+        while items.next_element_seed(Encode(&mut body))?.is_some() {
+            count = count
+                .checked_add(1)
+                .ok_or_else(|| serde::de::Error::custom("too many array elements"))?;
+        }
+        written::<A::Error, _, _>(rmp::encode::write_array_len(self.0, count))?;
+        self.0.extend_from_slice(&body);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        // Keys and values as they will be stored, and where each value lies in `body`.
+        let mut body = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut values: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            let seen = if keys.len() < LINEAR_KEYS {
+                keys.iter().position(|known| *known == key)
+            } else {
+                if index.is_empty() {
+                    index = keys.iter().cloned().zip(0..).collect();
+                }
+                index.get(&key).copied()
+            };
+            match seen {
+                None => {
+                    written::<A::Error, _, _>(rmp::encode::write_str(&mut body, &key))?;
+                    let start = body.len();
+                    entries.next_value_seed(Encode(&mut body))?;
+                    values.push(start..body.len());
+                    if !index.is_empty() {
+                        index.insert(key.clone(), keys.len());
+                    }
+                    keys.push(key);
+                }
+                Some(at) => {
+                    // Rare: the new value replaces the old one where it stands.
+                    let mut value = Vec::new();
+                    entries.next_value_seed(Encode(&mut value))?;
+                    let old = values[at].clone();
+                    let grown = value.len().wrapping_sub(old.len());
+                    body.splice(old.clone(), value.iter().copied());
+                    values[at] = old.start..old.start + value.len();
+                    for later in &mut values[at + 1..] {
+                        *later = later.start.wrapping_add(grown)..later.end.wrapping_add(grown);
+                    }
+                }
+            }
+        }
+        let count = u32::try_from(keys.len())
+            .map_err(|_| serde::de::Error::custom("too many object keys"))?;
+        written::<A::Error, _, _>(rmp::encode::write_map_len(self.0, count))?;
+        self.0.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
 /// A job about to be stored by `publish`.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -150,8 +280,9 @@ pub struct NewJob {
     pub queue: String,
     /// Callback name from the config.
     pub callback: String,
-    /// Its parameters.
-    pub payload: Payload,
+    /// Its parameters as stored: MessagePack, as `Payload::to_msgpack` writes it (encoded when
+    /// read, so that a large payload is not held twice until the insert).
+    pub payload: Vec<u8>,
     /// Jobs sharing a serial group run one at a time, in publish order.
     pub serial_group: Option<String>,
     /// A free-form name the application chooses (for `list --identifier`).
@@ -276,6 +407,67 @@ mod tests {
             let stored = payload.to_msgpack().expect("encode");
             assert_eq!(Payload::from_msgpack(&stored).expect("decode"), payload);
             assert_eq!(payload.stdin_bytes().expect("stdin"), bytes);
+        }
+    }
+
+    #[test]
+    fn json_is_stored_as_the_bytes_its_value_would_be() {
+        let keys = |count: usize| -> String {
+            let entries: Vec<String> = (0..count).map(|n| format!("\"k{n}\":{n}")).collect();
+            format!("{{{}}}", entries.join(","))
+        };
+        let many = |count: usize| format!("[{}]", vec!["1"; count].join(","));
+        let long = |count: usize| format!("\"{}\"", "x".repeat(count));
+        let mut inputs: Vec<String> = [
+            "0",
+            "127",
+            "128",
+            "255",
+            "256",
+            "65535",
+            "65536",
+            "4294967295",
+            "4294967296",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "-32",
+            "-33",
+            "-128",
+            "-129",
+            "-32768",
+            "-32769",
+            "-9223372036854775808",
+            "-0",
+            "0.5",
+            "-0.0",
+            "1e300",
+            "1.5e-300",
+            "true",
+            "false",
+            "null",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"é\\u0000😀\"",
+            r#"{"a":1,"b":[true,null,{"c":"d"}],"a":2}"#,
+            r#"{"x":{"y":1},"x":[1,2,3],"z":0}"#,
+        ]
+        .iter()
+        .map(|text| (*text).to_owned())
+        .collect();
+        inputs.extend([15, 16, 17, 40].map(keys));
+        inputs.extend([15, 16, 65_535, 65_536].map(many));
+        inputs.extend([31, 32, 255, 256, 65_535, 65_536].map(long));
+        // Repeated keys among many: first place, last value, in a scanned and a hashed map.
+        let repeated: Vec<String> = (0..40).map(|n| format!("\"k{}\":{n}", n % 23)).collect();
+        inputs.push(format!("{{{}}}", repeated.join(",")));
+        for text in inputs {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let expected = Payload::Json(value).to_msgpack().expect("encode");
+            let mut parser = serde_json::Deserializer::from_str(&text);
+            let got = json_to_msgpack(&mut parser).expect("transcode");
+            assert!(got == expected, "{}", &text[..text.len().min(80)]);
         }
     }
 

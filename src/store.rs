@@ -340,8 +340,8 @@ pub enum Change {
     Retry {
         /// The current time.
         now: Millis,
-        /// Replacement parameters.
-        payload: Option<Payload>,
+        /// Replacement parameters, as stored (MessagePack).
+        payload: Option<Vec<u8>>,
     },
     /// To CANCELLED: it does not run again. A running job is only marked: it ends CANCELLED
     /// when its run sees the callback end.
@@ -610,17 +610,13 @@ impl Store {
         // Many rows per statement: a statement's fixed cost (and AUTOINCREMENT's bookkeeping)
         // is paid once per chunk instead of once per job.
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            let payloads = chunk
-                .iter()
-                .map(|job| job.payload.to_msgpack())
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(6 + chunk.len() * 5);
             values.extend(shared);
-            for (job, payload) in chunk.iter().zip(&payloads) {
+            for job in chunk {
                 values.extend([
                     &job.queue as &dyn rusqlite::ToSql,
                     &job.callback,
-                    payload,
+                    &job.payload,
                     &job.serial_group,
                     &job.identifier,
                 ]);
@@ -1866,7 +1862,7 @@ fn apply_change(conn: &Connection, id: i64, change: &Change) -> anyhow::Result<(
             .execute(params![id, now])?;
             if let Some(payload) = payload {
                 conn.prepare_cached("UPDATE jobs SET payload = ?2 WHERE id = ?1")?
-                    .execute(params![id, payload.to_msgpack()?])?;
+                    .execute(params![id, payload])?;
             }
         }
         Change::Cancel { now } => {
@@ -2018,7 +2014,9 @@ mod tests {
         NewJob {
             queue: "general".to_owned(),
             callback: callback.to_owned(),
-            payload: Payload::Json(serde_json::json!({"n": 1})),
+            payload: Payload::Json(serde_json::json!({"n": 1}))
+                .to_msgpack()
+                .expect("encodes"),
             serial_group: group.map(str::to_owned),
             identifier: None,
         }
@@ -2430,7 +2428,9 @@ mod tests {
         let (_dir, mut store) = store();
         let jobs: Vec<NewJob> = (0..250)
             .map(|n| NewJob {
-                payload: Payload::Json(serde_json::json!({ "n": n })),
+                payload: Payload::Json(serde_json::json!({ "n": n }))
+                    .to_msgpack()
+                    .expect("encodes"),
                 identifier: Some(format!("job-{n}")),
                 ..job("a", None)
             })

@@ -2,7 +2,7 @@
 //! Everything is checked before the database is opened, and what needs the database (`--after`
 //! ids) inside the storing transaction, so a refused publish writes nothing.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
@@ -37,7 +37,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         }
         (None, None) => now,
     };
-    let payloads = read_payloads(args)?;
+    let payloads = read_payloads(config, args)?;
     let queue = args.queue.clone().unwrap_or_else(|| config.queue.clone());
     let jobs: Vec<NewJob> = payloads
         .into_iter()
@@ -195,47 +195,206 @@ pub fn parse_at(text: &str) -> anyhow::Result<Millis> {
         })
 }
 
-fn read_payloads(args: &PublishArgs) -> anyhow::Result<Vec<Payload>> {
-    if let Some(payload) = read_payload(args.json.as_deref(), args.raw.as_deref())? {
+fn read_payloads(config: &Config, args: &PublishArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(payload) = read_payload(config, args.json.as_deref(), args.raw.as_deref())? {
         return Ok(vec![payload]);
     }
     if let Some(source) = &args.jsonl {
-        return parse_jsonl(&read_source(source, "--jsonl")?);
+        let limit = Limit::of(config);
+        return if source == "-" {
+            read_jsonl(std::io::stdin().lock(), &limit, |err| {
+                anyhow::Error::new(err).context("cannot read --jsonl from stdin")
+            })
+        } else {
+            let file = open_source(source, "--jsonl")?;
+            read_jsonl(std::io::BufReader::new(file), &limit, |err| {
+                usage(format!("cannot read --jsonl file {source}: {err}"))
+            })
+        };
     }
     Err(usage("one of --json, --raw or --jsonl is required"))
 }
 
-/// The parameters given by `--json TEXT|@FILE|-` or `--raw FILE|-`, if either is given.
-pub fn read_payload(json: Option<&str>, raw: Option<&str>) -> anyhow::Result<Option<Payload>> {
+/// The parameters given by `--json TEXT|@FILE|-` or `--raw FILE|-`, if either is given, as
+/// they are stored (MessagePack, see `Payload::to_msgpack`).
+pub fn read_payload(
+    config: &Config,
+    json: Option<&str>,
+    raw: Option<&str>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let limit = Limit::of(config);
     if let Some(json) = json {
         let text = match json.strip_prefix('@') {
-            Some(path) => read_source(path, "--json")?,
-            None if json == "-" => read_source("-", "--json")?,
+            Some(path) => read_source(path, "--json", &limit)?,
+            None if json == "-" => read_source("-", "--json", &limit)?,
+            None if json.len() as u64 > limit.bytes => return Err(limit.exceeded("--json")),
             None => json.as_bytes().to_vec(),
         };
-        let value =
-            parse_json(&text).map_err(|err| usage(format!("invalid JSON in --json: {err}")))?;
-        return Ok(Some(Payload::Json(value)));
+        let stored =
+            encode_json(&text).map_err(|err| usage(format!("invalid JSON in --json: {err}")))?;
+        return Ok(Some(stored));
     }
     match raw {
-        Some(source) => Ok(Some(Payload::Raw(read_source(source, "--raw")?))),
+        Some(source) => Ok(Some(read_raw(source, &limit)?)),
         None => Ok(None),
     }
 }
 
-/// Reads a file, or stdin for `-`.
-fn read_source(source: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
+/// The largest payload `publish` takes (`max_payload`), and how to say that one is larger.
+pub struct Limit {
+    /// Bytes.
+    pub bytes: u64,
+    /// The config file that sets it, named in the refusal.
+    pub config: std::path::PathBuf,
+}
+
+impl Limit {
+    fn of(config: &Config) -> Limit {
+        Limit {
+            bytes: config.max_payload,
+            config: config.path.clone(),
+        }
+    }
+
+    /// The refusal of `what` (`--raw`, `--jsonl line 3`): larger than the limit.
+    fn exceeded(&self, what: &str) -> anyhow::Error {
+        usage(format!(
+            "{what} is larger than {}, the max_payload of {}: nothing stored",
+            crate::size::format(self.bytes),
+            self.config.display()
+        ))
+    }
+}
+
+/// Opens a `--json @FILE`, `--raw` or `--jsonl` file; a missing one is the user's to fix.
+fn open_source(source: &str, flag: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(source)
+        .map_err(|err| usage(format!("cannot read {flag} file {source}: {err}")))
+}
+
+/// Appends a file, or stdin for `-`, to `bytes`: at most one byte more than the limit, so that
+/// an endless or huge input is refused without being read whole.
+fn read_bounded(
+    source: &str,
+    flag: &str,
+    limit: &Limit,
+    bytes: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let most = limit.bytes.saturating_add(1);
     if source == "-" {
         std::io::stdin()
             .lock()
-            .read_to_end(&mut bytes)
+            .take(most)
+            .read_to_end(bytes)
             .with_context(|| format!("cannot read {flag} from stdin"))?;
     } else {
-        bytes = std::fs::read(source)
+        let mut file = open_source(source, flag)?;
+        // The file's size, when it has one, saves the doublings of a growing buffer.
+        let size = file.metadata().map_or(0, |meta| meta.len()).min(most);
+        bytes.reserve(usize::try_from(size).unwrap_or(0));
+        (&mut file)
+            .take(most)
+            .read_to_end(bytes)
             .map_err(|err| usage(format!("cannot read {flag} file {source}: {err}")))?;
     }
+    Ok(())
+}
+
+/// Reads a `--json @FILE` or `--json -` within the limit.
+fn read_source(source: &str, flag: &str, limit: &Limit) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    read_bounded(source, flag, limit, &mut bytes)?;
+    if bytes.len() as u64 > limit.bytes {
+        return Err(limit.exceeded(&format!("{flag} input")));
+    }
     Ok(bytes)
+}
+
+/// MessagePack `bin 32` header: a marker and a big-endian length.
+const BIN32_HEADER: usize = 5;
+
+/// Reads `--raw FILE|-` within the limit, and returns it as stored (a MessagePack `bin`). The
+/// bytes are read behind room for the header, so that a large payload is never copied whole.
+fn read_raw(source: &str, limit: &Limit) -> anyhow::Result<Vec<u8>> {
+    let mut stored = vec![0; BIN32_HEADER];
+    read_bounded(source, "--raw", limit, &mut stored)?;
+    let length = stored.len() - BIN32_HEADER;
+    if length as u64 > limit.bytes {
+        return Err(limit.exceeded("--raw input"));
+    }
+    // From 64 KiB on, MessagePack writes a bin 32 header, exactly the room left for it.
+    match u32::try_from(length) {
+        Ok(length32) if length > usize::from(u16::MAX) => {
+            stored[0] = 0xc6;
+            stored[1..BIN32_HEADER].copy_from_slice(&length32.to_be_bytes());
+            Ok(stored)
+        }
+        _ => Payload::Raw(stored.split_off(BIN32_HEADER)).to_msgpack(),
+    }
+}
+
+/// One JSON value per line, from `reader`; a trailing newline ends the last line. Any bad line
+/// (or one larger than the limit) refuses all. Each line is read and stored on its own, so that
+/// no more than one line's text is held at a time.
+fn read_jsonl(
+    mut reader: impl BufRead,
+    limit: &Limit,
+    read_failed: impl Fn(std::io::Error) -> anyhow::Error,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut jobs = Vec::new();
+    let mut line = Vec::new();
+    for number in 1u64.. {
+        line.clear();
+        // The line, its `\r\n`, and one byte more to tell a line that is too long.
+        let most = limit.bytes.saturating_add(3);
+        (&mut reader)
+            .take(most)
+            .read_until(b'\n', &mut line)
+            .map_err(&read_failed)?;
+        if line.is_empty() {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.len() as u64 > limit.bytes {
+            return Err(limit.exceeded(&format!("--jsonl line {number}")));
+        }
+        if text.iter().all(u8::is_ascii_whitespace) {
+            // A lone newline is an empty input, as a file holding just "\n" is.
+            if number == 1 && line == b"\n" && reader.fill_buf().is_ok_and(<[u8]>::is_empty) {
+                break;
+            }
+            return Err(usage(format!("--jsonl line {number} is empty")));
+        }
+        let stored = encode_json(text)
+            .map_err(|err| usage(format!("invalid JSON on --jsonl line {number}: {err}")))?;
+        jobs.push(stored);
+    }
+    if jobs.is_empty() {
+        return Err(usage("--jsonl input holds no jobs"));
+    }
+    Ok(jobs)
+}
+
+/// [`read_jsonl`] on bytes in memory, with no limit.
+pub fn parse_jsonl(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let limit = Limit {
+        bytes: u64::MAX,
+        config: std::path::PathBuf::new(),
+    };
+    read_jsonl(bytes, &limit, anyhow::Error::new)
+}
+
+/// Checks and stores one whole JSON value (nothing may follow it) as [`parse_json`] reads it,
+/// straight to MessagePack (see `job::json_to_msgpack`).
+pub fn encode_json(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    check_depth(bytes)?;
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    // serde_json's own limit refuses 128 levels already; check_depth bounds the recursion.
+    parser.disable_recursion_limit();
+    let stored = crate::job::json_to_msgpack(&mut parser).map_err(|err| err.to_string())?;
+    parser.end().map_err(|err| err.to_string())?;
+    Ok(stored)
 }
 
 /// The deepest nesting of arrays and objects a payload may have: 128 levels are accepted, 129
@@ -292,27 +451,6 @@ fn check_depth(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// One JSON value per line; a trailing newline ends the last line. Any bad line refuses all.
-pub fn parse_jsonl(bytes: &[u8]) -> anyhow::Result<Vec<Payload>> {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if body.is_empty() {
-        return Err(usage("--jsonl input holds no jobs"));
-    }
-    body.split(|byte| *byte == b'\n')
-        .enumerate()
-        .map(|(index, line)| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let number = index + 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return Err(usage(format!("--jsonl line {number} is empty")));
-            }
-            parse_json(line)
-                .map(Payload::Json)
-                .map_err(|err| usage(format!("invalid JSON on --jsonl line {number}: {err}")))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,12 +489,13 @@ mod tests {
     #[test]
     fn jsonl_reads_one_job_per_line() {
         let jobs = parse_jsonl(b"{\"a\":1}\n[2]\r\n\"three\"\n").expect("valid");
+        let stored = |value| Payload::Json(value).to_msgpack().expect("encodes");
         assert_eq!(
             jobs,
             vec![
-                Payload::Json(serde_json::json!({"a": 1})),
-                Payload::Json(serde_json::json!([2])),
-                Payload::Json(serde_json::json!("three")),
+                stored(serde_json::json!({"a": 1})),
+                stored(serde_json::json!([2])),
+                stored(serde_json::json!("three")),
             ]
         );
     }
@@ -383,6 +522,23 @@ mod tests {
         assert!(parse_json(b"\"nul\x00\"").is_err());
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(parse_json(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn raw_payloads_are_read_as_stored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let limit = Limit {
+            bytes: 1 << 20,
+            config: dir.path().join("bgq.toml"),
+        };
+        for size in [0, 1, 255, 256, 65_535, 65_536, 100_000] {
+            let bytes: Vec<u8> = (0..size).map(|n: u32| n.to_le_bytes()[0]).collect();
+            let path = dir.path().join("raw");
+            std::fs::write(&path, &bytes).expect("write");
+            let stored = read_raw(&path.display().to_string(), &limit).expect("read");
+            let expected = Payload::Raw(bytes).to_msgpack().expect("encode");
+            assert!(stored == expected, "{size} bytes");
+        }
     }
 
     #[test]

@@ -308,6 +308,21 @@ fn invalid_values_are_refused() -> TestResult {
         &format!("{base}[retry]\njitter = 2.0\n{TRUE_CALLBACK}"),
         Some(3),
         "jitter",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"0\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: must be from 1 byte to 512MiB, got 0",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"1G\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: must be from 1 byte to 512MiB, got 1GiB",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"lots\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: invalid size `lots`",
     )
 }
 
@@ -391,6 +406,7 @@ fn example_config_mentions_every_setting() -> TestResult {
         "concurrency",
         "notify_on_attempts",
         "notify",
+        "max_payload",
         "[retry]",
         "delay",
         "multiplier",
