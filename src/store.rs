@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
 use crate::error::UsageError;
-use crate::job::{JobRecord, JobState, Millis, NewJob, Payload};
+use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
 
@@ -185,7 +185,7 @@ pub struct JobDetail {
     /// The job as `list` shows it.
     pub record: JobRecord,
     /// Its parameters, or why they cannot be read.
-    pub payload: Result<Payload, String>,
+    pub payload: Result<StoredPayload, String>,
     /// Tail of what its last run printed.
     pub output: Vec<u8>,
     /// Whether the notify_on_attempts notice went out.
@@ -1087,7 +1087,7 @@ impl Store {
                     let output: Option<Vec<u8>> = row.get(15)?;
                     Ok(JobDetail {
                         record: read_record(row)?,
-                        payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
+                        payload: StoredPayload::new(payload),
                         output: output.unwrap_or_default(),
                         notified: row.get(16)?,
                         claimed_run: row.get(17)?,
@@ -2310,10 +2310,11 @@ mod tests {
         let detail = upgraded.detail(1).expect("read").expect("kept");
         assert_eq!(detail.record.state, JobState::Finished);
         assert_eq!(detail.record.state_changed_at, 5000);
-        assert_eq!(
-            detail.payload,
-            Ok(Payload::Json(serde_json::json!({"n": 1})))
-        );
+        let shown = match detail.payload.as_ref().map(StoredPayload::view) {
+            Ok(crate::job::PayloadView::Json(view)) => serde_json::to_string(&view).ok(),
+            _ => None,
+        };
+        assert_eq!(shown.as_deref(), Some(r#"{"n":1}"#));
         let ids = upgraded.publish(&[job("a", None)], 6000).expect("publish");
         assert_eq!(ids, [2]);
     }
