@@ -241,11 +241,11 @@ pub fn read_payload(
 }
 
 /// The largest payload `publish` takes (`max_payload`), and how to say that one is larger.
-pub struct Limit {
+struct Limit {
     /// Bytes.
-    pub bytes: u64,
+    bytes: u64,
     /// The config file that sets it, named in the refusal.
-    pub config: std::path::PathBuf,
+    config: std::path::PathBuf,
 }
 
 impl Limit {
