@@ -32,6 +32,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Store a job; prints its id
+    #[command(
+        after_help = "Exit 0: stored, id printed. 1 or 2: nothing stored. 3: stored, but the id could not be printed (stdout full or closed): do not publish it again; --identifier with --unique makes retries safe."
+    )]
     Publish(PublishArgs),
     /// Run every due job once, then exit (run it from cron every minute)
     Process(ProcessArgs),
@@ -90,11 +93,11 @@ pub struct PublishArgs {
     #[arg(long, value_name = "I", value_parser = non_empty)]
     pub identifier: Option<String>,
 
-    /// Not due before this long from now (e.g. 10m)
+    /// Not due before this long from now (e.g. 10m; at most 36500d, 100 years)
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, conflicts_with = "at")]
     pub delay: Option<Duration>,
 
-    /// Not due before TIME: RFC 3339, or local `YYYY-MM-DD HH:MM`
+    /// Not due before TIME: RFC 3339, or local `YYYY-MM-DD HH:MM` (within 100 years from now)
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
 

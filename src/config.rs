@@ -23,6 +23,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "bgq.toml";
 /// How long a callback told to stop gets before SIGKILL, unless its `kill_grace` says.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// The largest payload `publish` takes unless `max_payload` says: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 16 << 20;
+/// The largest `max_payload` may be: SQLite stores at most about 1 GB in one value, and a job
+/// that large would be read whole by every run that starts it.
+pub const MAX_MAX_PAYLOAD: u64 = 512 << 20;
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +50,8 @@ pub struct Config {
     pub waiting_delay: Duration,
     /// Whether every `publish` starts a detached `process` for its queue.
     pub process_on_publish: bool,
+    /// The largest parameters (`--json`, `--raw`, a `--jsonl` line) `publish` takes, in bytes.
+    pub max_payload: u64,
     /// Callbacks by name.
     pub callbacks: BTreeMap<String, Callback>,
 }
@@ -116,8 +124,16 @@ pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
             path.display()
         ))
     })?;
-    let text = std::fs::read(&path)
-        .map_err(|err| usage(format!("cannot read config {}: {err}", path.display())))?;
+    let text = std::fs::read(&path).map_err(|err| {
+        let message = format!("cannot read config {}: {err}", path.display());
+        // A missing file is a wrong path the user gave; any other failure to read it (a
+        // folder, a disk error, no permission) is the machine's, not the input's.
+        if err.kind() == std::io::ErrorKind::NotFound {
+            usage(message)
+        } else {
+            anyhow::anyhow!(message)
+        }
+    })?;
     let text = String::from_utf8(text)
         .map_err(|_| usage(format!("{}: config is not valid UTF-8", path.display())))?;
     parse(&text, &path)
@@ -203,6 +219,7 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
             .waiting_delay
             .map_or(Duration::from_secs(60), |delay| delay.0),
         process_on_publish: raw.process_on_publish.unwrap_or(false),
+        max_payload: raw.max_payload.map_or(DEFAULT_MAX_PAYLOAD, |size| size.0),
         callbacks,
     })
 }
@@ -230,6 +247,7 @@ struct RawConfig {
     notify: Option<CommandLine>,
     waiting_delay: Option<ConfigDuration>,
     process_on_publish: Option<bool>,
+    max_payload: Option<MaxPayload>,
     retry: Option<RawRetry>,
     #[serde(default)]
     callbacks: BTreeMap<String, RawCallback>,
@@ -284,6 +302,23 @@ impl<'de> Deserialize<'de> for Count {
                 "must be a whole number of at least 1, got {value}"
             ))),
         }
+    }
+}
+
+/// `max_payload`: a size from 1 byte to [`MAX_MAX_PAYLOAD`].
+struct MaxPayload(u64);
+
+impl<'de> Deserialize<'de> for MaxPayload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let size = crate::size::ConfigSize::deserialize(deserializer)?.0;
+        if !(1..=MAX_MAX_PAYLOAD).contains(&size) {
+            return Err(serde::de::Error::custom(format!(
+                "must be from 1 byte to {}, got {}",
+                crate::size::format(MAX_MAX_PAYLOAD),
+                crate::size::format(size)
+            )));
+        }
+        Ok(MaxPayload(size))
     }
 }
 

@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// The longest duration bgq accepts anywhere: 36500d, 100 years. Durations become due times
+/// (`--delay`, retry delays) and deadlines (`timeout`); far beyond this a time no longer prints
+/// as RFC 3339, and anything this long is a typo rather than a plan.
+pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// [`MAX`] as users write it.
+pub const MAX_TEXT: &str = "36500d (100 years)";
+
 const UNITS: [(&str, u64); 5] = [
     ("ms", 1),
     ("s", 1_000),
@@ -31,10 +39,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .map(|(_, millis)| *millis)
         .ok_or_else(invalid)?;
     let count: u64 = number.parse().map_err(|_| invalid())?;
-    let millis = count
-        .checked_mul(per_unit)
-        .ok_or_else(|| format!("duration `{text}` is too long"))?;
-    Ok(Duration::from_millis(millis))
+    let too_long = || format!("duration `{text}` is too long: at most {MAX_TEXT}");
+    let millis = count.checked_mul(per_unit).ok_or_else(too_long)?;
+    let duration = Duration::from_millis(millis);
+    if duration > MAX {
+        return Err(too_long());
+    }
+    Ok(duration)
 }
 
 /// Formats a duration in the largest unit that divides it exactly (`90s`, `5m`, `1500ms`).
@@ -94,6 +105,16 @@ mod tests {
     fn refuses_overflow() {
         assert!(parse("99999999999999999999d").is_err());
         assert!(parse("999999999999999d").is_err());
+    }
+
+    #[test]
+    fn refuses_more_than_100_years_in_any_unit() {
+        assert_eq!(parse("36500d"), Ok(MAX));
+        assert_eq!(parse("876000h"), Ok(MAX));
+        for bad in ["36501d", "876001h", "18446744073709551615ms", "3153600001s"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains("at most 36500d (100 years)"), "{err}");
+        }
     }
 
     #[test]

@@ -143,6 +143,371 @@ impl Payload {
     }
 }
 
+/// The MessagePack of the JSON value `parser` reads: the bytes `Payload::Json(value).to_msgpack()`
+/// stores, without building the `serde_json::Value` (which takes many times the memory of its
+/// text, 32 bytes and more for each number). A key given twice keeps its first place and its
+/// last value, as in a `Value`.
+pub fn json_to_msgpack<'de, D: serde::Deserializer<'de>>(parser: D) -> Result<Vec<u8>, D::Error> {
+    let mut out = Vec::new();
+    serde::de::DeserializeSeed::deserialize(Encode(&mut out), parser)?;
+    Ok(out)
+}
+
+/// Appends the MessagePack of one value to its `Vec`; see [`json_to_msgpack`].
+struct Encode<'a>(&'a mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Encode<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+/// Maps an error of writing to a `Vec`, which does not happen, into the parser's error type.
+fn written<E: serde::de::Error, T, W: fmt::Display>(result: Result<T, W>) -> Result<(), E> {
+    result.map(|_| ()).map_err(E::custom)
+}
+
+/// Below this many keys a map looks for a repeated key by scanning; from it on, by hashing.
+const LINEAR_KEYS: usize = 16;
+
+// Each method writes what rmp_serde writes for the `Value` that serde_json's own visitor builds
+// from the same call, so that stored bytes do not depend on which path stored them.
+impl<'de> serde::de::Visitor<'de> for Encode<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<(), E> {
+        written(rmp::encode::write_bool(self.0, value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<(), E> {
+        match u64::try_from(value) {
+            Ok(positive) => self.visit_u64(positive),
+            Err(_) => written(rmp::encode::write_sint(self.0, value)),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<(), E> {
+        written(rmp::encode::write_uint(self.0, value))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
+        if value.is_finite() {
+            written(rmp::encode::write_f64(self.0, value))
+        } else {
+            self.visit_unit()
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<(), E> {
+        written(rmp::encode::write_str(self.0, value))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        written(rmp::encode::write_nil(self.0))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let mut body = Vec::new();
+        let mut count: u32 = 0;
+        while items.next_element_seed(Encode(&mut body))?.is_some() {
+            count = count
+                .checked_add(1)
+                .ok_or_else(|| serde::de::Error::custom("too many array elements"))?;
+        }
+        written::<A::Error, _, _>(rmp::encode::write_array_len(self.0, count))?;
+        self.0.extend_from_slice(&body);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        // Keys and values as they will be stored, and where each value lies in `body`.
+        let mut body = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut values: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            let seen = if keys.len() < LINEAR_KEYS {
+                keys.iter().position(|known| *known == key)
+            } else {
+                if index.is_empty() {
+                    index = keys.iter().cloned().zip(0..).collect();
+                }
+                index.get(&key).copied()
+            };
+            match seen {
+                None => {
+                    written::<A::Error, _, _>(rmp::encode::write_str(&mut body, &key))?;
+                    let start = body.len();
+                    entries.next_value_seed(Encode(&mut body))?;
+                    values.push(start..body.len());
+                    if !index.is_empty() {
+                        index.insert(key.clone(), keys.len());
+                    }
+                    keys.push(key);
+                }
+                Some(at) => {
+                    // Rare: the new value replaces the old one where it stands.
+                    let mut value = Vec::new();
+                    entries.next_value_seed(Encode(&mut value))?;
+                    let old = values[at].clone();
+                    let grown = value.len().wrapping_sub(old.len());
+                    body.splice(old.clone(), value.iter().copied());
+                    values[at] = old.start..old.start + value.len();
+                    for later in &mut values[at + 1..] {
+                        *later = later.start.wrapping_add(grown)..later.end.wrapping_add(grown);
+                    }
+                }
+            }
+        }
+        let count = u32::try_from(keys.len())
+            .map_err(|_| serde::de::Error::custom("too many object keys"))?;
+        written::<A::Error, _, _>(rmp::encode::write_map_len(self.0, count))?;
+        self.0.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+/// A job's parameters as stored (MessagePack), checked but not decoded: `show` reads them
+/// through [`StoredPayload::view`], so that a large payload is held once.
+#[derive(Debug, Clone)]
+pub struct StoredPayload {
+    bytes: Vec<u8>,
+    kind: StoredKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StoredKind {
+    Json { compact_len: usize },
+    Raw { start: usize },
+}
+
+/// What a [`StoredPayload`] holds.
+#[derive(Debug, Clone, Copy)]
+pub enum PayloadView<'a> {
+    /// A JSON value.
+    Json(JsonView<'a>),
+    /// The exact bytes of a `--raw` job.
+    Raw(&'a [u8]),
+}
+
+impl StoredPayload {
+    /// Checks what `to_msgpack` stored; the error says why it cannot be read.
+    pub fn new(bytes: Vec<u8>) -> Result<StoredPayload, String> {
+        let width = match bytes.first() {
+            Some(0xc4) => Some(1),
+            Some(0xc5) => Some(2),
+            Some(0xc6) => Some(4),
+            _ => None,
+        };
+        let kind = match width {
+            Some(width) => {
+                let length = bytes
+                    .get(1..=width)
+                    .map(|header| header.iter().fold(0usize, |n, b| n << 8 | usize::from(*b)));
+                if length != Some(bytes.len().saturating_sub(1 + width)) {
+                    return Err("stored raw payload is not valid MessagePack".to_owned());
+                }
+                StoredKind::Raw { start: 1 + width }
+            }
+            None => StoredKind::Json {
+                compact_len: JsonView::new(&bytes)?.compact_len,
+            },
+        };
+        Ok(StoredPayload { bytes, kind })
+    }
+
+    /// The parameters, to show.
+    pub fn view(&self) -> PayloadView<'_> {
+        match self.kind {
+            StoredKind::Json { compact_len } => PayloadView::Json(JsonView {
+                stored: &self.bytes,
+                compact_len,
+            }),
+            StoredKind::Raw { start } => PayloadView::Raw(&self.bytes[start..]),
+        }
+    }
+}
+
+/// Stored JSON parameters (MessagePack) seen as the JSON value they hold: serialising it writes
+/// that value (as `Payload::from_msgpack` would give it) without building a `serde_json::Value`,
+/// which takes many times the memory of the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonView<'a> {
+    stored: &'a [u8],
+    compact_len: usize,
+}
+
+/// Nesting beyond this in stored parameters is refused when shown, as rmp_serde refuses it when
+/// decoding (publish stores at most 128 levels).
+const VIEW_DEPTH: usize = 1024;
+
+impl<'a> JsonView<'a> {
+    /// The view of `stored`, if it holds exactly one JSON value (not a `--raw` payload): the
+    /// error says why not. Checked whole, so that serialising it later fails only with its writer.
+    pub fn new(stored: &'a [u8]) -> Result<JsonView<'a>, String> {
+        let mut rest = std::cell::Cell::new(stored);
+        let mut counter = Counter(0);
+        serde_json::to_writer(&mut counter, &Next(&rest, 0)).map_err(|err| err.to_string())?;
+        if !rest.get_mut().is_empty() {
+            return Err("stored parameters have bytes after their value".to_owned());
+        }
+        Ok(JsonView {
+            stored,
+            compact_len: counter.0,
+        })
+    }
+
+    /// The length of the value as compact JSON (what a callback reads, less its newline).
+    pub fn compact_len(&self) -> usize {
+        self.compact_len
+    }
+}
+
+impl serde::Serialize for JsonView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Next(&std::cell::Cell::new(self.stored), 0).serialize(serializer)
+    }
+}
+
+/// A writer that only counts what it is given.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The next value of the MessagePack in the cell, at a nesting depth; serialising it moves the
+/// cell past it.
+struct Next<'a, 'c>(&'c std::cell::Cell<&'a [u8]>, usize);
+
+impl serde::Serialize for Next<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap, SerializeSeq};
+        let Next(cell, depth) = *self;
+        let mut input = cell.get();
+        let mut take = |count: usize| -> Result<&[u8], S::Error> {
+            if input.len() < count {
+                return Err(S::Error::custom("stored parameters are cut short"));
+            }
+            let (taken, rest) = input.split_at(count);
+            input = rest;
+            Ok(taken)
+        };
+        let be = |bytes: &[u8]| bytes.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+        let marker = take(1)?[0];
+        // Lengths of strings, arrays and maps: in the marker, or in the next 1, 2 or 4 bytes.
+        let mut length = |width: usize| -> Result<usize, S::Error> {
+            usize::try_from(be(take(width)?)).map_err(S::Error::custom)
+        };
+        enum Item {
+            Str(usize),
+            Array(usize),
+            Map(usize),
+        }
+        let item = match marker {
+            0x00..=0x7f => {
+                cell.set(input);
+                return serializer.serialize_u64(u64::from(marker));
+            }
+            0xe0..=0xff => {
+                cell.set(input);
+                return serializer.serialize_i64(i64::from(marker as i8));
+            }
+            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
+            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
+            0xa0..=0xbf => Item::Str(usize::from(marker & 0x1f)),
+            0xd9 => Item::Str(length(1)?),
+            0xda => Item::Str(length(2)?),
+            0xdb => Item::Str(length(4)?),
+            0xdc => Item::Array(length(2)?),
+            0xdd => Item::Array(length(4)?),
+            0xde => Item::Map(length(2)?),
+            0xdf => Item::Map(length(4)?),
+            0xc0 | 0xc2 | 0xc3 | 0xca..=0xd3 => {
+                let ok = match marker {
+                    0xc0 => serializer.serialize_unit(),
+                    0xc2 => serializer.serialize_bool(false),
+                    0xc3 => serializer.serialize_bool(true),
+                    0xca => {
+                        let bits = u32::try_from(be(take(4)?)).map_err(S::Error::custom)?;
+                        serializer.serialize_f64(f64::from(f32::from_bits(bits)))
+                    }
+                    0xcb => serializer.serialize_f64(f64::from_bits(be(take(8)?))),
+                    0xcc..=0xcf => {
+                        let width = 1 << (marker - 0xcc);
+                        serializer.serialize_u64(be(take(width)?))
+                    }
+                    _ => {
+                        let width = 1usize << (marker - 0xd0);
+                        let unsigned = be(take(width)?);
+                        // Sign-extend from `width` bytes.
+                        let shift = 64 - 8 * width as u32;
+                        serializer.serialize_i64(((unsigned << shift) as i64) >> shift)
+                    }
+                };
+                cell.set(input);
+                return ok;
+            }
+            _ => return Err(S::Error::custom("stored parameters are not a JSON value")),
+        };
+        match item {
+            Item::Str(size) => {
+                let text = std::str::from_utf8(take(size)?).map_err(S::Error::custom)?;
+                cell.set(input);
+                serializer.serialize_str(text)
+            }
+            Item::Array(count) | Item::Map(count) if depth >= VIEW_DEPTH => {
+                let _ = count;
+                Err(S::Error::custom("stored parameters are nested too deep"))
+            }
+            Item::Array(count) => {
+                cell.set(input);
+                let mut seq = serializer.serialize_seq(Some(count))?;
+                for _ in 0..count {
+                    seq.serialize_element(&Next(cell, depth + 1))?;
+                }
+                seq.end()
+            }
+            Item::Map(count) => {
+                cell.set(input);
+                let mut map = serializer.serialize_map(Some(count))?;
+                for _ in 0..count {
+                    map.serialize_key(&Key(cell))?;
+                    map.serialize_value(&Next(cell, depth + 1))?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// The next map key of the MessagePack in the cell: a string, as JSON keys are.
+struct Key<'a, 'c>(&'c std::cell::Cell<&'a [u8]>);
+
+impl serde::Serialize for Key<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.get().first() {
+            Some(0xa0..=0xbf | 0xd9..=0xdb) => Next(self.0, 0).serialize(serializer),
+            _ => Err(serde::ser::Error::custom(
+                "stored parameters have a key that is not a string",
+            )),
+        }
+    }
+}
+
 /// A job about to be stored by `publish`.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -150,8 +515,9 @@ pub struct NewJob {
     pub queue: String,
     /// Callback name from the config.
     pub callback: String,
-    /// Its parameters.
-    pub payload: Payload,
+    /// Its parameters as stored: MessagePack, as `Payload::to_msgpack` writes it (encoded when
+    /// read, so that a large payload is not held twice until the insert).
+    pub payload: Vec<u8>,
     /// Jobs sharing a serial group run one at a time, in publish order.
     pub serial_group: Option<String>,
     /// A free-form name the application chooses (for `list --identifier`).
@@ -276,6 +642,129 @@ mod tests {
             let stored = payload.to_msgpack().expect("encode");
             assert_eq!(Payload::from_msgpack(&stored).expect("decode"), payload);
             assert_eq!(payload.stdin_bytes().expect("stdin"), bytes);
+        }
+    }
+
+    #[test]
+    fn json_is_stored_as_the_bytes_its_value_would_be() {
+        let keys = |count: usize| -> String {
+            let entries: Vec<String> = (0..count).map(|n| format!("\"k{n}\":{n}")).collect();
+            format!("{{{}}}", entries.join(","))
+        };
+        let many = |count: usize| format!("[{}]", vec!["1"; count].join(","));
+        let long = |count: usize| format!("\"{}\"", "x".repeat(count));
+        let mut inputs: Vec<String> = [
+            "0",
+            "127",
+            "128",
+            "255",
+            "256",
+            "65535",
+            "65536",
+            "4294967295",
+            "4294967296",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "-32",
+            "-33",
+            "-128",
+            "-129",
+            "-32768",
+            "-32769",
+            "-9223372036854775808",
+            "-0",
+            "0.5",
+            "-0.0",
+            "1e300",
+            "1.5e-300",
+            "true",
+            "false",
+            "null",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"é\\u0000😀\"",
+            r#"{"a":1,"b":[true,null,{"c":"d"}],"a":2}"#,
+            r#"{"x":{"y":1},"x":[1,2,3],"z":0}"#,
+        ]
+        .iter()
+        .map(|text| (*text).to_owned())
+        .collect();
+        inputs.extend([15, 16, 17, 40].map(keys));
+        inputs.extend([15, 16, 65_535, 65_536].map(many));
+        inputs.extend([31, 32, 255, 256, 65_535, 65_536].map(long));
+        // Repeated keys among many: first place, last value, in a scanned and a hashed map.
+        let repeated: Vec<String> = (0..40).map(|n| format!("\"k{}\":{n}", n % 23)).collect();
+        inputs.push(format!("{{{}}}", repeated.join(",")));
+        for text in inputs {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let expected = Payload::Json(value).to_msgpack().expect("encode");
+            let mut parser = serde_json::Deserializer::from_str(&text);
+            let got = json_to_msgpack(&mut parser).expect("transcode");
+            assert!(got == expected, "{}", &text[..text.len().min(80)]);
+        }
+    }
+
+    #[test]
+    fn stored_parameters_are_shown_as_their_decoded_value_is() {
+        let mut inputs: Vec<String> = [
+            "0",
+            "255",
+            "65536",
+            "18446744073709551615",
+            "-1",
+            "-33",
+            "-129",
+            "-32769",
+            "-9223372036854775808",
+            "0.5",
+            "-0.0",
+            "1e300",
+            "true",
+            "null",
+            "[]",
+            "{}",
+            "\"é\\u0000😀\\\"\"",
+            r#"{"a":1,"b":[true,null,{"c":"d"}],"e":{}}"#,
+        ]
+        .iter()
+        .map(|text| (*text).to_owned())
+        .collect();
+        inputs.push(format!("[{}]", vec!["[1,{\"k\":-2.5}]"; 70_000].join(",")));
+        inputs.push(format!("\"{}\"", "x".repeat(70_000)));
+        for text in inputs {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let stored = Payload::Json(value.clone()).to_msgpack().expect("encode");
+            let stored = StoredPayload::new(stored).expect("readable");
+            let PayloadView::Json(view) = stored.view() else {
+                panic!("not JSON: {text}");
+            };
+            let compact = serde_json::to_string(&value).expect("compact");
+            assert!(
+                serde_json::to_string(&view).ok() == Some(compact.clone()),
+                "{text:.80}"
+            );
+            assert_eq!(view.compact_len(), compact.len());
+            let pretty = serde_json::to_string_pretty(&value).expect("pretty");
+            assert!(
+                serde_json::to_string_pretty(&view).ok() == Some(pretty),
+                "{text:.80}"
+            );
+        }
+        for bytes in [vec![], vec![1, 2, 3], vec![7; 70_000]] {
+            let stored = Payload::Raw(bytes.clone()).to_msgpack().expect("encode");
+            let stored = StoredPayload::new(stored).expect("readable");
+            assert!(matches!(stored.view(), PayloadView::Raw(raw) if raw == bytes.as_slice()));
+        }
+        for bad in [
+            &[0xc1][..],
+            &[0x92, 0x01],
+            &[0xa2, 0xff, 0xfe],
+            &[0xc4, 0x05, 1],
+            &[0x01, 0x02],
+        ] {
+            assert!(StoredPayload::new(bad.to_vec()).is_err(), "{bad:?}");
         }
     }
 

@@ -1,5 +1,5 @@
-//! Memory sizes as users write them on the command line: `1048576`, `512K`, `256M`, `2G`
-//! (also `KB`/`KiB` and the like). Units are binary: 1K is 1024 bytes, as `ps` and `top` count.
+//! Memory sizes as users write them on the command line and in the config: `1048576`, `512K`,
+//! `256M`, `2G` (also `KB`/`KiB` and the like). Units are binary: 1K is 1024 bytes, as `ps` and `top` count.
 
 /// Parses a size in bytes; the error names the value and the accepted forms.
 pub fn parse(text: &str) -> Result<u64, String> {
@@ -21,6 +21,31 @@ pub fn parse(text: &str) -> Result<u64, String> {
     count
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// Formats a size in the largest binary unit that divides it exactly (`16MiB`, `1500`), in a
+/// form [`parse`] reads back.
+pub fn format(bytes: u64) -> String {
+    [("GiB", 30), ("MiB", 20), ("KiB", 10)]
+        .iter()
+        .find(|(_, shift)| bytes >= 1 << shift && bytes.is_multiple_of(1 << shift))
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, shift)| format!("{}{unit}", bytes >> shift),
+        )
+}
+
+/// A size read from TOML as a string such as `"16MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigSize(pub u64);
+
+impl<'de> serde::Deserialize<'de> for ConfigSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text)
+            .map(ConfigSize)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The resident memory of this process in bytes, read from /proc.
@@ -45,6 +70,21 @@ mod tests {
         assert_eq!(parse("3mb"), Ok(3 << 20));
         for bad in ["", "M", "lots", "1T", "-1K", "1.5G"] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_exact_unit_and_read_back() {
+        for (bytes, text) in [
+            (16 << 20, "16MiB"),
+            (1024, "1KiB"),
+            (1536, "1536"),
+            (1, "1"),
+            (0, "0"),
+            (3 << 30, "3GiB"),
+        ] {
+            assert_eq!(format(bytes), text);
+            assert_eq!(parse(text), Ok(bytes));
         }
     }
 

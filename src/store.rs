@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
-use crate::job::{JobRecord, JobState, Millis, NewJob, Payload};
+use crate::error::UsageError;
+use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
 
@@ -184,7 +185,7 @@ pub struct JobDetail {
     /// The job as `list` shows it.
     pub record: JobRecord,
     /// Its parameters, or why they cannot be read.
-    pub payload: Result<Payload, String>,
+    pub payload: Result<StoredPayload, String>,
     /// Tail of what its last run printed.
     pub output: Vec<u8>,
     /// Whether the notify_on_attempts notice went out.
@@ -339,8 +340,8 @@ pub enum Change {
     Retry {
         /// The current time.
         now: Millis,
-        /// Replacement parameters.
-        payload: Option<Payload>,
+        /// Replacement parameters, as stored (MessagePack).
+        payload: Option<Vec<u8>>,
     },
     /// To CANCELLED: it does not run again. A running job is only marked: it ends CANCELLED
     /// when its run sees the callback end.
@@ -536,8 +537,17 @@ impl Store {
         schedule: &Schedule,
         now: Millis,
     ) -> anyhow::Result<Published> {
-        self.publish_inner(jobs, schedule, now)
-            .map_err(|err| explain_disk_full(err, &self.path))
+        let result = self
+            .publish_inner(jobs, schedule, now)
+            .map_err(|err| explain_disk_full(err, &self.path));
+        in_database(
+            &self.path,
+            || match jobs.len() {
+                1 => "store the job".to_owned(),
+                count => format!("store {count} jobs"),
+            },
+            result,
+        )
     }
 
     fn publish_inner(
@@ -603,17 +613,13 @@ impl Store {
         // Many rows per statement: a statement's fixed cost (and AUTOINCREMENT's bookkeeping)
         // is paid once per chunk instead of once per job.
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            let payloads = chunk
-                .iter()
-                .map(|job| job.payload.to_msgpack())
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(6 + chunk.len() * 5);
             values.extend(shared);
-            for (job, payload) in chunk.iter().zip(&payloads) {
+            for job in chunk {
                 values.extend([
                     &job.queue as &dyn rusqlite::ToSql,
                     &job.callback,
-                    payload,
+                    &job.payload,
                     &job.serial_group,
                     &job.identifier,
                 ]);
@@ -659,36 +665,48 @@ impl Store {
         now: Millis,
         watch: bool,
     ) -> anyhow::Result<i64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO runs (queue, pid, pid_started, boot_id, started_at, watch)
+        let result = (|| -> anyhow::Result<i64> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO runs (queue, pid, pid_started, boot_id, started_at, watch)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                queue,
-                runner.pid,
-                i64::try_from(runner.started).unwrap_or(i64::MAX),
-                runner.boot_id,
-                now,
-                watch
-            ],
-        )?;
-        let run = tx.last_insert_rowid();
-        // Keep the last hundred runs of a queue: enough to tell when cron last ran it.
-        tx.execute(
-            "DELETE FROM runs WHERE queue = ?1 AND id <= ?2 - 100",
-            params![queue, run],
-        )?;
-        prune_outcomes(&tx, queue, now)?;
-        tx.commit()?;
-        Ok(run)
+                params![
+                    queue,
+                    runner.pid,
+                    i64::try_from(runner.started).unwrap_or(i64::MAX),
+                    runner.boot_id,
+                    now,
+                    watch
+                ],
+            )?;
+            let run = tx.last_insert_rowid();
+            // Keep the last hundred runs of a queue: enough to tell when cron last ran it.
+            tx.execute(
+                "DELETE FROM runs WHERE queue = ?1 AND id <= ?2 - 100",
+                params![queue, run],
+            )?;
+            prune_outcomes(&tx, queue, now)?;
+            tx.commit()?;
+            Ok(run)
+        })();
+        in_database(
+            &self.path,
+            || format!("record the start of a run of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Deletes the outcome counts of `queue` that `stats` no longer shows (a long `--watch`
     /// run calls it now and then; other runs prune when they begin).
     pub fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
-        prune_outcomes(&self.conn, queue, now)
+        let result = prune_outcomes(&self.conn, queue, now);
+        in_database(
+            &self.path,
+            || format!("prune the outcome counts of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Records the end of a `process` run: how many jobs it started, how many of them failed,
@@ -701,7 +719,8 @@ impl Store {
         failed: u64,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        self.conn.execute(
+        let result = (|| -> anyhow::Result<()> {
+            self.conn.execute(
             "UPDATE runs SET finished_at = ?2, jobs = ?3, failed = ?4, error = ?5 WHERE id = ?1",
             params![
                 run,
@@ -711,28 +730,41 @@ impl Store {
                 error
             ],
         )?;
-        Ok(())
+            Ok(())
+        })();
+        in_database(
+            &self.path,
+            || format!("record the end of run {run}"),
+            result,
+        )
     }
 
     /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
     pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
+        let result = (|| -> anyhow::Result<Vec<Orphan>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
                     r.pid, r.pid_started, r.boot_id
              FROM jobs j LEFT JOIN runs r ON r.id = j.claimed_run
              WHERE j.queue = ?1 AND j.state = 'PROCESSING' ORDER BY j.id",
-        )?;
-        let rows = stmt.query_map([queue], |row| {
-            Ok(Orphan {
-                id: row.get(0)?,
-                callback: row.get(1)?,
-                attempts: row.get(2)?,
-                notified: row.get(3)?,
-                cancel_requested: row.get(4)?,
-                claimed_by: read_process(row, 5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            )?;
+            let rows = stmt.query_map([queue], |row| {
+                Ok(Orphan {
+                    id: row.get(0)?,
+                    callback: row.get(1)?,
+                    attempts: row.get(2)?,
+                    notified: row.get(3)?,
+                    cancel_requested: row.get(4)?,
+                    claimed_by: read_process(row, 5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(
+            &self.path,
+            || format!("look for jobs of queue `{queue}` left running"),
+            result,
+        )
     }
 
     /// Moves jobs of `queue` whose time has come into the claim path, except those that run
@@ -744,23 +776,33 @@ impl Store {
         started_by: Option<i64>,
         now: Millis,
     ) -> anyhow::Result<usize> {
-        let promoted = self.conn.prepare_cached(PROMOTE_SQL)?.execute(params![
-            queue,
-            started_by.unwrap_or(i64::MAX),
-            now
-        ])?;
-        Ok(promoted)
+        let result = (|| -> anyhow::Result<usize> {
+            let promoted = self.conn.prepare_cached(PROMOTE_SQL)?.execute(params![
+                queue,
+                started_by.unwrap_or(i64::MAX),
+                now
+            ])?;
+            Ok(promoted)
+        })();
+        in_database(
+            &self.path,
+            || format!("look for due jobs of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Whether another connection (a `publish`, a `retry`, another run) committed a change
     /// since the last call: a cheap check that reads no table.
     pub fn changed_elsewhere(&mut self) -> anyhow::Result<bool> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
-        let changed = self.data_version != Some(version);
-        self.data_version = Some(version);
-        Ok(changed)
+        let result = (|| -> anyhow::Result<bool> {
+            let version: i64 = self
+                .conn
+                .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+            let changed = self.data_version != Some(version);
+            self.data_version = Some(version);
+            Ok(changed)
+        })();
+        in_database(&self.path, || "look for changes".to_owned(), result)
     }
 
     /// In one transaction: stores how the runs in `done` ended (counting them in `tally`, which
@@ -777,45 +819,53 @@ impl Store {
         tally: &mut Tally,
         write_tally: bool,
     ) -> anyhow::Result<Settled> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut failed = 0;
-        for completion in done {
-            let stored = complete(&tx, completion, tally)?;
-            if stored
-                && matches!(
-                    completion.state,
-                    JobState::TemporarilyFailed | JobState::PermanentlyFailed
-                )
-            {
-                failed += 1;
+        let result = (|| -> anyhow::Result<Settled> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut failed = 0;
+            for completion in done {
+                let stored = complete(&tx, completion, tally)?;
+                if stored
+                    && matches!(
+                        completion.state,
+                        JobState::TemporarilyFailed | JobState::PermanentlyFailed
+                    )
+                {
+                    failed += 1;
+                }
             }
-        }
-        if write_tally {
-            tally.write(&tx)?;
-        }
-        let mut capacity = claim.callbacks.to_vec();
-        let mut claimed = Vec::new();
-        while claimed.len() < claim.limit {
-            let allowed: Vec<&str> = capacity
-                .iter()
-                .filter(|(_, left)| *left > 0)
-                .map(|(name, _)| *name)
-                .collect();
-            if allowed.is_empty() {
-                break;
+            if write_tally {
+                tally.write(&tx)?;
             }
-            let Some(job) = claim_one(&tx, claim, &allowed)? else {
-                break;
-            };
-            if let Some((_, left)) = capacity.iter_mut().find(|(name, _)| *name == job.callback) {
-                *left -= 1;
+            let mut capacity = claim.callbacks.to_vec();
+            let mut claimed = Vec::new();
+            while claimed.len() < claim.limit {
+                let allowed: Vec<&str> = capacity
+                    .iter()
+                    .filter(|(_, left)| *left > 0)
+                    .map(|(name, _)| *name)
+                    .collect();
+                if allowed.is_empty() {
+                    break;
+                }
+                let Some(job) = claim_one(&tx, claim, &allowed)? else {
+                    break;
+                };
+                if let Some((_, left)) = capacity.iter_mut().find(|(name, _)| *name == job.callback)
+                {
+                    *left -= 1;
+                }
+                claimed.push(job);
             }
-            claimed.push(job);
-        }
-        tx.commit()?;
-        Ok(Settled { claimed, failed })
+            tx.commit()?;
+            Ok(Settled { claimed, failed })
+        })();
+        in_database(
+            &self.path,
+            || format!("store outcomes and claim jobs of queue `{}`", claim.queue),
+            result,
+        )
     }
 
     /// Due jobs of `queue` whose callback is not among `known`, counted per callback.
@@ -824,108 +874,158 @@ impl Store {
         queue: &str,
         known: &[&str],
     ) -> anyhow::Result<Vec<(String, i64)>> {
-        let placeholders = vec!["?"; known.len()].join(", ");
-        let sql = format!(
-            "SELECT callback, count(*) FROM jobs INDEXED BY jobs_ready
+        let result = (|| -> anyhow::Result<Vec<(String, i64)>> {
+            let placeholders = vec!["?"; known.len()].join(", ");
+            let sql = format!(
+                "SELECT callback, count(*) FROM jobs INDEXED BY jobs_ready
              WHERE queue = ? AND due = 1 AND blocked_by = 0 AND callback NOT IN ({placeholders})
              GROUP BY callback ORDER BY callback"
-        );
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue];
-        values.extend(known.iter().map(|name| name as &dyn rusqlite::ToSql));
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(values), |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            );
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue];
+            values.extend(known.iter().map(|name| name as &dyn rusqlite::ToSql));
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(
+            &self.path,
+            || format!("count due jobs of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
     pub fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
-        Ok(self.conn.execute(
-            "UPDATE jobs SET run_at = run_at - ?2
+        let result = (|| -> anyhow::Result<usize> {
+            Ok(self.conn.execute(
+                "UPDATE jobs SET run_at = run_at - ?2
              WHERE queue = ?1 AND due = 0 AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')",
-            params![queue, by],
-        )?)
+                params![queue, by],
+            )?)
+        })();
+        in_database(
+            &self.path,
+            || format!("move the due times of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Stores how a run of a job ended, with its notice and its count for `stats`; returns
     /// false when the job was no longer PROCESSING (cancelled meanwhile), in which case only its
     /// output is kept.
     pub fn complete(&mut self, done: &Completion) -> anyhow::Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut tally = Tally::default();
-        let applied = complete(&tx, done, &mut tally)?;
-        tally.write(&tx)?;
-        tx.commit()?;
-        Ok(applied)
+        let result = (|| -> anyhow::Result<bool> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut tally = Tally::default();
+            let applied = complete(&tx, done, &mut tally)?;
+            tally.write(&tx)?;
+            tx.commit()?;
+            Ok(applied)
+        })();
+        in_database(
+            &self.path,
+            || format!("store the outcome of job {}", done.id),
+            result,
+        )
     }
 
     /// Writes the counts `tally` holds (see `settle_and_claim`) and empties it.
     pub fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
-        if tally.is_empty() {
-            return Ok(());
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tally.write(&tx)?;
-        tx.commit()?;
-        Ok(())
+        let result = (|| -> anyhow::Result<()> {
+            if tally.is_empty() {
+                return Ok(());
+            }
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tally.write(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        in_database(&self.path, || "store outcome counts".to_owned(), result)
     }
 
     /// Jobs matching `filter`, newest first, at most `limit`.
     pub fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
-        let limit = limit.min(i64::MAX as usize);
-        let (sql, values) = list_sql(filter, limit);
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(values.iter()), read_record)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let result = (|| -> anyhow::Result<Vec<JobRecord>> {
+            let limit = limit.min(i64::MAX as usize);
+            let (sql, values) = list_sql(filter, limit);
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values.iter()), read_record)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "list jobs".to_owned(), result)
     }
 
     /// The job with `id`, if it exists.
     pub fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
-        Ok(self.conn.query_row(&sql, [id], read_record).optional()?)
+        let result = (|| -> anyhow::Result<Option<JobRecord>> {
+            let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
+            Ok(self.conn.query_row(&sql, [id], read_record).optional()?)
+        })();
+        in_database(&self.path, || format!("read job {id}"), result)
     }
 
     /// The state of job `id`, if it exists.
     pub fn state_of(&self, id: i64) -> anyhow::Result<Option<JobState>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
-            .query_row([id], |row| read_state(row, 0))
-            .optional()?)
+        let result = (|| -> anyhow::Result<Option<JobState>> {
+            Ok(self
+                .conn
+                .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+                .query_row([id], |row| read_state(row, 0))
+                .optional()?)
+        })();
+        in_database(&self.path, || format!("read job {id}"), result)
     }
 
     /// The jobs `run` of `queue` is running that `bgq cancel --kill` asked to stop.
     pub fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>> {
-        let mut stmt = self.conn.prepare_cached(
+        let result = (|| -> anyhow::Result<Vec<i64>> {
+            let mut stmt = self.conn.prepare_cached(
             "SELECT id FROM jobs INDEXED BY jobs_processing
              WHERE queue = ?1 AND state = 'PROCESSING' AND claimed_run = ?2 AND cancel_requested = 1",
         )?;
-        let ids = stmt.query_map(params![queue, run], |row| row.get(0))?;
-        Ok(ids.collect::<Result<_, _>>()?)
+            let ids = stmt.query_map(params![queue, run], |row| row.get(0))?;
+            Ok(ids.collect::<Result<_, _>>()?)
+        })();
+        in_database(
+            &self.path,
+            || format!("look for cancel requests of run {run}"),
+            result,
+        )
     }
 
     /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
     /// end): it becomes CANCELLED, keeping `output`. False when it is no longer PROCESSING with
     /// a cancel requested.
     pub fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool> {
-        let changed = self
-            .conn
-            .prepare_cached(END_CANCEL_SQL)?
-            .execute(params![id, output, now])?;
-        Ok(changed > 0)
+        let result = (|| -> anyhow::Result<bool> {
+            let changed = self
+                .conn
+                .prepare_cached(END_CANCEL_SQL)?
+                .execute(params![id, output, now])?;
+            Ok(changed > 0)
+        })();
+        in_database(&self.path, || format!("cancel job {id}"), result)
     }
 
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
     pub fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
-        let (sql, values) = unfinished_sql(filter);
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(values.iter()), |row| row.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let result = (|| -> anyhow::Result<Vec<String>> {
+            let (sql, values) = unfinished_sql(filter);
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values.iter()), |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(
+            &self.path,
+            || "list unfinished identifiers".to_owned(),
+            result,
+        )
     }
 
     /// Deletes the FINISHED jobs that finished before `cutoff` among the next `batch` FINISHED
@@ -937,33 +1037,36 @@ impl Store {
         after: i64,
         batch: usize,
     ) -> anyhow::Result<(usize, Option<i64>)> {
-        // The batch's last id, read from jobs_state alone; the delete is then a plain range of
-        // that index, with no list of ids to build.
-        let upper: Option<i64> = self
-            .conn
-            .prepare_cached(CLEAR_UPPER_SQL)?
-            .query_row(
-                params![after, i64::try_from(batch.saturating_sub(1)).unwrap_or(0)],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let upper_id = upper.unwrap_or(i64::MAX);
-        let deleted = tx
-            .prepare_cached(CLEAR_SQL)?
-            .execute(params![cutoff, after, upper_id])?;
-        if deleted > 0 {
-            // The `--after` records of the deleted jobs: a range of the primary key.
-            tx.prepare_cached(
-                "DELETE FROM dependencies WHERE job_id > ?1 AND job_id <= ?2
+        let result = (|| -> anyhow::Result<(usize, Option<i64>)> {
+            // The batch's last id, read from jobs_state alone; the delete is then a plain range of
+            // that index, with no list of ids to build.
+            let upper: Option<i64> = self
+                .conn
+                .prepare_cached(CLEAR_UPPER_SQL)?
+                .query_row(
+                    params![after, i64::try_from(batch.saturating_sub(1)).unwrap_or(0)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let upper_id = upper.unwrap_or(i64::MAX);
+            let deleted = tx
+                .prepare_cached(CLEAR_SQL)?
+                .execute(params![cutoff, after, upper_id])?;
+            if deleted > 0 {
+                // The `--after` records of the deleted jobs: a range of the primary key.
+                tx.prepare_cached(
+                    "DELETE FROM dependencies WHERE job_id > ?1 AND job_id <= ?2
                    AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = dependencies.job_id)",
-            )?
-            .execute(params![after, upper_id])?;
-        }
-        tx.commit()?;
-        Ok((deleted, upper))
+                )?
+                .execute(params![after, upper_id])?;
+            }
+            tx.commit()?;
+            Ok((deleted, upper))
+        })();
+        in_database(&self.path, || "delete finished jobs".to_owned(), result)
     }
 
     /// Opens the database if it exists, without creating it or its folder.
@@ -976,30 +1079,33 @@ impl Store {
 
     /// Everything stored about job `id`, if it exists.
     pub fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run, cancel_requested
+        let result = (|| -> anyhow::Result<Option<JobDetail>> {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run, cancel_requested
              FROM jobs WHERE id = ?1"
-        );
-        self.conn
-            .query_row(&sql, [id], |row| {
-                let payload: Vec<u8> = row.get(14)?;
-                let output: Option<Vec<u8>> = row.get(15)?;
-                Ok(JobDetail {
-                    record: read_record(row)?,
-                    payload: Payload::from_msgpack(&payload).map_err(|err| format!("{err:#}")),
-                    output: output.unwrap_or_default(),
-                    notified: row.get(16)?,
-                    claimed_run: row.get(17)?,
-                    cancel_requested: row.get(18)?,
-                    after: Vec::new(),
+            );
+            self.conn
+                .query_row(&sql, [id], |row| {
+                    let payload: Vec<u8> = row.get(14)?;
+                    let output: Option<Vec<u8>> = row.get(15)?;
+                    Ok(JobDetail {
+                        record: read_record(row)?,
+                        payload: StoredPayload::new(payload),
+                        output: output.unwrap_or_default(),
+                        notified: row.get(16)?,
+                        claimed_run: row.get(17)?,
+                        cancel_requested: row.get(18)?,
+                        after: Vec::new(),
+                    })
                 })
-            })
-            .optional()?
-            .map(|mut detail| {
-                detail.after = self.after(id)?;
-                Ok(detail)
-            })
-            .transpose()
+                .optional()?
+                .map(|mut detail| {
+                    detail.after = self.after(id)?;
+                    Ok(detail)
+                })
+                .transpose()
+        })();
+        in_database(&self.path, || format!("read job {id}"), result)
     }
 
     /// The oldest job of `group` older than job `id` that holds it back: an unfinished one, or
@@ -1010,134 +1116,170 @@ impl Store {
         id: i64,
         blocking: &[&str],
     ) -> anyhow::Result<Option<(i64, JobState)>> {
-        let read = |row: &Row<'_>| Ok((row.get(0)?, read_state(row, 1)?));
-        let unfinished: Option<(i64, JobState)> = self
-            .conn
-            .query_row(
-                "SELECT id, state FROM jobs INDEXED BY jobs_serial
+        let result = (|| -> anyhow::Result<Option<(i64, JobState)>> {
+            let read = |row: &Row<'_>| Ok((row.get(0)?, read_state(row, 1)?));
+            let unfinished: Option<(i64, JobState)> = self
+                .conn
+                .query_row(
+                    "SELECT id, state FROM jobs INDEXED BY jobs_serial
                  WHERE serial_group = ?1 AND id < ?2
                    AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
                  ORDER BY id LIMIT 1",
-                params![group, id],
-                read,
-            )
-            .optional()?;
-        let failed: Option<(i64, JobState)> = if blocking.is_empty() {
-            None
-        } else {
-            let sql = format!(
-                "SELECT id, state FROM jobs INDEXED BY jobs_serial_failed
+                    params![group, id],
+                    read,
+                )
+                .optional()?;
+            let failed: Option<(i64, JobState)> = if blocking.is_empty() {
+                None
+            } else {
+                let sql = format!(
+                    "SELECT id, state FROM jobs INDEXED BY jobs_serial_failed
                  WHERE serial_group = ? AND state = 'PERMANENTLY_FAILED'
                    AND callback IN ({}) AND id < ?
                  ORDER BY id LIMIT 1",
-                vec!["?"; blocking.len()].join(", ")
-            );
-            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group];
-            values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
-            values.push(&id);
-            self.conn
-                .query_row(&sql, params_from_iter(values), read)
-                .optional()?
-        };
-        Ok(unfinished
-            .into_iter()
-            .chain(failed)
-            .min_by_key(|(id, _)| *id))
+                    vec!["?"; blocking.len()].join(", ")
+                );
+                let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group];
+                values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
+                values.push(&id);
+                self.conn
+                    .query_row(&sql, params_from_iter(values), read)
+                    .optional()?
+            };
+            Ok(unfinished
+                .into_iter()
+                .chain(failed)
+                .min_by_key(|(id, _)| *id))
+        })();
+        in_database(
+            &self.path,
+            || format!("read serial group `{group}`"),
+            result,
+        )
     }
 
     /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
     /// `clear`, so it had FINISHED).
     pub fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
-        let mut stmt = self.conn.prepare(
+        let result = (|| -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
+            let mut stmt = self.conn.prepare(
             "SELECT d.after_id, p.state FROM dependencies d LEFT JOIN jobs p ON p.id = d.after_id
              WHERE d.job_id = ?1 ORDER BY d.after_id",
         )?;
-        let rows = stmt.query_map([id], |row| {
-            let state: Option<String> = row.get(1)?;
-            Ok((row.get(0)?, state))
-        })?;
-        rows.map(|row| {
-            let (parent, state) = row?;
-            let state = state.map(|state| state.parse::<JobState>()).transpose()?;
-            Ok((parent, state))
-        })
-        .collect()
+            let rows = stmt.query_map([id], |row| {
+                let state: Option<String> = row.get(1)?;
+                Ok((row.get(0)?, state))
+            })?;
+            rows.map(|row| {
+                let (parent, state) = row?;
+                let state = state.map(|state| state.parse::<JobState>()).transpose()?;
+                Ok((parent, state))
+            })
+            .collect()
+        })();
+        in_database(
+            &self.path,
+            || format!("read the --after jobs of job {id}"),
+            result,
+        )
     }
 
     /// The `process` run numbered `run`, if it is still recorded.
     pub fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
-        Ok(self.conn.query_row(&sql, [run], read_run).optional()?)
+        let result = (|| -> anyhow::Result<Option<RunInfo>> {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+            Ok(self.conn.query_row(&sql, [run], read_run).optional()?)
+        })();
+        in_database(&self.path, || format!("read run {run}"), result)
     }
 
     /// The latest `process` run of `queue`, if one is recorded.
     pub fn last_run(&self, queue: &str) -> anyhow::Result<Option<RunInfo>> {
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1");
-        Ok(self.conn.query_row(&sql, [queue], read_run).optional()?)
+        let result = (|| -> anyhow::Result<Option<RunInfo>> {
+            let sql =
+                format!("SELECT {RUN_COLUMNS} FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1");
+            Ok(self.conn.query_row(&sql, [queue], read_run).optional()?)
+        })();
+        in_database(
+            &self.path,
+            || format!("read the last run of queue `{queue}`"),
+            result,
+        )
     }
 
     /// The latest `process` run of each queue that has one.
     pub fn last_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs
+        let result = (|| -> anyhow::Result<Vec<RunInfo>> {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs
              WHERE id IN (SELECT max(id) FROM runs GROUP BY queue) ORDER BY queue"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], read_run)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            );
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map([], read_run)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "read the last runs".to_owned(), result)
     }
 
     /// How many jobs each queue has in each state (states without jobs left out).
     pub fn state_counts(&self) -> anyhow::Result<Vec<(String, JobState, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get(0)?, read_state(row, 1)?, read_count(row, 2)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let result = (|| -> anyhow::Result<Vec<(String, JobState, u64)>> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get(0)?, read_state(row, 1)?, read_count(row, 2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "count jobs".to_owned(), result)
     }
 
     /// The jobs due by `now` and waiting to run, per queue that has any: how many, and the
     /// oldest.
     pub fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
-        let mut stmt = self.conn.prepare(
-            // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
-            "SELECT queue, id, min(run_at), count(*) FROM jobs
+        let result = (|| -> anyhow::Result<Vec<DueJobs>> {
+            let mut stmt = self.conn.prepare(
+                // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
+                "SELECT queue, id, min(run_at), count(*) FROM jobs
              WHERE state != 'FINISHED' AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
                AND run_at <= ?1 AND blocked_by = 0
              GROUP BY queue ORDER BY queue",
-        )?;
-        let rows = stmt.query_map([now], |row| {
-            Ok(DueJobs {
-                queue: row.get(0)?,
-                oldest: row.get(1)?,
-                since: row.get(2)?,
-                count: read_count(row, 3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            )?;
+            let rows = stmt.query_map([now], |row| {
+                Ok(DueJobs {
+                    queue: row.get(0)?,
+                    oldest: row.get(1)?,
+                    since: row.get(2)?,
+                    count: read_count(row, 3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "count due jobs".to_owned(), result)
     }
 
     /// Runs of jobs that ended since `since`, per queue: (finished, temporarily failed,
     /// permanently failed).
     pub fn outcomes_since(&self, since: Millis) -> anyhow::Result<Vec<(String, [u64; 3])>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT queue, sum(finished), sum(temporarily_failed), sum(permanently_failed)
+        let result = (|| -> anyhow::Result<Vec<(String, [u64; 3])>> {
+            let mut stmt = self.conn.prepare(
+                "SELECT queue, sum(finished), sum(temporarily_failed), sum(permanently_failed)
              FROM outcomes WHERE minute >= ?1 GROUP BY queue ORDER BY queue",
-        )?;
-        let rows = stmt.query_map([since / 60_000], |row| {
-            Ok((
-                row.get(0)?,
-                [
-                    read_count(row, 1)?,
-                    read_count(row, 2)?,
-                    read_count(row, 3)?,
-                ],
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            )?;
+            let rows = stmt.query_map([since / 60_000], |row| {
+                Ok((
+                    row.get(0)?,
+                    [
+                        read_count(row, 1)?,
+                        read_count(row, 2)?,
+                        read_count(row, 3)?,
+                    ],
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "count outcomes".to_owned(), result)
     }
 
     /// Jobs that want to run (READY, PROCESSING, TEMPORARILY_FAILED, WAITING) whose callback is
@@ -1146,19 +1288,26 @@ impl Store {
         &self,
         known: &[&str],
     ) -> anyhow::Result<Vec<(String, String, u64)>> {
-        let placeholders = vec!["?"; known.len()].join(", ");
-        let sql = format!(
-            "SELECT queue, callback, count(*) FROM jobs
+        let result = (|| -> anyhow::Result<Vec<(String, String, u64)>> {
+            let placeholders = vec!["?"; known.len()].join(", ");
+            let sql = format!(
+                "SELECT queue, callback, count(*) FROM jobs
              WHERE state != 'FINISHED'
                AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
                AND callback NOT IN ({placeholders})
              GROUP BY queue, callback ORDER BY queue, callback"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(known), |row| {
-            Ok((row.get(0)?, row.get(1)?, read_count(row, 2)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            );
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(known), |row| {
+                Ok((row.get(0)?, row.get(1)?, read_count(row, 2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(
+            &self.path,
+            || "count jobs of unknown callbacks".to_owned(),
+            result,
+        )
     }
 
     /// In one transaction: reads the jobs of `selection`, asks `decide` about each (an error
@@ -1171,61 +1320,78 @@ impl Store {
         dry_run: bool,
         mut decide: impl FnMut(&JobBrief) -> anyhow::Result<bool>,
     ) -> anyhow::Result<Vec<(JobBrief, bool)>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let briefs = select_briefs(&tx, selection, &self.path)?;
-        let mut decided = Vec::with_capacity(briefs.len());
-        for brief in briefs {
-            let apply = decide(&brief)?;
-            decided.push((brief, apply));
-        }
-        if dry_run {
-            return Ok(decided);
-        }
-        for (brief, _) in decided.iter().filter(|(_, apply)| *apply) {
-            apply_change(&tx, brief.id, change)?;
-        }
-        tx.commit()?;
-        Ok(decided)
+        let result = (|| -> anyhow::Result<Vec<(JobBrief, bool)>> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let briefs = select_briefs(&tx, selection, &self.path)?;
+            let mut decided = Vec::with_capacity(briefs.len());
+            for brief in briefs {
+                let apply = decide(&brief)?;
+                decided.push((brief, apply));
+            }
+            if dry_run {
+                return Ok(decided);
+            }
+            for (brief, _) in decided.iter().filter(|(_, apply)| *apply) {
+                apply_change(&tx, brief.id, change)?;
+            }
+            tx.commit()?;
+            Ok(decided)
+        })();
+        let what = || match change {
+            Change::Retry { .. } => "retry jobs".to_owned(),
+            Change::Cancel { .. } => "cancel jobs".to_owned(),
+        };
+        in_database(&self.path, what, result)
     }
 
     /// The notices of `queue` not yet sent, oldest first, each with its job as it is now (if
     /// the job still exists).
     pub fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, job_id, kind, reason, output FROM notices INDEXED BY notices_queue
+        let result = (|| -> anyhow::Result<Vec<PendingNotice>> {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, job_id, kind, reason, output FROM notices INDEXED BY notices_queue
              WHERE queue = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([queue], |row| {
-            let kind: String = row.get(2)?;
-            Ok(PendingNotice {
-                id: row.get(0)?,
-                job_id: row.get(1)?,
-                kind: kind.parse().unwrap_or(NoticeKind::Failed),
-                reason: row.get(3)?,
-                output: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                job: None,
-            })
-        })?;
-        let mut notices: Vec<PendingNotice> = rows.collect::<Result<_, _>>()?;
-        for notice in &mut notices {
-            notice.job = self.record(notice.job_id)?;
-        }
-        Ok(notices)
+            )?;
+            let rows = stmt.query_map([queue], |row| {
+                let kind: String = row.get(2)?;
+                Ok(PendingNotice {
+                    id: row.get(0)?,
+                    job_id: row.get(1)?,
+                    kind: kind.parse().unwrap_or(NoticeKind::Failed),
+                    reason: row.get(3)?,
+                    output: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                    job: None,
+                })
+            })?;
+            let mut notices: Vec<PendingNotice> = rows.collect::<Result<_, _>>()?;
+            for notice in &mut notices {
+                notice.job = self.record(notice.job_id)?;
+            }
+            Ok(notices)
+        })();
+        in_database(
+            &self.path,
+            || format!("read the notices of queue `{queue}`"),
+            result,
+        )
     }
 
     /// Deletes notices that were sent.
     pub fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for id in ids {
-            tx.prepare_cached("DELETE FROM notices WHERE id = ?1")?
-                .execute([id])?;
-        }
-        tx.commit()?;
-        Ok(())
+        let result = (|| -> anyhow::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for id in ids {
+                tx.prepare_cached("DELETE FROM notices WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        in_database(&self.path, || "delete sent notices".to_owned(), result)
     }
 }
 
@@ -1337,6 +1503,39 @@ fn claim_one(
         })
         .optional()?;
     Ok(claimed)
+}
+
+/// What bgq was doing, and in which database, when an error happened: SQLite's own messages
+/// (`disk I/O error`, `database disk image is malformed`) name neither.
+#[derive(Debug)]
+struct InDatabase(String);
+
+impl std::fmt::Display for InDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Adds `cannot WHAT in database PATH` to an error, once. An error the user must fix (an
+/// unknown `--after` id, a job that `retry` refuses) already says what is wrong in their terms
+/// and passes unchanged.
+fn in_database<T>(
+    path: &Path,
+    what: impl FnOnce() -> String,
+    result: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    result.map_err(|err| {
+        let users = err.chain().any(|cause| cause.is::<UsageError>());
+        if users || err.downcast_ref::<InDatabase>().is_some() {
+            err
+        } else {
+            err.context(InDatabase(format!(
+                "cannot {} in database {}",
+                what(),
+                path.display()
+            )))
+        }
+    })
 }
 
 /// Whether `err` is SQLite's "database is locked" (or "busy").
@@ -1666,7 +1865,7 @@ fn apply_change(conn: &Connection, id: i64, change: &Change) -> anyhow::Result<(
             .execute(params![id, now])?;
             if let Some(payload) = payload {
                 conn.prepare_cached("UPDATE jobs SET payload = ?2 WHERE id = ?1")?
-                    .execute(params![id, payload.to_msgpack()?])?;
+                    .execute(params![id, payload])?;
             }
         }
         Change::Cancel { now } => {
@@ -1818,7 +2017,9 @@ mod tests {
         NewJob {
             queue: "general".to_owned(),
             callback: callback.to_owned(),
-            payload: Payload::Json(serde_json::json!({"n": 1})),
+            payload: Payload::Json(serde_json::json!({"n": 1}))
+                .to_msgpack()
+                .expect("encodes"),
             serial_group: group.map(str::to_owned),
             identifier: None,
         }
@@ -2112,10 +2313,11 @@ mod tests {
         let detail = upgraded.detail(1).expect("read").expect("kept");
         assert_eq!(detail.record.state, JobState::Finished);
         assert_eq!(detail.record.state_changed_at, 5000);
-        assert_eq!(
-            detail.payload,
-            Ok(Payload::Json(serde_json::json!({"n": 1})))
-        );
+        let shown = match detail.payload.as_ref().map(StoredPayload::view) {
+            Ok(crate::job::PayloadView::Json(view)) => serde_json::to_string(&view).ok(),
+            _ => None,
+        };
+        assert_eq!(shown.as_deref(), Some(r#"{"n":1}"#));
         let ids = upgraded.publish(&[job("a", None)], 6000).expect("publish");
         assert_eq!(ids, [2]);
     }
@@ -2230,7 +2432,9 @@ mod tests {
         let (_dir, mut store) = store();
         let jobs: Vec<NewJob> = (0..250)
             .map(|n| NewJob {
-                payload: Payload::Json(serde_json::json!({ "n": n })),
+                payload: Payload::Json(serde_json::json!({ "n": n }))
+                    .to_msgpack()
+                    .expect("encodes"),
                 identifier: Some(format!("job-{n}")),
                 ..job("a", None)
             })

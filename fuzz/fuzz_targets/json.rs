@@ -1,22 +1,25 @@
 //! `parse_json` on arbitrary bytes; what it accepts survives the MessagePack round trip that
 //! `publish` and `process` put it through, and reaches the callback as one line of JSON that a
-//! correct parser reads back as the same value.
+//! correct parser reads back as the same value. `encode_json`, which `publish` uses, accepts the
+//! same inputs and stores the same bytes.
 //!
 //! Floats are checked with std's correctly rounded `f64::from_str`, not serde_json's default
 //! parser, which can be one unit in the last place off (see README.md, "Found").
 #![no_main]
 
-use bgq::commands::publish::parse_json;
+use bgq::commands::publish::{encode_json, parse_json};
 use bgq::job::Payload;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(value) = parse_json(bytes) else {
+        assert!(encode_json(bytes).is_err(), "encode_json accepts what parse_json refuses");
         return;
     };
     let payload = Payload::Json(value.clone());
     let stored = payload.to_msgpack().expect("an accepted value encodes");
+    assert_eq!(encode_json(bytes).ok(), Some(stored.clone()), "publish stores the same bytes");
     let back = Payload::from_msgpack(&stored).expect("what was stored decodes");
     assert_eq!(back, payload, "MessagePack round trip");
     let line = back.stdin_bytes().expect("stdin bytes");

@@ -13,6 +13,7 @@ use crate::store::{Change, Durability, Selection, Store};
 /// Runs `bgq retry`.
 pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
     let payload = super::publish::read_payload(
+        config,
         args.parameters.json.as_deref(),
         args.parameters.raw.as_deref(),
     )?;

@@ -2,14 +2,12 @@
 
 use std::io::Write;
 
-use base64::Engine;
-
 use crate::cli::ShowArgs;
 use crate::config::Config;
 use crate::error::usage;
 use crate::escape;
 use crate::human::full_time;
-use crate::job::{JobState, Payload, format_utc, now_millis};
+use crate::job::{JobState, JsonView, PayloadView, StoredPayload, format_utc, now_millis};
 use crate::store::{Durability, JobDetail, Store};
 
 /// Bytes of a raw payload shown in hex.
@@ -19,13 +17,14 @@ const HEX_PREVIEW: usize = 64;
 pub fn run(config: &Config, args: &ShowArgs) -> anyhow::Result<()> {
     let store = Store::open(&config.database, Durability::Relaxed)?;
     let detail = find(&store, args.id)?;
-    let text = if args.json {
-        format!("{}\n", to_json(&detail)?)
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        // Streamed: a large payload is not copied into one more string.
+        write_json(&detail, &mut out)?;
+        out.write_all(b"\n")?;
     } else {
-        describe(config, &detail, now_millis())
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
+        out.write_all(describe(config, &detail, now_millis()).as_bytes())?;
+    }
     out.flush()?;
     Ok(())
 }
@@ -46,7 +45,7 @@ fn next_run_at(detail: &JobDetail) -> Option<i64> {
         .then_some(detail.record.run_at)
 }
 
-fn to_json(detail: &JobDetail) -> anyhow::Result<String> {
+fn write_json(detail: &JobDetail, out: &mut impl Write) -> anyhow::Result<()> {
     let mut value = serde_json::to_value(&detail.record)?;
     let Some(object) = value.as_object_mut() else {
         anyhow::bail!("a job did not serialise to a JSON object");
@@ -58,27 +57,53 @@ fn to_json(detail: &JobDetail) -> anyhow::Result<String> {
     object.insert("notified".into(), detail.notified.into());
     let after: Vec<i64> = detail.after.iter().map(|(id, _)| *id).collect();
     object.insert("after".into(), after.into());
-    match &detail.payload {
-        Ok(Payload::Json(parameters)) => {
-            object.insert("parameters".into(), parameters.clone());
-        }
-        Ok(Payload::Raw(bytes)) => {
-            object.insert(
-                "raw_base64".into(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(bytes)
-                    .into(),
-            );
-        }
-        Err(why) => {
-            object.insert("parameters_error".into(), why.clone().into());
-        }
+    // The parameters are written from their stored form, not put into `value`: as a
+    // serde_json::Value a large payload takes many times its size.
+    let parameters = match detail.payload.as_ref().map(StoredPayload::view) {
+        Ok(PayloadView::Json(view)) => Parameters::Json(view),
+        Ok(PayloadView::Raw(bytes)) => Parameters::Base64(Base64(bytes)),
+        Err(why) => Parameters::Error(why),
+    };
+    let shown = Shown {
+        fields: object,
+        parameters,
+        output: &String::from_utf8_lossy(&detail.output),
+    };
+    serde_json::to_writer(out, &shown)?;
+    Ok(())
+}
+
+/// `show --json`: the fields, then the parameters, then the output.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    parameters: Parameters<'a>,
+    output: &'a str,
+}
+
+/// The parameters: the JSON value, the raw bytes as base64, or why they cannot be read.
+#[derive(serde::Serialize)]
+enum Parameters<'a> {
+    #[serde(rename = "parameters")]
+    Json(JsonView<'a>),
+    #[serde(rename = "raw_base64")]
+    Base64(Base64<'a>),
+    #[serde(rename = "parameters_error")]
+    Error(&'a str),
+}
+
+/// Bytes written as base64 without a copy of them in memory.
+struct Base64<'a>(&'a [u8]);
+
+impl serde::Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(
+            self.0,
+            &base64::engine::general_purpose::STANDARD,
+        ))
     }
-    object.insert(
-        "output".into(),
-        String::from_utf8_lossy(&detail.output).into_owned().into(),
-    );
-    Ok(value.to_string())
 }
 
 /// The jobs it runs after, with their states: `5 (FINISHED), 6 (READY)`, or `-`.
@@ -139,16 +164,28 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
     for (key, value) in fields {
         text.push_str(&format!("  {key:<13} {value}\n"));
     }
-    match &detail.payload {
-        Ok(Payload::Json(value)) => {
-            let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
-            let size = serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
-            text.push_str(&format!(
-                "parameters (JSON, {size} bytes):\n{}\n",
-                escape::json(&pretty)
-            ));
+    match detail.payload.as_ref().map(StoredPayload::view) {
+        Ok(PayloadView::Json(view)) => {
+            let size = view.compact_len();
+            text.push_str(&format!("parameters (JSON, {size} bytes):\n"));
+            // Written from the stored form (never a serde_json::Value: see write_json) straight
+            // onto the text, not into a string of its own that would then be copied.
+            let start = text.len();
+            let mut bytes = std::mem::take(&mut text).into_bytes();
+            let written = serde_json::to_writer_pretty(&mut bytes, &view);
+            text = String::from_utf8(bytes)
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
+            // serde_json leaves DEL and C1 raw in strings: shown escaped, as all human output.
+            if let std::borrow::Cow::Owned(escaped) = escape::json(&text[start..]) {
+                text.truncate(start);
+                text.push_str(&escaped);
+            }
+            if let Err(err) = written {
+                text.push_str(&format!("(cannot show them: {err})"));
+            }
+            text.push('\n');
         }
-        Ok(Payload::Raw(bytes)) => {
+        Ok(PayloadView::Raw(bytes)) => {
             text.push_str(&format!("parameters (raw, {} bytes):\n", bytes.len()));
             text.push_str(&hex_preview(bytes));
         }

@@ -220,6 +220,10 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
         .chain((0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]))
         .collect();
     fs::write(env.db_path(), &garbage)?;
+    let opening = format!(
+        "cannot open database {}: file is not a database",
+        env.db_path().display()
+    );
 
     for args in [
         &["publish", "cb", "--json", "{}"][..],
@@ -228,13 +232,103 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
         &["clear"],
     ] {
         let out = env.bgq().args(args).output()?;
-        expect_error(&out, 1, &[]).map_err(|err| format!("bgq {args:?}: {err}"))?;
+        expect_error(&out, 1, &[&opening]).map_err(|err| format!("bgq {args:?}: {err}"))?;
         assert_eq!(
             fs::read(env.db_path())?,
             garbage,
             "bgq {args:?} changed the file; {}",
             describe(&out)
         );
+    }
+    Ok(())
+}
+
+/// `--delay` and `--at` reach at most 100 years ahead (README "Shaping work"): beyond, a due
+/// time no longer prints as RFC 3339, so they are refused with one line and store nothing.
+#[test]
+fn delays_and_times_beyond_100_years_are_refused() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let id = env.publish_with("cb", "{}", &["--delay", "36500d"])?;
+    let run_at = env.job(id)?["run_at"]
+        .as_str()
+        .ok_or("no run_at")?
+        .to_owned();
+    let due = chrono::DateTime::parse_from_rfc3339(&run_at)
+        .map_err(|err| format!("run_at {run_at:?} is not RFC 3339: {err}"))?;
+    let years = (due.timestamp() - chrono::Utc::now().timestamp()) / (365 * 86_400);
+    assert_eq!(years, 100, "{run_at}");
+    for too_far in [
+        &["--delay", "18446744073709551615ms"][..],
+        &["--delay", "36501d"],
+        &["--at", "2300-01-01T00:00:00Z"],
+        &["--at", "9999-12-31 23:59"],
+    ] {
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--json", "{}"])
+            .args(too_far)
+            .output()?;
+        if too_far[0] == "--delay" {
+            // The argument parser's own refusal, with bgq's reason in it.
+            assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("at most 36500d (100 years)"), "{stderr}");
+        } else {
+            expect_error(&out, 2, &["more than 36500d (100 years) from now"])?;
+        }
+    }
+    assert_eq!(env.jobs()?.len(), 1, "only the 100-year job is stored");
+    Ok(())
+}
+
+/// A database whose jobs table is damaged opens (its schema is intact), and then every command
+/// meets SQLite's `database disk image is malformed`, a line that by itself names neither the
+/// file nor what bgq was doing. Each error line names both, exit 1.
+#[test]
+fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    env.publish("cb", "{}")?;
+    let (root, page_size) = {
+        let conn = rusqlite::Connection::open(env.db_path())?;
+        let root: i64 = conn.query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'",
+            [],
+            |row| row.get(0),
+        )?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        (root, page_size)
+    };
+    let mut bytes = fs::read(env.db_path())?;
+    let start = usize::try_from((root - 1) * page_size)?;
+    let end = start + usize::try_from(page_size)?;
+    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+        *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+    }
+    fs::write(env.db_path(), &bytes)?;
+
+    let db = env.db_path().display().to_string();
+    for (args, operation) in [
+        (
+            &["publish", "cb", "--json", "{}"][..],
+            "cannot store the job",
+        ),
+        (&["list"], "cannot list jobs"),
+        (&["show", "1"], "cannot read job 1"),
+        (&["retry", "1"], "cannot retry jobs"),
+        (&["cancel", "1"], "cannot cancel jobs"),
+        (&["stats"], "cannot count jobs"),
+        (&["process"], "cannot "),
+    ] {
+        let out = env.bgq().args(args).output()?;
+        expect_error(
+            &out,
+            1,
+            &[
+                operation,
+                &format!(" in database {db}: database disk image is malformed"),
+            ],
+        )
+        .map_err(|err| format!("bgq {args:?}: {err}"))?;
     }
     Ok(())
 }

@@ -84,6 +84,46 @@ fn no_config_found_names_all_three_places() -> TestResult {
     Ok(())
 }
 
+/// A config that cannot be read (here a folder: EISDIR, which root cannot bypass) is the
+/// machine's trouble, exit 1; a config path that names nothing is the user's typo, exit 2, as
+/// are invalid TOML and unknown keys (see the tests below).
+#[test]
+fn an_unreadable_config_exits_1_and_a_missing_one_2() -> TestResult {
+    let env = TestEnv::new(TRUE_CALLBACK)?;
+    let folder = env.path("config-folder.toml");
+    fs::create_dir(&folder)?;
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&folder)
+        .arg("list")
+        .output()?;
+    expect_error(
+        &out,
+        1,
+        &[&format!("cannot read config {}", folder.display())],
+    )?;
+    let out = env
+        .bgq_bare()
+        .env("BGQ_CONFIG", &folder)
+        .arg("list")
+        .output()?;
+    expect_error(&out, 1, &["config-folder.toml"])?;
+    let missing = env.path("missing.toml");
+    let out = env
+        .bgq_bare()
+        .arg("--config")
+        .arg(&missing)
+        .arg("list")
+        .output()?;
+    expect_error(
+        &out,
+        2,
+        &[&format!("cannot read config {}", missing.display())],
+    )?;
+    Ok(())
+}
+
 #[test]
 fn relative_paths_resolve_against_the_config_folder() -> TestResult {
     let env = TestEnv::new("")?;
@@ -268,7 +308,49 @@ fn invalid_values_are_refused() -> TestResult {
         &format!("{base}[retry]\njitter = 2.0\n{TRUE_CALLBACK}"),
         Some(3),
         "jitter",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"0\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: must be from 1 byte to 512MiB, got 0",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"1G\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: must be from 1 byte to 512MiB, got 1GiB",
+    )?;
+    refused(
+        &format!("{base}max_payload = \"lots\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "max_payload: invalid size `lots`",
     )
+}
+
+/// A duration of the config becomes a due time (retry delays) or a deadline (timeouts): beyond
+/// 100 years one is refused, as on the command line, rather than overflowing a time.
+#[test]
+fn durations_longer_than_100_years_are_refused() -> TestResult {
+    let base = "database = \"bgq.sqlite\"\n";
+    let limit = "too long: at most 36500d (100 years)";
+    refused(
+        &format!("{base}{TRUE_CALLBACK}timeout = \"36501d\"\n"),
+        Some(4),
+        limit,
+    )?;
+    refused(
+        &format!("{base}[retry]\ndelay = \"18446744073709551615ms\"\n{TRUE_CALLBACK}"),
+        Some(3),
+        limit,
+    )?;
+    refused(
+        &format!("{base}[retry]\nmax_delay = \"876001h\"\n{TRUE_CALLBACK}"),
+        Some(3),
+        limit,
+    )?;
+    let env = TestEnv::new("[retry]\nmax_delay = \"36500d\"\n")?;
+    let out = env.bgq().args(["list"]).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    Ok(())
 }
 
 #[test]
@@ -324,6 +406,7 @@ fn example_config_mentions_every_setting() -> TestResult {
         "concurrency",
         "notify_on_attempts",
         "notify",
+        "max_payload",
         "[retry]",
         "delay",
         "multiplier",

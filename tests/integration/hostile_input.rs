@@ -472,14 +472,17 @@ fn hostile_configs_are_refused_and_create_nothing() -> TestResult {
     Ok(())
 }
 
-/// A 20 MiB single-line JSON document is under any sane limit: it is published and reaches the
-/// callback byte for byte.
+/// A 20 MiB single-line JSON document, with `max_payload` raised above it (the default, 16 MiB,
+/// refuses it: see publish.rs), is published and reaches the callback byte for byte.
 #[test]
 fn a_20_mib_json_document_is_published_and_delivered_exactly() -> TestResult {
     let env = TestEnv::new("")?;
     let got = env.path("got.json");
     let cb = env.script("cb.sh", &format!("cat > {}", got.display()))?;
-    env.write_config(&callback_toml("big", &cb, ""))?;
+    env.write_config(&format!(
+        "max_payload = \"32MiB\"\n{}",
+        callback_toml("big", &cb, "")
+    ))?;
     let value = serde_json::json!({
         "blob": "x".repeat(20 * 1024 * 1024),
         "tail": [1, 2.5, "é", null],

@@ -19,6 +19,7 @@ mod hostile_input;
 mod human_output;
 mod list;
 mod locking;
+mod lost_output;
 mod protocol;
 mod publish;
 mod recovery;

@@ -332,6 +332,52 @@ fn nested_json_within_the_depth_limit_is_delivered_unchanged() -> TestResult {
     Ok(())
 }
 
+/// README: "JSON nested deeper than 128 levels is refused": 128 levels are published (with
+/// `--json` and `--jsonl`) and delivered unchanged, 129 are refused and store nothing.
+#[test]
+fn json_nested_128_levels_is_published_and_129_refused() -> TestResult {
+    let env = recorder()?;
+    let arrays = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let objects = |depth: usize| format!("{}1{}", "{\"k\":".repeat(depth), "}".repeat(depth));
+    let by_json = env.publish("cb", &arrays(128))?;
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--jsonl", "-"])
+        .write_stdin(format!("{}\n{}\n", objects(128), arrays(1)))
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let by_jsonl = by_json + 1;
+    for too_deep in [arrays(129), objects(129)] {
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--json", &too_deep])
+            .output()?;
+        expect_error(
+            &out,
+            2,
+            &["invalid JSON in --json: nested deeper than 128 levels"],
+        )?;
+        let out = env
+            .bgq()
+            .args(["publish", "cb", "--jsonl", "-"])
+            .write_stdin(format!("{}\n{too_deep}\n", arrays(1)))
+            .output()?;
+        expect_error(
+            &out,
+            2,
+            &["invalid JSON on --jsonl line 2: nested deeper than 128 levels"],
+        )?;
+    }
+    assert_eq!(env.jobs()?.len(), 3, "only the jobs within the limit");
+    env.process(&[])?;
+    assert_eq!(String::from_utf8(got(&env, by_json)?)?, arrays(128) + "\n");
+    assert_eq!(
+        String::from_utf8(got(&env, by_jsonl)?)?,
+        objects(128) + "\n"
+    );
+    Ok(())
+}
+
 #[test]
 fn large_raw_payload_is_delivered_or_may_be_ignored() -> TestResult {
     let env = env_with_callbacks(
@@ -384,5 +430,104 @@ fn integer_extremes_and_unicode_survive_the_round_trip() -> TestResult {
         String::from_utf8(got(&env, id)?)?,
         "{\"min\":-9223372036854775808,\"max\":18446744073709551615,\"f\":0.1,\"s\":\"é😀\"}\n"
     );
+    Ok(())
+}
+
+/// `max_payload` (README "Configuration"): a `--json` text or file, a `--raw` file or stdin, or
+/// a `--jsonl` line up to it is published; one byte more is refused with exit 2 and one line
+/// naming the size and the setting, and nothing is stored. An endless input is refused too:
+/// bgq reads one byte past the limit, not the whole input.
+#[test]
+fn payloads_over_max_payload_are_refused_without_being_read_whole() -> TestResult {
+    let env = env_with_callbacks("max_payload = \"1KiB\"", &[("cb", "exit 0")])?;
+    let refusal = format!(
+        "is larger than 1KiB, the max_payload of {}: nothing stored",
+        env.config_path().display()
+    );
+    let json_of = |size: usize| format!("\"{}\"", "x".repeat(size - 2));
+    let file = |name: &str, bytes: &[u8]| -> TestResult<String> {
+        fs::write(env.path(name), bytes)?;
+        Ok(env.path(name).display().to_string())
+    };
+    let fits = file("fits.json", json_of(1024).as_bytes())?;
+    let over = file("over.json", json_of(1025).as_bytes())?;
+    let raw_fits = file("fits.bin", &[7; 1024])?;
+    let raw_over = file("over.bin", &[7; 1025])?;
+
+    let mut published = 0;
+    for args in [
+        vec!["--json".to_owned(), json_of(1024)],
+        vec!["--json".to_owned(), format!("@{fits}")],
+        vec!["--raw".to_owned(), raw_fits.clone()],
+    ] {
+        env.bgq()
+            .args(["publish", "cb"])
+            .args(&args)
+            .assert()
+            .success();
+        published += 1;
+    }
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--jsonl", "-"])
+        .write_stdin(format!("{}\n{}\n", json_of(1024), json_of(1024)))
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    published += 2;
+
+    let refused = |args: &[&str], stdin: Option<std::process::Stdio>, what: &str| -> TestResult {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
+            .current_dir(env.root())
+            .env_remove("BGQ_CONFIG")
+            .arg("--config")
+            .arg(env.config_path())
+            .args(["publish", "cb"])
+            .args(args)
+            .stdin(stdin.unwrap_or_else(std::process::Stdio::null))
+            .output()?;
+        expect_error(&out, 2, &[&format!("{what} {refusal}")])
+            .map_err(|err| format!("publish {args:?}: {err}").into())
+    };
+    let zero = || -> TestResult<std::process::Stdio> { Ok(fs::File::open("/dev/zero")?.into()) };
+    refused(&["--json", &json_of(1025)], None, "--json")?;
+    refused(&["--json", &format!("@{over}")], None, "--json input")?;
+    refused(&["--json", "-"], Some(zero()?), "--json input")?;
+    refused(&["--raw", &raw_over], None, "--raw input")?;
+    refused(&["--raw", "/dev/zero"], None, "--raw input")?;
+    refused(&["--raw", "-"], Some(zero()?), "--raw input")?;
+    refused(&["--jsonl", "/dev/zero"], None, "--jsonl line 1")?;
+    let lines = file(
+        "lines.jsonl",
+        format!("{}\n{}\n", json_of(10), json_of(1025)).as_bytes(),
+    )?;
+    refused(&["--jsonl", &lines], None, "--jsonl line 2")?;
+    assert_eq!(env.jobs()?.len(), published, "nothing refused was stored");
+    Ok(())
+}
+
+/// Without `max_payload`, the limit is 16 MiB.
+#[test]
+fn the_default_max_payload_is_16_mib() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let bytes = vec![b'x'; (16 << 20) + 1];
+    fs::write(env.path("over.bin"), &bytes)?;
+    fs::write(env.path("fits.bin"), &bytes[1..])?;
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--raw"])
+        .arg(env.path("over.bin"))
+        .output()?;
+    expect_error(
+        &out,
+        2,
+        &["--raw input is larger than 16MiB, the max_payload of"],
+    )?;
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--raw"])
+        .arg(env.path("fits.bin"))
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(env.jobs()?.len(), 1);
     Ok(())
 }
