@@ -2,7 +2,7 @@
 -- `PRAGMA user_version` records which version a database has.
 --
 -- Times are Unix epoch milliseconds (UTC). States are the names of SPEC.md section 4, and
--- CANCELLED (`bgq cancel`). Older databases are upgraded by the files in upgrades/.
+-- CANCELLED (`bgq cancel`). Older databases are upgraded by the files in src/store/sqlite/upgrades/.
 
 CREATE TABLE jobs (
     -- AUTOINCREMENT: ids must keep increasing in publish order even after `clear` deleted the newest.

@@ -53,14 +53,15 @@ impl LockFolder {
         self.private
     }
 
-    /// The lock file of `process` runs on `queue` of the database at `database` (canonical).
-    pub fn process_lock_path(&self, database: &Path, queue: &str) -> PathBuf {
-        lock_path(&self.path, &["process", &database.to_string_lossy(), queue])
+    /// The lock file of `process` runs on `queue` of the database `database` (its
+    /// `Store::identity`: for SQLite, the canonical path of its file).
+    pub fn process_lock_path(&self, database: &str, queue: &str) -> PathBuf {
+        lock_path(&self.path, &["process", database, queue])
     }
 
-    /// The lock file of `clear` runs on the database at `database` (canonical).
-    pub fn clear_lock_path(&self, database: &Path) -> PathBuf {
-        lock_path(&self.path, &["clear", &database.to_string_lossy()])
+    /// The lock file of `clear` runs on the database `database` (its `Store::identity`).
+    pub fn clear_lock_path(&self, database: &str) -> PathBuf {
+        lock_path(&self.path, &["clear", database])
     }
 
     /// Creates the folder when missing (mode 0700), then refuses it unless it can be trusted.
@@ -237,7 +238,7 @@ mod tests {
     #[test]
     fn names_are_stable_and_distinct() {
         let tmp = folder_in(Path::new("/tmp"));
-        let db = Path::new("/srv/app/var/bgq.sqlite");
+        let db = "/srv/app/var/bgq.sqlite";
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(

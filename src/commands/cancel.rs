@@ -30,12 +30,12 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Runs `bgq cancel`.
 pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
     let now = now_millis();
-    let mut store = Store::open(&config.database, Durability::Full)?;
+    let mut store = crate::store::open(&config.database, Durability::Full)?;
     let changed = store.change(
         &Selection::Ids(&args.ids),
         &Change::Cancel { now },
         false,
-        |job| match job.state {
+        &mut |job: &JobBrief| match job.state {
             JobState::Finished => Err(usage(format!(
                 "job {} is FINISHED; there is nothing to cancel",
                 job.id
@@ -69,7 +69,7 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         }
         let line = if job.state == JobState::Processing {
             // Marked first, stopped second: the run that ran it then ends it CANCELLED.
-            cancel_running(config, &mut store, job)?
+            cancel_running(config, &mut *store, job)?
         } else {
             format!(
                 "cancelled job {} ({}): {} -> CANCELLED",
@@ -88,7 +88,11 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
 /// live `process` run, which looks for marks every 0.1 s and stops the callback as a timeout
 /// does; by this command when that run is dead, or does not do it in time (it is stuck, or of a
 /// bgq that knows no marks). Says what became of the job.
-fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow::Result<String> {
+fn cancel_running(
+    config: &Config,
+    store: &mut dyn Store,
+    job: &JobBrief,
+) -> anyhow::Result<String> {
     let runner = store.run(job.claimed_run)?.map(|run| run.runner);
     let grace = config
         .callbacks
@@ -147,7 +151,7 @@ fn cancel_running(config: &Config, store: &mut Store, job: &JobBrief) -> anyhow:
 }
 
 /// The state of job `id` once it is no longer PROCESSING, or PROCESSING after `limit`.
-fn settled_state(store: &Store, id: i64, limit: Duration) -> anyhow::Result<Option<JobState>> {
+fn settled_state(store: &dyn Store, id: i64, limit: Duration) -> anyhow::Result<Option<JobState>> {
     let waited = Instant::now();
     loop {
         let state = store.state_of(id)?;
@@ -170,17 +174,16 @@ struct Stopped {
 /// (`claimed_by`; `runner` when it is alive), giving it `grace` between SIGTERM and SIGKILL.
 fn stop_callback(
     config: &Config,
-    store: &Store,
+    store: &dyn Store,
     job: &JobBrief,
     grace: Duration,
     claimed_by: Option<&ProcessRecord>,
     runner: Option<&ProcessRecord>,
 ) -> Stopped {
     let unknown = |said: String| Stopped { said, gone: false };
-    let lock = match std::fs::canonicalize(store.path()) {
-        Ok(canonical) => config.lock_folder.process_lock_path(&canonical, &job.queue),
-        Err(err) => return unknown(format!("its callback could not be looked up: {err}")),
-    };
+    let lock = config
+        .lock_folder
+        .process_lock_path(store.identity(), &job.queue);
     if !lock.exists() {
         return unknown(format!(
             "its callback could not be looked up: there is no lock file {} (did its `process` run with another temp_dir?)",

@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::store::Store;
 
 /// Runs `bgq check`.
 pub fn run(config: &Config) -> anyhow::Result<()> {
@@ -45,7 +44,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(problem) = &untrusted {
         problems.push(problem.clone());
         database = "not opened";
-    } else if let Some(store) = Store::open_existing(&config.database)? {
+    } else if let Some(store) = crate::store::open_existing(&config.database)? {
         database = "ok";
         let known: Vec<&str> = config.callbacks.keys().map(String::as_str).collect();
         for (queue, callback, count) in store.waiting_callbacks_not_in(&known)? {

@@ -7,7 +7,7 @@ use crate::cli::ClearArgs;
 use crate::config::Config;
 use crate::job::now_millis;
 use crate::lock::Lock;
-use crate::store::{Durability, Store};
+use crate::store::Durability;
 
 /// Rows deleted per transaction.
 const BATCH: usize = 2000;
@@ -17,9 +17,8 @@ const DAY_MILLIS: i64 = 86_400_000;
 
 /// Runs `bgq clear`.
 pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<()> {
-    let mut store = Store::open(&config.database, Durability::Relaxed)?;
-    let canonical = std::fs::canonicalize(store.path())?;
-    let lock_path = config.lock_folder.clear_lock_path(&canonical);
+    let mut store = crate::store::open(&config.database, Durability::Relaxed)?;
+    let lock_path = config.lock_folder.clear_lock_path(store.identity());
     let Some(_lock) = Lock::try_acquire(&config.lock_folder, &lock_path)? else {
         if verbose {
             crate::diagnostic!(

@@ -15,9 +15,9 @@ const CRON_LATE: Millis = 2 * 60 * 1000;
 
 /// Runs `bgq explain`.
 pub fn run(config: &Config, args: &ExplainArgs) -> anyhow::Result<()> {
-    let store = Store::open(&config.database, Durability::Relaxed)?;
-    let detail = super::show::find(&store, args.id)?;
-    let line = explain(config, &store, &detail, now_millis())?;
+    let store = crate::store::open(&config.database, Durability::Relaxed)?;
+    let detail = super::show::find(&*store, args.id)?;
+    let line = explain(config, &*store, &detail, now_millis())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "job {} {line}", args.id)?;
     out.flush()?;
@@ -27,7 +27,7 @@ pub fn run(config: &Config, args: &ExplainArgs) -> anyhow::Result<()> {
 /// Why job `detail` is not running now (or that it is), after "job ID ".
 fn explain(
     config: &Config,
-    store: &Store,
+    store: &dyn Store,
     detail: &JobDetail,
     now: Millis,
 ) -> anyhow::Result<String> {

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::escape;
 use crate::human::relative;
 use crate::job::{JobRecord, JobState, Millis, now_millis};
-use crate::store::{Durability, ListFilter, Store};
+use crate::store::{Durability, ListFilter};
 use crate::table::{Cell, Column, Table};
 use crate::term::{Paint, Style};
 
@@ -23,7 +23,7 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
         callback: args.callback.clone(),
         identifiers: args.identifier.clone(),
     };
-    let store = Store::open(&config.database, Durability::Relaxed)?;
+    let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.unfinished {
         let unfinished = store.unfinished_identifiers(&filter)?;

@@ -55,10 +55,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result<()> {
     let queue = args.queue.as_deref().unwrap_or(&config.queue);
     let stop = stop_on_signals()?;
-    let mut store = Store::open(&config.database, Durability::Relaxed)?;
-    let canonical = std::fs::canonicalize(store.path())
-        .with_context(|| format!("cannot resolve {}", store.path().display()))?;
-    let lock_path = config.lock_folder.process_lock_path(&canonical, queue);
+    let mut store = crate::store::open(&config.database, Durability::Relaxed)?;
+    let lock_path = config
+        .lock_folder
+        .process_lock_path(store.identity(), queue);
     let Some(lock) = acquire(&config.lock_folder, &lock_path, args, &stop, verbose)? else {
         if verbose {
             crate::diagnostic!(
@@ -76,14 +76,12 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let now = now_millis();
     let run = store.begin_run(queue, &me, now, args.watch)?;
     if let Some(last) = last_seen.filter(|last| *last > now + CLOCK_SLACK) {
-        follow_clock_back(&mut store, queue, last - now)?;
+        follow_clock_back(&mut *store, queue, last - now)?;
     }
     let (finished_tx, finished_rx) = mpsc::channel();
     if args.watch {
         let wake = finished_tx.clone();
-        let written = crate::wake::on_write(&crate::store::write_log_path(&canonical), move || {
-            wake.send(Event::DatabaseWritten).is_ok()
-        });
+        let written = store.on_change(Box::new(move || wake.send(Event::DatabaseWritten).is_ok()));
         if let Err(err) = written {
             crate::diagnostic!(
                 "bgq: warning: {err:#}; new jobs are seen within 0.1 s instead of at once"
@@ -174,7 +172,7 @@ fn rounded(millis: Millis) -> Duration {
 
 /// The clock is behind the last run's last recorded time: it was set back. Jobs waiting for their time move
 /// back with it, so that each keeps the wait it had left instead of waiting out the jump too.
-fn follow_clock_back(store: &mut Store, queue: &str, by: Millis) -> anyhow::Result<()> {
+fn follow_clock_back(store: &mut dyn Store, queue: &str, by: Millis) -> anyhow::Result<()> {
     let moved = store.shift_schedule(queue, by)?;
     crate::diagnostic!(
         "bgq: warning: the clock went back by {} since the last run of queue `{queue}`; \
@@ -287,7 +285,7 @@ impl Waiters {
 
 struct Worker<'a> {
     config: &'a Config,
-    store: Store,
+    store: Box<dyn Store>,
     queue: &'a str,
     run: i64,
     /// This `process`, as its run is recorded in the database and noted in the lock file.

@@ -14,7 +14,7 @@ use crate::duration;
 use crate::error::{StoredButUnprinted, usage};
 use crate::escape;
 use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
-use crate::store::{Durability, Published, Schedule, Store};
+use crate::store::{Durability, Published, Schedule};
 
 /// Runs `bgq publish`.
 pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
@@ -66,7 +66,7 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         after: args.after.clone(),
         unique: args.unique,
     };
-    let mut store = Store::open(&config.database, Durability::Full)?;
+    let mut store = crate::store::open(&config.database, Durability::Full)?;
     let published = store.publish_with(&jobs, &schedule, now)?;
     drop(store);
     match published {

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::usage;
 use crate::escape;
 use crate::job::{JobState, now_millis};
-use crate::store::{Change, Durability, Selection, Store};
+use crate::store::{Change, Durability, JobBrief, Selection};
 
 /// Runs `bgq retry`.
 pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
@@ -47,22 +47,27 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
         now: now_millis(),
         payload,
     };
-    let mut store = Store::open(&config.database, Durability::Full)?;
-    let changed = store.change(&selection, &change, args.dry_run, |job| match job.state {
-        JobState::Finished => Err(usage(format!(
-            "job {} is FINISHED; publish a new job to run it again",
-            job.id
-        ))),
-        JobState::Processing if job.cancel_requested => Err(usage(format!(
-            "job {} is being cancelled (`bgq cancel --kill`); retry it once it is CANCELLED",
-            job.id
-        ))),
-        JobState::Processing => Err(usage(format!(
-            "job {} is running; wait for it or use `bgq cancel --kill {}`",
-            job.id, job.id
-        ))),
-        _ => Ok(true),
-    })?;
+    let mut store = crate::store::open(&config.database, Durability::Full)?;
+    let changed = store.change(
+        &selection,
+        &change,
+        args.dry_run,
+        &mut |job: &JobBrief| match job.state {
+            JobState::Finished => Err(usage(format!(
+                "job {} is FINISHED; publish a new job to run it again",
+                job.id
+            ))),
+            JobState::Processing if job.cancel_requested => Err(usage(format!(
+                "job {} is being cancelled (`bgq cancel --kill`); retry it once it is CANCELLED",
+                job.id
+            ))),
+            JobState::Processing => Err(usage(format!(
+                "job {} is running; wait for it or use `bgq cancel --kill {}`",
+                job.id, job.id
+            ))),
+            _ => Ok(true),
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     for (job, _) in &changed {
         let verb = if args.dry_run {

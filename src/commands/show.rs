@@ -15,8 +15,8 @@ const HEX_PREVIEW: usize = 64;
 
 /// Runs `bgq show`.
 pub fn run(config: &Config, args: &ShowArgs) -> anyhow::Result<()> {
-    let store = Store::open(&config.database, Durability::Relaxed)?;
-    let detail = find(&store, args.id)?;
+    let store = crate::store::open(&config.database, Durability::Relaxed)?;
+    let detail = find(&*store, args.id)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         // Streamed: a large payload is not copied into one more string.
@@ -30,10 +30,10 @@ pub fn run(config: &Config, args: &ShowArgs) -> anyhow::Result<()> {
 }
 
 /// Job `id`, or the usage error that it does not exist.
-pub fn find(store: &Store, id: i64) -> anyhow::Result<JobDetail> {
+pub fn find(store: &dyn Store, id: i64) -> anyhow::Result<JobDetail> {
     store
         .detail(id)?
-        .ok_or_else(|| usage(format!("no job {id} in {}", store.path().display())))
+        .ok_or_else(|| usage(format!("no job {id} in {}", store.identity())))
 }
 
 /// When the job runs next, if it runs again without an operator.

@@ -70,9 +70,9 @@ struct QueueStats {
 
 /// Runs `bgq stats`.
 pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<()> {
-    let store = Store::open(&config.database, Durability::Relaxed)?;
+    let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
-    let queues = gather(config, &store, now)?;
+    let queues = gather(config, &*store, now)?;
     let text = if args.json {
         format!("{}\n", to_json(&queues, now))
     } else if args.prometheus {
@@ -95,7 +95,7 @@ pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<(
 
 fn gather(
     config: &Config,
-    store: &Store,
+    store: &dyn Store,
     now: Millis,
 ) -> anyhow::Result<BTreeMap<String, QueueStats>> {
     let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();

@@ -10,11 +10,11 @@ use crate::escape;
 use crate::human::{relative, when};
 use crate::job::{Millis, now_millis};
 use crate::process_group;
-use crate::store::{DueJobs, Durability, RunInfo, Store};
+use crate::store::{DueJobs, Durability, RunInfo};
 
 /// Runs `bgq status`.
 pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
-    let store = Store::open(&config.database, Durability::Relaxed)?;
+    let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
     let stale_after = Millis::try_from(args.stale_after.as_millis()).unwrap_or(Millis::MAX);
     let queues = if args.queue.is_empty() {

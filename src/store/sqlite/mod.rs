@@ -1,12 +1,11 @@
-//! The only module that speaks SQL: opening the database, the schema, and every read and write
-//! of jobs. Policy (which state an outcome leads to, when a retry is due) belongs to the callers;
-//! this module only stores what they decide, atomically.
+//! The SQLite backend of the store (see `store` for the contract it keeps): one database file in
+//! WAL mode, its schema and upgrades, the SQL of every operation, the wake-up of `--watch` on
+//! commits, and the explanation of a full disk.
 //!
-//! Contract, so that another backend (PostgreSQL) can keep it:
-//! - every method is one transaction: it happens whole or not at all;
-//! - `publish` is durable when it returns;
-//! - `claim` picks and marks in one transaction, so concurrent `process` runs never share a job;
-//! - writes of a `process` run may be lost in a power cut only in ways that re-run a job.
+//! How it keeps the contract: every write is one `BEGIN IMMEDIATE` transaction, so writers
+//! queue behind SQLite's single write lock (polled every 200 µs, see `wait_for_lock`) and a
+//! claim's read and mark cannot interleave with another's; `synchronous = FULL` makes a
+//! publish durable, `NORMAL` relaxes only the commits of `process`.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -20,16 +19,21 @@ use crate::error::UsageError;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
+use crate::store::{
+    Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, JobBrief, JobDetail,
+    ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store,
+    Tally,
+};
 
 /// The canonical schema, applied to a new database.
-const SCHEMA: &str = include_str!("../schema.sql");
+const SCHEMA: &str = include_str!("../../../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
 pub const SCHEMA_VERSION: i64 = 4;
 /// The steps from each older version to the next: (version reached, SQL).
 const UPGRADES: [(i64, &str); 3] = [
-    (2, include_str!("../upgrades/v2.sql")),
-    (3, include_str!("../upgrades/v3.sql")),
-    (4, include_str!("../upgrades/v4.sql")),
+    (2, include_str!("upgrades/v2.sql")),
+    (3, include_str!("upgrades/v3.sql")),
+    (4, include_str!("upgrades/v4.sql")),
 ];
 /// How long per-minute outcome counts are kept for `stats`.
 const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
@@ -51,85 +55,14 @@ fn wait_for_lock(tries: i32) -> bool {
     std::thread::sleep(BUSY_POLL);
     true
 }
-
-/// How much a connection's commits are synced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Every commit survives a power cut (`synchronous = FULL`): publish.
-    Full,
-    /// Commits survive a crash of bgq; a power cut may undo the latest ones, which at worst
-    /// re-runs a job (`synchronous = NORMAL` in WAL mode): process.
-    Relaxed,
-}
-
-/// An open bgq database.
-pub struct Store {
+/// An open bgq database file.
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Its canonical path (see `Store::identity`).
+    identity: String,
     /// The last `PRAGMA data_version` seen by `changed_elsewhere`.
     data_version: Option<i64>,
-}
-
-/// A job `claim` marked PROCESSING for this run.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    /// Job id.
-    pub id: i64,
-    /// Queue.
-    pub queue: String,
-    /// Callback name.
-    pub callback: String,
-    /// Parameters, or why they cannot be read.
-    pub payload: Result<Payload, String>,
-    /// Counted attempts including this run.
-    pub attempts: u32,
-    /// Serial group, if any.
-    pub serial_group: Option<String>,
-    /// Identifier, if any.
-    pub identifier: Option<String>,
-    /// Whether the notify_on_attempts notice already went out.
-    pub notified: bool,
-}
-
-/// A job left PROCESSING by a `process` run that died.
-#[derive(Debug, Clone)]
-pub struct Orphan {
-    /// Job id.
-    pub id: i64,
-    /// Callback name.
-    pub callback: String,
-    /// Counted attempts, including the lost one.
-    pub attempts: u32,
-    /// The `process` run that claimed it, if its record is still kept.
-    pub claimed_by: Option<ProcessRecord>,
-    /// Whether the notify_on_attempts notice already went out.
-    pub notified: bool,
-    /// Whether `bgq cancel --kill` asked for it to stop: recovery ends it CANCELLED.
-    pub cancel_requested: bool,
-}
-
-/// How a run of a job ended, as the caller decided it.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// Job id.
-    pub id: i64,
-    /// New state.
-    pub state: JobState,
-    /// When it is next due (for states that run again).
-    pub run_at: Millis,
-    /// Whether it goes straight back into the claim path (orphans) instead of waiting for
-    /// `run_at` in a later run.
-    pub due_now: bool,
-    /// The run does not count as an attempt (WAITING).
-    pub uncount_attempt: bool,
-    /// Tail of what the run printed.
-    pub output: Vec<u8>,
-    /// When the run ended.
-    pub ended_at: Millis,
-    /// Mark the notify_on_attempts notice as sent.
-    pub notified: bool,
-    /// A notice to store with the new state, sent with the run's digest.
-    pub notice: Option<(NoticeKind, String)>,
 }
 
 /// The file every commit to the database at `canonical` (its path with symlinks resolved, as
@@ -140,270 +73,9 @@ pub fn write_log_path(canonical: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// What `Store::settle_and_claim` did.
-#[derive(Debug)]
-pub struct Settled {
-    /// The jobs it claimed.
-    pub claimed: Vec<ClaimedJob>,
-    /// How many of the runs it stored failed (a run of a job cancelled meanwhile did not).
-    pub failed: u64,
-}
-
-/// What `settle_and_claim` may claim.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest<'a> {
-    /// Queue to claim from.
-    pub queue: &'a str,
-    /// The claiming `process` run.
-    pub run: i64,
-    /// The current time.
-    pub now: Millis,
-    /// Claim at most this many jobs.
-    pub limit: usize,
-    /// Callbacks that may be claimed, each with how many more of it may start.
-    pub callbacks: &'a [(&'a str, usize)],
-    /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group (serial_failure = "block").
-    pub blocking: &'a [&'a str],
-}
-
-/// Which jobs `list` shows.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// Any of these states (all when empty).
-    pub states: Vec<JobState>,
-    /// Only this queue.
-    pub queue: Option<String>,
-    /// Only this callback.
-    pub callback: Option<String>,
-    /// Any of these identifiers (all when empty).
-    pub identifiers: Vec<String>,
-}
-
-/// Everything stored about one job, for `bgq show` and `bgq explain`.
-#[derive(Debug, Clone)]
-pub struct JobDetail {
-    /// The job as `list` shows it.
-    pub record: JobRecord,
-    /// Its parameters, or why they cannot be read.
-    pub payload: Result<StoredPayload, String>,
-    /// Tail of what its last run printed.
-    pub output: Vec<u8>,
-    /// Whether the notify_on_attempts notice went out.
-    pub notified: bool,
-    /// The `process` run that started it last (0: none).
-    pub claimed_run: i64,
-    /// Whether `bgq cancel --kill` is stopping its callback (it is still PROCESSING).
-    pub cancel_requested: bool,
-    /// The jobs it runs after (`publish --after`), with their states (`None`: deleted by
-    /// `clear`, so it had FINISHED).
-    pub after: Vec<(i64, Option<JobState>)>,
-}
-
-impl JobDetail {
-    /// The jobs it was published `--after` that have not FINISHED, with their states.
-    pub fn waits_for(&self) -> impl Iterator<Item = (i64, JobState)> + '_ {
-        self.after.iter().filter_map(|(id, state)| match state {
-            Some(state) if *state != JobState::Finished => Some((*id, *state)),
-            _ => None,
-        })
-    }
-}
-
-/// How runs of jobs ended, per queue and minute, not yet written for `stats`.
-#[derive(Debug, Clone, Default)]
-pub struct Tally {
-    /// (queue, epoch minute) → finished, temporarily failed, permanently failed.
-    counts: std::collections::BTreeMap<(String, i64), [i64; 3]>,
-}
-
-impl Tally {
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
-
-    fn count(&mut self, queue: &str, at: Millis, state: JobState) {
-        let column = match state {
-            JobState::Finished => 0,
-            JobState::TemporarilyFailed => 1,
-            JobState::PermanentlyFailed => 2,
-            _ => return,
-        };
-        self.counts
-            .entry((queue.to_owned(), at.div_euclid(60_000)))
-            .or_default()[column] += 1;
-    }
-
-    fn write(&mut self, conn: &Connection) -> anyhow::Result<()> {
-        for ((queue, minute), [finished, temporarily, permanently]) in
-            std::mem::take(&mut self.counts)
-        {
-            conn.prepare_cached(
-                "INSERT INTO outcomes
-                     (queue, minute, finished, temporarily_failed, permanently_failed)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (queue, minute) DO UPDATE SET
-                     finished = finished + excluded.finished,
-                     temporarily_failed = temporarily_failed + excluded.temporarily_failed,
-                     permanently_failed = permanently_failed + excluded.permanently_failed",
-            )?
-            .execute(params![queue, minute, finished, temporarily, permanently])?;
-        }
-        Ok(())
-    }
-}
-
-/// A recorded `process` run.
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    /// Run number.
-    pub id: i64,
-    /// Queue it ran.
-    pub queue: String,
-    /// The `process` that ran it.
-    pub runner: ProcessRecord,
-    /// When it started.
-    pub started_at: Millis,
-    /// When it ended, if it did.
-    pub finished_at: Option<Millis>,
-    /// Jobs it started (recorded when it ended).
-    pub jobs: u64,
-    /// Of those, how many failed.
-    pub failed: u64,
-    /// Why it could not do its work, if so.
-    pub error: Option<String>,
-    /// Whether it is a `process --watch` run.
-    pub watch: bool,
-}
-
-impl RunInfo {
-    /// The latest time the run recorded: its end, or its start if it has not ended (or ended
-    /// "before" it started, the clock having gone back).
-    pub fn last_seen(&self) -> Millis {
-        self.finished_at
-            .map_or(self.started_at, |end| end.max(self.started_at))
-    }
-}
-
-/// The due jobs of one queue (see `Store::due_jobs`).
-#[derive(Debug, Clone)]
-pub struct DueJobs {
-    /// Queue.
-    pub queue: String,
-    /// The job due longest.
-    pub oldest: i64,
-    /// Since when it is due.
-    pub since: Millis,
-    /// How many jobs are due.
-    pub count: u64,
-}
-
-/// A job as `bgq retry` and `bgq cancel` decide about it.
-#[derive(Debug, Clone)]
-pub struct JobBrief {
-    /// Job id.
-    pub id: i64,
-    /// Queue.
-    pub queue: String,
-    /// Callback name.
-    pub callback: String,
-    /// State before the change.
-    pub state: JobState,
-    /// When that state began.
-    pub state_changed_at: Millis,
-    /// The `process` run that started it last (0: none).
-    pub claimed_run: i64,
-    /// Whether `bgq cancel --kill` is stopping it (it is PROCESSING).
-    pub cancel_requested: bool,
-}
-
-/// Which jobs `Store::change` reads.
-#[derive(Debug, Clone)]
-pub enum Selection<'a> {
-    /// These ids; an unknown one is an error.
-    Ids(&'a [i64]),
-    /// Every job in one of `states`, of `queue` and `callback` when given.
-    Matching {
-        /// Any of these states.
-        states: &'a [JobState],
-        /// Only this queue.
-        queue: Option<&'a str>,
-        /// Only this callback.
-        callback: Option<&'a str>,
-    },
-}
-
-/// What `Store::change` does to each job it applies to.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Back to READY, due now, attempts and notice reset; new parameters if given.
-    Retry {
-        /// The current time.
-        now: Millis,
-        /// Replacement parameters, as stored (MessagePack).
-        payload: Option<Vec<u8>>,
-    },
-    /// To CANCELLED: it does not run again. A running job is only marked: it ends CANCELLED
-    /// when its run sees the callback end.
-    Cancel {
-        /// The current time.
-        now: Millis,
-    },
-}
-
-/// A notice stored by a run and not yet sent.
-#[derive(Debug, Clone)]
-pub struct PendingNotice {
-    /// Notice number.
-    pub id: i64,
-    /// The job it is about.
-    pub job_id: i64,
-    /// What happened.
-    pub kind: NoticeKind,
-    /// Why, in words.
-    pub reason: String,
-    /// Tail of what the job's run printed.
-    pub output: Vec<u8>,
-    /// The job as it is now, unless it was deleted since.
-    pub job: Option<JobRecord>,
-}
-
-/// How `Store::publish_with` stores its jobs: the same for every job of one publish.
-#[derive(Debug, Clone, Default)]
-pub struct Schedule {
-    /// When the jobs are due (0: at once).
-    pub run_at: Millis,
-    /// Higher runs first among the due jobs of a queue.
-    pub priority: i64,
-    /// The jobs run only after all of these FINISHED.
-    pub after: Vec<i64>,
-    /// Store nothing while a job with the same identifier is unfinished in the queue.
-    pub unique: bool,
-}
-
-/// What `Store::publish_with` did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Published {
-    /// The jobs were stored: their ids in order, and the `after` jobs not yet FINISHED, with
-    /// their states.
-    Stored {
-        /// Ids of the new jobs.
-        ids: Vec<i64>,
-        /// `after` jobs the new jobs wait for.
-        waiting_for: Vec<(i64, JobState)>,
-    },
-    /// `unique`: this unfinished job has the identifier, so nothing was stored.
-    Existing {
-        /// Its id.
-        id: i64,
-        /// Its state.
-        state: JobState,
-    },
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating with its folder, mode 0600, if needed) and upgrades the database.
-    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<Store> {
+    pub fn open(path: &Path, durability: Durability) -> anyhow::Result<SqliteStore> {
         // Opening can meet SQLITE_BUSY without the busy handler being asked: several processes
         // creating the database and switching it to WAL at once. It passes: try again.
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
@@ -421,7 +93,7 @@ impl Store {
         }
     }
 
-    fn open_inner(path: &Path, durability: Durability) -> anyhow::Result<Store> {
+    fn open_inner(path: &Path, durability: Durability) -> anyhow::Result<SqliteStore> {
         if let Some(folder) = path.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -452,9 +124,14 @@ impl Store {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,
         )?;
-        let mut store = Store {
+        let identity = fs::canonicalize(path)
+            .with_context(|| format!("cannot resolve {}", path.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
+            identity,
             data_version: None,
         };
         store.migrate()?;
@@ -527,27 +204,6 @@ impl Store {
             Published::Stored { ids, .. } => Ok(ids),
             Published::Existing { id, .. } => Ok(vec![id]),
         }
-    }
-
-    /// Stores `jobs` as `schedule` says, in one durable transaction, all or nothing. An `after`
-    /// id that names no job is a usage error.
-    pub fn publish_with(
-        &mut self,
-        jobs: &[NewJob],
-        schedule: &Schedule,
-        now: Millis,
-    ) -> anyhow::Result<Published> {
-        let result = self
-            .publish_inner(jobs, schedule, now)
-            .map_err(|err| explain_disk_full(err, &self.path));
-        in_database(
-            &self.path,
-            || match jobs.len() {
-                1 => "store the job".to_owned(),
-                count => format!("store {count} jobs"),
-            },
-            result,
-        )
     }
 
     fn publish_inner(
@@ -657,8 +313,45 @@ impl Store {
         Ok(Published::Stored { ids, waiting_for })
     }
 
-    /// Records the start of a `process` run on `queue` by `runner` and returns its number.
-    pub fn begin_run(
+    /// Opens the database if it exists, without creating it or its folder.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Option<SqliteStore>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        SqliteStore::open(path, Durability::Relaxed).map(Some)
+    }
+}
+
+impl Store for SqliteStore {
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
+        // Every commit of another connection writes the write-ahead log beside the real file.
+        crate::wake::on_write(&write_log_path(Path::new(&self.identity)), wake)
+    }
+
+    fn publish_with(
+        &mut self,
+        jobs: &[NewJob],
+        schedule: &Schedule,
+        now: Millis,
+    ) -> anyhow::Result<Published> {
+        let result = self
+            .publish_inner(jobs, schedule, now)
+            .map_err(|err| explain_disk_full(err, &self.path));
+        in_database(
+            &self.path,
+            || match jobs.len() {
+                1 => "store the job".to_owned(),
+                count => format!("store {count} jobs"),
+            },
+            result,
+        )
+    }
+
+    fn begin_run(
         &mut self,
         queue: &str,
         runner: &ProcessRecord,
@@ -698,9 +391,7 @@ impl Store {
         )
     }
 
-    /// Deletes the outcome counts of `queue` that `stats` no longer shows (a long `--watch`
-    /// run calls it now and then; other runs prune when they begin).
-    pub fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
+    fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
         let result = prune_outcomes(&self.conn, queue, now);
         in_database(
             &self.path,
@@ -709,9 +400,7 @@ impl Store {
         )
     }
 
-    /// Records the end of a `process` run: how many jobs it started, how many of them failed,
-    /// and the error that ended it, if one did.
-    pub fn end_run(
+    fn end_run(
         &mut self,
         run: i64,
         now: Millis,
@@ -739,8 +428,7 @@ impl Store {
         )
     }
 
-    /// Jobs of `queue` left PROCESSING. Only meaningful while holding the queue's lock.
-    pub fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
+    fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
         let result = (|| -> anyhow::Result<Vec<Orphan>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
@@ -767,10 +455,7 @@ impl Store {
         )
     }
 
-    /// Moves jobs of `queue` whose time has come into the claim path, except those that run
-    /// `started_by` already started (a cron run starts each job at most once; a watch run
-    /// passes `None`).
-    pub fn promote_due(
+    fn promote_due(
         &mut self,
         queue: &str,
         started_by: Option<i64>,
@@ -791,9 +476,7 @@ impl Store {
         )
     }
 
-    /// Whether another connection (a `publish`, a `retry`, another run) committed a change
-    /// since the last call: a cheap check that reads no table.
-    pub fn changed_elsewhere(&mut self) -> anyhow::Result<bool> {
+    fn changed_elsewhere(&mut self) -> anyhow::Result<bool> {
         let result = (|| -> anyhow::Result<bool> {
             let version: i64 = self
                 .conn
@@ -805,14 +488,7 @@ impl Store {
         in_database(&self.path, || "look for changes".to_owned(), result)
     }
 
-    /// In one transaction: stores how the runs in `done` ended (counting them in `tally`, which
-    /// is written too when `write_tally`), then claims up to `claim.limit` jobs (oldest first,
-    /// serial groups free, within each callback's capacity) and marks them PROCESSING for
-    /// `claim.run`.
-    ///
-    /// The counts wait in `tally` so that a run writes them every few seconds, not once per
-    /// job: one more page per commit is measurable in a drain of short jobs.
-    pub fn settle_and_claim(
+    fn settle_and_claim(
         &mut self,
         done: &[Completion],
         claim: &ClaimRequest<'_>,
@@ -836,7 +512,7 @@ impl Store {
                 }
             }
             if write_tally {
-                tally.write(&tx)?;
+                write_tally_to(tally, &tx)?;
             }
             let mut capacity = claim.callbacks.to_vec();
             let mut claimed = Vec::new();
@@ -868,8 +544,7 @@ impl Store {
         )
     }
 
-    /// Due jobs of `queue` whose callback is not among `known`, counted per callback.
-    pub fn due_callbacks_not_in(
+    fn due_callbacks_not_in(
         &self,
         queue: &str,
         known: &[&str],
@@ -896,8 +571,7 @@ impl Store {
         )
     }
 
-    /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
-    pub fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
+    fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
         let result = (|| -> anyhow::Result<usize> {
             Ok(self.conn.execute(
                 "UPDATE jobs SET run_at = run_at - ?2
@@ -912,17 +586,14 @@ impl Store {
         )
     }
 
-    /// Stores how a run of a job ended, with its notice and its count for `stats`; returns
-    /// false when the job was no longer PROCESSING (cancelled meanwhile), in which case only its
-    /// output is kept.
-    pub fn complete(&mut self, done: &Completion) -> anyhow::Result<bool> {
+    fn complete(&mut self, done: &Completion) -> anyhow::Result<bool> {
         let result = (|| -> anyhow::Result<bool> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut tally = Tally::default();
             let applied = complete(&tx, done, &mut tally)?;
-            tally.write(&tx)?;
+            write_tally_to(&mut tally, &tx)?;
             tx.commit()?;
             Ok(applied)
         })();
@@ -933,8 +604,7 @@ impl Store {
         )
     }
 
-    /// Writes the counts `tally` holds (see `settle_and_claim`) and empties it.
-    pub fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
+    fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
         let result = (|| -> anyhow::Result<()> {
             if tally.is_empty() {
                 return Ok(());
@@ -942,15 +612,14 @@ impl Store {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tally.write(&tx)?;
+            write_tally_to(tally, &tx)?;
             tx.commit()?;
             Ok(())
         })();
         in_database(&self.path, || "store outcome counts".to_owned(), result)
     }
 
-    /// Jobs matching `filter`, newest first, at most `limit`.
-    pub fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+    fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
         let result = (|| -> anyhow::Result<Vec<JobRecord>> {
             let limit = limit.min(i64::MAX as usize);
             let (sql, values) = list_sql(filter, limit);
@@ -961,8 +630,7 @@ impl Store {
         in_database(&self.path, || "list jobs".to_owned(), result)
     }
 
-    /// The job with `id`, if it exists.
-    pub fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
+    fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
         let result = (|| -> anyhow::Result<Option<JobRecord>> {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
             Ok(self.conn.query_row(&sql, [id], read_record).optional()?)
@@ -970,8 +638,7 @@ impl Store {
         in_database(&self.path, || format!("read job {id}"), result)
     }
 
-    /// The state of job `id`, if it exists.
-    pub fn state_of(&self, id: i64) -> anyhow::Result<Option<JobState>> {
+    fn state_of(&self, id: i64) -> anyhow::Result<Option<JobState>> {
         let result = (|| -> anyhow::Result<Option<JobState>> {
             Ok(self
                 .conn
@@ -982,8 +649,7 @@ impl Store {
         in_database(&self.path, || format!("read job {id}"), result)
     }
 
-    /// The jobs `run` of `queue` is running that `bgq cancel --kill` asked to stop.
-    pub fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>> {
+    fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>> {
         let result = (|| -> anyhow::Result<Vec<i64>> {
             let mut stmt = self.conn.prepare_cached(
             "SELECT id FROM jobs INDEXED BY jobs_processing
@@ -999,10 +665,7 @@ impl Store {
         )
     }
 
-    /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
-    /// end): it becomes CANCELLED, keeping `output`. False when it is no longer PROCESSING with
-    /// a cancel requested.
-    pub fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool> {
+    fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool> {
         let result = (|| -> anyhow::Result<bool> {
             let changed = self
                 .conn
@@ -1013,8 +676,7 @@ impl Store {
         in_database(&self.path, || format!("cancel job {id}"), result)
     }
 
-    /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
-    pub fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
+    fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
         let result = (|| -> anyhow::Result<Vec<String>> {
             let (sql, values) = unfinished_sql(filter);
             let mut stmt = self.conn.prepare(&sql)?;
@@ -1028,10 +690,7 @@ impl Store {
         )
     }
 
-    /// Deletes the FINISHED jobs that finished before `cutoff` among the next `batch` FINISHED
-    /// jobs after id `after`, in one short transaction; returns how many, and the id to continue
-    /// after (`None` when none are left).
-    pub fn clear_batch(
+    fn clear_batch(
         &mut self,
         cutoff: Millis,
         after: i64,
@@ -1069,16 +728,7 @@ impl Store {
         in_database(&self.path, || "delete finished jobs".to_owned(), result)
     }
 
-    /// Opens the database if it exists, without creating it or its folder.
-    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Store>> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        Store::open(path, Durability::Relaxed).map(Some)
-    }
-
-    /// Everything stored about job `id`, if it exists.
-    pub fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
+    fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
         let result = (|| -> anyhow::Result<Option<JobDetail>> {
             let sql = format!(
                 "SELECT {RECORD_COLUMNS}, payload, output, notified, claimed_run, cancel_requested
@@ -1108,9 +758,7 @@ impl Store {
         in_database(&self.path, || format!("read job {id}"), result)
     }
 
-    /// The oldest job of `group` older than job `id` that holds it back: an unfinished one, or
-    /// a PERMANENTLY_FAILED one of a callback among `blocking`.
-    pub fn serial_blocker(
+    fn serial_blocker(
         &self,
         group: &str,
         id: i64,
@@ -1158,9 +806,7 @@ impl Store {
         )
     }
 
-    /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
-    /// `clear`, so it had FINISHED).
-    pub fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
+    fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
         let result = (|| -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
             let mut stmt = self.conn.prepare(
             "SELECT d.after_id, p.state FROM dependencies d LEFT JOIN jobs p ON p.id = d.after_id
@@ -1184,8 +830,7 @@ impl Store {
         )
     }
 
-    /// The `process` run numbered `run`, if it is still recorded.
-    pub fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
+    fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
         let result = (|| -> anyhow::Result<Option<RunInfo>> {
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
             Ok(self.conn.query_row(&sql, [run], read_run).optional()?)
@@ -1193,8 +838,7 @@ impl Store {
         in_database(&self.path, || format!("read run {run}"), result)
     }
 
-    /// The latest `process` run of `queue`, if one is recorded.
-    pub fn last_run(&self, queue: &str) -> anyhow::Result<Option<RunInfo>> {
+    fn last_run(&self, queue: &str) -> anyhow::Result<Option<RunInfo>> {
         let result = (|| -> anyhow::Result<Option<RunInfo>> {
             let sql =
                 format!("SELECT {RUN_COLUMNS} FROM runs WHERE queue = ?1 ORDER BY id DESC LIMIT 1");
@@ -1207,8 +851,7 @@ impl Store {
         )
     }
 
-    /// The latest `process` run of each queue that has one.
-    pub fn last_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
+    fn last_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
         let result = (|| -> anyhow::Result<Vec<RunInfo>> {
             let sql = format!(
                 "SELECT {RUN_COLUMNS} FROM runs
@@ -1221,8 +864,7 @@ impl Store {
         in_database(&self.path, || "read the last runs".to_owned(), result)
     }
 
-    /// How many jobs each queue has in each state (states without jobs left out).
-    pub fn state_counts(&self) -> anyhow::Result<Vec<(String, JobState, u64)>> {
+    fn state_counts(&self) -> anyhow::Result<Vec<(String, JobState, u64)>> {
         let result = (|| -> anyhow::Result<Vec<(String, JobState, u64)>> {
             let mut stmt = self
                 .conn
@@ -1235,9 +877,7 @@ impl Store {
         in_database(&self.path, || "count jobs".to_owned(), result)
     }
 
-    /// The jobs due by `now` and waiting to run, per queue that has any: how many, and the
-    /// oldest.
-    pub fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
+    fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
         let result = (|| -> anyhow::Result<Vec<DueJobs>> {
             let mut stmt = self.conn.prepare(
                 // `state != 'FINISHED'` lets SQLite read the (small) jobs_queue index.
@@ -1259,9 +899,7 @@ impl Store {
         in_database(&self.path, || "count due jobs".to_owned(), result)
     }
 
-    /// Runs of jobs that ended since `since`, per queue: (finished, temporarily failed,
-    /// permanently failed).
-    pub fn outcomes_since(&self, since: Millis) -> anyhow::Result<Vec<(String, [u64; 3])>> {
+    fn outcomes_since(&self, since: Millis) -> anyhow::Result<Vec<(String, [u64; 3])>> {
         let result = (|| -> anyhow::Result<Vec<(String, [u64; 3])>> {
             let mut stmt = self.conn.prepare(
                 "SELECT queue, sum(finished), sum(temporarily_failed), sum(permanently_failed)
@@ -1282,9 +920,7 @@ impl Store {
         in_database(&self.path, || "count outcomes".to_owned(), result)
     }
 
-    /// Jobs that want to run (READY, PROCESSING, TEMPORARILY_FAILED, WAITING) whose callback is
-    /// not among `known`: (queue, callback, how many).
-    pub fn waiting_callbacks_not_in(
+    fn waiting_callbacks_not_in(
         &self,
         known: &[&str],
     ) -> anyhow::Result<Vec<(String, String, u64)>> {
@@ -1310,15 +946,12 @@ impl Store {
         )
     }
 
-    /// In one transaction: reads the jobs of `selection`, asks `decide` about each (an error
-    /// refuses the whole change, `false` leaves that job as it is), and applies `change` to the
-    /// others unless `dry_run`. Returns every selected job, oldest first, with its decision.
-    pub fn change(
+    fn change(
         &mut self,
         selection: &Selection<'_>,
         change: &Change,
         dry_run: bool,
-        mut decide: impl FnMut(&JobBrief) -> anyhow::Result<bool>,
+        decide: &mut dyn FnMut(&JobBrief) -> anyhow::Result<bool>,
     ) -> anyhow::Result<Vec<(JobBrief, bool)>> {
         let result = (|| -> anyhow::Result<Vec<(JobBrief, bool)>> {
             let tx = self
@@ -1346,9 +979,7 @@ impl Store {
         in_database(&self.path, what, result)
     }
 
-    /// The notices of `queue` not yet sent, oldest first, each with its job as it is now (if
-    /// the job still exists).
-    pub fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
+    fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
         let result = (|| -> anyhow::Result<Vec<PendingNotice>> {
             let mut stmt = self.conn.prepare(
                 "SELECT id, job_id, kind, reason, output FROM notices INDEXED BY notices_queue
@@ -1378,8 +1009,7 @@ impl Store {
         )
     }
 
-    /// Deletes notices that were sent.
-    pub fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+    fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()> {
         let result = (|| -> anyhow::Result<()> {
             let tx = self
                 .conn
@@ -1393,6 +1023,23 @@ impl Store {
         })();
         in_database(&self.path, || "delete sent notices".to_owned(), result)
     }
+}
+
+/// Writes the counts `tally` holds and empties it.
+fn write_tally_to(tally: &mut Tally, conn: &Connection) -> anyhow::Result<()> {
+    for ((queue, minute), [finished, temporarily, permanently]) in tally.take() {
+        conn.prepare_cached(
+            "INSERT INTO outcomes
+                 (queue, minute, finished, temporarily_failed, permanently_failed)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (queue, minute) DO UPDATE SET
+                 finished = finished + excluded.finished,
+                 temporarily_failed = temporarily_failed + excluded.temporarily_failed,
+                 permanently_failed = permanently_failed + excluded.permanently_failed",
+        )?
+        .execute(params![queue, minute, finished, temporarily, permanently])?;
+    }
+    Ok(())
 }
 
 fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result<()> {
@@ -1975,15 +1622,16 @@ fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) 
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("sub/db.sqlite"), Durability::Full).expect("open");
+        let store =
+            SqliteStore::open(&dir.path().join("sub/db.sqlite"), Durability::Full).expect("open");
         (dir, store)
     }
 
     /// Claims one job of queue `general` among `callbacks` (capacity 1 each).
     fn claim(
-        store: &mut Store,
+        store: &mut SqliteStore,
         queue: &str,
         run: i64,
         now: Millis,
@@ -2199,7 +1847,7 @@ mod tests {
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .expect("bump");
         drop(store);
-        let err = Store::open(&dir.path().join("sub/db.sqlite"), Durability::Full)
+        let err = SqliteStore::open(&dir.path().join("sub/db.sqlite"), Durability::Full)
             .err()
             .expect("refused");
         assert!(
@@ -2209,7 +1857,7 @@ mod tests {
     }
 
     /// Columns of every table and the SQL of every index, whitespace collapsed.
-    fn shape(store: &Store) -> Vec<String> {
+    fn shape(store: &SqliteStore) -> Vec<String> {
         let mut shape = Vec::new();
         let mut tables = store
             .conn
@@ -2251,7 +1899,7 @@ mod tests {
 
     /// A database made with an old schema `old` holding one job (`insert`, its payload ?1),
     /// then opened, and so upgraded, by this bgq: it has the version and the shape of a new one.
-    fn upgraded(old: &str, insert: &str) -> (tempfile::TempDir, Store) {
+    fn upgraded(old: &str, insert: &str) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.sqlite");
         let conn = Connection::open(&path).expect("create");
@@ -2264,7 +1912,7 @@ mod tests {
         )
         .expect("old job");
         drop(conn);
-        let upgraded = Store::open(&path, Durability::Full).expect("upgrade");
+        let upgraded = SqliteStore::open(&path, Durability::Full).expect("upgrade");
         assert_eq!(upgraded.user_version().expect("version"), SCHEMA_VERSION);
         let (_fresh_dir, fresh) = store();
         assert_eq!(shape(&upgraded), shape(&fresh));
@@ -2274,7 +1922,7 @@ mod tests {
     #[test]
     fn a_version_2_database_is_upgraded_in_place_keeping_its_jobs() {
         let (_dir, mut upgraded) = upgraded(
-            include_str!("../upgrades/schema-v2.sql"),
+            include_str!("../../../tests/fixtures/sqlite/schema-v2.sql"),
             "INSERT INTO jobs (queue, callback, payload, created_at, run_at, serial_group)
              VALUES ('general', 'a', ?1, 1000, 1000, 'g')",
         );
@@ -2291,7 +1939,7 @@ mod tests {
     #[test]
     fn a_version_3_database_is_upgraded_in_place_keeping_its_running_jobs() {
         let (_dir, mut upgraded) = upgraded(
-            include_str!("../upgrades/schema-v3.sql"),
+            include_str!("../../../tests/fixtures/sqlite/schema-v3.sql"),
             "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, due, attempts)
              VALUES ('general', 'a', ?1, 1000, 1000, 'PROCESSING', 0, 1)",
         );
@@ -2306,7 +1954,7 @@ mod tests {
     #[test]
     fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
         let (_dir, mut upgraded) = upgraded(
-            include_str!("../upgrades/schema-v1.sql"),
+            include_str!("../../../tests/fixtures/sqlite/schema-v1.sql"),
             "INSERT INTO jobs (queue, callback, payload, created_at, run_at, state, finished_at)
              VALUES ('general', 'a', ?1, 1000, 1000, 'FINISHED', 5000)",
         );
@@ -2323,7 +1971,7 @@ mod tests {
     }
 
     /// The query plan of `sql`, one step a line.
-    fn plan(store: &Store, sql: &str) -> String {
+    fn plan(store: &SqliteStore, sql: &str) -> String {
         let mut stmt = store
             .conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -2449,7 +2097,7 @@ mod tests {
         }
     }
 
-    fn finish(store: &mut Store, id: i64, state: JobState, at: Millis) {
+    fn finish(store: &mut SqliteStore, id: i64, state: JobState, at: Millis) {
         store
             .complete(&Completion {
                 id,
@@ -2473,7 +2121,7 @@ mod tests {
             priority,
             ..Schedule::default()
         };
-        let publish = |store: &mut Store, job: NewJob, priority| match store
+        let publish = |store: &mut SqliteStore, job: NewJob, priority| match store
             .publish_with(&[job], &schedule(priority), 1000)
             .expect("publish")
         {
@@ -2535,7 +2183,12 @@ mod tests {
             payload: None,
         };
         store
-            .change(&Selection::Ids(&parents[1..]), &retry, false, |_| Ok(true))
+            .change(
+                &Selection::Ids(&parents[1..]),
+                &retry,
+                false,
+                &mut |_: &JobBrief| Ok(true),
+            )
             .expect("retry");
         let run = store.begin_run("general", &me(), 2000, false).expect("run");
         store
@@ -2676,7 +2329,7 @@ mod tests {
     }
 
     /// Whether job `id` carries the mark of `bgq cancel --kill`.
-    fn marked(store: &Store, id: i64) -> bool {
+    fn marked(store: &SqliteStore, id: i64) -> bool {
         store
             .detail(id)
             .expect("read")
@@ -2713,7 +2366,7 @@ mod tests {
                     payload: None,
                 },
                 false,
-                |_| Ok(true),
+                &mut |_: &JobBrief| Ok(true),
             )
             .expect("retry");
         assert!(!marked(&store, ids[0]));
@@ -2732,13 +2385,13 @@ mod tests {
     }
 
     /// Marks job `id` as `bgq cancel --kill` does.
-    fn cancel(store: &mut Store, id: i64, now: Millis) {
+    fn cancel(store: &mut SqliteStore, id: i64, now: Millis) {
         store
             .change(
                 &Selection::Ids(&[id]),
                 &Change::Cancel { now },
                 false,
-                |_| Ok(true),
+                &mut |_: &JobBrief| Ok(true),
             )
             .expect("cancel");
     }
