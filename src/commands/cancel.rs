@@ -114,7 +114,7 @@ fn cancel_running(
             // No run will see the callback end. (When this finds nothing to end, a `process`
             // run recovered the job meanwhile, which ends it CANCELLED too.)
             let output = format!("bgq: cancelled with --kill; {}\n", stopped.said);
-            store.end_cancel(job.id, output.as_bytes(), now_millis())?;
+            store.end_cancel(job.id, job.fence(), output.as_bytes(), now_millis())?;
         }
         state = settled_state(store, job.id, SETTLE_WAIT)?;
         stop = Some((stopped, live_runner.is_some()));

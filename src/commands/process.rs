@@ -26,7 +26,9 @@ use crate::queue::backoff::{RetryPolicy, random_spread};
 use crate::queue::outcome::{self, Attempted, Rules, RunEnd};
 use crate::runner::{self, Exit, Prepared, StopHandle};
 use crate::running_log::{Entry, RunningLog, Started};
-use crate::store::{ClaimRequest, ClaimedJob, Completion, Durability, Orphan, Store, Tally};
+use crate::store::{
+    Applied, ClaimRequest, ClaimedJob, Completion, Durability, Fence, Orphan, Store, Tally,
+};
 
 /// How often the main loop wakes to look for signals, deadlines and newly published jobs.
 const TICK: Duration = Duration::from_millis(100);
@@ -544,6 +546,9 @@ impl Worker<'_> {
             self.store
                 .settle_and_claim(&self.settled, &request, &mut self.tally, write_tally)?;
         self.failed += settled.failed;
+        for (id, fence) in &settled.stale {
+            warn_stale(*id, *fence);
+        }
         let claimed = settled.claimed;
         if write_tally {
             self.tally_written = Instant::now();
@@ -700,6 +705,7 @@ impl Worker<'_> {
         }
         self.settled.push(Completion {
             id: job.id,
+            fence: job.fence,
             state: transition.state,
             run_at: transition.run_at,
             due_now: transition.due_now,
@@ -829,7 +835,8 @@ impl Worker<'_> {
                 escape::line(&orphan.callback)
             );
             let output = format!("bgq: {why}; {group}\n").into_bytes();
-            self.store.end_cancel(orphan.id, &output, now)?;
+            self.store
+                .end_cancel(orphan.id, orphan.fence, &output, now)?;
             return Ok(());
         }
         let attempted = Attempted {
@@ -864,8 +871,9 @@ impl Worker<'_> {
         let notice = transition
             .notice
             .unwrap_or((NoticeKind::Orphan, format!("recovered: {report}")));
-        self.store.complete(&Completion {
+        let applied = self.store.complete(&Completion {
             id: orphan.id,
+            fence: orphan.fence,
             state: transition.state,
             run_at: transition.run_at,
             due_now: transition.due_now,
@@ -875,6 +883,9 @@ impl Worker<'_> {
             notified: transition.notified_now,
             notice: Some(notice),
         })?;
+        if applied == Applied::Stale {
+            warn_stale(orphan.id, orphan.fence);
+        }
         Ok(())
     }
 
@@ -891,6 +902,15 @@ impl Worker<'_> {
         }
         Ok(())
     }
+}
+
+/// Says that an outcome was dropped because its claim no longer held the job.
+fn warn_stale(id: i64, fence: Fence) {
+    crate::diagnostic!(
+        "bgq: warning: the outcome of job {id} (attempt {} of run {}) was dropped: another run recovered the job meanwhile",
+        fence.attempt,
+        fence.run
+    );
 }
 
 /// Appends `bgq: WHAT` on a line of its own to a callback's output.

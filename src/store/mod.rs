@@ -52,6 +52,30 @@ pub enum Durability {
     Relaxed,
 }
 
+/// Which claim of a job a write comes from: the run that claimed it and the attempt that claim
+/// counted. A claim makes a new fence; an outcome or a cancel recorded under a fence that no
+/// longer holds the job (the job was recovered, and maybe claimed again, meanwhile) changes
+/// nothing: a late word from an old run never overwrites a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The `process` run that claimed the job.
+    pub run: i64,
+    /// The attempt that claim counted.
+    pub attempt: u32,
+}
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored as decided.
+    Stored,
+    /// `bgq cancel --kill` had marked the job and the run did not finish it: it ended
+    /// CANCELLED instead.
+    Cancelled,
+    /// Its fence no longer holds the job: nothing changed.
+    Stale,
+}
+
 /// Opens the store at `database` (created when missing).
 pub fn open(database: &Path, durability: Durability) -> anyhow::Result<Box<dyn Store>> {
     Ok(Box::new(sqlite::SqliteStore::open(database, durability)?))
@@ -151,10 +175,10 @@ pub trait Store {
     /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
     fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize>;
 
-    /// Stores how a run of a job ended, with its notice and its count for `stats`; returns
-    /// false when the job was no longer PROCESSING (cancelled meanwhile), in which case only its
-    /// output is kept.
-    fn complete(&mut self, done: &Completion) -> anyhow::Result<bool>;
+    /// Stores how a run of a job ended, with its notice and its count for `stats`, if its fence
+    /// still holds the job. A job marked by `bgq cancel --kill` whose run did not FINISH ends
+    /// CANCELLED instead; under a fence that no longer holds the job nothing changes.
+    fn complete(&mut self, done: &Completion) -> anyhow::Result<Applied>;
 
     /// Writes the counts `tally` holds (see `settle_and_claim`) and empties it.
     fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()>;
@@ -172,9 +196,15 @@ pub trait Store {
     fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>>;
 
     /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
-    /// end): it becomes CANCELLED, keeping `output`. False when it is no longer PROCESSING with
-    /// a cancel requested.
-    fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool>;
+    /// end): it becomes CANCELLED, keeping `output`. False when `fence` no longer holds it or
+    /// no cancel is requested.
+    fn end_cancel(
+        &mut self,
+        id: i64,
+        fence: Fence,
+        output: &[u8],
+        now: Millis,
+    ) -> anyhow::Result<bool>;
 
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
     fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>>;
@@ -270,6 +300,8 @@ pub struct ClaimedJob {
     pub identifier: Option<String>,
     /// Whether the notify_on_attempts notice already went out.
     pub notified: bool,
+    /// This claim of it.
+    pub fence: Fence,
 }
 
 /// A job left PROCESSING by a `process` run that died.
@@ -287,6 +319,8 @@ pub struct Orphan {
     pub notified: bool,
     /// Whether `bgq cancel --kill` asked for it to stop: recovery ends it CANCELLED.
     pub cancel_requested: bool,
+    /// The claim the dead run held.
+    pub fence: Fence,
 }
 
 /// How a run of a job ended, as the caller decided it.
@@ -294,6 +328,8 @@ pub struct Orphan {
 pub struct Completion {
     /// Job id.
     pub id: i64,
+    /// The claim whose run ended: the outcome is stored only while it holds the job.
+    pub fence: Fence,
     /// New state.
     pub state: JobState,
     /// When it is next due (for states that run again).
@@ -320,6 +356,8 @@ pub struct Settled {
     pub claimed: Vec<ClaimedJob>,
     /// How many of the runs it stored failed (a run of a job cancelled meanwhile did not).
     pub failed: u64,
+    /// Outcomes dropped because their fence no longer held the job.
+    pub stale: Vec<(i64, Fence)>,
 }
 
 /// What `settle_and_claim` may claim.
@@ -476,8 +514,20 @@ pub struct JobBrief {
     pub state_changed_at: Millis,
     /// The `process` run that started it last (0: none).
     pub claimed_run: i64,
+    /// Counted attempts.
+    pub attempts: u32,
     /// Whether `bgq cancel --kill` is stopping it (it is PROCESSING).
     pub cancel_requested: bool,
+}
+
+impl JobBrief {
+    /// The claim that holds it, when it is PROCESSING.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            run: self.claimed_run,
+            attempt: self.attempts,
+        }
+    }
 }
 
 /// Which jobs `Store::change` reads.

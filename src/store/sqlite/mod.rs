@@ -20,9 +20,9 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
 use crate::store::{
-    Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, JobBrief, JobDetail,
-    ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store,
-    Tally,
+    Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
+    JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
+    Store, Tally,
 };
 
 /// The canonical schema, applied to a new database.
@@ -432,18 +432,23 @@ impl Store for SqliteStore {
         let result = (|| -> anyhow::Result<Vec<Orphan>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
-                    r.pid, r.pid_started, r.boot_id
+                    r.pid, r.pid_started, r.boot_id, j.claimed_run
              FROM jobs j LEFT JOIN runs r ON r.id = j.claimed_run
              WHERE j.queue = ?1 AND j.state = 'PROCESSING' ORDER BY j.id",
             )?;
             let rows = stmt.query_map([queue], |row| {
+                let attempts = row.get(2)?;
                 Ok(Orphan {
                     id: row.get(0)?,
                     callback: row.get(1)?,
-                    attempts: row.get(2)?,
+                    attempts,
                     notified: row.get(3)?,
                     cancel_requested: row.get(4)?,
                     claimed_by: read_process(row, 5)?,
+                    fence: Fence {
+                        run: row.get(8)?,
+                        attempt: attempts,
+                    },
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -500,15 +505,19 @@ impl Store for SqliteStore {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut failed = 0;
+            let mut stale = Vec::new();
             for completion in done {
-                let stored = complete(&tx, completion, tally)?;
-                if stored
-                    && matches!(
-                        completion.state,
-                        JobState::TemporarilyFailed | JobState::PermanentlyFailed
-                    )
-                {
-                    failed += 1;
+                match complete(&tx, completion, tally)? {
+                    Applied::Stored
+                        if matches!(
+                            completion.state,
+                            JobState::TemporarilyFailed | JobState::PermanentlyFailed
+                        ) =>
+                    {
+                        failed += 1;
+                    }
+                    Applied::Stale => stale.push((completion.id, completion.fence)),
+                    Applied::Stored | Applied::Cancelled => {}
                 }
             }
             if write_tally {
@@ -535,7 +544,11 @@ impl Store for SqliteStore {
                 claimed.push(job);
             }
             tx.commit()?;
-            Ok(Settled { claimed, failed })
+            Ok(Settled {
+                claimed,
+                failed,
+                stale,
+            })
         })();
         in_database(
             &self.path,
@@ -586,8 +599,8 @@ impl Store for SqliteStore {
         )
     }
 
-    fn complete(&mut self, done: &Completion) -> anyhow::Result<bool> {
-        let result = (|| -> anyhow::Result<bool> {
+    fn complete(&mut self, done: &Completion) -> anyhow::Result<Applied> {
+        let result = (|| -> anyhow::Result<Applied> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -665,12 +678,21 @@ impl Store for SqliteStore {
         )
     }
 
-    fn end_cancel(&mut self, id: i64, output: &[u8], now: Millis) -> anyhow::Result<bool> {
+    fn end_cancel(
+        &mut self,
+        id: i64,
+        fence: Fence,
+        output: &[u8],
+        now: Millis,
+    ) -> anyhow::Result<bool> {
         let result = (|| -> anyhow::Result<bool> {
-            let changed = self
-                .conn
-                .prepare_cached(END_CANCEL_SQL)?
-                .execute(params![id, output, now])?;
+            let changed = self.conn.prepare_cached(END_CANCEL_SQL)?.execute(params![
+                id,
+                output,
+                now,
+                fence.run,
+                fence.attempt
+            ])?;
             Ok(changed > 0)
         })();
         in_database(&self.path, || format!("cancel job {id}"), result)
@@ -1051,14 +1073,15 @@ fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result
 /// Stores how a run ended, counts its outcome and stores its notice. A job that `bgq cancel
 /// --kill` asked to stop becomes CANCELLED, uncounted and unnoticed, unless its callback got
 /// through anyway (FINISHED is the truth; a retry would repeat it).
-fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::Result<bool> {
+fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::Result<Applied> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
     let queue: Option<String> = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
                     attempts = attempts - ?5, output = ?6, finished_at = ?7,
                     notified = notified OR ?8, state_changed_at = ?9, cancel_requested = 0
-             WHERE id = ?1 AND state = 'PROCESSING' AND (cancel_requested = 0 OR ?2 = 'FINISHED')
+             WHERE id = ?1 AND state = 'PROCESSING' AND claimed_run = ?10 AND attempts = ?11
+               AND (cancel_requested = 0 OR ?2 = 'FINISHED')
              RETURNING queue",
         )?
         .query_row(
@@ -1071,7 +1094,9 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
                 done.output,
                 finished_at,
                 done.notified,
-                done.ended_at
+                done.ended_at,
+                done.fence.run,
+                done.fence.attempt
             ],
             |row| row.get(0),
         )
@@ -1080,14 +1105,17 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
         let cancelled = conn.prepare_cached(END_CANCEL_SQL)?.execute(params![
             done.id,
             done.output,
-            done.ended_at
+            done.ended_at,
+            done.fence.run,
+            done.fence.attempt
         ])?;
-        if cancelled == 0 {
-            // No longer ours (recovered by a run that bypassed the lock): only the output.
-            conn.prepare_cached("UPDATE jobs SET output = ?2 WHERE id = ?1")?
-                .execute(params![done.id, done.output])?;
-        }
-        return Ok(false);
+        // Otherwise no longer ours (recovered meanwhile, maybe claimed again): not a word of
+        // this run may reach the job, not even its output.
+        return Ok(if cancelled > 0 {
+            Applied::Cancelled
+        } else {
+            Applied::Stale
+        });
     };
     tally.count(&queue, done.ended_at, done.state);
     if done.state == JobState::Finished && conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])? > 0
@@ -1114,7 +1142,7 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
             done.ended_at
         ])?;
     }
-    Ok(true)
+    Ok(Applied::Stored)
 }
 
 fn claim_one(
@@ -1146,6 +1174,10 @@ fn claim_one(
                 serial_group: row.get(5)?,
                 identifier: row.get(6)?,
                 notified: row.get(7)?,
+                fence: Fence {
+                    run: claim.run,
+                    attempt: row.get(4)?,
+                },
             })
         })
         .optional()?;
@@ -1296,7 +1328,8 @@ const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
 /// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3.
 const END_CANCEL_SQL: &str = "UPDATE jobs SET state = 'CANCELLED', due = 0, cancel_requested = 0,
         output = ?2, state_changed_at = ?3
-    WHERE id = ?1 AND state = 'PROCESSING' AND cancel_requested = 1";
+    WHERE id = ?1 AND state = 'PROCESSING' AND cancel_requested = 1
+      AND claimed_run = ?4 AND attempts = ?5";
 
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
@@ -1451,10 +1484,12 @@ fn select_briefs(
             state_changed_at: row.get(4)?,
             claimed_run: row.get(5)?,
             cancel_requested: row.get(6)?,
+            attempts: row.get(7)?,
         })
     };
-    let columns =
-        format!("id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run, cancel_requested");
+    let columns = format!(
+        "id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run, cancel_requested, attempts"
+    );
     match selection {
         Selection::Ids(ids) => {
             let mut ids = ids.to_vec();
@@ -1733,6 +1768,7 @@ mod tests {
         store
             .complete(&Completion {
                 id: ids[0],
+                fence: fence_of(&store, ids[0]),
                 state: JobState::PermanentlyFailed,
                 run_at: 1000,
                 due_now: false,
@@ -1803,6 +1839,7 @@ mod tests {
         store
             .complete(&Completion {
                 id: ids[0],
+                fence: fence_of(&store, ids[0]),
                 state: JobState::TemporarilyFailed,
                 run_at: 1000,
                 due_now: false,
@@ -2097,10 +2134,28 @@ mod tests {
         }
     }
 
+    /// The claim that holds job `id` now, as its run knows it.
+    fn fence_of(store: &SqliteStore, id: i64) -> Fence {
+        store
+            .conn
+            .query_row(
+                "SELECT claimed_run, attempts FROM jobs WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok(Fence {
+                        run: row.get(0)?,
+                        attempt: row.get(1)?,
+                    })
+                },
+            )
+            .expect("read the claim")
+    }
+
     fn finish(store: &mut SqliteStore, id: i64, state: JobState, at: Millis) {
         store
             .complete(&Completion {
                 id,
+                fence: fence_of(store, id),
                 state,
                 run_at: at,
                 due_now: false,
@@ -2450,6 +2505,97 @@ mod tests {
         assert!(!marked(&store, id));
     }
 
+    /// How a run of job `id` under `fence` ended in `state` at `at`, printing `output`.
+    fn ended(id: i64, fence: Fence, state: JobState, at: Millis, output: &[u8]) -> Completion {
+        Completion {
+            id,
+            fence,
+            state,
+            run_at: at,
+            due_now: state == JobState::TemporarilyFailed,
+            uncount_attempt: false,
+            output: output.to_vec(),
+            ended_at: at,
+            notified: false,
+            notice: None,
+        }
+    }
+
+    #[test]
+    fn a_late_outcome_of_a_recovered_claim_changes_nothing() {
+        let (_dir, mut store) = store();
+        let id = store.publish(&[job("a", None)], 1000).expect("publish")[0];
+        let old_run = store.begin_run("general", &me(), 1000, false).expect("run");
+        let old = claim(&mut store, "general", old_run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(
+            old.fence,
+            Fence {
+                run: old_run,
+                attempt: 1
+            }
+        );
+        // The old run is taken for dead: recovery puts the job back, and a new run claims it.
+        let orphan = store.orphans("general").expect("orphans").remove(0);
+        assert_eq!(orphan.fence, old.fence);
+        let recovered = ended(
+            id,
+            orphan.fence,
+            JobState::TemporarilyFailed,
+            2000,
+            b"lost\n",
+        );
+        assert_eq!(
+            store.complete(&recovered).expect("recover"),
+            Applied::Stored
+        );
+        let new_run = store.begin_run("general", &me(), 2000, false).expect("run");
+        let new = claim(&mut store, "general", new_run, 2000, &["a"])
+            .expect("claim")
+            .expect("job");
+        assert_eq!(new.fence.attempt, 2);
+
+        // The old run's outcome and cancel arrive late: neither touches the job.
+        let request = ClaimRequest {
+            queue: "general",
+            run: old_run,
+            now: 3000,
+            limit: 0,
+            callbacks: &[],
+            blocking: &[],
+        };
+        let late = ended(id, old.fence, JobState::Finished, 3000, b"late\n");
+        let settled = store
+            .settle_and_claim(
+                std::slice::from_ref(&late),
+                &request,
+                &mut Tally::default(),
+                true,
+            )
+            .expect("settle");
+        assert_eq!(settled.stale, [(id, old.fence)]);
+        assert_eq!(store.complete(&late).expect("complete"), Applied::Stale);
+        cancel(&mut store, id, 3000);
+        assert!(
+            !store
+                .end_cancel(id, old.fence, b"late\n", 3000)
+                .expect("end")
+        );
+        let detail = store.detail(id).expect("read").expect("kept");
+        assert_eq!(detail.record.state, JobState::Processing);
+        assert_eq!(detail.claimed_run, new_run);
+        assert_eq!(
+            detail.output, b"lost\n",
+            "the late run's output reached the job"
+        );
+
+        // The claim that holds it is heard.
+        let done = ended(id, new.fence, JobState::Finished, 4000, b"done\n");
+        assert_eq!(store.complete(&done).expect("complete"), Applied::Stored);
+        assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
+    }
+
     #[test]
     fn end_cancel_ends_only_a_running_job_marked_for_cancelling() {
         let (_dir, mut store) = store();
@@ -2463,16 +2609,29 @@ mod tests {
                 .expect("job");
         }
         cancel(&mut store, ids[0], 2000);
-        assert!(!store.end_cancel(ids[1], b"", 2000).expect("end"));
+        assert!(
+            !store
+                .end_cancel(ids[1], fence_of(&store, ids[1]), b"", 2000)
+                .expect("end")
+        );
         assert_eq!(
             store.state_of(ids[1]).expect("read"),
             Some(JobState::Processing)
         );
-        assert!(store.end_cancel(ids[0], b"stopped\n", 2000).expect("end"));
+        assert!(
+            store
+                .end_cancel(ids[0], fence_of(&store, ids[0]), b"stopped\n", 2000)
+                .expect("end")
+        );
         let detail = store.detail(ids[0]).expect("read").expect("kept");
         assert_eq!(detail.record.state, JobState::Cancelled);
         assert_eq!(detail.output, b"stopped\n");
-        assert!(!store.end_cancel(ids[0], b"", 2000).expect("end"), "once");
+        assert!(
+            !store
+                .end_cancel(ids[0], fence_of(&store, ids[0]), b"", 2000)
+                .expect("end"),
+            "once"
+        );
     }
 
     #[test]
