@@ -8,6 +8,7 @@ use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, Millis, now_millis};
 use crate::process_group;
+use crate::queue::eligibility::{GroupHold, group_hold};
 use crate::store::{Durability, JobDetail, RunInfo, Store};
 
 /// A due job's queue counts as forgotten by cron when its last `process` run is older than this.
@@ -102,19 +103,27 @@ fn explain(
         }
         None => {}
     }
-    if let Some(group) = &job.serial_group
-        && let Some((blocker, state)) =
-            store.serial_blocker(group, job.id, &config.blocking_callbacks())?
-    {
-        let group = escape::line(group);
-        if state == JobState::PermanentlyFailed {
-            return Ok(format!(
-                "is behind job {blocker} (PERMANENTLY_FAILED) of serial group `{group}`, which holds the group (serial_failure = \"block\"): `bgq retry {blocker}` or `bgq cancel {blocker}` frees it"
-            ));
+    if let Some(group) = &job.serial_group {
+        let facts = store.serial_group_facts(group, job.id, &config.blocking_callbacks())?;
+        let shown = escape::line(group);
+        match group_hold(&facts) {
+            Some(GroupHold::Failed(blocker)) => {
+                return Ok(format!(
+                    "is behind job {blocker} (PERMANENTLY_FAILED) of serial group `{shown}`, which holds the group (serial_failure = \"block\"): `bgq retry {blocker}` or `bgq cancel {blocker}` frees it"
+                ));
+            }
+            Some(GroupHold::Older(blocker, state)) => {
+                return Ok(format!(
+                    "is behind job {blocker} ({state}) of serial group `{shown}`"
+                ));
+            }
+            Some(GroupHold::Running(blocker)) => {
+                return Ok(format!(
+                    "waits for job {blocker} of serial group `{shown}`, which is running: a group runs one job at a time"
+                ));
+            }
+            None => {}
         }
-        return Ok(format!(
-            "is behind job {blocker} ({state}) of serial group `{group}`"
-        ));
     }
     if job.run_at > now {
         return Ok(if job.state == JobState::TemporarilyFailed {

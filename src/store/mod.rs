@@ -41,6 +41,7 @@ use std::path::Path;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
+use crate::queue::eligibility::GroupFacts;
 
 /// How much a connection's commits are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,14 +223,15 @@ pub trait Store {
     /// Everything stored about job `id`, if it exists.
     fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>>;
 
-    /// The oldest job of `group` older than job `id` that holds it back: an unfinished one, or
-    /// a PERMANENTLY_FAILED one of a callback among `blocking`.
-    fn serial_blocker(
+    /// What job `id`'s serial `group` holds, as its claim sees it: the facts of
+    /// `queue::eligibility`, with `blocking` the callbacks whose failures hold their group. A
+    /// claim must pick a job exactly when `group_hold` of these facts is `None`.
+    fn serial_group_facts(
         &self,
         group: &str,
         id: i64,
         blocking: &[&str],
-    ) -> anyhow::Result<Option<(i64, JobState)>>;
+    ) -> anyhow::Result<GroupFacts>;
 
     /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
     /// `clear`, so it had FINISHED).

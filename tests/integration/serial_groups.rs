@@ -129,3 +129,78 @@ fn jobs_of_one_group_never_overlap_and_run_in_publish_order() -> TestResult {
     }
     Ok(())
 }
+
+/// An operator retries an older failed job of a group while a younger one runs: the claim holds
+/// the older one back until the younger has ended, and `explain` says exactly that (it used to
+/// say the job was due and waiting for a free slot).
+#[test]
+fn explain_and_the_claim_agree_on_a_retried_job_behind_a_running_one() -> TestResult {
+    use crate::support::{Spawned, wait_for};
+    use std::time::Duration;
+    let env = TestEnv::new("")?;
+    let release = env.path("release");
+    let started = env.path("started");
+    let log = env.path("log");
+    // The first job fails once (a retry counts attempts from 1 again), then succeeds; the
+    // second runs until released.
+    let cb = env.script(
+        "cb.sh",
+        &format!(
+            "echo \"$BGQ_JOB_ID $BGQ_ATTEMPT\" >> {log}\n\
+             if [ \"$(cat)\" = '\"first\"' ]; then [ -e {failed} ] && exit 0; touch {failed}; exit 1; fi\n\
+             touch {started}\nn=0\nwhile [ ! -e {release} ] && [ $n -lt 1500 ]; do sleep 0.02; n=$((n+1)); done",
+            log = log.display(),
+            failed = env.path("failed-once").display(),
+            started = started.display(),
+            release = release.display()
+        ),
+    )?;
+    env.write_config(&format!(
+        "concurrency = 4\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    let older = env.publish_with("cb", "\"first\"", &["--serial-group", "g"])?;
+    let younger = env.publish_with("cb", "\"second\"", &["--serial-group", "g"])?;
+    let mut watcher: Spawned = env.spawn(&["process", "--watch"])?;
+    wait_for("the younger job to run", Duration::from_secs(15), || {
+        started.exists()
+    })?;
+    assert_eq!(env.state(older)?, "PERMANENTLY_FAILED");
+    let retried = env.bgq().args(["retry", &older.to_string()]).output()?;
+    assert!(retried.status.success());
+
+    let out = env.bgq().args(["explain", &older.to_string()]).output()?;
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", crate::support::describe(&out));
+    assert_eq!(
+        line.trim(),
+        format!(
+            "job {older} waits for job {younger} of serial group `g`, which is running: a group runs one job at a time"
+        )
+    );
+    // The watcher saw the retry (it claims on every change) and held the job back.
+    assert_eq!(env.state(older)?, "READY");
+
+    std::fs::write(&release, "")?;
+    wait_for("the retried job to finish", Duration::from_secs(15), || {
+        env.state(older).is_ok_and(|state| state == "FINISHED")
+    })?;
+    assert_eq!(env.state(younger)?, "FINISHED");
+    send_term(&mut watcher)?;
+    assert_eq!(
+        read_lines(&log),
+        [
+            format!("{older} 1"),
+            format!("{younger} 1"),
+            format!("{older} 1")
+        ],
+        "the retried job started only after the running one ended"
+    );
+    Ok(())
+}
+
+fn send_term(run: &mut crate::support::Spawned) -> TestResult {
+    crate::support::send_signal(run.pid(), "TERM")?;
+    run.wait_exit(std::time::Duration::from_secs(15))?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::error::UsageError;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
+use crate::queue::eligibility::GroupFacts;
 use crate::store::{
     Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
     JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
@@ -780,46 +781,59 @@ impl Store for SqliteStore {
         in_database(&self.path, || format!("read job {id}"), result)
     }
 
-    fn serial_blocker(
+    fn serial_group_facts(
         &self,
         group: &str,
         id: i64,
         blocking: &[&str],
-    ) -> anyhow::Result<Option<(i64, JobState)>> {
-        let result = (|| -> anyhow::Result<Option<(i64, JobState)>> {
-            let read = |row: &Row<'_>| Ok((row.get(0)?, read_state(row, 1)?));
-            let unfinished: Option<(i64, JobState)> = self
+    ) -> anyhow::Result<GroupFacts> {
+        let result = (|| -> anyhow::Result<GroupFacts> {
+            let older_unfinished = self
                 .conn
                 .query_row(
                     "SELECT id, state FROM jobs INDEXED BY jobs_serial
-                 WHERE serial_group = ?1 AND id < ?2
-                   AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
-                 ORDER BY id LIMIT 1",
+                     WHERE serial_group = ?1 AND id < ?2
+                       AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                     ORDER BY id LIMIT 1",
                     params![group, id],
-                    read,
+                    |row| Ok((row.get(0)?, read_state(row, 1)?)),
                 )
                 .optional()?;
-            let failed: Option<(i64, JobState)> = if blocking.is_empty() {
+            let running = self
+                .conn
+                .query_row(
+                    // The whole state list, as the index's condition, for SQLite to use it.
+                    "SELECT id FROM jobs INDEXED BY jobs_serial
+                     WHERE serial_group = ?1 AND id <> ?2
+                       AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                       AND state = 'PROCESSING'
+                     ORDER BY id LIMIT 1",
+                    params![group, id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let failed_blocking = if blocking.is_empty() {
                 None
             } else {
                 let sql = format!(
-                    "SELECT id, state FROM jobs INDEXED BY jobs_serial_failed
-                 WHERE serial_group = ? AND state = 'PERMANENTLY_FAILED'
-                   AND callback IN ({}) AND id < ?
-                 ORDER BY id LIMIT 1",
+                    "SELECT id FROM jobs INDEXED BY jobs_serial_failed
+                     WHERE serial_group = ? AND state = 'PERMANENTLY_FAILED'
+                       AND callback IN ({}) AND id < ?
+                     ORDER BY id LIMIT 1",
                     vec!["?"; blocking.len()].join(", ")
                 );
                 let mut values: Vec<&dyn rusqlite::ToSql> = vec![&group];
                 values.extend(blocking.iter().map(|name| name as &dyn rusqlite::ToSql));
                 values.push(&id);
                 self.conn
-                    .query_row(&sql, params_from_iter(values), read)
+                    .query_row(&sql, params_from_iter(values), |row| row.get(0))
                     .optional()?
             };
-            Ok(unfinished
-                .into_iter()
-                .chain(failed)
-                .min_by_key(|(id, _)| *id))
+            Ok(GroupFacts {
+                older_unfinished,
+                running,
+                failed_blocking,
+            })
         })();
         in_database(
             &self.path,
@@ -1344,7 +1358,8 @@ const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
 /// job of it: a job retried by an operator is older than jobs of its group that may be
 /// running, and a group never runs two jobs at once (a job cancelled with `--kill` stays
 /// PROCESSING until its callback has ended). So priority orders jobs across groups, never
-/// within one.
+/// within one. This is `queue::eligibility::group_hold` in SQL, for one job among many;
+/// `claims_agree_with_the_group_rule` checks that the two agree.
 fn claim_sql(callbacks: usize, blocking: usize) -> String {
     let list = |count: usize| vec!["?"; count].join(", ");
     let failed = if blocking == 0 {
@@ -1656,6 +1671,7 @@ fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::eligibility::group_hold;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -2372,11 +2388,13 @@ mod tests {
             .settle_and_claim(&[], &request, &mut Tally::default(), false)
             .expect("claim");
         assert!(held.claimed.is_empty());
-        assert_eq!(
-            store.serial_blocker("g", ids[1], &["a"]).expect("read"),
-            Some((ids[0], JobState::PermanentlyFailed))
-        );
-        assert_eq!(store.serial_blocker("g", ids[1], &[]).expect("read"), None);
+        let facts = |blocking: &[&str]| {
+            store
+                .serial_group_facts("g", ids[1], blocking)
+                .expect("read")
+        };
+        assert_eq!(facts(&["a"]).failed_blocking, Some(ids[0]));
+        assert_eq!(group_hold(&facts(&[])), None);
         let next = claim(&mut store, "general", run, 1000, &["a"])
             .expect("claim")
             .expect("skip goes on");
@@ -2449,6 +2467,146 @@ mod tests {
                 &mut |_: &JobBrief| Ok(true),
             )
             .expect("cancel");
+    }
+
+    /// A small deterministic random source for the agreement test (splitmix64).
+    struct Dice(u64);
+
+    impl Dice {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % n
+        }
+    }
+
+    /// The job the group rule says a claim must take now: among due, unblocked jobs, those that
+    /// `group_hold` lets start, the highest priority first, then the oldest.
+    fn expected_claim(store: &SqliteStore, blocking: &[&str]) -> Option<i64> {
+        let mut stmt = store
+            .conn
+            .prepare(
+                "SELECT id, serial_group, priority FROM jobs
+                 WHERE due = 1 AND blocked_by = 0 AND queue = 'general'
+                 ORDER BY priority DESC, id",
+            )
+            .expect("prepare");
+        let due: Vec<(i64, Option<String>, i64)> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        due.into_iter()
+            .find(|(id, group, _)| {
+                group.as_deref().is_none_or(|group| {
+                    let facts = store
+                        .serial_group_facts(group, *id, blocking)
+                        .expect("facts");
+                    group_hold(&facts).is_none()
+                })
+            })
+            .map(|(id, _, _)| id)
+    }
+
+    /// On random queues (groups, priorities, failures that block and that do not, retries of
+    /// older jobs while younger ones run), every claim takes exactly the job the group rule of
+    /// `queue::eligibility` names, which `explain` reports: the two cannot drift apart.
+    #[test]
+    fn claims_agree_with_the_group_rule() {
+        let blocking = ["a"];
+        let capacity = [("a", usize::MAX), ("b", usize::MAX)];
+        for seed in 0..40 {
+            let (_dir, mut store) = store();
+            let mut dice = Dice(seed);
+            let jobs: Vec<NewJob> = (0..10)
+                .map(|_| {
+                    let callback = if dice.below(2) == 0 { "a" } else { "b" };
+                    let group = ["g0", "g1", "g2"].get(dice.below(4) as usize).copied();
+                    job(callback, group)
+                })
+                .collect();
+            for new in &jobs {
+                let schedule = Schedule {
+                    priority: i64::try_from(dice.below(2)).expect("small"),
+                    ..Schedule::default()
+                };
+                store
+                    .publish_with(std::slice::from_ref(new), &schedule, 1000)
+                    .expect("publish");
+            }
+            let run = store.begin_run("general", &me(), 1000, false).expect("run");
+            let mut running: Vec<ClaimedJob> = Vec::new();
+            for step in 0..60 {
+                match dice.below(4) {
+                    0 | 1 => {
+                        // As a watching run does: what a retry made due joins the claim path.
+                        store.promote_due("general", None, 2000).expect("promote");
+                        let expected = expected_claim(&store, &blocking);
+                        let request = ClaimRequest {
+                            queue: "general",
+                            run,
+                            now: 2000,
+                            limit: 1,
+                            callbacks: &capacity,
+                            blocking: &blocking,
+                        };
+                        let claimed = store
+                            .settle_and_claim(&[], &request, &mut Tally::default(), false)
+                            .expect("claim")
+                            .claimed
+                            .pop();
+                        assert_eq!(
+                            claimed.as_ref().map(|job| job.id),
+                            expected,
+                            "seed {seed}, step {step}"
+                        );
+                        running.extend(claimed);
+                    }
+                    2 if !running.is_empty() => {
+                        let job = running.remove(dice.below(running.len() as u64) as usize);
+                        let state = [
+                            JobState::Finished,
+                            JobState::PermanentlyFailed,
+                            JobState::TemporarilyFailed,
+                        ][dice.below(3) as usize];
+                        store
+                            .complete(&ended(job.id, job.fence, state, 2000, b""))
+                            .expect("complete");
+                    }
+                    _ => {
+                        let failed: Vec<i64> = store
+                            .list(
+                                &ListFilter {
+                                    states: vec![JobState::PermanentlyFailed],
+                                    ..ListFilter::default()
+                                },
+                                100,
+                            )
+                            .expect("list")
+                            .iter()
+                            .map(|record| record.id)
+                            .collect();
+                        if let Some(id) =
+                            failed.get(dice.below(failed.len().max(1) as u64) as usize)
+                        {
+                            store
+                                .change(
+                                    &Selection::Ids(&[*id]),
+                                    &Change::Retry {
+                                        now: 2000,
+                                        payload: None,
+                                    },
+                                    false,
+                                    &mut |_: &JobBrief| Ok(true),
+                                )
+                                .expect("retry");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
