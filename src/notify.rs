@@ -167,7 +167,7 @@ fn run_notify(argv: &[String], lines: &str) -> Result<(), String> {
             }
             Ok(None) if started.elapsed() > NOTIFY_TIMEOUT => {
                 if let Ok(pgid) = i32::try_from(child.id()) {
-                    crate::process_group::signal_group(pgid, libc::SIGKILL);
+                    crate::process_group::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
                 }
                 let _ = child.kill();
                 let _ = child.wait();

@@ -14,6 +14,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::config::Callback;
 use crate::process_group;
 use crate::process_group::ProcessRecord;
@@ -379,7 +381,7 @@ impl Started {
                 if fd.fd == self.stop.fd() && !stop_requested {
                     stop_requested = true;
                     if phase == Phase::Running {
-                        process_group::signal_group(pgid, libc::SIGTERM);
+                        process_group::signal_group(pgid, Signal::SIGTERM);
                         phase = Phase::Terminating;
                         deadline = Some(Instant::now() + self.kill_grace);
                     }
@@ -410,13 +412,13 @@ impl Started {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 match phase {
                     Phase::Running => {
-                        process_group::signal_group(pgid, libc::SIGTERM);
+                        process_group::signal_group(pgid, Signal::SIGTERM);
                         timed_out = true;
                         phase = Phase::Terminating;
                         deadline = Some(Instant::now() + self.kill_grace);
                     }
                     Phase::Terminating | Phase::Killed => {
-                        process_group::signal_group(pgid, libc::SIGKILL);
+                        process_group::signal_group(pgid, Signal::SIGKILL);
                         phase = Phase::Killed;
                         deadline = None;
                     }
@@ -430,7 +432,7 @@ impl Started {
             cut_short = stop_requested && process_group::has_live_members(pgid);
             // The leader is a zombie until we reap it, so its group id still names our group:
             // kill what is left of it (children that ignored SIGTERM).
-            process_group::signal_group(pgid, libc::SIGKILL);
+            process_group::signal_group(pgid, Signal::SIGKILL);
         }
         self.stdin = None;
         if output_open {
