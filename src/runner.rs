@@ -7,13 +7,16 @@
 //! background child holding the pipe can neither block nor exhaust bgq.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
 use crate::config::Callback;
@@ -54,31 +57,19 @@ impl std::fmt::Display for Exit {
 /// SIGTERM to its group, SIGKILL after `kill_grace`, and what is left of the group killed
 /// before its end is reported. An eventfd, so that the waiter sleeps in poll(2) meanwhile.
 #[derive(Clone)]
-pub struct StopHandle(Arc<OwnedFd>);
+pub struct StopHandle(Arc<EventFd>);
 
 impl StopHandle {
     fn new() -> Result<StopHandle, String> {
-        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(format!(
-                "cannot create an eventfd: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
-        Ok(StopHandle(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(|fd| StopHandle(Arc::new(fd)))
+            .map_err(|errno| format!("cannot create an eventfd: {}", std::io::Error::from(errno)))
     }
 
     /// Asks for the stop; harmless once the callback has ended.
     pub fn request(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to a descriptor we own.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        // It can only fail once the counter is full, and then a stop is pending anyway.
+        let _ = self.0.write(1);
     }
 }
 
@@ -129,7 +120,7 @@ pub fn prepare(
     let writer_for_stderr = writer
         .try_clone()
         .map_err(|err| format!("cannot create an output pipe: {err}"))?;
-    let pipe_inode = inode(output.as_raw_fd());
+    let pipe_inode = inode(&output);
     let stop = StopHandle::new()?;
     let mut command = Command::new(program);
     command
@@ -207,9 +198,9 @@ impl Prepared {
         })?;
         let stdin = child.stdin.take();
         if let Some(stdin) = &stdin {
-            set_nonblocking(stdin.as_raw_fd());
+            set_nonblocking(stdin);
         }
-        set_nonblocking(output.as_raw_fd());
+        set_nonblocking(&output);
         let group = i32::try_from(child.id())
             .ok()
             .and_then(process_group::identify);
@@ -254,14 +245,8 @@ pub fn interpreter(path: &Path) -> Option<String> {
 }
 
 /// The inode number of an open descriptor (0 if it cannot be read).
-fn inode(fd: RawFd) -> u64 {
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the struct for a descriptor we own; it is read only on success.
-    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
-        return 0;
-    }
-    // SAFETY: fstat returned 0, so it filled in stat.
-    unsafe { stat.assume_init() }.st_ino
+fn inode(fd: impl AsFd) -> u64 {
+    nix::sys::stat::fstat(fd).map_or(0, |stat| stat.st_ino)
 }
 
 fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {
@@ -271,22 +256,29 @@ fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {
     };
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own, changing only its O_NONBLOCK flag.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+/// Sets O_NONBLOCK, keeping the other status flags. Left blocking if that fails, as it cannot
+/// for a pipe we own.
+fn set_nonblocking(fd: impl AsFd) {
+    let fd = fd.as_fd();
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
 /// A file descriptor that becomes readable when process `pid` exits (Linux 5.3+).
+///
+/// Hand-written because neither nix (0.32) nor the standard library (`PidFd` is unstable) wraps
+/// pidfd_open(2); rustix does, but it cannot replace nix here (it has no user or group lookup)
+/// and one system-call crate is enough.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    // SAFETY: pidfd_open(2) reads no memory of ours: it takes a pid and flags (none) by value
+    // and returns a new descriptor (close-on-exec) or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+    // SAFETY: the kernel just handed us this descriptor, open; nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -323,6 +315,15 @@ enum Phase {
     Killed,
 }
 
+/// What one poll(2) entry of [`Started::finish`] watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Exit,
+    Output,
+    Stdin,
+    Stop,
+}
+
 impl Started {
     /// The process group running the callback, if it could be identified.
     pub fn group(&self) -> Option<&ProcessRecord> {
@@ -351,19 +352,6 @@ impl Started {
             self.stdin = None;
         }
         loop {
-            let mut fds = Vec::with_capacity(3);
-            if let Some(fd) = &pidfd {
-                fds.push(poll_fd(fd.as_raw_fd(), libc::POLLIN));
-            }
-            if output_open {
-                fds.push(poll_fd(self.output.as_raw_fd(), libc::POLLIN));
-            }
-            if let Some(stdin) = &self.stdin {
-                fds.push(poll_fd(stdin.as_raw_fd(), libc::POLLOUT));
-            }
-            if !stop_requested {
-                fds.push(poll_fd(self.stop.fd(), libc::POLLIN));
-            }
             let wait = deadline.map(|at| at.saturating_duration_since(Instant::now()));
             // Without a pidfd (old kernels) the child's exit is noticed by polling it.
             let wait = if pidfd.is_none() {
@@ -373,37 +361,63 @@ impl Started {
             } else {
                 wait
             };
-            poll(&mut fds, wait);
-            for fd in &fds {
-                if fd.revents == 0 {
-                    continue;
+            let ready = {
+                let mut watches = Vec::with_capacity(4);
+                let mut fds = Vec::with_capacity(4);
+                let mut watch = |what, fd, events| {
+                    watches.push(what);
+                    fds.push(PollFd::new(fd, events));
+                };
+                if let Some(fd) = &pidfd {
+                    watch(Watch::Exit, fd.as_fd(), PollFlags::POLLIN);
                 }
-                if fd.fd == self.stop.fd() && !stop_requested {
-                    stop_requested = true;
-                    if phase == Phase::Running {
-                        process_group::signal_group(pgid, Signal::SIGTERM);
-                        phase = Phase::Terminating;
-                        deadline = Some(Instant::now() + self.kill_grace);
-                    }
-                } else if fd.fd == self.output.as_raw_fd() && output_open {
-                    output_open = drain(&mut self.output, &mut buffer, &mut tail);
-                } else if let Some(stdin) = &mut self.stdin
-                    && fd.fd == stdin.as_raw_fd()
-                {
-                    match stdin.write(&self.input[written..]) {
-                        Ok(count) => written += count,
-                        Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                        Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                        // The callback closed stdin or exited: it has read all it wants.
-                        Err(_) => written = self.input.len(),
-                    }
-                    if written >= self.input.len() {
-                        self.stdin = None;
-                    }
+                if output_open {
+                    watch(Watch::Output, self.output.as_fd(), PollFlags::POLLIN);
+                }
+                if let Some(stdin) = &self.stdin {
+                    watch(Watch::Stdin, stdin.as_fd(), PollFlags::POLLOUT);
+                }
+                if !stop_requested {
+                    watch(Watch::Stop, self.stop.0.as_fd(), PollFlags::POLLIN);
+                }
+                // An error (EINTR from a signal bgq handles) leaves every revents empty: the
+                // loop then checks the deadline and polls again.
+                let _ = poll(&mut fds, poll_timeout(wait));
+                watches
+                    .into_iter()
+                    .zip(&fds)
+                    // Flags nix does not know (revents() is None) count, as any event does.
+                    .filter(|(_, fd)| fd.revents().is_none_or(|events| !events.is_empty()))
+                    .map(|(what, _)| what)
+                    .collect::<Vec<_>>()
+            };
+            if ready.contains(&Watch::Output) && output_open {
+                output_open = drain(&mut self.output, &mut buffer, &mut tail);
+            }
+            if ready.contains(&Watch::Stdin)
+                && let Some(stdin) = &mut self.stdin
+            {
+                match stdin.write(&self.input[written..]) {
+                    Ok(count) => written += count,
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                    // The callback closed stdin or exited: it has read all it wants.
+                    Err(_) => written = self.input.len(),
+                }
+                if written >= self.input.len() {
+                    self.stdin = None;
+                }
+            }
+            if ready.contains(&Watch::Stop) && !stop_requested {
+                stop_requested = true;
+                if phase == Phase::Running {
+                    process_group::signal_group(pgid, Signal::SIGTERM);
+                    phase = Phase::Terminating;
+                    deadline = Some(Instant::now() + self.kill_grace);
                 }
             }
             let exited = match &pidfd {
-                Some(fd) => fds.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents != 0),
+                Some(_) => ready.contains(&Watch::Exit),
                 None => matches!(self.child.try_wait(), Ok(Some(_))),
             };
             if exited {
@@ -470,28 +484,35 @@ fn drain(output: &mut std::io::PipeReader, buffer: &mut [u8], tail: &mut Tail) -
     }
 }
 
-fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-fn poll(fds: &mut [libc::pollfd], wait: Option<Duration>) {
-    let timeout = wait.map_or(-1, |wait| {
-        // Round up so that a deadline 0.4 ms away does not spin.
-        i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-    });
-    // SAFETY: fds is a valid, initialised slice of pollfd for the duration of the call.
-    unsafe {
-        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout);
-    }
+/// poll(2)'s timeout for `wait` (none: no limit), rounded up so that a deadline 0.4 ms away does
+/// not spin.
+fn poll_timeout(wait: Option<Duration>) -> PollTimeout {
+    wait.map_or(PollTimeout::NONE, |wait| {
+        PollTimeout::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_timeouts_round_up_and_saturate() {
+        assert_eq!(poll_timeout(None), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(Duration::ZERO)), PollTimeout::ZERO);
+        assert_eq!(
+            poll_timeout(Some(Duration::from_micros(400))),
+            PollTimeout::from(1u8)
+        );
+        assert_eq!(
+            poll_timeout(Some(Duration::from_millis(20))),
+            PollTimeout::from(20u8)
+        );
+        assert_eq!(
+            poll_timeout(Some(Duration::from_secs(100 * 86_400))),
+            PollTimeout::MAX
+        );
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {
