@@ -5,6 +5,10 @@
 //! One thread per running callback waits on the child, its output pipe and its stdin together
 //! with poll(2), so that a callback that floods output, never reads stdin, or leaves a
 //! background child holding the pipe can neither block nor exhaust bgq.
+//!
+//! The notify command starts and is waited for by the same code ([`run_command`]), without the
+//! output tail and the stop handle, so that the two cannot come to differ in how a child is
+//! started, fed or killed.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -75,14 +79,48 @@ impl StopHandle {
 
 /// A callback that has been started.
 pub struct Started {
-    child: Child,
+    run: Supervised,
     group: Option<ProcessRecord>,
+    output: std::io::PipeReader,
+    stop: StopHandle,
+}
+
+/// A child started from [`group_command`], up to its end: what callbacks and the notify command
+/// share.
+struct Supervised {
+    child: Child,
     stdin: Option<ChildStdin>,
     input: Vec<u8>,
-    output: std::io::PipeReader,
     timeout: Duration,
     kill_grace: Duration,
-    stop: StopHandle,
+}
+
+/// The command that runs `program` with `args` as callbacks and the notify command run: the
+/// program itself (no shell), stdin a pipe that bgq writes, and a process group of its own, so
+/// that a timeout or a stop reaches whatever it started too.
+fn group_command(program: &str, args: &[String]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::piped()).process_group(0);
+    command
+}
+
+/// Runs `program` with `args` through the code callbacks run through (see [`group_command`]):
+/// `input` written to its stdin for as long as it reads, stdout to `stdout`, stderr shared with
+/// bgq, and its group stopped after `timeout` (SIGTERM, then SIGKILL after `kill_grace`). The
+/// error is why it could not start.
+pub fn run_command(
+    program: &str,
+    args: &[String],
+    stdout: Stdio,
+    input: Vec<u8>,
+    timeout: Duration,
+    kill_grace: Duration,
+) -> std::io::Result<Exit> {
+    let mut command = group_command(program, args);
+    command.stdout(stdout);
+    let child = command.spawn()?;
+    let (exit, _) = Supervised::new(child, input, timeout, kill_grace).wait(None, None);
+    Ok(exit)
 }
 
 /// A callback about to start: its command built and its output pipe made, so that the pipe can
@@ -122,9 +160,8 @@ pub fn prepare(
         .map_err(|err| format!("cannot create an output pipe: {err}"))?;
     let pipe_inode = inode(&output);
     let stop = StopHandle::new()?;
-    let mut command = Command::new(program);
+    let mut command = group_command(program, &callback.command[1..]);
     command
-        .args(&callback.command[1..])
         .current_dir(&callback.working_dir)
         .envs(&callback.env)
         .env("BGQ_JOB_ID", job.id.to_string())
@@ -132,10 +169,8 @@ pub fn prepare(
         .env("BGQ_CALLBACK", &job.callback)
         .env("BGQ_ATTEMPT", job.attempts.to_string())
         .env("BGQ_CONFIG", config_path)
-        .stdin(Stdio::piped())
         .stdout(writer)
-        .stderr(writer_for_stderr)
-        .process_group(0);
+        .stderr(writer_for_stderr);
     set_or_remove(
         &mut command,
         "BGQ_SERIAL_GROUP",
@@ -183,7 +218,7 @@ impl Prepared {
         // The Command owns the pipe's write ends; dropping it leaves the child as their only
         // holder, so that the read end sees EOF when the child is done.
         drop(command);
-        let mut child = spawned.map_err(|err| {
+        let child = spawned.map_err(|err| {
             // The errors of a missing working_dir or #! interpreter name no path; say which.
             if !working_dir.is_dir() {
                 format!(
@@ -196,22 +231,15 @@ impl Prepared {
                 format!("cannot start `{program}`: {err}")
             }
         })?;
-        let stdin = child.stdin.take();
-        if let Some(stdin) = &stdin {
-            set_nonblocking(stdin);
-        }
+        let run = Supervised::new(child, input, timeout, kill_grace);
         set_nonblocking(&output);
-        let group = i32::try_from(child.id())
+        let group = i32::try_from(run.child.id())
             .ok()
             .and_then(process_group::identify);
         Ok(Started {
-            child,
+            run,
             group,
-            stdin,
-            input,
             output,
-            timeout,
-            kill_grace,
             stop,
         })
     }
@@ -315,15 +343,6 @@ enum Phase {
     Killed,
 }
 
-/// What one poll(2) entry of [`Started::finish`] watches.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Watch {
-    Exit,
-    Output,
-    Stdin,
-    Stop,
-}
-
 impl Started {
     /// The process group running the callback, if it could be identified.
     pub fn group(&self) -> Option<&ProcessRecord> {
@@ -332,7 +351,51 @@ impl Started {
 
     /// Feeds stdin, collects the output tail and enforces the timeout until the callback exits;
     /// a stop request ends it the same way, reporting how it then exited.
-    pub fn finish(mut self) -> (Exit, Vec<u8>) {
+    pub fn finish(self) -> (Exit, Vec<u8>) {
+        let Started {
+            run,
+            mut output,
+            stop,
+            ..
+        } = self;
+        run.wait(Some(&mut output), Some(&stop))
+    }
+}
+
+/// What one poll(2) entry of [`Supervised::wait`] watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Exit,
+    Output,
+    Stdin,
+    Stop,
+}
+
+impl Supervised {
+    /// Takes the child's stdin, made non-blocking so that a child that does not read it cannot
+    /// block its waiter.
+    fn new(mut child: Child, input: Vec<u8>, timeout: Duration, kill_grace: Duration) -> Self {
+        let stdin = child.stdin.take();
+        if let Some(stdin) = &stdin {
+            set_nonblocking(stdin);
+        }
+        Supervised {
+            child,
+            stdin,
+            input,
+            timeout,
+            kill_grace,
+        }
+    }
+
+    /// Feeds stdin, drains `output` (when given) into a tail, and enforces the timeout until the
+    /// child exits; `stop` (when given) ends it as the timeout does. Returns how it exited and
+    /// the tail (empty without `output`).
+    fn wait(
+        mut self,
+        mut output: Option<&mut std::io::PipeReader>,
+        stop: Option<&StopHandle>,
+    ) -> (Exit, Vec<u8>) {
         let pid = self.child.id();
         let pgid = i32::try_from(pid).unwrap_or(0);
         let pidfd = pidfd_open(pid);
@@ -341,13 +404,12 @@ impl Started {
             cap: OUTPUT_TAIL,
         };
         let mut written = 0;
-        let mut output_open = true;
         let mut phase = Phase::Running;
         let mut timed_out = false;
         let mut stop_requested = false;
         let started = Instant::now();
         let mut deadline = Some(started + self.timeout);
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = vec![0u8; if output.is_some() { 64 * 1024 } else { 0 }];
         if self.input.is_empty() {
             self.stdin = None;
         }
@@ -371,14 +433,14 @@ impl Started {
                 if let Some(fd) = &pidfd {
                     watch(Watch::Exit, fd.as_fd(), PollFlags::POLLIN);
                 }
-                if output_open {
-                    watch(Watch::Output, self.output.as_fd(), PollFlags::POLLIN);
+                if let Some(output) = &output {
+                    watch(Watch::Output, output.as_fd(), PollFlags::POLLIN);
                 }
                 if let Some(stdin) = &self.stdin {
                     watch(Watch::Stdin, stdin.as_fd(), PollFlags::POLLOUT);
                 }
-                if !stop_requested {
-                    watch(Watch::Stop, self.stop.0.as_fd(), PollFlags::POLLIN);
+                if let Some(stop) = stop.filter(|_| !stop_requested) {
+                    watch(Watch::Stop, stop.0.as_fd(), PollFlags::POLLIN);
                 }
                 // An error (EINTR from a signal bgq handles) leaves every revents empty: the
                 // loop then checks the deadline and polls again.
@@ -391,8 +453,11 @@ impl Started {
                     .map(|(what, _)| what)
                     .collect::<Vec<_>>()
             };
-            if ready.contains(&Watch::Output) && output_open {
-                output_open = drain(&mut self.output, &mut buffer, &mut tail);
+            if ready.contains(&Watch::Output)
+                && let Some(pipe) = output.as_deref_mut()
+                && !drain(pipe, &mut buffer, &mut tail)
+            {
+                output = None;
             }
             if ready.contains(&Watch::Stdin)
                 && let Some(stdin) = &mut self.stdin
@@ -401,7 +466,7 @@ impl Started {
                     Ok(count) => written += count,
                     Err(err) if err.kind() == ErrorKind::WouldBlock => {}
                     Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                    // The callback closed stdin or exited: it has read all it wants.
+                    // The child closed stdin or exited: it has read all it wants.
                     Err(_) => written = self.input.len(),
                 }
                 if written >= self.input.len() {
@@ -439,7 +504,7 @@ impl Started {
                 }
             }
         }
-        // A stopped callback whose first process exited (even with 0) while others of its group
+        // A stopped child whose first process exited (even with 0) while others of its group
         // still worked did not finish its work.
         let mut cut_short = false;
         if phase != Phase::Running {
@@ -449,8 +514,8 @@ impl Started {
             process_group::signal_group(pgid, Signal::SIGKILL);
         }
         self.stdin = None;
-        if output_open {
-            drain(&mut self.output, &mut buffer, &mut tail);
+        if let Some(pipe) = output {
+            drain(pipe, &mut buffer, &mut tail);
         }
         let status = self.child.wait();
         let exit = if timed_out {
@@ -495,6 +560,115 @@ fn poll_timeout(wait: Option<Duration>) -> PollTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More than a pipe holds (64 KiB), so that feeding it takes the child's reading.
+    const BIG_INPUT: usize = 1 << 20;
+
+    fn sh(script: &str, args: &[&str]) -> Vec<String> {
+        ["-c", script]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn run_command_feeds_all_of_stdin_and_reports_the_exit_code() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let got = dir.path().join("stdin");
+        let got_arg = got.to_str().expect("utf-8 path");
+        let exit = run_command(
+            "sh",
+            &sh("cat > \"$0\"; exit 3", &[got_arg]),
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(3));
+        assert_eq!(std::fs::read(&got).expect("written").len(), BIG_INPUT);
+    }
+
+    #[test]
+    fn run_command_does_not_wait_on_a_child_that_never_reads_stdin() {
+        let started = Instant::now();
+        let exit = run_command(
+            "true",
+            &[],
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(0));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn run_command_runs_the_child_in_a_group_of_its_own() {
+        // Field 5 of /proc/PID/stat is the process group; `sh` has no space in its name.
+        let exit = run_command(
+            "sh",
+            &sh("test \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$", &[]),
+            Stdio::null(),
+            Vec::new(),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(0));
+    }
+
+    #[test]
+    fn run_command_kills_the_whole_group_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pidfile = dir.path().join("pid");
+        let pidfile_arg = pidfile.to_str().expect("utf-8 path");
+        // Long enough for the shell to have written the pid on a busy machine.
+        let timeout = Duration::from_secs(1);
+        let exit = run_command(
+            "sh",
+            &sh(
+                "trap '' TERM; sleep 30 & echo $! > \"$0\"; wait",
+                &[pidfile_arg],
+            ),
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            timeout,
+            Duration::from_millis(100),
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::TimedOut(timeout));
+        let background: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid written")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // Reparented to whoever reaps orphans here, it may stay a zombie for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_group::identify(background)
+            .is_some_and(|record| process_group::is_alive(&record))
+        {
+            assert!(Instant::now() < deadline, "the background child survived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn run_command_reports_a_program_that_cannot_start() {
+        let err = run_command(
+            "/no/such/program-xyz",
+            &[],
+            Stdio::null(),
+            Vec::new(),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect_err("not started");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
 
     #[test]
     fn poll_timeouts_round_up_and_saturate() {
