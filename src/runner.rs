@@ -104,7 +104,7 @@ fn group_command(program: &str, args: &[String]) -> Command {
     command
 }
 
-/// Runs `program` with `args` through the code callbacks run through (see [`group_command`]):
+/// Runs `program` with `args` through the code callbacks run through (see `group_command`):
 /// `input` written to its stdin for as long as it reads, stdout to `stdout`, stderr shared with
 /// bgq, and its group stopped after `timeout` (SIGTERM, then SIGKILL after `kill_grace`). The
 /// error is why it could not start.
