@@ -3,13 +3,12 @@
 //! once, as a digest: to the `notify` command as one JSON object per line on stdin, or to stderr,
 //! which cron mails.
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::escape;
 use crate::job::JobRecord;
+use crate::runner::{self, Exit};
 
 /// How long the notify command may take.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,50 +134,25 @@ pub fn send_digest(command: Option<&[String]>, notices: &[Notice]) {
     }
 }
 
+/// Runs the notify command through the code callbacks run through (its own group, no shell,
+/// stdin fed as it reads, the group killed at the timeout), keeping none of its output: its
+/// stderr goes where ours does, to cron's mail.
 fn run_notify(argv: &[String], lines: &str) -> Result<(), String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        // Its own group, so that a timeout stops whatever it started too.
-        .process_group(0)
-        .spawn()
-        .map_err(|err| format!("cannot start it: {err}"))?;
-    // Written from a thread: a digest can exceed the pipe's buffer, and a command that does not
-    // read its stdin must not hang bgq. Whether it reads is its own business; its exit counts.
-    let writer = child.stdin.take().map(|mut stdin| {
-        let lines = lines.to_owned();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(lines.as_bytes());
-        })
-    });
-    let started = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                // Not joined: a child of the command may still hold its stdin unread.
-                drop(writer);
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(status.to_string())
-                };
-            }
-            Ok(None) if started.elapsed() > NOTIFY_TIMEOUT => {
-                if let Ok(pgid) = i32::try_from(child.id()) {
-                    crate::process_group::signal_group(pgid, libc::SIGKILL);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "no exit after {}",
-                    crate::duration::format(NOTIFY_TIMEOUT)
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(err) => return Err(err.to_string()),
-        }
+    // No grace after the timeout, as before: the end of the run waits on the notifier, and
+    // NOTIFY_TIMEOUT was its chance.
+    let exit = runner::run_command(
+        program,
+        args,
+        Stdio::null(),
+        lines.as_bytes().to_vec(),
+        NOTIFY_TIMEOUT,
+        Duration::ZERO,
+    )
+    .map_err(|err| format!("cannot start it: {err}"))?;
+    match exit {
+        Exit::Code(0) => Ok(()),
+        failed => Err(failed.to_string()),
     }
 }
 

@@ -4,6 +4,9 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
 /// A process as recorded, so that a later run can tell whether it still lives: a callback's
 /// group leader (its pid is the group id), or a `process` run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,11 +73,9 @@ fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// Sends `signal` to every process of group `pgid`; a group already gone is not an error.
-pub fn signal_group(pgid: i32, signal: i32) {
-    // SAFETY: kill(2) with a negative pid only sends a signal; it touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, signal);
-    }
+pub fn signal_group(pgid: i32, signal: Signal) {
+    // Gone already (ESRCH) is the only likely error, and it is the outcome the caller wanted.
+    let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
 /// What recovery found of a dead run's callback group.
@@ -120,12 +121,12 @@ pub fn stop_group(record: &ProcessRecord, grace: Duration, wait: Duration) -> Or
         true
     };
     if !grace.is_zero() {
-        signal_group(record.pid, libc::SIGTERM);
+        signal_group(record.pid, Signal::SIGTERM);
         if gone_within(grace) {
             return OrphanGroup::Killed;
         }
     }
-    signal_group(record.pid, libc::SIGKILL);
+    signal_group(record.pid, Signal::SIGKILL);
     gone_within(wait);
     OrphanGroup::Killed
 }
@@ -143,12 +144,10 @@ pub fn kill_pipe_holders(inode: u64, wait: Duration) -> usize {
         let leads_its_group =
             stat_fields(*pid).and_then(|fields| fields.get(2)?.parse::<i32>().ok()) == Some(*pid);
         if leads_its_group && *pid > 1 {
-            signal_group(*pid, libc::SIGKILL);
+            signal_group(*pid, Signal::SIGKILL);
         }
-        // SAFETY: kill(2) only sends a signal.
-        unsafe {
-            libc::kill(*pid, libc::SIGKILL);
-        }
+        // One that exited meanwhile is what we wanted; the wait below checks the rest.
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
     let deadline = Instant::now() + wait;
     while !pipe_holders(inode).is_empty() && Instant::now() < deadline {
@@ -257,17 +256,7 @@ mod tests {
     #[test]
     fn kills_the_holders_of_a_pipe_and_their_groups() {
         let (reader, writer) = std::io::pipe().expect("pipe");
-        let inode = {
-            use std::os::fd::AsRawFd;
-            let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-            // SAFETY: fstat on a descriptor we own.
-            assert_eq!(
-                unsafe { libc::fstat(reader.as_raw_fd(), stat.as_mut_ptr()) },
-                0
-            );
-            // SAFETY: fstat succeeded.
-            unsafe { stat.assume_init() }.st_ino
-        };
+        let inode = nix::sys::stat::fstat(&reader).expect("fstat").st_ino;
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sleep 30 & sleep 30"])
             .stdout(writer)

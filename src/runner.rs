@@ -5,14 +5,23 @@
 //! One thread per running callback waits on the child, its output pipe and its stdin together
 //! with poll(2), so that a callback that floods output, never reads stdin, or leaves a
 //! background child holding the pipe can neither block nor exhaust bgq.
+//!
+//! The notify command starts and is waited for by the same code ([`run_command`]), without the
+//! output tail and the stop handle, so that the two cannot come to differ in how a child is
+//! started, fed or killed.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::Signal;
 
 use crate::config::Callback;
 use crate::process_group;
@@ -52,44 +61,66 @@ impl std::fmt::Display for Exit {
 /// SIGTERM to its group, SIGKILL after `kill_grace`, and what is left of the group killed
 /// before its end is reported. An eventfd, so that the waiter sleeps in poll(2) meanwhile.
 #[derive(Clone)]
-pub struct StopHandle(Arc<OwnedFd>);
+pub struct StopHandle(Arc<EventFd>);
 
 impl StopHandle {
     fn new() -> Result<StopHandle, String> {
-        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(format!(
-                "cannot create an eventfd: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
-        Ok(StopHandle(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(|fd| StopHandle(Arc::new(fd)))
+            .map_err(|errno| format!("cannot create an eventfd: {}", std::io::Error::from(errno)))
     }
 
     /// Asks for the stop; harmless once the callback has ended.
     pub fn request(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to a descriptor we own.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        // It can only fail once the counter is full, and then a stop is pending anyway.
+        let _ = self.0.write(1);
     }
 }
 
 /// A callback that has been started.
 pub struct Started {
-    child: Child,
+    run: Supervised,
     group: Option<ProcessRecord>,
+    output: std::io::PipeReader,
+    stop: StopHandle,
+}
+
+/// A child started from [`group_command`], up to its end: what callbacks and the notify command
+/// share.
+struct Supervised {
+    child: Child,
     stdin: Option<ChildStdin>,
     input: Vec<u8>,
-    output: std::io::PipeReader,
     timeout: Duration,
     kill_grace: Duration,
-    stop: StopHandle,
+}
+
+/// The command that runs `program` with `args` as callbacks and the notify command run: the
+/// program itself (no shell), stdin a pipe that bgq writes, and a process group of its own, so
+/// that a timeout or a stop reaches whatever it started too.
+fn group_command(program: &str, args: &[String]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::piped()).process_group(0);
+    command
+}
+
+/// Runs `program` with `args` through the code callbacks run through (see `group_command`):
+/// `input` written to its stdin for as long as it reads, stdout to `stdout`, stderr shared with
+/// bgq, and its group stopped after `timeout` (SIGTERM, then SIGKILL after `kill_grace`). The
+/// error is why it could not start.
+pub fn run_command(
+    program: &str,
+    args: &[String],
+    stdout: Stdio,
+    input: Vec<u8>,
+    timeout: Duration,
+    kill_grace: Duration,
+) -> std::io::Result<Exit> {
+    let mut command = group_command(program, args);
+    command.stdout(stdout);
+    let child = command.spawn()?;
+    let (exit, _) = Supervised::new(child, input, timeout, kill_grace).wait(None, None);
+    Ok(exit)
 }
 
 /// A callback about to start: its command built and its output pipe made, so that the pipe can
@@ -127,11 +158,10 @@ pub fn prepare(
     let writer_for_stderr = writer
         .try_clone()
         .map_err(|err| format!("cannot create an output pipe: {err}"))?;
-    let pipe_inode = inode(output.as_raw_fd());
+    let pipe_inode = inode(&output);
     let stop = StopHandle::new()?;
-    let mut command = Command::new(program);
+    let mut command = group_command(program, &callback.command[1..]);
     command
-        .args(&callback.command[1..])
         .current_dir(&callback.working_dir)
         .envs(&callback.env)
         .env("BGQ_JOB_ID", job.id.to_string())
@@ -139,10 +169,8 @@ pub fn prepare(
         .env("BGQ_CALLBACK", &job.callback)
         .env("BGQ_ATTEMPT", job.attempts.to_string())
         .env("BGQ_CONFIG", config_path)
-        .stdin(Stdio::piped())
         .stdout(writer)
-        .stderr(writer_for_stderr)
-        .process_group(0);
+        .stderr(writer_for_stderr);
     set_or_remove(
         &mut command,
         "BGQ_SERIAL_GROUP",
@@ -190,7 +218,7 @@ impl Prepared {
         // The Command owns the pipe's write ends; dropping it leaves the child as their only
         // holder, so that the read end sees EOF when the child is done.
         drop(command);
-        let mut child = spawned.map_err(|err| {
+        let child = spawned.map_err(|err| {
             // The errors of a missing working_dir or #! interpreter name no path; say which.
             if !working_dir.is_dir() {
                 format!(
@@ -203,22 +231,15 @@ impl Prepared {
                 format!("cannot start `{program}`: {err}")
             }
         })?;
-        let stdin = child.stdin.take();
-        if let Some(stdin) = &stdin {
-            set_nonblocking(stdin.as_raw_fd());
-        }
-        set_nonblocking(output.as_raw_fd());
-        let group = i32::try_from(child.id())
+        let run = Supervised::new(child, input, timeout, kill_grace);
+        set_nonblocking(&output);
+        let group = i32::try_from(run.child.id())
             .ok()
             .and_then(process_group::identify);
         Ok(Started {
-            child,
+            run,
             group,
-            stdin,
-            input,
             output,
-            timeout,
-            kill_grace,
             stop,
         })
     }
@@ -252,14 +273,8 @@ pub fn interpreter(path: &Path) -> Option<String> {
 }
 
 /// The inode number of an open descriptor (0 if it cannot be read).
-fn inode(fd: RawFd) -> u64 {
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the struct for a descriptor we own; it is read only on success.
-    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
-        return 0;
-    }
-    // SAFETY: fstat returned 0, so it filled in stat.
-    unsafe { stat.assume_init() }.st_ino
+fn inode(fd: impl AsFd) -> u64 {
+    nix::sys::stat::fstat(fd).map_or(0, |stat| stat.st_ino)
 }
 
 fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {
@@ -269,22 +284,29 @@ fn set_or_remove(command: &mut Command, name: &str, value: Option<&str>) {
     };
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own, changing only its O_NONBLOCK flag.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+/// Sets O_NONBLOCK, keeping the other status flags. Left blocking if that fails, as it cannot
+/// for a pipe we own.
+fn set_nonblocking(fd: impl AsFd) {
+    let fd = fd.as_fd();
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
 /// A file descriptor that becomes readable when process `pid` exits (Linux 5.3+).
+///
+/// Hand-written because neither nix (0.32) nor the standard library (`PidFd` is unstable) wraps
+/// pidfd_open(2); rustix does, but it cannot replace nix here (it has no user or group lookup)
+/// and one system-call crate is enough.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    // SAFETY: pidfd_open(2) reads no memory of ours: it takes a pid and flags (none) by value
+    // and returns a new descriptor (close-on-exec) or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+    // SAFETY: the kernel just handed us this descriptor, open; nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -329,7 +351,51 @@ impl Started {
 
     /// Feeds stdin, collects the output tail and enforces the timeout until the callback exits;
     /// a stop request ends it the same way, reporting how it then exited.
-    pub fn finish(mut self) -> (Exit, Vec<u8>) {
+    pub fn finish(self) -> (Exit, Vec<u8>) {
+        let Started {
+            run,
+            mut output,
+            stop,
+            ..
+        } = self;
+        run.wait(Some(&mut output), Some(&stop))
+    }
+}
+
+/// What one poll(2) entry of [`Supervised::wait`] watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Exit,
+    Output,
+    Stdin,
+    Stop,
+}
+
+impl Supervised {
+    /// Takes the child's stdin, made non-blocking so that a child that does not read it cannot
+    /// block its waiter.
+    fn new(mut child: Child, input: Vec<u8>, timeout: Duration, kill_grace: Duration) -> Self {
+        let stdin = child.stdin.take();
+        if let Some(stdin) = &stdin {
+            set_nonblocking(stdin);
+        }
+        Supervised {
+            child,
+            stdin,
+            input,
+            timeout,
+            kill_grace,
+        }
+    }
+
+    /// Feeds stdin, drains `output` (when given) into a tail, and enforces the timeout until the
+    /// child exits; `stop` (when given) ends it as the timeout does. Returns how it exited and
+    /// the tail (empty without `output`).
+    fn wait(
+        mut self,
+        mut output: Option<&mut std::io::PipeReader>,
+        stop: Option<&StopHandle>,
+    ) -> (Exit, Vec<u8>) {
         let pid = self.child.id();
         let pgid = i32::try_from(pid).unwrap_or(0);
         let pidfd = pidfd_open(pid);
@@ -338,30 +404,16 @@ impl Started {
             cap: OUTPUT_TAIL,
         };
         let mut written = 0;
-        let mut output_open = true;
         let mut phase = Phase::Running;
         let mut timed_out = false;
         let mut stop_requested = false;
         let started = Instant::now();
         let mut deadline = Some(started + self.timeout);
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = vec![0u8; if output.is_some() { 64 * 1024 } else { 0 }];
         if self.input.is_empty() {
             self.stdin = None;
         }
         loop {
-            let mut fds = Vec::with_capacity(3);
-            if let Some(fd) = &pidfd {
-                fds.push(poll_fd(fd.as_raw_fd(), libc::POLLIN));
-            }
-            if output_open {
-                fds.push(poll_fd(self.output.as_raw_fd(), libc::POLLIN));
-            }
-            if let Some(stdin) = &self.stdin {
-                fds.push(poll_fd(stdin.as_raw_fd(), libc::POLLOUT));
-            }
-            if !stop_requested {
-                fds.push(poll_fd(self.stop.fd(), libc::POLLIN));
-            }
             let wait = deadline.map(|at| at.saturating_duration_since(Instant::now()));
             // Without a pidfd (old kernels) the child's exit is noticed by polling it.
             let wait = if pidfd.is_none() {
@@ -371,37 +423,66 @@ impl Started {
             } else {
                 wait
             };
-            poll(&mut fds, wait);
-            for fd in &fds {
-                if fd.revents == 0 {
-                    continue;
+            let ready = {
+                let mut watches = Vec::with_capacity(4);
+                let mut fds = Vec::with_capacity(4);
+                let mut watch = |what, fd, events| {
+                    watches.push(what);
+                    fds.push(PollFd::new(fd, events));
+                };
+                if let Some(fd) = &pidfd {
+                    watch(Watch::Exit, fd.as_fd(), PollFlags::POLLIN);
                 }
-                if fd.fd == self.stop.fd() && !stop_requested {
-                    stop_requested = true;
-                    if phase == Phase::Running {
-                        process_group::signal_group(pgid, libc::SIGTERM);
-                        phase = Phase::Terminating;
-                        deadline = Some(Instant::now() + self.kill_grace);
-                    }
-                } else if fd.fd == self.output.as_raw_fd() && output_open {
-                    output_open = drain(&mut self.output, &mut buffer, &mut tail);
-                } else if let Some(stdin) = &mut self.stdin
-                    && fd.fd == stdin.as_raw_fd()
-                {
-                    match stdin.write(&self.input[written..]) {
-                        Ok(count) => written += count,
-                        Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                        Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                        // The callback closed stdin or exited: it has read all it wants.
-                        Err(_) => written = self.input.len(),
-                    }
-                    if written >= self.input.len() {
-                        self.stdin = None;
-                    }
+                if let Some(output) = &output {
+                    watch(Watch::Output, output.as_fd(), PollFlags::POLLIN);
+                }
+                if let Some(stdin) = &self.stdin {
+                    watch(Watch::Stdin, stdin.as_fd(), PollFlags::POLLOUT);
+                }
+                if let Some(stop) = stop.filter(|_| !stop_requested) {
+                    watch(Watch::Stop, stop.0.as_fd(), PollFlags::POLLIN);
+                }
+                // An error (EINTR from a signal bgq handles) leaves every revents empty: the
+                // loop then checks the deadline and polls again.
+                let _ = poll(&mut fds, poll_timeout(wait));
+                watches
+                    .into_iter()
+                    .zip(&fds)
+                    // Flags nix does not know (revents() is None) count, as any event does.
+                    .filter(|(_, fd)| fd.revents().is_none_or(|events| !events.is_empty()))
+                    .map(|(what, _)| what)
+                    .collect::<Vec<_>>()
+            };
+            if ready.contains(&Watch::Output)
+                && let Some(pipe) = output.as_deref_mut()
+                && !drain(pipe, &mut buffer, &mut tail)
+            {
+                output = None;
+            }
+            if ready.contains(&Watch::Stdin)
+                && let Some(stdin) = &mut self.stdin
+            {
+                match stdin.write(&self.input[written..]) {
+                    Ok(count) => written += count,
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                    // The child closed stdin or exited: it has read all it wants.
+                    Err(_) => written = self.input.len(),
+                }
+                if written >= self.input.len() {
+                    self.stdin = None;
+                }
+            }
+            if ready.contains(&Watch::Stop) && !stop_requested {
+                stop_requested = true;
+                if phase == Phase::Running {
+                    process_group::signal_group(pgid, Signal::SIGTERM);
+                    phase = Phase::Terminating;
+                    deadline = Some(Instant::now() + self.kill_grace);
                 }
             }
             let exited = match &pidfd {
-                Some(fd) => fds.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents != 0),
+                Some(_) => ready.contains(&Watch::Exit),
                 None => matches!(self.child.try_wait(), Ok(Some(_))),
             };
             if exited {
@@ -410,31 +491,31 @@ impl Started {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 match phase {
                     Phase::Running => {
-                        process_group::signal_group(pgid, libc::SIGTERM);
+                        process_group::signal_group(pgid, Signal::SIGTERM);
                         timed_out = true;
                         phase = Phase::Terminating;
                         deadline = Some(Instant::now() + self.kill_grace);
                     }
                     Phase::Terminating | Phase::Killed => {
-                        process_group::signal_group(pgid, libc::SIGKILL);
+                        process_group::signal_group(pgid, Signal::SIGKILL);
                         phase = Phase::Killed;
                         deadline = None;
                     }
                 }
             }
         }
-        // A stopped callback whose first process exited (even with 0) while others of its group
+        // A stopped child whose first process exited (even with 0) while others of its group
         // still worked did not finish its work.
         let mut cut_short = false;
         if phase != Phase::Running {
             cut_short = stop_requested && process_group::has_live_members(pgid);
             // The leader is a zombie until we reap it, so its group id still names our group:
             // kill what is left of it (children that ignored SIGTERM).
-            process_group::signal_group(pgid, libc::SIGKILL);
+            process_group::signal_group(pgid, Signal::SIGKILL);
         }
         self.stdin = None;
-        if output_open {
-            drain(&mut self.output, &mut buffer, &mut tail);
+        if let Some(pipe) = output {
+            drain(pipe, &mut buffer, &mut tail);
         }
         let status = self.child.wait();
         let exit = if timed_out {
@@ -468,28 +549,144 @@ fn drain(output: &mut std::io::PipeReader, buffer: &mut [u8], tail: &mut Tail) -
     }
 }
 
-fn poll_fd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-fn poll(fds: &mut [libc::pollfd], wait: Option<Duration>) {
-    let timeout = wait.map_or(-1, |wait| {
-        // Round up so that a deadline 0.4 ms away does not spin.
-        i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-    });
-    // SAFETY: fds is a valid, initialised slice of pollfd for the duration of the call.
-    unsafe {
-        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout);
-    }
+/// poll(2)'s timeout for `wait` (none: no limit), rounded up so that a deadline 0.4 ms away does
+/// not spin.
+fn poll_timeout(wait: Option<Duration>) -> PollTimeout {
+    wait.map_or(PollTimeout::NONE, |wait| {
+        PollTimeout::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More than a pipe holds (64 KiB), so that feeding it takes the child's reading.
+    const BIG_INPUT: usize = 1 << 20;
+
+    fn sh(script: &str, args: &[&str]) -> Vec<String> {
+        ["-c", script]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn run_command_feeds_all_of_stdin_and_reports_the_exit_code() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let got = dir.path().join("stdin");
+        let got_arg = got.to_str().expect("utf-8 path");
+        let exit = run_command(
+            "sh",
+            &sh("cat > \"$0\"; exit 3", &[got_arg]),
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(3));
+        assert_eq!(std::fs::read(&got).expect("written").len(), BIG_INPUT);
+    }
+
+    #[test]
+    fn run_command_does_not_wait_on_a_child_that_never_reads_stdin() {
+        let started = Instant::now();
+        let exit = run_command(
+            "true",
+            &[],
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(0));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn run_command_runs_the_child_in_a_group_of_its_own() {
+        // Field 5 of /proc/PID/stat is the process group; `sh` has no space in its name.
+        let exit = run_command(
+            "sh",
+            &sh("test \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$", &[]),
+            Stdio::null(),
+            Vec::new(),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::Code(0));
+    }
+
+    #[test]
+    fn run_command_kills_the_whole_group_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pidfile = dir.path().join("pid");
+        let pidfile_arg = pidfile.to_str().expect("utf-8 path");
+        // Long enough for the shell to have written the pid on a busy machine.
+        let timeout = Duration::from_secs(1);
+        let exit = run_command(
+            "sh",
+            &sh(
+                "trap '' TERM; sleep 30 & echo $! > \"$0\"; wait",
+                &[pidfile_arg],
+            ),
+            Stdio::null(),
+            vec![b'x'; BIG_INPUT],
+            timeout,
+            Duration::from_millis(100),
+        )
+        .expect("started");
+        assert_eq!(exit, Exit::TimedOut(timeout));
+        let background: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid written")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // Reparented to whoever reaps orphans here, it may stay a zombie for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_group::identify(background)
+            .is_some_and(|record| process_group::is_alive(&record))
+        {
+            assert!(Instant::now() < deadline, "the background child survived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn run_command_reports_a_program_that_cannot_start() {
+        let err = run_command(
+            "/no/such/program-xyz",
+            &[],
+            Stdio::null(),
+            Vec::new(),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .expect_err("not started");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn poll_timeouts_round_up_and_saturate() {
+        assert_eq!(poll_timeout(None), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(Duration::ZERO)), PollTimeout::ZERO);
+        assert_eq!(
+            poll_timeout(Some(Duration::from_micros(400))),
+            PollTimeout::from(1u8)
+        );
+        assert_eq!(
+            poll_timeout(Some(Duration::from_millis(20))),
+            PollTimeout::from(20u8)
+        );
+        assert_eq!(
+            poll_timeout(Some(Duration::from_secs(100 * 86_400))),
+            PollTimeout::MAX
+        );
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::Context;
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// Calls `changed` (on a thread of its own) each time `path` is written, until it returns
 /// false. The thread blocks in `read` between changes, so it costs nothing while all is quiet.
@@ -16,36 +18,28 @@ pub fn on_write(
 ) -> anyhow::Result<()> {
     let name = CString::new(path.as_os_str().as_bytes())
         .with_context(|| format!("cannot watch {}: NUL in its name", path.display()))?;
-    // SAFETY: plain system calls on a descriptor this function owns.
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot start inotify");
-    }
-    // SAFETY: name is NUL-terminated and outlives the call.
-    if unsafe { libc::inotify_add_watch(fd, name.as_ptr(), libc::IN_MODIFY) } < 0 {
-        let err = std::io::Error::last_os_error();
-        // SAFETY: fd is ours and not used after this.
-        unsafe { libc::close(fd) };
-        return Err(err).with_context(|| format!("cannot watch {}", path.display()));
-    }
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC)
+        .map_err(std::io::Error::from)
+        .context("cannot start inotify")?;
+    inotify
+        .add_watch(name.as_c_str(), AddWatchFlags::IN_MODIFY)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot watch {}", path.display()))?;
     std::thread::Builder::new()
         .name("wake".to_owned())
         .spawn(move || {
-            let mut events = [0u8; 4096];
             loop {
-                // SAFETY: events is a writable buffer of the length given.
-                let read = unsafe { libc::read(fd, events.as_mut_ptr().cast(), events.len()) };
-                if read <= 0
-                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-                {
-                    break;
-                }
-                if read > 0 && !changed() {
-                    break;
+                match inotify.read_events() {
+                    Ok(events) if events.is_empty() => break,
+                    Ok(_) => {
+                        if !changed() {
+                            break;
+                        }
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(_) => break,
                 }
             }
-            // SAFETY: fd is ours and not used after this.
-            unsafe { libc::close(fd) };
         })
         .context("cannot start a thread to watch the database")?;
     Ok(())

@@ -1,11 +1,12 @@
 //! `bgq check`: the config checked against this machine and the queue, before cron finds out.
 //! Each problem is one line; exit 1 when there is any. It never creates the database.
 
-use std::ffi::CString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::sys::statfs::statfs;
+use nix::unistd::{AccessFlags, access};
 
 use crate::config::Config;
 
@@ -118,21 +119,13 @@ fn command_problem(argv: &[String], path_var: Option<&str>) -> Option<String> {
 
 /// Whether we may execute the file at `path`.
 fn is_executable(path: &Path) -> bool {
-    let Ok(name) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: name is NUL-terminated; access(2) only reads it.
-    let allowed = unsafe { libc::access(name.as_ptr(), libc::X_OK) } == 0;
-    allowed && std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o111 != 0)
+    access(path, AccessFlags::X_OK).is_ok()
+        && std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o111 != 0)
 }
 
 /// Whether we may create files in `folder`.
 fn is_writable(folder: &Path) -> bool {
-    let Ok(name) = CString::new(folder.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: name is NUL-terminated; access(2) only reads it.
-    unsafe { libc::access(name.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    access(folder, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
 }
 
 /// Problems with the folders bgq writes: the lock folder and the database's folder.
@@ -189,17 +182,10 @@ fn folder_problems(config: &Config) -> Vec<String> {
 
 /// The kind of network filesystem holding `path`, if it is on one.
 fn network_filesystem(path: &Path) -> Option<&'static str> {
-    let name = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: name is NUL-terminated and stats points to writable memory of the right size.
-    if unsafe { libc::statfs(name.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statfs returned 0, so it filled in stats.
-    let stats = unsafe { stats.assume_init() };
+    let kind = statfs(path).ok()?.filesystem_type();
     // The magic numbers are 32-bit; the field's width and sign vary by platform.
     #[allow(clippy::unnecessary_cast)]
-    network_kind((stats.f_type as u64) & 0xFFFF_FFFF)
+    network_kind((kind.0 as u64) & 0xFFFF_FFFF)
 }
 
 /// Names the network filesystems among statfs(2) magic numbers.

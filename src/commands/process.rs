@@ -629,7 +629,7 @@ impl Worker<'_> {
     fn record_group(&mut self, id: i64, group: ProcessRecord) -> anyhow::Result<()> {
         if let Err(err) = self.log.started(&[(id, &group)]) {
             // Unrecorded, the group could outlive us unseen: stop it; recovery re-runs the job.
-            process_group::signal_group(group.pid, libc::SIGKILL);
+            process_group::signal_group(group.pid, nix::sys::signal::Signal::SIGKILL);
             return Err(err);
         }
         if let Some(running) = self.running.get_mut(&id) {

@@ -390,3 +390,38 @@ fn notices_of_a_killed_run_are_sent_by_the_next_run() -> TestResult {
     assert_eq!(invocations(&env), 2);
     Ok(())
 }
+
+/// A notify command that fails is named with how it ended, and the notices it was sent then go
+/// to stderr, so that cron still mails them; its stderr is ours, its stdout is dropped.
+#[test]
+fn a_failing_notify_command_is_reported_and_its_notices_go_to_stderr() -> TestResult {
+    let env = TestEnv::new("")?;
+    let notify = env.script(
+        "notify.sh",
+        "cat > /dev/null\necho from-stdout\necho from-stderr >&2\nexit 3",
+    )?;
+    let cb = env.script("cb.sh", "exit 1")?;
+    env.write_config(&format!(
+        "notify = [{}]\n{}",
+        toml_str(&notify.display().to_string()),
+        callback_toml("cb", &cb, "")
+    ))?;
+    let id = env.publish("cb", "{}")?;
+
+    let out = env.bgq().arg("process").output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bgq: error: notify command `{}` failed: exit code 3\n",
+            notify.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("from-stderr\n"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("from-stdout"));
+    let lines = notice_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(notice_json(lines[0])?["id"].as_i64(), Some(id));
+    Ok(())
+}
