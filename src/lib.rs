@@ -24,7 +24,6 @@ pub mod store;
 pub mod table;
 pub mod term;
 pub mod trust;
-pub mod wake;
 
 use cli::{Cli, Command};
 

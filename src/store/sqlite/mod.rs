@@ -7,6 +7,9 @@
 //! claim's read and mark cannot interleave with another's; `synchronous = FULL` makes a
 //! publish durable, `NORMAL` relaxes only the commits of `process`.
 
+mod disk_full;
+mod wake;
+
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -87,7 +90,7 @@ impl SqliteStore {
                 }
                 result => {
                     return result
-                        .map_err(|err| explain_disk_full(err, path))
+                        .map_err(|err| disk_full::explain(err, path))
                         .with_context(|| format!("cannot open database {}", path.display()));
                 }
             }
@@ -330,7 +333,7 @@ impl Store for SqliteStore {
 
     fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
         // Every commit of another connection writes the write-ahead log beside the real file.
-        crate::wake::on_write(&write_log_path(Path::new(&self.identity)), wake)
+        wake::on_write(&write_log_path(Path::new(&self.identity)), wake)
     }
 
     fn publish_with(
@@ -341,7 +344,7 @@ impl Store for SqliteStore {
     ) -> anyhow::Result<Published> {
         let result = self
             .publish_inner(jobs, schedule, now)
-            .map_err(|err| explain_disk_full(err, &self.path));
+            .map_err(|err| disk_full::explain(err, &self.path));
         in_database(
             &self.path,
             || match jobs.len() {
@@ -1239,42 +1242,6 @@ fn is_busy(err: &anyhow::Error) -> bool {
             .and_then(rusqlite::Error::sqlite_error_code)
             .is_some_and(|code| code == rusqlite::ErrorCode::DatabaseBusy)
     })
-}
-
-/// SQLite reports a full disk as a full database or, when the shared-memory file cannot grow,
-/// as an I/O error: name the cause when the filesystem holding `path` is indeed full.
-fn explain_disk_full(err: anyhow::Error, path: &Path) -> anyhow::Error {
-    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
-    let io_error = err.chain().any(|cause| {
-        cause
-            .downcast_ref::<rusqlite::Error>()
-            .and_then(rusqlite::Error::sqlite_error_code)
-            .is_some_and(|code| matches!(code, DiskFull | SystemIoFailure))
-    });
-    let folder = path.parent().unwrap_or(Path::new("/"));
-    if io_error && free_bytes(folder).is_some_and(|free| free < 64 * 1024) {
-        err.context(format!(
-            "no space left on the filesystem holding {}",
-            folder.display()
-        ))
-    } else {
-        err
-    }
-}
-
-/// Bytes an unprivileged writer may still use on the filesystem holding `folder`.
-fn free_bytes(folder: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(folder.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: path is NUL-terminated and stats points to writable memory of the right size.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled in stats.
-    let stats = unsafe { stats.assume_init() };
-    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Jobs inserted by one statement.
