@@ -34,8 +34,8 @@ pub const MAX_MAX_PAYLOAD: u64 = 512 << 20;
 pub struct Config {
     /// The config file it was read from (absolute).
     pub path: PathBuf,
-    /// The SQLite database file (absolute).
-    pub database: PathBuf,
+    /// Where the queue is kept.
+    pub database: Database,
     /// Where lock files live: `temp_dir`, or bgq's private folder when the config names none.
     pub lock_folder: LockFolder,
     /// Default queue for publish and process.
@@ -205,7 +205,9 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
     }
     Ok(Config {
         path: path.to_owned(),
-        database: folder.join(raw.database.0),
+        database: match raw.database {
+            ConfigDatabase::Path(path) => Database::Sqlite(folder.join(path)),
+        },
         lock_folder: raw
             .temp_dir
             .map_or_else(LockFolder::private_default, |dir| {
@@ -239,7 +241,7 @@ fn resolve_command(mut argv: Vec<String>, folder: &Path) -> Vec<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    database: ConfigPath,
+    database: ConfigDatabase,
     temp_dir: Option<ConfigPath>,
     queue: Option<String>,
     concurrency: Option<Count>,
@@ -343,6 +345,61 @@ impl<'de> Deserialize<'de> for CommandLine {
 /// A non-empty path without NUL bytes.
 struct ConfigPath(PathBuf);
 
+/// Where the queue is kept: the `database` setting, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (absolute path).
+    Sqlite(PathBuf),
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The `database` setting as written: a path, or a URL (`scheme://...`). A URL is told from a
+/// path by its scheme alone, so that neither is ever taken for the other: a file whose name
+/// looks like a URL is written `./name`.
+enum ConfigDatabase {
+    Path(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for ConfigDatabase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if let Some(scheme) = url_scheme(&text) {
+            let message = match scheme.to_ascii_lowercase().as_str() {
+                "postgres" | "postgresql" => {
+                    "is a PostgreSQL URL, but this bgq keeps its queues in SQLite only: give the path of a database file".to_owned()
+                }
+                _ => format!(
+                    "has the unknown scheme `{scheme}`: give the path of a SQLite file (or a postgres:// URL where bgq supports PostgreSQL)"
+                ),
+            };
+            return Err(serde::de::Error::custom(message));
+        }
+        if text.is_empty() || text.contains('\0') {
+            return Err(serde::de::Error::custom(
+                "must be a non-empty path without NUL bytes",
+            ));
+        }
+        Ok(ConfigDatabase::Path(PathBuf::from(text)))
+    }
+}
+
+/// The scheme of `text` when it is a URL (`scheme://`, the scheme as RFC 3986 spells one).
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
 impl<'de> Deserialize<'de> for ConfigPath {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -437,9 +494,44 @@ mod tests {
     }
 
     #[test]
+    fn database_is_a_path_or_a_url_never_mistaken_for_the_other() {
+        for (text, path) in [
+            ("var/q.sqlite", "/etc/bgq/var/q.sqlite"),
+            ("/srv/q:1.sqlite", "/srv/q:1.sqlite"),
+            ("./postgres://x", "/etc/bgq/./postgres://x"),
+            ("1x://y", "/etc/bgq/1x://y"),
+            ("a b://c", "/etc/bgq/a b://c"),
+        ] {
+            let config = parse_ok(&format!("database = \"{text}\"\n"));
+            assert_eq!(
+                config.database,
+                Database::Sqlite(PathBuf::from(path)),
+                "{text}"
+            );
+        }
+        for url in [
+            "postgres://u@db/app",
+            "postgresql://db/app",
+            "POSTGRES://db",
+        ] {
+            let err = parse_err(&format!("database = \"{url}\"\n"));
+            assert!(
+                err.contains(":1: database: is a PostgreSQL URL, but this bgq keeps its queues in SQLite only"),
+                "{err}"
+            );
+        }
+        let err = parse_err("database = \"mysql://db/app\"\n");
+        assert!(err.contains("has the unknown scheme `mysql`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
     fn minimal_config_gets_every_default() {
         let config = parse_ok("database = \"var/q.sqlite\"\n[callbacks.a]\ncommand = [\"true\"]\n");
-        assert_eq!(config.database, Path::new("/etc/bgq/var/q.sqlite"));
+        assert_eq!(
+            config.database,
+            Database::Sqlite(PathBuf::from("/etc/bgq/var/q.sqlite"))
+        );
         assert_eq!(config.lock_folder, LockFolder::private_default());
         assert!(config.lock_folder.is_private());
         assert_eq!(config.queue, "general");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::statfs::statfs;
 use nix::unistd::{AccessFlags, access};
 
-use crate::config::Config;
+use crate::config::{Config, Database};
 
 /// Runs `bgq check`.
 pub fn run(config: &Config) -> anyhow::Result<()> {
@@ -41,7 +41,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     problems.extend(folder_problems(config));
     let mut database = "not created yet";
-    let untrusted = crate::trust::database_folder_problem(&config.database);
+    let Database::Sqlite(database_file) = &config.database;
+    let untrusted = crate::trust::database_folder_problem(database_file);
     if let Some(problem) = &untrusted {
         problems.push(problem.clone());
         database = "not opened";
@@ -66,7 +67,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             "ok: {}: {} callback(s); database {} ({database}); temp_dir {}",
             config.path.display(),
             config.callbacks.len(),
-            config.database.display(),
+            config.database,
             config.lock_folder.path().display()
         )?;
     }
@@ -158,8 +159,8 @@ fn folder_problems(config: &Config) -> Vec<String> {
         ));
     }
     // The folder that exists now: the database's, or the nearest parent bgq would create it in.
-    let Some(folder) = config
-        .database
+    let Database::Sqlite(database_file) = &config.database;
+    let Some(folder) = database_file
         .ancestors()
         .skip(1)
         .find(|folder| folder.is_dir())
@@ -174,7 +175,7 @@ fn folder_problems(config: &Config) -> Vec<String> {
     } else if let Some(kind) = network_filesystem(folder) {
         problems.push(format!(
             "the database {} is on a network filesystem ({kind}): SQLite's WAL mode needs a local one",
-            config.database.display()
+            config.database
         ));
     }
     problems

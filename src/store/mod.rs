@@ -36,8 +36,7 @@
 
 pub mod sqlite;
 
-use std::path::Path;
-
+use crate::config::Database;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::process_group::ProcessRecord;
@@ -77,17 +76,19 @@ pub enum Applied {
     Stale,
 }
 
-/// Opens the store at `database` (created when missing).
-pub fn open(database: &Path, durability: Durability) -> anyhow::Result<Box<dyn Store>> {
-    Ok(Box::new(sqlite::SqliteStore::open(database, durability)?))
+/// Opens the store `database` names (created when missing): where a new backend plugs in.
+pub fn open(database: &Database, durability: Durability) -> anyhow::Result<Box<dyn Store>> {
+    match database {
+        Database::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, durability)?)),
+    }
 }
 
-/// Opens the store at `database` if it exists; never creates it (`bgq check`).
-pub fn open_existing(database: &Path) -> anyhow::Result<Option<Box<dyn Store>>> {
-    Ok(
-        sqlite::SqliteStore::open_existing(database)?
-            .map(|store| Box::new(store) as Box<dyn Store>),
-    )
+/// Opens the store `database` names if it exists; never creates it (`bgq check`).
+pub fn open_existing(database: &Database) -> anyhow::Result<Option<Box<dyn Store>>> {
+    match database {
+        Database::Sqlite(path) => Ok(sqlite::SqliteStore::open_existing(path)?
+            .map(|store| Box::new(store) as Box<dyn Store>)),
+    }
 }
 
 /// The operations of a bgq store (see the module's contract). Each is one transaction.

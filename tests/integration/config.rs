@@ -427,3 +427,30 @@ fn example_config_mentions_every_setting() -> TestResult {
     }
     Ok(())
 }
+
+/// `database` takes a path (SQLite) or a URL; this build has no PostgreSQL backend, so a
+/// postgres:// URL is refused in one line (exit 2), like any other scheme, and nothing is made.
+#[test]
+fn a_database_url_this_build_cannot_serve_is_refused_in_one_line() -> TestResult {
+    let env = TestEnv::new("")?;
+    for (url, says) in [
+        ("postgres://bgq@db.example/app", "is a PostgreSQL URL"),
+        ("postgresql://db.example/app", "is a PostgreSQL URL"),
+        ("mysql://db.example/app", "has the unknown scheme `mysql`"),
+    ] {
+        env.write_raw_config(&format!(
+            "database = \"{url}\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n"
+        ))?;
+        for args in [&["list"][..], &["publish", "cb", "--json", "{}"]] {
+            let out = env.bgq().args(args).output()?;
+            expect_error(&out, 2, &["bgq.toml:1: database:", says])?;
+        }
+    }
+    let made: Vec<_> = std::fs::read_dir(env.root())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .filter(|name| name != "bgq.toml" && name != "locks")
+        .collect();
+    assert!(made.is_empty(), "made {made:?}");
+    Ok(())
+}
