@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::coord::lock::LockFolder;
 use crate::duration::ConfigDuration;
 use crate::error::usage;
-use crate::lock::LockFolder;
 use crate::queue::backoff::RetryPolicy;
 
 /// The environment variable naming the config file when `--config` is not given.

@@ -1,29 +1,26 @@
 //! bgq: a durable background job queue in one SQLite file, run by cron.
 //!
-//! The call path reads top-down: `main` → [`run`] → `commands::*` → `store`, `lock`, `runner`,
-//! `backoff`. Commands hold no SQL; `store` holds no policy.
+//! The call path reads top-down: `main` → [`run`] → `commands::*` → `store`, `coord`, `runner`,
+//! `queue`. Commands hold no SQL; `store` holds no policy (see ARCHITECTURE.md).
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod coord;
 pub mod diagnostic;
 pub mod duration;
 pub mod error;
 pub mod escape;
 pub mod human;
 pub mod job;
-pub mod lock;
 pub mod notify;
-pub mod process_group;
 pub mod queue;
 pub mod runner;
-pub mod running_log;
 pub mod size;
 pub mod store;
 pub mod table;
 pub mod term;
-pub mod trust;
 
 use cli::{Cli, Command};
 

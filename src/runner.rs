@@ -24,8 +24,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
 use crate::config::Callback;
-use crate::process_group;
-use crate::process_group::ProcessRecord;
+use crate::coord::process_group;
+use crate::coord::process_group::ProcessRecord;
 use crate::store::ClaimedJob;
 
 /// How much of a callback's output is kept with the job.

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::cli::CancelArgs;
 use crate::config::{Config, DEFAULT_KILL_GRACE};
+use crate::coord::process_group::{self, OrphanGroup, ProcessRecord};
+use crate::coord::running_log::{self, Started};
 use crate::error::usage;
 use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, now_millis};
-use crate::process_group::{self, OrphanGroup, ProcessRecord};
-use crate::running_log::{self, Started};
 use crate::store::{Change, Durability, JobBrief, Selection, Store};
 
 /// How long to wait for a stopped callback group to be gone after SIGKILL.
@@ -99,7 +99,11 @@ fn cancel_running(
         .get(&job.callback)
         .map_or(DEFAULT_KILL_GRACE, |callback| callback.kill_grace);
     let mut state = Some(JobState::Processing);
-    if runner.as_ref().is_some_and(process_group::is_alive) {
+    let coordination = store.coordination();
+    if runner
+        .as_ref()
+        .is_some_and(|runner| coordination.is_alive(runner))
+    {
         state = settled_state(store, job.id, grace + RUN_STOP_WAIT)?;
     }
     // What this command did itself, when the run did not.
@@ -108,7 +112,7 @@ fn cancel_running(
         // Looked at again: the run may have died while we waited.
         let live_runner = runner
             .as_ref()
-            .filter(|runner| process_group::is_alive(runner));
+            .filter(|runner| store.coordination().is_alive(runner));
         let stopped = stop_callback(config, store, job, grace, runner.as_ref(), live_runner);
         if live_runner.is_none() && stopped.gone {
             // No run will see the callback end. (When this finds nothing to end, a `process`

@@ -42,7 +42,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     problems.extend(folder_problems(config));
     let mut database = "not created yet";
     let Database::Sqlite(database_file) = &config.database;
-    let untrusted = crate::trust::database_folder_problem(database_file);
+    let untrusted = crate::coord::trust::database_folder_problem(database_file);
     if let Some(problem) = &untrusted {
         problems.push(problem.clone());
         database = "not opened";

@@ -5,8 +5,8 @@ use std::io::Write;
 
 use crate::cli::ClearArgs;
 use crate::config::Config;
+use crate::coord::lock::Lock;
 use crate::job::now_millis;
-use crate::lock::Lock;
 use crate::store::Durability;
 
 /// Rows deleted per transaction.

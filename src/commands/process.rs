@@ -16,16 +16,17 @@ use anyhow::{Context, bail};
 
 use crate::cli::ProcessArgs;
 use crate::config::Config;
+use crate::coord::Liveness;
+use crate::coord::lock::{Lock, LockFolder};
+use crate::coord::process_group::ProcessRecord;
+use crate::coord::process_group::{self, OrphanGroup};
+use crate::coord::running_log::{Entry, RunningLog, Started};
 use crate::escape;
 use crate::job::{JobState, Millis, now_millis};
-use crate::lock::{Lock, LockFolder};
 use crate::notify::{self, Notice, NoticeKind};
-use crate::process_group::ProcessRecord;
-use crate::process_group::{self, OrphanGroup};
 use crate::queue::backoff::{RetryPolicy, random_spread};
 use crate::queue::outcome::{self, Attempted, Rules, RunEnd};
 use crate::runner::{self, Exit, Prepared, StopHandle};
-use crate::running_log::{Entry, RunningLog, Started};
 use crate::store::{
     Applied, ClaimRequest, ClaimedJob, Completion, Durability, Fence, Orphan, Store, Tally,
 };
@@ -769,22 +770,24 @@ impl Worker<'_> {
         let mut live_runs = Vec::new();
         let orphans = self.store.orphans(self.queue)?;
         for orphan in &orphans {
-            if let Some(runner) = orphan
-                .claimed_by
-                .as_ref()
-                .filter(|r| process_group::is_alive(r))
-            {
-                crate::diagnostic!(
-                    "bgq: warning: job {} is running under another live `process` (pid {}) that \
-                     holds a different lock: give every config of this database the same temp_dir",
-                    orphan.id,
-                    runner.pid
-                );
-                kept.push(orphan.id);
-                live_runs.push(runner);
-                continue;
+            let runner = orphan.claimed_by.as_ref();
+            match self.store.coordination().liveness(runner) {
+                Liveness::Dead => {
+                    self.recover(orphan, notes.of(orphan.id, runner))?;
+                }
+                Liveness::Alive => {
+                    let pid = runner.map_or(0, |runner| runner.pid);
+                    crate::diagnostic!(
+                        "bgq: warning: job {} is running under another live `process` (pid {pid}) that \
+                         holds a different lock: give every config of this database the same temp_dir",
+                        orphan.id
+                    );
+                    kept.push(orphan.id);
+                    live_runs.extend(runner);
+                }
+                // Its host recovers it; its callbacks are not ours to stop.
+                Liveness::Elsewhere => {}
             }
-            self.recover(orphan, notes.of(orphan.id, orphan.claimed_by.as_ref()))?;
         }
         self.log.begin(&self.me, &notes, &kept, &live_runs)
     }

@@ -13,7 +13,6 @@ use crate::cli::StatsArgs;
 use crate::config::Config;
 use crate::human::{relative, span};
 use crate::job::{JobState, Millis, format_utc, now_millis};
-use crate::process_group;
 use crate::store::{Durability, RunInfo, Store};
 use crate::table::{Cell, Column, Table};
 use crate::term::Style;
@@ -40,7 +39,7 @@ impl RunOutcome {
         match (run.finished_at, &run.error) {
             (Some(_), Some(_)) => RunOutcome::Error,
             (Some(_), None) => RunOutcome::Ok,
-            (None, _) if process_group::is_alive(&run.runner) => RunOutcome::Running,
+            (None, _) if run.alive => RunOutcome::Running,
             (None, _) => RunOutcome::Died,
         }
     }

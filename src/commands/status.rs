@@ -9,7 +9,6 @@ use crate::config::Config;
 use crate::escape;
 use crate::human::{relative, when};
 use crate::job::{Millis, now_millis};
-use crate::process_group;
 use crate::store::{DueJobs, Durability, RunInfo};
 
 /// Runs `bgq status`.
@@ -60,7 +59,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
 /// Whether `run` is a `process --watch` that still runs: it holds the lock for as long as it
 /// lives, so that is no sign of a hung run.
 fn watching(run: &RunInfo) -> bool {
-    run.watch && run.finished_at.is_none() && process_group::is_alive(&run.runner)
+    run.watch && run.finished_at.is_none() && run.alive
 }
 
 /// What is wrong with a queue whose last run is `last_run` and due jobs `due`, one line each.
@@ -74,7 +73,7 @@ fn problems(
     match last_run {
         None => problems.push("no `process` run has been recorded".to_owned()),
         Some(run) if watching(run) => {}
-        Some(run) if run.finished_at.is_none() && process_group::is_alive(&run.runner) => {
+        Some(run) if run.finished_at.is_none() && run.alive => {
             if now - run.started_at > stale_after {
                 problems.push(format!(
                     "a `process` run (pid {}) has held the lock since {}",

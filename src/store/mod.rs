@@ -37,9 +37,10 @@
 pub mod sqlite;
 
 use crate::config::Database;
+use crate::coord::Coordination;
+use crate::coord::process_group::ProcessRecord;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
-use crate::process_group::ProcessRecord;
 use crate::queue::eligibility::GroupFacts;
 
 /// How much a connection's commits are synced to disk.
@@ -101,6 +102,9 @@ pub trait Store {
     /// connection, until `wake` returns false; an error when the backend cannot watch (the
     /// caller then polls).
     fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()>;
+
+    /// How this backend's runs are known alive or dead (see `coord`).
+    fn coordination(&self) -> &dyn Coordination;
 
     /// Stores `jobs` as `schedule` says, in one durable transaction, all or nothing. An `after`
     /// id that names no job is a usage error.
@@ -466,6 +470,9 @@ pub struct RunInfo {
     pub queue: String,
     /// The `process` that ran it.
     pub runner: ProcessRecord,
+    /// Whether that `process` runs now, as the backend's coordination knows it when the record
+    /// was read.
+    pub alive: bool,
     /// When it started.
     pub started_at: Millis,
     /// When it ended, if it did.

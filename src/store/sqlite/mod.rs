@@ -18,10 +18,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
+use crate::coord::process_group::ProcessRecord;
+use crate::coord::{Coordination, Local};
 use crate::error::UsageError;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
-use crate::process_group::ProcessRecord;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
     Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
@@ -105,7 +106,7 @@ impl SqliteStore {
                 .create(folder)
                 .with_context(|| format!("cannot create folder {}", folder.display()))?;
         }
-        if let Some(problem) = crate::trust::database_folder_problem(path) {
+        if let Some(problem) = crate::coord::trust::database_folder_problem(path) {
             bail!(problem);
         }
         if path.is_dir() {
@@ -329,6 +330,11 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn identity(&self) -> &str {
         &self.identity
+    }
+
+    fn coordination(&self) -> &dyn Coordination {
+        // Every run of a SQLite queue lives on the machine that holds its file.
+        &Local
     }
 
     fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
@@ -1434,14 +1440,16 @@ const RUN_COLUMNS: &str =
 
 fn read_run(row: &Row<'_>) -> rusqlite::Result<RunInfo> {
     let started: i64 = row.get(3)?;
+    let runner = ProcessRecord {
+        pid: row.get(2)?,
+        started: u64::try_from(started).unwrap_or_default(),
+        boot_id: row.get(4)?,
+    };
     Ok(RunInfo {
         id: row.get(0)?,
         queue: row.get(1)?,
-        runner: ProcessRecord {
-            pid: row.get(2)?,
-            started: u64::try_from(started).unwrap_or_default(),
-            boot_id: row.get(4)?,
-        },
+        alive: Local.is_alive(&runner),
+        runner,
         started_at: row.get(5)?,
         finished_at: row.get(6)?,
         jobs: read_count(row, 7)?,

@@ -21,8 +21,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::lock::{self, Lock};
-use crate::process_group::{ProcessRecord, boot_id};
+use crate::coord::lock::{self, Lock};
+use crate::coord::process_group::{ProcessRecord, boot_id};
 
 /// What the log in the lock file at `path` records, read without taking the lock (for `bgq
 /// cancel --kill`, while a `process` holds it). A missing file records nothing; a file someone
@@ -283,7 +283,7 @@ fn parse(text: &str, boot: &str) -> Notes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::LockFolder;
+    use crate::coord::lock::LockFolder;
 
     fn record(pid: i32) -> ProcessRecord {
         ProcessRecord {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use fs2::FileExt;
 
-use crate::trust::{self, Role};
+use crate::coord::trust::{self, Role};
 
 /// The folder that holds the lock files.
 #[derive(Debug, Clone, PartialEq, Eq)]
