@@ -7,20 +7,20 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod coord;
+pub(crate) mod coord;
 pub mod diagnostic;
-pub mod duration;
+pub(crate) mod duration;
 pub mod error;
-pub mod escape;
-pub mod human;
+pub(crate) mod escape;
+pub(crate) mod human;
 pub mod job;
-pub mod notify;
-pub mod queue;
-pub mod runner;
-pub mod size;
-pub mod store;
-pub mod table;
-pub mod term;
+pub(crate) mod notify;
+pub(crate) mod queue;
+pub(crate) mod runner;
+pub(crate) mod size;
+pub(crate) mod store;
+pub(crate) mod table;
+pub(crate) mod term;
 
 use cli::{Cli, Command};
 

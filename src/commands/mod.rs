@@ -1,14 +1,14 @@
 //! One module per command; each exposes `run(config, args)`.
 
-pub mod cancel;
-pub mod check;
-pub mod clear;
-pub mod explain;
-pub mod generate;
-pub mod list;
-pub mod process;
+pub(crate) mod cancel;
+pub(crate) mod check;
+pub(crate) mod clear;
+pub(crate) mod explain;
+pub(crate) mod generate;
+pub(crate) mod list;
+pub(crate) mod process;
 pub mod publish;
-pub mod retry;
-pub mod show;
-pub mod stats;
-pub mod status;
+pub(crate) mod retry;
+pub(crate) mod show;
+pub(crate) mod stats;
+pub(crate) mod status;

@@ -684,7 +684,6 @@ impl Worker<'_> {
             RunEnd::Exited(&exit)
         };
         let attempted = Attempted {
-            id: job.id,
             attempts: job.attempts,
             notified: job.notified,
         };
@@ -785,8 +784,6 @@ impl Worker<'_> {
                     kept.push(orphan.id);
                     live_runs.extend(runner);
                 }
-                // Its host recovers it; its callbacks are not ours to stop.
-                Liveness::Elsewhere => {}
             }
         }
         self.log.begin(&self.me, &notes, &kept, &live_runs)
@@ -843,7 +840,6 @@ impl Worker<'_> {
             return Ok(());
         }
         let attempted = Attempted {
-            id: orphan.id,
             attempts: orphan.attempts,
             notified: orphan.notified,
         };

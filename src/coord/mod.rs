@@ -24,8 +24,6 @@ pub enum Liveness {
     Alive,
     /// It is gone: its jobs may be recovered, and what is left of its callbacks stopped.
     Dead,
-    /// It runs, or ran, on another machine: not this one's to judge or to stop.
-    Elsewhere,
 }
 
 /// How runs are known alive or dead.

@@ -102,11 +102,6 @@ impl Notes {
             _ => Started::Unknown,
         }
     }
-
-    /// Whether nothing is noted.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.runs.is_empty()
-    }
 }
 
 /// A job whose callback is running, as the log records it.

@@ -48,8 +48,6 @@ pub enum RunEnd<'a> {
 /// What the rules need to know of the job whose run ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempted {
-    /// Job id (it seeds the retry's jitter).
-    pub id: i64,
     /// Counted attempts, this run included.
     pub attempts: u32,
     /// Whether a notice of its failures was already sent.
@@ -326,7 +324,6 @@ mod tests {
                 waiting_delay: case.watch.then_some(Duration::from_secs(60)),
             };
             let job = Attempted {
-                id: 7,
                 attempts: case.attempts,
                 notified: case.notified,
             };
@@ -350,7 +347,6 @@ mod tests {
             waiting_delay: None,
         };
         let job = |attempts| Attempted {
-            id: 1,
             attempts,
             notified: false,
         };
@@ -388,7 +384,6 @@ mod tests {
             waiting_delay: None,
         };
         let job = Attempted {
-            id: 1,
             attempts: 1,
             notified: false,
         };

@@ -154,11 +154,6 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn migrate(&mut self) -> anyhow::Result<()> {
         let version = self.user_version()?;
         if version == SCHEMA_VERSION {
