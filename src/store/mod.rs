@@ -34,6 +34,8 @@
 //! reader behind a long writer for more than one batch (`clear` works in batches); or hold a
 //! lock across calls.
 
+#[cfg(test)]
+mod conformance;
 pub mod sqlite;
 
 use crate::config::Database;

@@ -197,15 +197,6 @@ impl SqliteStore {
             .query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 
-    /// Stores `jobs`, due now, in one durable transaction; returns their ids in order.
-    #[cfg(test)]
-    pub fn publish(&mut self, jobs: &[NewJob], now: Millis) -> anyhow::Result<Vec<i64>> {
-        match self.publish_with(jobs, &Schedule::default(), now)? {
-            Published::Stored { ids, .. } => Ok(ids),
-            Published::Existing { id, .. } => Ok(vec![id]),
-        }
-    }
-
     fn publish_inner(
         &mut self,
         jobs: &[NewJob],
@@ -1638,11 +1629,16 @@ fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) 
     any_of(sql, "identifier", filter.identifiers.clone());
 }
 
+/// SQLite's own tests: its schema file and upgrades, its query plans, what only its columns
+/// show. The store's behaviour, the same for every backend, is checked by the conformance suite
+/// (`store::conformance`), invoked here once.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::queue::eligibility::group_hold;
+    use crate::store::conformance::{cancel, claim, ended, job, marked, me, publish};
 
+    /// A fresh, empty database in its own temp dir, in a folder not yet made.
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
@@ -1650,49 +1646,9 @@ mod tests {
         (dir, store)
     }
 
-    /// Claims one job of queue `general` among `callbacks` (capacity 1 each).
-    fn claim(
-        store: &mut SqliteStore,
-        queue: &str,
-        run: i64,
-        now: Millis,
-        callbacks: &[&str],
-    ) -> anyhow::Result<Option<ClaimedJob>> {
-        let callbacks: Vec<(&str, usize)> =
-            callbacks.iter().map(|name| (*name, usize::MAX)).collect();
-        let request = ClaimRequest {
-            queue,
-            run,
-            now,
-            limit: 1,
-            callbacks: &callbacks,
-            blocking: &[],
-        };
-        Ok(store
-            .settle_and_claim(&[], &request, &mut Tally::default(), true)?
-            .claimed
-            .pop())
-    }
+    crate::store::conformance::conformance_suite!(store);
 
-    fn me() -> ProcessRecord {
-        ProcessRecord {
-            pid: 1,
-            started: 1,
-            boot_id: "test".to_owned(),
-        }
-    }
-
-    fn job(callback: &str, group: Option<&str>) -> NewJob {
-        NewJob {
-            queue: "general".to_owned(),
-            callback: callback.to_owned(),
-            payload: Payload::Json(serde_json::json!({"n": 1}))
-                .to_msgpack()
-                .expect("encodes"),
-            serial_group: group.map(str::to_owned),
-            identifier: None,
-        }
-    }
+    /// SQLite's own: `schema.sql` sets the `user_version` the upgrades count from.
 
     #[test]
     fn schema_file_sets_the_version_the_binary_expects() {
@@ -1703,165 +1659,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn claims_oldest_first_and_never_twice() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(&[job("a", None), job("a", None)], 1000)
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let first = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("a job");
-        let second = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("a job");
-        assert_eq!((first.id, second.id), (ids[0], ids[1]));
-        assert_eq!(first.attempts, 1);
-        assert!(
-            claim(&mut store, "general", run, 1000, &["a"])
-                .expect("claim")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn serial_group_holds_younger_jobs_until_the_older_one_ends() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(
-                &[
-                    job("a", Some("g")),
-                    job("a", Some("g")),
-                    job("a", Some("h")),
-                ],
-                1000,
-            )
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let first = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        let other = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!((first.id, other.id), (ids[0], ids[2]));
-        assert!(
-            claim(&mut store, "general", run, 1000, &["a"])
-                .expect("claim")
-                .is_none()
-        );
-        store
-            .complete(&Completion {
-                id: ids[0],
-                fence: fence_of(&store, ids[0]),
-                state: JobState::PermanentlyFailed,
-                run_at: 1000,
-                due_now: false,
-                uncount_attempt: false,
-                output: Vec::new(),
-                ended_at: 1001,
-                notified: false,
-                notice: None,
-            })
-            .expect("complete");
-        let next = claim(&mut store, "general", run, 1001, &["a"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!(next.id, ids[1]);
-    }
-
-    #[test]
-    fn claims_several_within_each_callbacks_capacity() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(
-                &[
-                    job("a", None),
-                    job("a", None),
-                    job("b", None),
-                    job("a", None),
-                ],
-                1000,
-            )
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let request = ClaimRequest {
-            queue: "general",
-            run,
-            now: 1000,
-            limit: 3,
-            callbacks: &[("a", 1), ("b", usize::MAX)],
-            blocking: &[],
-        };
-        let claimed = store
-            .settle_and_claim(&[], &request, &mut Tally::default(), true)
-            .expect("claim");
-        let claimed: Vec<i64> = claimed.claimed.iter().map(|job| job.id).collect();
-        assert_eq!(claimed, [ids[0], ids[2]]);
-    }
-
-    #[test]
-    fn only_the_given_callbacks_are_claimed() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(&[job("a", None), job("b", None)], 1000)
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let claimed = claim(&mut store, "general", run, 1000, &["b"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!(claimed.id, ids[1]);
-    }
-
-    #[test]
-    fn a_failed_job_waits_for_a_later_run_even_when_due() {
-        let (_dir, mut store) = store();
-        let ids = store.publish(&[job("a", None)], 1000).expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        store
-            .complete(&Completion {
-                id: ids[0],
-                fence: fence_of(&store, ids[0]),
-                state: JobState::TemporarilyFailed,
-                run_at: 1000,
-                due_now: false,
-                uncount_attempt: false,
-                output: b"boom".to_vec(),
-                ended_at: 1000,
-                notified: false,
-                notice: None,
-            })
-            .expect("complete");
-        assert_eq!(
-            store
-                .promote_due("general", Some(run), 5000)
-                .expect("promote"),
-            0
-        );
-        assert!(
-            claim(&mut store, "general", run, 5000, &["a"])
-                .expect("claim")
-                .is_none()
-        );
-        let next_run = store.begin_run("general", &me(), 6000, false).expect("run");
-        assert_eq!(
-            store
-                .promote_due("general", Some(next_run), 6000)
-                .expect("promote"),
-            1
-        );
-        let again = claim(&mut store, "general", next_run, 6000, &["a"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!(again.attempts, 2);
-        let detail = store.detail(ids[0]).expect("read").expect("stored");
-        assert_eq!(detail.output, b"boom");
-    }
-
+    /// SQLite's own: the schema version is SQLite's `user_version`, bumped here by a pragma.
     #[test]
     fn refuses_a_database_from_a_newer_bgq() {
         let (dir, store) = store();
@@ -1942,6 +1740,7 @@ mod tests {
         (dir, upgraded)
     }
 
+    /// SQLite's own: an upgrade from the frozen version 2 schema in tests/fixtures/sqlite.
     #[test]
     fn a_version_2_database_is_upgraded_in_place_keeping_its_jobs() {
         let (_dir, mut upgraded) = upgraded(
@@ -1959,6 +1758,7 @@ mod tests {
         assert_eq!(upgraded.record(1).expect("read").expect("kept").priority, 0);
     }
 
+    /// SQLite's own: an upgrade from the frozen version 3 schema in tests/fixtures/sqlite.
     #[test]
     fn a_version_3_database_is_upgraded_in_place_keeping_its_running_jobs() {
         let (_dir, mut upgraded) = upgraded(
@@ -1974,6 +1774,7 @@ mod tests {
         assert!(upgraded.orphans("general").expect("orphans")[0].cancel_requested);
     }
 
+    /// SQLite's own: an upgrade from the frozen version 1 schema in tests/fixtures/sqlite.
     #[test]
     fn a_version_1_database_is_upgraded_in_place_keeping_its_jobs() {
         let (_dir, mut upgraded) = upgraded(
@@ -1989,7 +1790,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(shown.as_deref(), Some(r#"{"n":1}"#));
-        let ids = upgraded.publish(&[job("a", None)], 6000).expect("publish");
+        let ids = publish(&mut upgraded, &[job("a", None)], 6000).expect("publish");
         assert_eq!(ids, [2]);
     }
 
@@ -2008,6 +1809,7 @@ mod tests {
         steps.join("\n")
     }
 
+    /// SQLite's own: the query plans of its claim, promote and clear statements.
     #[test]
     fn claim_promote_and_clear_use_their_indexes() {
         let (_dir, store) = store();
@@ -2038,6 +1840,7 @@ mod tests {
         );
     }
 
+    /// SQLite's own: the query plans of its listing statements.
     #[test]
     fn listing_queries_use_their_indexes() {
         let (_dir, store) = store();
@@ -2098,176 +1901,11 @@ mod tests {
         );
     }
 
+    /// SQLite's own: its partial unique index refuses a second unfinished unique job with the
+    /// same identifier in a queue even to a writer that skips publish's check (the check itself
+    /// is `a_unique_job_is_stored_once_while_unfinished` of the conformance suite).
     #[test]
-    fn publish_returns_the_id_of_each_job_across_chunks() {
-        let (_dir, mut store) = store();
-        let jobs: Vec<NewJob> = (0..250)
-            .map(|n| NewJob {
-                payload: Payload::Json(serde_json::json!({ "n": n }))
-                    .to_msgpack()
-                    .expect("encodes"),
-                identifier: Some(format!("job-{n}")),
-                ..job("a", None)
-            })
-            .collect();
-        let first = store.publish(&jobs[..1], 1000).expect("publish");
-        let ids = store.publish(&jobs, 1000).expect("publish");
-        assert_eq!(ids.len(), 250);
-        for (n, id) in ids.iter().enumerate() {
-            assert_eq!(*id, first[0] + 1 + n as i64);
-            let record = store.record(*id).expect("read").expect("stored");
-            assert_eq!(record.identifier, Some(format!("job-{n}")));
-        }
-    }
-
-    /// The claim that holds job `id` now, as its run knows it.
-    fn fence_of(store: &SqliteStore, id: i64) -> Fence {
-        store
-            .conn
-            .query_row(
-                "SELECT claimed_run, attempts FROM jobs WHERE id = ?1",
-                [id],
-                |row| {
-                    Ok(Fence {
-                        run: row.get(0)?,
-                        attempt: row.get(1)?,
-                    })
-                },
-            )
-            .expect("read the claim")
-    }
-
-    fn finish(store: &mut SqliteStore, id: i64, state: JobState, at: Millis) {
-        store
-            .complete(&Completion {
-                id,
-                fence: fence_of(store, id),
-                state,
-                run_at: at,
-                due_now: false,
-                uncount_attempt: false,
-                output: Vec::new(),
-                ended_at: at,
-                notified: false,
-                notice: None,
-            })
-            .expect("complete");
-    }
-
-    #[test]
-    fn higher_priority_is_claimed_first_but_never_ahead_of_its_group() {
-        let (_dir, mut store) = store();
-        let low = store.publish(&[job("a", None)], 1000).expect("publish")[0];
-        let schedule = |priority| Schedule {
-            priority,
-            ..Schedule::default()
-        };
-        let publish = |store: &mut SqliteStore, job: NewJob, priority| match store
-            .publish_with(&[job], &schedule(priority), 1000)
-            .expect("publish")
-        {
-            Published::Stored { ids, .. } => ids[0],
-            other => panic!("{other:?}"),
-        };
-        let grouped_old = publish(&mut store, job("a", Some("g")), 0);
-        let grouped_urgent = publish(&mut store, job("a", Some("g")), 9);
-        let urgent = publish(&mut store, job("a", None), 5);
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let mut order = Vec::new();
-        while let Some(job) = claim(&mut store, "general", run, 1000, &["a"]).expect("claim") {
-            order.push(job.id);
-            finish(&mut store, job.id, JobState::Finished, 1000);
-            store
-                .promote_due("general", Some(run), 1000)
-                .expect("promote");
-        }
-        // The urgent grouped job waits for the older job of its group, then comes first.
-        assert_eq!(order, [urgent, low, grouped_old, grouped_urgent]);
-    }
-
-    #[test]
-    fn a_job_after_others_becomes_due_when_the_last_of_them_finishes() {
-        let (_dir, mut store) = store();
-        let parents = store
-            .publish(&[job("a", None), job("a", None)], 1000)
-            .expect("publish");
-        let after = Schedule {
-            after: parents.clone(),
-            ..Schedule::default()
-        };
-        let Published::Stored { ids, waiting_for } = store
-            .publish_with(&[job("b", None)], &after, 1000)
-            .expect("publish")
-        else {
-            panic!("not stored");
-        };
-        assert_eq!(waiting_for.len(), 2);
-        let child = ids[0];
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        for _ in 0..2 {
-            claim(&mut store, "general", run, 1000, &["a"])
-                .expect("claim")
-                .expect("parent");
-        }
-        finish(&mut store, parents[0], JobState::Finished, 1000);
-        finish(&mut store, parents[1], JobState::PermanentlyFailed, 1000);
-        store
-            .promote_due("general", Some(run), 1000)
-            .expect("promote");
-        assert!(
-            claim(&mut store, "general", run, 1000, &["b"])
-                .expect("claim")
-                .is_none()
-        );
-        let retry = Change::Retry {
-            now: 2000,
-            payload: None,
-        };
-        store
-            .change(
-                &Selection::Ids(&parents[1..]),
-                &retry,
-                false,
-                &mut |_: &JobBrief| Ok(true),
-            )
-            .expect("retry");
-        let run = store.begin_run("general", &me(), 2000, false).expect("run");
-        store
-            .promote_due("general", Some(run), 2000)
-            .expect("promote");
-        let again = claim(&mut store, "general", run, 2000, &["a", "b"])
-            .expect("claim")
-            .expect("the retried parent");
-        assert_eq!(again.id, parents[1]);
-        assert!(
-            claim(&mut store, "general", run, 2000, &["b"])
-                .expect("claim")
-                .is_none()
-        );
-        finish(&mut store, parents[1], JobState::Finished, 2000);
-        store
-            .promote_due("general", Some(run), 2000)
-            .expect("promote");
-        let claimed = claim(&mut store, "general", run, 2000, &["b"])
-            .expect("claim")
-            .expect("due now");
-        assert_eq!(claimed.id, child);
-        let unknown = Schedule {
-            after: vec![999],
-            ..Schedule::default()
-        };
-        let err = store
-            .publish_with(&[job("b", None)], &unknown, 1000)
-            .expect_err("unknown parent");
-        assert_eq!(crate::error::exit_code(&err), 2);
-        assert!(
-            err.to_string().starts_with("--after: no job 999 in "),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_unique_job_is_stored_once_while_unfinished() {
+    fn the_unique_index_refuses_a_second_unfinished_unique_job() {
         let (_dir, mut store) = store();
         let unique = Schedule {
             unique: true,
@@ -2283,15 +1921,6 @@ mod tests {
         else {
             panic!("not stored");
         };
-        assert_eq!(
-            store
-                .publish_with(std::slice::from_ref(&named), &unique, 1000)
-                .expect("publish"),
-            Published::Existing {
-                id: ids[0],
-                state: JobState::Ready
-            }
-        );
         let other_queue = NewJob {
             queue: "other".to_owned(),
             ..named.clone()
@@ -2322,70 +1951,14 @@ mod tests {
             err.sqlite_error_code(),
             Some(rusqlite::ErrorCode::ConstraintViolation)
         );
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        finish(&mut store, ids[0], JobState::Finished, 1000);
-        assert!(matches!(
-            store
-                .publish_with(&[named], &unique, 1000)
-                .expect("publish"),
-            Published::Stored { .. }
-        ));
     }
 
-    #[test]
-    fn a_failed_job_holds_its_group_only_for_blocking_callbacks() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(&[job("a", Some("g")), job("a", Some("g"))], 1000)
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let first = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        finish(&mut store, first.id, JobState::PermanentlyFailed, 1000);
-        let request = ClaimRequest {
-            queue: "general",
-            run,
-            now: 1000,
-            limit: 1,
-            callbacks: &[("a", usize::MAX)],
-            blocking: &["a"],
-        };
-        let held = store
-            .settle_and_claim(&[], &request, &mut Tally::default(), false)
-            .expect("claim");
-        assert!(held.claimed.is_empty());
-        let facts = |blocking: &[&str]| {
-            store
-                .serial_group_facts("g", ids[1], blocking)
-                .expect("read")
-        };
-        assert_eq!(facts(&["a"]).failed_blocking, Some(ids[0]));
-        assert_eq!(group_hold(&facts(&[])), None);
-        let next = claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("skip goes on");
-        assert_eq!(next.id, ids[1]);
-    }
-
-    /// Whether job `id` carries the mark of `bgq cancel --kill`.
-    fn marked(store: &SqliteStore, id: i64) -> bool {
-        store
-            .detail(id)
-            .expect("read")
-            .expect("kept")
-            .cancel_requested
-    }
-
+    /// SQLite's own: the stale marks are written by SQL, as only a database of bgq 3 holds them
+    /// (a job not running yet marked for cancelling); no call of the trait leaves one.
     #[test]
     fn a_retry_or_a_claim_clears_a_stale_cancel_mark() {
         let (_dir, mut store) = store();
-        let ids = store
-            .publish(&[job("a", None), job("a", None)], 1000)
-            .expect("publish");
+        let ids = publish(&mut store, &[job("a", None), job("a", None)], 1000).expect("publish");
         // As a `process` of bgq 3 leaves a job it ended after an upgrade: failed, yet marked.
         store
             .conn
@@ -2425,18 +1998,6 @@ mod tests {
                 .expect("read")
                 .is_empty()
         );
-    }
-
-    /// Marks job `id` as `bgq cancel --kill` does.
-    fn cancel(store: &mut SqliteStore, id: i64, now: Millis) {
-        store
-            .change(
-                &Selection::Ids(&[id]),
-                &Change::Cancel { now },
-                false,
-                &mut |_: &JobBrief| Ok(true),
-            )
-            .expect("cancel");
     }
 
     /// A small deterministic random source for the agreement test (splitmix64).
@@ -2483,6 +2044,9 @@ mod tests {
     /// On random queues (groups, priorities, failures that block and that do not, retries of
     /// older jobs while younger ones run), every claim takes exactly the job the group rule of
     /// `queue::eligibility` names, which `explain` reports: the two cannot drift apart.
+    ///
+    /// SQLite's own: which jobs are in the claim path is read from its `due` column, which the
+    /// trait does not expose.
     #[test]
     fn claims_agree_with_the_group_rule() {
         let blocking = ["a"];
@@ -2577,220 +2141,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn a_job_cancelled_while_running_holds_its_group_until_its_callback_ends() {
-        let (_dir, mut store) = store();
-        let mut other_queue = job("a", Some("g"));
-        other_queue.queue = "other".to_owned();
-        let first = store
-            .publish(&[job("a", Some("g"))], 1000)
-            .expect("publish")[0];
-        let second = store.publish(&[other_queue], 1000).expect("publish")[0];
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        cancel(&mut store, first, 2000);
-        let record = store.record(first).expect("read").expect("kept");
-        assert_eq!(record.state, JobState::Processing);
-        assert!(marked(&store, first));
-        assert_eq!(
-            store.cancels_requested("general", run).expect("read"),
-            [first]
-        );
-        let other = store.begin_run("other", &me(), 2000, false).expect("run");
-        assert!(
-            claim(&mut store, "other", other, 2000, &["a"])
-                .expect("claim")
-                .is_none(),
-            "the group ran two jobs at once"
-        );
-        finish(&mut store, first, JobState::PermanentlyFailed, 3000);
-        let record = store.record(first).expect("read").expect("kept");
-        assert_eq!(record.state, JobState::Cancelled, "not PERMANENTLY_FAILED");
-        assert_eq!(record.state_changed_at, 3000);
-        assert!(store.pending_notices("general").expect("read").is_empty());
-        assert!(!marked(&store, first));
-        let next = claim(&mut store, "other", other, 3000, &["a"])
-            .expect("claim")
-            .expect("the group goes on");
-        assert_eq!(next.id, second);
-    }
-
-    #[test]
-    fn a_cancelled_callback_that_exits_0_leaves_its_job_finished() {
-        let (_dir, mut store) = store();
-        let id = store.publish(&[job("a", None)], 1000).expect("publish")[0];
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        claim(&mut store, "general", run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        cancel(&mut store, id, 2000);
-        finish(&mut store, id, JobState::Finished, 3000);
-        assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
-        assert!(!marked(&store, id));
-    }
-
-    /// How a run of job `id` under `fence` ended in `state` at `at`, printing `output`.
-    fn ended(id: i64, fence: Fence, state: JobState, at: Millis, output: &[u8]) -> Completion {
-        Completion {
-            id,
-            fence,
-            state,
-            run_at: at,
-            due_now: state == JobState::TemporarilyFailed,
-            uncount_attempt: false,
-            output: output.to_vec(),
-            ended_at: at,
-            notified: false,
-            notice: None,
-        }
-    }
-
-    #[test]
-    fn a_late_outcome_of_a_recovered_claim_changes_nothing() {
-        let (_dir, mut store) = store();
-        let id = store.publish(&[job("a", None)], 1000).expect("publish")[0];
-        let old_run = store.begin_run("general", &me(), 1000, false).expect("run");
-        let old = claim(&mut store, "general", old_run, 1000, &["a"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!(
-            old.fence,
-            Fence {
-                run: old_run,
-                attempt: 1
-            }
-        );
-        // The old run is taken for dead: recovery puts the job back, and a new run claims it.
-        let orphan = store.orphans("general").expect("orphans").remove(0);
-        assert_eq!(orphan.fence, old.fence);
-        let recovered = ended(
-            id,
-            orphan.fence,
-            JobState::TemporarilyFailed,
-            2000,
-            b"lost\n",
-        );
-        assert_eq!(
-            store.complete(&recovered).expect("recover"),
-            Applied::Stored
-        );
-        let new_run = store.begin_run("general", &me(), 2000, false).expect("run");
-        let new = claim(&mut store, "general", new_run, 2000, &["a"])
-            .expect("claim")
-            .expect("job");
-        assert_eq!(new.fence.attempt, 2);
-
-        // The old run's outcome and cancel arrive late: neither touches the job.
-        let request = ClaimRequest {
-            queue: "general",
-            run: old_run,
-            now: 3000,
-            limit: 0,
-            callbacks: &[],
-            blocking: &[],
-        };
-        let late = ended(id, old.fence, JobState::Finished, 3000, b"late\n");
-        let settled = store
-            .settle_and_claim(
-                std::slice::from_ref(&late),
-                &request,
-                &mut Tally::default(),
-                true,
-            )
-            .expect("settle");
-        assert_eq!(settled.stale, [(id, old.fence)]);
-        assert_eq!(store.complete(&late).expect("complete"), Applied::Stale);
-        cancel(&mut store, id, 3000);
-        assert!(
-            !store
-                .end_cancel(id, old.fence, b"late\n", 3000)
-                .expect("end")
-        );
-        let detail = store.detail(id).expect("read").expect("kept");
-        assert_eq!(detail.record.state, JobState::Processing);
-        assert_eq!(detail.claimed_run, new_run);
-        assert_eq!(
-            detail.output, b"lost\n",
-            "the late run's output reached the job"
-        );
-
-        // The claim that holds it is heard.
-        let done = ended(id, new.fence, JobState::Finished, 4000, b"done\n");
-        assert_eq!(store.complete(&done).expect("complete"), Applied::Stored);
-        assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
-    }
-
-    #[test]
-    fn end_cancel_ends_only_a_running_job_marked_for_cancelling() {
-        let (_dir, mut store) = store();
-        let ids = store
-            .publish(&[job("a", None), job("a", None)], 1000)
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, false).expect("run");
-        for _ in &ids {
-            claim(&mut store, "general", run, 1000, &["a"])
-                .expect("claim")
-                .expect("job");
-        }
-        cancel(&mut store, ids[0], 2000);
-        assert!(
-            !store
-                .end_cancel(ids[1], fence_of(&store, ids[1]), b"", 2000)
-                .expect("end")
-        );
-        assert_eq!(
-            store.state_of(ids[1]).expect("read"),
-            Some(JobState::Processing)
-        );
-        assert!(
-            store
-                .end_cancel(ids[0], fence_of(&store, ids[0]), b"stopped\n", 2000)
-                .expect("end")
-        );
-        let detail = store.detail(ids[0]).expect("read").expect("kept");
-        assert_eq!(detail.record.state, JobState::Cancelled);
-        assert_eq!(detail.output, b"stopped\n");
-        assert!(
-            !store
-                .end_cancel(ids[0], fence_of(&store, ids[0]), b"", 2000)
-                .expect("end"),
-            "once"
-        );
-    }
-
-    #[test]
-    fn delayed_jobs_wait_outside_the_claim_path() {
-        let (_dir, mut store) = store();
-        let later = Schedule {
-            run_at: 5000,
-            ..Schedule::default()
-        };
-        store
-            .publish_with(&[job("a", None)], &later, 1000)
-            .expect("publish");
-        let run = store.begin_run("general", &me(), 1000, true).expect("run");
-        assert_eq!(
-            store.promote_due("general", None, 4999).expect("promote"),
-            0
-        );
-        assert!(
-            claim(&mut store, "general", run, 4999, &["a"])
-                .expect("claim")
-                .is_none()
-        );
-        assert_eq!(
-            store.promote_due("general", None, 5000).expect("promote"),
-            1
-        );
-        assert!(
-            claim(&mut store, "general", run, 5000, &["a"])
-                .expect("claim")
-                .is_some()
-        );
-        assert!(store.last_run("general").expect("read").expect("run").watch);
     }
 }

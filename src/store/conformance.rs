@@ -1,0 +1,1374 @@
+//! The store's behaviour suite: what every backend must do, written once against the
+//! [`Store`] trait and its contract (claim order, priorities, serial groups, `--after`,
+//! `--unique`, delays, retry, cancel, fencing of late outcomes, recovery, clear, notices, run
+//! records, the counts of the read commands). Each behaviour is a plain function of
+//! `&mut dyn Store`: no SQL, no connection, no backend type.
+//!
+//! A backend runs the whole suite by invoking, once, in its `#[cfg(test)]` module:
+//!
+//! ```ignore
+//! crate::store::conformance::conformance_suite!(open);
+//! ```
+//!
+//! where `open()` returns `(guard, store)`: a fresh, empty store of the backend's type and
+//! whatever keeps it alive (a temp dir, a throwaway database), dropped after the store. That
+//! defines a module `conformance` in the caller with one `#[test]` per behaviour.
+//!
+//! To add a behaviour, write its function here and add its name to the list in
+//! `conformance_suite!`: every backend then runs it, untouched. A function left off the list is
+//! never called, which the `dead_code` lint reports (and clippy `-D warnings` refuses).
+//!
+//! What only one backend can show (its SQL's query plans, upgrades of its own old schemas, states
+//! only its old versions wrote, checks that read what the trait does not expose) stays in that
+//! backend's tests, which may use the helpers here.
+
+use crate::coord::process_group::ProcessRecord;
+use crate::job::{JobState, Millis, NewJob, Payload};
+use crate::notify::NoticeKind;
+use crate::queue::eligibility::group_hold;
+use crate::store::{
+    Applied, Change, ClaimRequest, ClaimedJob, Completion, Fence, JobBrief, ListFilter, Published,
+    Schedule, Selection, Store, Tally,
+};
+
+/// Defines, in the module that invokes it, a module `conformance` with one `#[test]` per
+/// behaviour of the suite, each on a fresh store from `$open()` (see the module's docs).
+macro_rules! conformance_suite {
+    ($open:expr) => {
+        $crate::store::conformance::conformance_suite!(@tests $open;
+            claims_oldest_first_and_never_twice,
+            serial_group_holds_younger_jobs_until_the_older_one_ends,
+            claims_several_within_each_callbacks_capacity,
+            only_the_given_callbacks_are_claimed,
+            a_failed_job_waits_for_a_later_run_even_when_due,
+            publish_returns_the_id_of_each_job_across_chunks,
+            higher_priority_is_claimed_first_but_never_ahead_of_its_group,
+            a_job_after_others_becomes_due_when_the_last_of_them_finishes,
+            a_unique_job_is_stored_once_while_unfinished,
+            a_failed_job_holds_its_group_only_for_blocking_callbacks,
+            a_job_cancelled_while_running_holds_its_group_until_its_callback_ends,
+            a_cancelled_callback_that_exits_0_leaves_its_job_finished,
+            a_late_outcome_of_a_recovered_claim_changes_nothing,
+            end_cancel_ends_only_a_running_job_marked_for_cancelling,
+            delayed_jobs_wait_outside_the_claim_path,
+            orphans_are_the_running_jobs_of_their_queue,
+            a_waiting_job_does_not_count_the_attempt,
+            a_retried_job_runs_again_in_a_later_run_with_its_new_parameters,
+            a_change_applies_to_the_jobs_decided_or_to_none,
+            clear_deletes_only_jobs_finished_before_the_cutoff,
+            notices_wait_with_their_outcome_until_deleted,
+            runs_are_recorded_from_start_to_end,
+            outcomes_are_counted_once_written,
+            the_read_side_sees_what_is_stored,
+            a_shifted_schedule_makes_delayed_jobs_due_sooner,
+        );
+    };
+    (@tests $open:expr; $($name:ident,)*) => {
+        /// The store's behaviour suite (`store::conformance`), run against this backend.
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[test]
+                fn $name() {
+                    $crate::store::conformance::run($open, $crate::store::conformance::$name);
+                }
+            )*
+        }
+    };
+}
+pub(crate) use conformance_suite;
+
+/// Runs `behaviour` on a fresh store from `open`, then drops the store before its guard.
+pub(crate) fn run<G, S: Store>(open: impl FnOnce() -> (G, S), behaviour: fn(&mut dyn Store)) {
+    let (guard, mut store) = open();
+    behaviour(&mut store);
+    drop(store);
+    drop(guard);
+}
+
+/// Claims one job of `queue` for `run` among `callbacks` (no limit per callback).
+pub(crate) fn claim(
+    store: &mut dyn Store,
+    queue: &str,
+    run: i64,
+    now: Millis,
+    callbacks: &[&str],
+) -> anyhow::Result<Option<ClaimedJob>> {
+    let callbacks: Vec<(&str, usize)> = callbacks.iter().map(|name| (*name, usize::MAX)).collect();
+    let request = ClaimRequest {
+        queue,
+        run,
+        now,
+        limit: 1,
+        callbacks: &callbacks,
+        blocking: &[],
+    };
+    Ok(store
+        .settle_and_claim(&[], &request, &mut Tally::default(), true)?
+        .claimed
+        .pop())
+}
+
+/// The `process` that the tests' runs are recorded as.
+pub(crate) fn me() -> ProcessRecord {
+    ProcessRecord {
+        pid: 1,
+        started: 1,
+        boot_id: "test".to_owned(),
+    }
+}
+
+/// A job of queue `general` for `callback`, in serial `group` if given.
+pub(crate) fn job(callback: &str, group: Option<&str>) -> NewJob {
+    NewJob {
+        queue: "general".to_owned(),
+        callback: callback.to_owned(),
+        payload: Payload::Json(serde_json::json!({"n": 1}))
+            .to_msgpack()
+            .expect("encodes"),
+        serial_group: group.map(str::to_owned),
+        identifier: None,
+    }
+}
+
+/// The claim that holds job `id` now, as its run knows it: the run that claimed it last and
+/// the attempts counted.
+pub(crate) fn fence_of(store: &dyn Store, id: i64) -> Fence {
+    let detail = store.detail(id).expect("read the claim").expect("kept");
+    Fence {
+        run: detail.claimed_run,
+        attempt: detail.record.attempts,
+    }
+}
+
+/// Publishes `jobs`, due now, with no other schedule; returns their ids in order.
+pub(crate) fn publish(
+    store: &mut dyn Store,
+    jobs: &[NewJob],
+    now: Millis,
+) -> anyhow::Result<Vec<i64>> {
+    match store.publish_with(jobs, &Schedule::default(), now)? {
+        Published::Stored { ids, .. } => Ok(ids),
+        Published::Existing { id, .. } => Ok(vec![id]),
+    }
+}
+
+/// Ends the run of job `id` that holds it now in `state` at `at`, printing nothing.
+pub(crate) fn finish(store: &mut dyn Store, id: i64, state: JobState, at: Millis) {
+    store
+        .complete(&Completion {
+            id,
+            fence: fence_of(store, id),
+            state,
+            run_at: at,
+            due_now: false,
+            uncount_attempt: false,
+            output: Vec::new(),
+            ended_at: at,
+            notified: false,
+            notice: None,
+        })
+        .expect("complete");
+}
+
+/// Whether job `id` carries the mark of `bgq cancel --kill`.
+pub(crate) fn marked(store: &dyn Store, id: i64) -> bool {
+    store
+        .detail(id)
+        .expect("read")
+        .expect("kept")
+        .cancel_requested
+}
+
+/// Marks job `id` as `bgq cancel --kill` does.
+pub(crate) fn cancel(store: &mut dyn Store, id: i64, now: Millis) {
+    store
+        .change(
+            &Selection::Ids(&[id]),
+            &Change::Cancel { now },
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("cancel");
+}
+
+/// How a run of job `id` under `fence` ended in `state` at `at`, printing `output`.
+pub(crate) fn ended(
+    id: i64,
+    fence: Fence,
+    state: JobState,
+    at: Millis,
+    output: &[u8],
+) -> Completion {
+    Completion {
+        id,
+        fence,
+        state,
+        run_at: at,
+        due_now: state == JobState::TemporarilyFailed,
+        uncount_attempt: false,
+        output: output.to_vec(),
+        ended_at: at,
+        notified: false,
+        notice: None,
+    }
+}
+
+pub(crate) fn claims_oldest_first_and_never_twice(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("a job");
+    let second = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("a job");
+    assert_eq!((first.id, second.id), (ids[0], ids[1]));
+    assert_eq!(first.attempts, 1);
+    assert!(
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .is_none()
+    );
+}
+
+pub(crate) fn serial_group_holds_younger_jobs_until_the_older_one_ends(store: &mut dyn Store) {
+    let ids = publish(
+        store,
+        &[
+            job("a", Some("g")),
+            job("a", Some("g")),
+            job("a", Some("h")),
+        ],
+        1000,
+    )
+    .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let other = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!((first.id, other.id), (ids[0], ids[2]));
+    assert!(
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .is_none()
+    );
+    store
+        .complete(&Completion {
+            id: ids[0],
+            fence: fence_of(store, ids[0]),
+            state: JobState::PermanentlyFailed,
+            run_at: 1000,
+            due_now: false,
+            uncount_attempt: false,
+            output: Vec::new(),
+            ended_at: 1001,
+            notified: false,
+            notice: None,
+        })
+        .expect("complete");
+    let next = claim(store, "general", run, 1001, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(next.id, ids[1]);
+}
+
+pub(crate) fn claims_several_within_each_callbacks_capacity(store: &mut dyn Store) {
+    let ids = publish(
+        store,
+        &[
+            job("a", None),
+            job("a", None),
+            job("b", None),
+            job("a", None),
+        ],
+        1000,
+    )
+    .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let request = ClaimRequest {
+        queue: "general",
+        run,
+        now: 1000,
+        limit: 3,
+        callbacks: &[("a", 1), ("b", usize::MAX)],
+        blocking: &[],
+    };
+    let claimed = store
+        .settle_and_claim(&[], &request, &mut Tally::default(), true)
+        .expect("claim");
+    let claimed: Vec<i64> = claimed.claimed.iter().map(|job| job.id).collect();
+    assert_eq!(claimed, [ids[0], ids[2]]);
+}
+
+pub(crate) fn only_the_given_callbacks_are_claimed(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("b", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["b"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, ids[1]);
+}
+
+pub(crate) fn a_failed_job_waits_for_a_later_run_even_when_due(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    store
+        .complete(&Completion {
+            id: ids[0],
+            fence: fence_of(store, ids[0]),
+            state: JobState::TemporarilyFailed,
+            run_at: 1000,
+            due_now: false,
+            uncount_attempt: false,
+            output: b"boom".to_vec(),
+            ended_at: 1000,
+            notified: false,
+            notice: None,
+        })
+        .expect("complete");
+    assert_eq!(
+        store
+            .promote_due("general", Some(run), 5000)
+            .expect("promote"),
+        0
+    );
+    assert!(
+        claim(store, "general", run, 5000, &["a"])
+            .expect("claim")
+            .is_none()
+    );
+    let next_run = store.begin_run("general", &me(), 6000, false).expect("run");
+    assert_eq!(
+        store
+            .promote_due("general", Some(next_run), 6000)
+            .expect("promote"),
+        1
+    );
+    let again = claim(store, "general", next_run, 6000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(again.attempts, 2);
+    let detail = store.detail(ids[0]).expect("read").expect("stored");
+    assert_eq!(detail.output, b"boom");
+}
+
+pub(crate) fn publish_returns_the_id_of_each_job_across_chunks(store: &mut dyn Store) {
+    let jobs: Vec<NewJob> = (0..250)
+        .map(|n| NewJob {
+            payload: Payload::Json(serde_json::json!({ "n": n }))
+                .to_msgpack()
+                .expect("encodes"),
+            identifier: Some(format!("job-{n}")),
+            ..job("a", None)
+        })
+        .collect();
+    let first = publish(store, &jobs[..1], 1000).expect("publish");
+    let ids = publish(store, &jobs, 1000).expect("publish");
+    assert_eq!(ids.len(), 250);
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(*id, first[0] + 1 + n as i64);
+        let record = store.record(*id).expect("read").expect("stored");
+        assert_eq!(record.identifier, Some(format!("job-{n}")));
+    }
+}
+
+pub(crate) fn higher_priority_is_claimed_first_but_never_ahead_of_its_group(store: &mut dyn Store) {
+    let low = publish(store, &[job("a", None)], 1000).expect("publish")[0];
+    let schedule = |priority| Schedule {
+        priority,
+        ..Schedule::default()
+    };
+    let publish = |store: &mut dyn Store, job: NewJob, priority| match store
+        .publish_with(&[job], &schedule(priority), 1000)
+        .expect("publish")
+    {
+        Published::Stored { ids, .. } => ids[0],
+        other => panic!("{other:?}"),
+    };
+    let grouped_old = publish(store, job("a", Some("g")), 0);
+    let grouped_urgent = publish(store, job("a", Some("g")), 9);
+    let urgent = publish(store, job("a", None), 5);
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let mut order = Vec::new();
+    while let Some(job) = claim(store, "general", run, 1000, &["a"]).expect("claim") {
+        order.push(job.id);
+        finish(store, job.id, JobState::Finished, 1000);
+        store
+            .promote_due("general", Some(run), 1000)
+            .expect("promote");
+    }
+    // The urgent grouped job waits for the older job of its group, then comes first.
+    assert_eq!(order, [urgent, low, grouped_old, grouped_urgent]);
+}
+
+pub(crate) fn a_job_after_others_becomes_due_when_the_last_of_them_finishes(store: &mut dyn Store) {
+    let parents = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    let after = Schedule {
+        after: parents.clone(),
+        ..Schedule::default()
+    };
+    let Published::Stored { ids, waiting_for } = store
+        .publish_with(&[job("b", None)], &after, 1000)
+        .expect("publish")
+    else {
+        panic!("not stored");
+    };
+    assert_eq!(waiting_for.len(), 2);
+    let child = ids[0];
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    for _ in 0..2 {
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("parent");
+    }
+    finish(store, parents[0], JobState::Finished, 1000);
+    finish(store, parents[1], JobState::PermanentlyFailed, 1000);
+    store
+        .promote_due("general", Some(run), 1000)
+        .expect("promote");
+    assert!(
+        claim(store, "general", run, 1000, &["b"])
+            .expect("claim")
+            .is_none()
+    );
+    let retry = Change::Retry {
+        now: 2000,
+        payload: None,
+    };
+    store
+        .change(
+            &Selection::Ids(&parents[1..]),
+            &retry,
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    let run = store.begin_run("general", &me(), 2000, false).expect("run");
+    store
+        .promote_due("general", Some(run), 2000)
+        .expect("promote");
+    let again = claim(store, "general", run, 2000, &["a", "b"])
+        .expect("claim")
+        .expect("the retried parent");
+    assert_eq!(again.id, parents[1]);
+    assert!(
+        claim(store, "general", run, 2000, &["b"])
+            .expect("claim")
+            .is_none()
+    );
+    finish(store, parents[1], JobState::Finished, 2000);
+    store
+        .promote_due("general", Some(run), 2000)
+        .expect("promote");
+    let claimed = claim(store, "general", run, 2000, &["b"])
+        .expect("claim")
+        .expect("due now");
+    assert_eq!(claimed.id, child);
+    let unknown = Schedule {
+        after: vec![999],
+        ..Schedule::default()
+    };
+    let err = store
+        .publish_with(&[job("b", None)], &unknown, 1000)
+        .expect_err("unknown parent");
+    assert_eq!(crate::error::exit_code(&err), 2);
+    assert!(
+        err.to_string().starts_with("--after: no job 999 in "),
+        "{err}"
+    );
+}
+
+pub(crate) fn a_unique_job_is_stored_once_while_unfinished(store: &mut dyn Store) {
+    let unique = Schedule {
+        unique: true,
+        ..Schedule::default()
+    };
+    let named = NewJob {
+        identifier: Some("x".to_owned()),
+        ..job("a", None)
+    };
+    let Published::Stored { ids, .. } = store
+        .publish_with(std::slice::from_ref(&named), &unique, 1000)
+        .expect("publish")
+    else {
+        panic!("not stored");
+    };
+    assert_eq!(
+        store
+            .publish_with(std::slice::from_ref(&named), &unique, 1000)
+            .expect("publish"),
+        Published::Existing {
+            id: ids[0],
+            state: JobState::Ready
+        }
+    );
+    let other_queue = NewJob {
+        queue: "other".to_owned(),
+        ..named.clone()
+    };
+    assert!(matches!(
+        store
+            .publish_with(&[other_queue], &unique, 1000)
+            .expect("publish"),
+        Published::Stored { .. }
+    ));
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    finish(store, ids[0], JobState::Finished, 1000);
+    assert!(matches!(
+        store
+            .publish_with(&[named], &unique, 1000)
+            .expect("publish"),
+        Published::Stored { .. }
+    ));
+}
+
+pub(crate) fn a_failed_job_holds_its_group_only_for_blocking_callbacks(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", Some("g")), job("a", Some("g"))], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    finish(store, first.id, JobState::PermanentlyFailed, 1000);
+    let request = ClaimRequest {
+        queue: "general",
+        run,
+        now: 1000,
+        limit: 1,
+        callbacks: &[("a", usize::MAX)],
+        blocking: &["a"],
+    };
+    let held = store
+        .settle_and_claim(&[], &request, &mut Tally::default(), false)
+        .expect("claim");
+    assert!(held.claimed.is_empty());
+    let facts = |blocking: &[&str]| {
+        store
+            .serial_group_facts("g", ids[1], blocking)
+            .expect("read")
+    };
+    assert_eq!(facts(&["a"]).failed_blocking, Some(ids[0]));
+    assert_eq!(group_hold(&facts(&[])), None);
+    let next = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("skip goes on");
+    assert_eq!(next.id, ids[1]);
+}
+
+pub(crate) fn a_job_cancelled_while_running_holds_its_group_until_its_callback_ends(
+    store: &mut dyn Store,
+) {
+    let mut other_queue = job("a", Some("g"));
+    other_queue.queue = "other".to_owned();
+    let first = publish(store, &[job("a", Some("g"))], 1000).expect("publish")[0];
+    let second = publish(store, &[other_queue], 1000).expect("publish")[0];
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    cancel(store, first, 2000);
+    let record = store.record(first).expect("read").expect("kept");
+    assert_eq!(record.state, JobState::Processing);
+    assert!(marked(store, first));
+    assert_eq!(
+        store.cancels_requested("general", run).expect("read"),
+        [first]
+    );
+    let other = store.begin_run("other", &me(), 2000, false).expect("run");
+    assert!(
+        claim(store, "other", other, 2000, &["a"])
+            .expect("claim")
+            .is_none(),
+        "the group ran two jobs at once"
+    );
+    finish(store, first, JobState::PermanentlyFailed, 3000);
+    let record = store.record(first).expect("read").expect("kept");
+    assert_eq!(record.state, JobState::Cancelled, "not PERMANENTLY_FAILED");
+    assert_eq!(record.state_changed_at, 3000);
+    assert!(store.pending_notices("general").expect("read").is_empty());
+    assert!(!marked(store, first));
+    let next = claim(store, "other", other, 3000, &["a"])
+        .expect("claim")
+        .expect("the group goes on");
+    assert_eq!(next.id, second);
+}
+
+pub(crate) fn a_cancelled_callback_that_exits_0_leaves_its_job_finished(store: &mut dyn Store) {
+    let id = publish(store, &[job("a", None)], 1000).expect("publish")[0];
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    cancel(store, id, 2000);
+    finish(store, id, JobState::Finished, 3000);
+    assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
+    assert!(!marked(store, id));
+}
+
+pub(crate) fn a_late_outcome_of_a_recovered_claim_changes_nothing(store: &mut dyn Store) {
+    let id = publish(store, &[job("a", None)], 1000).expect("publish")[0];
+    let old_run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let old = claim(store, "general", old_run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(
+        old.fence,
+        Fence {
+            run: old_run,
+            attempt: 1
+        }
+    );
+    // The old run is taken for dead: recovery puts the job back, and a new run claims it.
+    let orphan = store.orphans("general").expect("orphans").remove(0);
+    assert_eq!(orphan.fence, old.fence);
+    let recovered = ended(
+        id,
+        orphan.fence,
+        JobState::TemporarilyFailed,
+        2000,
+        b"lost\n",
+    );
+    assert_eq!(
+        store.complete(&recovered).expect("recover"),
+        Applied::Stored
+    );
+    let new_run = store.begin_run("general", &me(), 2000, false).expect("run");
+    let new = claim(store, "general", new_run, 2000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(new.fence.attempt, 2);
+
+    // The old run's outcome and cancel arrive late: neither touches the job.
+    let request = ClaimRequest {
+        queue: "general",
+        run: old_run,
+        now: 3000,
+        limit: 0,
+        callbacks: &[],
+        blocking: &[],
+    };
+    let late = ended(id, old.fence, JobState::Finished, 3000, b"late\n");
+    let settled = store
+        .settle_and_claim(
+            std::slice::from_ref(&late),
+            &request,
+            &mut Tally::default(),
+            true,
+        )
+        .expect("settle");
+    assert_eq!(settled.stale, [(id, old.fence)]);
+    assert_eq!(store.complete(&late).expect("complete"), Applied::Stale);
+    cancel(store, id, 3000);
+    assert!(
+        !store
+            .end_cancel(id, old.fence, b"late\n", 3000)
+            .expect("end")
+    );
+    let detail = store.detail(id).expect("read").expect("kept");
+    assert_eq!(detail.record.state, JobState::Processing);
+    assert_eq!(detail.claimed_run, new_run);
+    assert_eq!(
+        detail.output, b"lost\n",
+        "the late run's output reached the job"
+    );
+
+    // The claim that holds it is heard.
+    let done = ended(id, new.fence, JobState::Finished, 4000, b"done\n");
+    assert_eq!(store.complete(&done).expect("complete"), Applied::Stored);
+    assert_eq!(store.state_of(id).expect("read"), Some(JobState::Finished));
+}
+
+pub(crate) fn end_cancel_ends_only_a_running_job_marked_for_cancelling(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    for _ in &ids {
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+    }
+    cancel(store, ids[0], 2000);
+    assert!(
+        !store
+            .end_cancel(ids[1], fence_of(store, ids[1]), b"", 2000)
+            .expect("end")
+    );
+    assert_eq!(
+        store.state_of(ids[1]).expect("read"),
+        Some(JobState::Processing)
+    );
+    assert!(
+        store
+            .end_cancel(ids[0], fence_of(store, ids[0]), b"stopped\n", 2000)
+            .expect("end")
+    );
+    let detail = store.detail(ids[0]).expect("read").expect("kept");
+    assert_eq!(detail.record.state, JobState::Cancelled);
+    assert_eq!(detail.output, b"stopped\n");
+    assert!(
+        !store
+            .end_cancel(ids[0], fence_of(store, ids[0]), b"", 2000)
+            .expect("end"),
+        "once"
+    );
+}
+
+pub(crate) fn delayed_jobs_wait_outside_the_claim_path(store: &mut dyn Store) {
+    let later = Schedule {
+        run_at: 5000,
+        ..Schedule::default()
+    };
+    store
+        .publish_with(&[job("a", None)], &later, 1000)
+        .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, true).expect("run");
+    assert_eq!(
+        store.promote_due("general", None, 4999).expect("promote"),
+        0
+    );
+    assert!(
+        claim(store, "general", run, 4999, &["a"])
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(
+        store.promote_due("general", None, 5000).expect("promote"),
+        1
+    );
+    assert!(
+        claim(store, "general", run, 5000, &["a"])
+            .expect("claim")
+            .is_some()
+    );
+    assert!(store.last_run("general").expect("read").expect("run").watch);
+}
+
+/// The jobs `orphans` reports are the PROCESSING ones of its queue, each with the claim that
+/// holds it and who made it; a cancel requested meanwhile shows, and `end_cancel` under that
+/// claim ends it (as recovery does when a run died before ending a cancelled job).
+pub(crate) fn orphans_are_the_running_jobs_of_their_queue(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    let mut elsewhere = job("a", None);
+    elsewhere.queue = "other".to_owned();
+    publish(store, &[elsewhere], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let running = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let other = store.begin_run("other", &me(), 1000, false).expect("run");
+    claim(store, "other", other, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+
+    let orphans = store.orphans("general").expect("orphans");
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let orphan = &orphans[0];
+    assert_eq!(orphan.id, ids[0]);
+    assert_eq!(orphan.callback, "a");
+    assert_eq!(orphan.attempts, 1);
+    assert_eq!(orphan.claimed_by, Some(me()));
+    assert!(!orphan.notified);
+    assert!(!orphan.cancel_requested);
+    assert_eq!(orphan.fence, running.fence);
+
+    cancel(store, ids[0], 2000);
+    let orphan = store.orphans("general").expect("orphans").remove(0);
+    assert!(orphan.cancel_requested);
+    assert!(
+        store
+            .end_cancel(ids[0], orphan.fence, b"gone\n", 3000)
+            .expect("end")
+    );
+    assert!(store.orphans("general").expect("orphans").is_empty());
+    let detail = store.detail(ids[0]).expect("read").expect("kept");
+    assert_eq!(detail.record.state, JobState::Cancelled);
+    assert_eq!(detail.record.state_changed_at, 3000);
+    assert_eq!(detail.output, b"gone\n");
+    assert_eq!(store.state_of(ids[1]).expect("read"), Some(JobState::Ready));
+}
+
+/// A WAITING outcome gives its attempt back, and the job runs again in a later run.
+pub(crate) fn a_waiting_job_does_not_count_the_attempt(store: &mut dyn Store) {
+    let id = publish(store, &[job("a", None)], 1000).expect("publish")[0];
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let waiting = Completion {
+        uncount_attempt: true,
+        ..ended(id, claimed.fence, JobState::Waiting, 1000, b"")
+    };
+    assert_eq!(store.complete(&waiting).expect("complete"), Applied::Stored);
+    let record = store.record(id).expect("read").expect("kept");
+    assert_eq!((record.state, record.attempts), (JobState::Waiting, 0));
+    assert_eq!(
+        store
+            .promote_due("general", Some(run), 2000)
+            .expect("promote"),
+        0
+    );
+    let next = store.begin_run("general", &me(), 2000, false).expect("run");
+    assert_eq!(
+        store
+            .promote_due("general", Some(next), 2000)
+            .expect("promote"),
+        1
+    );
+    let again = claim(store, "general", next, 2000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(again.attempts, 1);
+}
+
+/// `retry` puts a failed job back as new: READY, attempts and notice reset, new parameters if
+/// given, due for the next run but never again for the run that started it.
+pub(crate) fn a_retried_job_runs_again_in_a_later_run_with_its_new_parameters(
+    store: &mut dyn Store,
+) {
+    let id = publish(store, &[job("a", None)], 1000).expect("publish")[0];
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let failed = Completion {
+        notified: true,
+        ..ended(id, claimed.fence, JobState::PermanentlyFailed, 1000, b"")
+    };
+    store.complete(&failed).expect("complete");
+    assert!(store.detail(id).expect("read").expect("kept").notified);
+
+    let parameters = Payload::Json(serde_json::json!({"n": 2}));
+    let retry = Change::Retry {
+        now: 2000,
+        payload: Some(parameters.to_msgpack().expect("encodes")),
+    };
+    let decided = store
+        .change(
+            &Selection::Ids(&[id]),
+            &retry,
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    assert_eq!(decided.len(), 1);
+    let (brief, applied) = &decided[0];
+    assert!(*applied);
+    assert_eq!(
+        (brief.id, brief.state, brief.attempts, brief.claimed_run),
+        (id, JobState::PermanentlyFailed, 1, run)
+    );
+    let detail = store.detail(id).expect("read").expect("kept");
+    assert_eq!(detail.record.state, JobState::Ready);
+    assert_eq!(detail.record.attempts, 0);
+    assert_eq!(detail.record.state_changed_at, 2000);
+    assert!(!detail.notified);
+
+    assert_eq!(
+        store
+            .promote_due("general", Some(run), 2000)
+            .expect("promote"),
+        0,
+        "one run starts a job at most once"
+    );
+    let next = store.begin_run("general", &me(), 2000, false).expect("run");
+    assert_eq!(
+        store
+            .promote_due("general", Some(next), 2000)
+            .expect("promote"),
+        1
+    );
+    let again = claim(store, "general", next, 2000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(again.attempts, 1);
+    assert_eq!(again.payload, Ok(parameters));
+}
+
+/// `change` reads the jobs of its selection oldest first and applies its change to those
+/// `decide` accepts, all in one transaction: nothing on a dry run, nothing when `decide` refuses
+/// one of them, and an unknown id is a usage error.
+pub(crate) fn a_change_applies_to_the_jobs_decided_or_to_none(store: &mut dyn Store) {
+    let mut elsewhere = job("a", None);
+    elsewhere.queue = "other".to_owned();
+    let ids = publish(
+        store,
+        &[job("a", None), job("b", None), elsewhere, job("a", None)],
+        1000,
+    )
+    .expect("publish");
+    let cancel = Change::Cancel { now: 2000 };
+    let ready = [JobState::Ready];
+    let selection = Selection::Matching {
+        states: &ready,
+        queue: Some("general"),
+        callback: Some("a"),
+    };
+    let selected = |decided: &[(JobBrief, bool)]| -> Vec<(i64, bool)> {
+        decided
+            .iter()
+            .map(|(brief, apply)| (brief.id, *apply))
+            .collect()
+    };
+
+    let dry = store
+        .change(&selection, &cancel, true, &mut |_: &JobBrief| Ok(true))
+        .expect("dry run");
+    assert_eq!(selected(&dry), [(ids[0], true), (ids[3], true)]);
+    let refused = store.change(&selection, &cancel, false, &mut |brief: &JobBrief| {
+        if brief.id == ids[3] {
+            anyhow::bail!("not this one")
+        }
+        Ok(true)
+    });
+    assert!(refused.is_err());
+    let unknown = store
+        .change(
+            &Selection::Ids(&[ids[0], 999]),
+            &cancel,
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect_err("no job 999");
+    assert_eq!(crate::error::exit_code(&unknown), 2);
+    for id in &ids {
+        assert_eq!(store.state_of(*id).expect("read"), Some(JobState::Ready));
+    }
+
+    let done = store
+        .change(&selection, &cancel, false, &mut |brief: &JobBrief| {
+            Ok(brief.id == ids[0])
+        })
+        .expect("cancel");
+    assert_eq!(selected(&done), [(ids[0], true), (ids[3], false)]);
+    let record = store.record(ids[0]).expect("read").expect("kept");
+    assert_eq!(
+        (record.state, record.state_changed_at),
+        (JobState::Cancelled, 2000)
+    );
+    let run = store.begin_run("general", &me(), 2000, false).expect("run");
+    let claimed = claim(store, "general", run, 2000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, ids[3], "a cancelled job does not run");
+}
+
+/// `clear` deletes, batch by batch, the FINISHED jobs that finished before the cutoff and no
+/// other; an id it deleted is never handed out again, and a job published `--after` one runs as
+/// if after a FINISHED job.
+pub(crate) fn clear_deletes_only_jobs_finished_before_the_cutoff(store: &mut dyn Store) {
+    let ids = publish(
+        store,
+        &[
+            job("b", None),
+            job("a", None),
+            job("a", None),
+            job("a", None),
+            job("a", None),
+        ],
+        1000,
+    )
+    .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    for _ in 1..ids.len() {
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+    }
+    finish(store, ids[1], JobState::Finished, 1000);
+    finish(store, ids[2], JobState::PermanentlyFailed, 1000);
+    finish(store, ids[3], JobState::Finished, 3000);
+    finish(store, ids[4], JobState::Finished, 1500);
+
+    let mut deleted = 0;
+    let mut after = Some(0);
+    for _ in 0..=ids.len() {
+        let Some(from) = after else { break };
+        let (count, next) = store.clear_batch(2500, from, 1).expect("clear");
+        assert!(count <= 1, "a batch of one deleted {count}");
+        assert!(
+            next.is_none_or(|next| next > from),
+            "clear went back from {from}"
+        );
+        deleted += count;
+        after = next;
+    }
+    assert_eq!(after, None, "clear did not end");
+    assert_eq!(deleted, 2);
+    let kept: Vec<bool> = ids
+        .iter()
+        .map(|id| store.record(*id).expect("read").is_some())
+        .collect();
+    assert_eq!(kept, [true, false, true, true, false]);
+    assert_eq!(store.state_of(ids[4]).expect("read"), None);
+
+    let after_cleared = Schedule {
+        after: vec![ids[1]],
+        ..Schedule::default()
+    };
+    let Published::Stored {
+        ids: child,
+        waiting_for,
+    } = store
+        .publish_with(&[job("c", None)], &after_cleared, 4000)
+        .expect("publish after a cleared job")
+    else {
+        panic!("not stored");
+    };
+    assert!(waiting_for.is_empty(), "{waiting_for:?}");
+    assert!(child[0] > ids[4], "id {} handed out again", child[0]);
+    let detail = store.detail(child[0]).expect("read").expect("stored");
+    assert_eq!(detail.after, [(ids[1], None)]);
+    assert_eq!(detail.waits_for().count(), 0);
+    let claimed = claim(store, "general", run, 4000, &["c"])
+        .expect("claim")
+        .expect("due at once");
+    assert_eq!(claimed.id, child[0]);
+}
+
+/// A notice is stored with the outcome that carries it, per queue, and kept until deleted; it
+/// shows its job as it is now, or none once `clear` deleted it. An outcome that changes nothing
+/// stores no notice.
+pub(crate) fn notices_wait_with_their_outcome_until_deleted(store: &mut dyn Store) {
+    let mut elsewhere = job("a", None);
+    elsewhere.queue = "other".to_owned();
+    let ids = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    publish(store, &[elsewhere], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let mut claimed = Vec::new();
+    for _ in &ids {
+        claimed.push(
+            claim(store, "general", run, 1000, &["a"])
+                .expect("claim")
+                .expect("job"),
+        );
+    }
+    let failed = Completion {
+        notice: Some((NoticeKind::Failed, "exit status 1".to_owned())),
+        ..ended(
+            ids[0],
+            claimed[0].fence,
+            JobState::PermanentlyFailed,
+            1000,
+            b"out\n",
+        )
+    };
+    assert_eq!(store.complete(&failed).expect("complete"), Applied::Stored);
+    let recovered = Completion {
+        notice: Some((NoticeKind::Recovered, "finished".to_owned())),
+        ..ended(ids[1], claimed[1].fence, JobState::Finished, 1000, b"")
+    };
+    assert_eq!(
+        store.complete(&recovered).expect("complete"),
+        Applied::Stored
+    );
+    assert_eq!(
+        store.complete(&failed).expect("complete again"),
+        Applied::Stale
+    );
+
+    assert!(store.pending_notices("other").expect("read").is_empty());
+    let notices = store.pending_notices("general").expect("read");
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    let first = &notices[0];
+    assert_eq!(first.job_id, ids[0]);
+    assert_eq!(first.kind, NoticeKind::Failed);
+    assert_eq!(first.reason, "exit status 1");
+    assert_eq!(first.output, b"out\n");
+    let job = first.job.as_ref().expect("the job is kept");
+    assert_eq!((job.id, job.state), (ids[0], JobState::PermanentlyFailed));
+    assert_eq!(
+        (notices[1].job_id, notices[1].kind),
+        (ids[1], NoticeKind::Recovered)
+    );
+
+    let (deleted, _) = store.clear_batch(2000, 0, 100).expect("clear");
+    assert_eq!(deleted, 1);
+    let notices = store.pending_notices("general").expect("read");
+    assert_eq!(notices.len(), 2);
+    assert!(notices[1].job.is_none(), "{:?}", notices[1].job);
+
+    store.delete_notices(&[notices[0].id]).expect("delete");
+    let left: Vec<i64> = store
+        .pending_notices("general")
+        .expect("read")
+        .iter()
+        .map(|notice| notice.job_id)
+        .collect();
+    assert_eq!(left, [ids[1]]);
+}
+
+/// A `process` run is recorded from its start to its end, and the latest run of each queue is
+/// found.
+pub(crate) fn runs_are_recorded_from_start_to_end(store: &mut dyn Store) {
+    let first = store.begin_run("general", &me(), 1000, false).expect("run");
+    let watching = store.begin_run("other", &me(), 1500, true).expect("run");
+    let last = store.begin_run("general", &me(), 2000, false).expect("run");
+    assert!(first != watching && watching != last && first != last);
+
+    let started = store.run(first).expect("read").expect("recorded");
+    assert_eq!(started.id, first);
+    assert_eq!(started.queue, "general");
+    assert_eq!(started.runner, me());
+    assert_eq!(started.started_at, 1000);
+    assert_eq!(started.finished_at, None);
+    assert_eq!((started.jobs, started.failed), (0, 0));
+    assert_eq!(started.error, None);
+    assert!(!started.watch);
+    assert!(store.run(watching).expect("read").expect("recorded").watch);
+
+    store.end_run(first, 1800, 5, 2, Some("boom")).expect("end");
+    let ended = store.run(first).expect("read").expect("recorded");
+    assert_eq!(ended.finished_at, Some(1800));
+    assert_eq!((ended.jobs, ended.failed), (5, 2));
+    assert_eq!(ended.error.as_deref(), Some("boom"));
+
+    assert_eq!(
+        store.last_run("general").expect("read").map(|run| run.id),
+        Some(last)
+    );
+    assert!(store.last_run("none").expect("read").is_none());
+    let mut latest: Vec<(String, i64)> = store
+        .last_runs()
+        .expect("read")
+        .into_iter()
+        .map(|run| (run.queue, run.id))
+        .collect();
+    latest.sort();
+    assert_eq!(
+        latest,
+        [("general".to_owned(), last), ("other".to_owned(), watching)]
+    );
+}
+
+/// How runs of jobs ended is counted per queue for `stats`: `settle_and_claim` keeps the counts
+/// in its tally until written, `complete` writes its own at once, and an outcome that changes
+/// nothing is not counted.
+pub(crate) fn outcomes_are_counted_once_written(store: &mut dyn Store) {
+    let ids = publish(
+        store,
+        &[job("a", None), job("a", None), job("a", None)],
+        1000,
+    )
+    .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let request = ClaimRequest {
+        queue: "general",
+        run,
+        now: 1000,
+        limit: 3,
+        callbacks: &[("a", usize::MAX)],
+        blocking: &[],
+    };
+    let mut tally = Tally::default();
+    let claimed = store
+        .settle_and_claim(&[], &request, &mut tally, false)
+        .expect("claim")
+        .claimed;
+    assert_eq!(claimed.len(), 3);
+    let done = [
+        ended(ids[0], claimed[0].fence, JobState::Finished, 1000, b""),
+        ended(
+            ids[1],
+            claimed[1].fence,
+            JobState::TemporarilyFailed,
+            1000,
+            b"",
+        ),
+    ];
+    let nothing = ClaimRequest {
+        limit: 0,
+        ..request.clone()
+    };
+    let settled = store
+        .settle_and_claim(&done, &nothing, &mut tally, false)
+        .expect("settle");
+    assert_eq!(settled.failed, 1);
+    assert!(settled.stale.is_empty());
+    assert!(store.outcomes_since(0).expect("read").is_empty());
+    assert!(!tally.is_empty());
+    store.write_tally(&mut tally).expect("write");
+    assert!(tally.is_empty());
+    assert_eq!(
+        store.outcomes_since(0).expect("read"),
+        [("general".to_owned(), [1, 1, 0])]
+    );
+
+    let failed = ended(
+        ids[2],
+        claimed[2].fence,
+        JobState::PermanentlyFailed,
+        1000,
+        b"",
+    );
+    assert_eq!(store.complete(&failed).expect("complete"), Applied::Stored);
+    assert_eq!(store.complete(&done[0]).expect("again"), Applied::Stale);
+    assert_eq!(
+        store.outcomes_since(0).expect("read"),
+        [("general".to_owned(), [1, 1, 1])]
+    );
+    assert!(store.outcomes_since(120_000).expect("read").is_empty());
+}
+
+/// What the read commands count: jobs per queue and state, the due jobs, the callbacks a config
+/// does not know, the unfinished identifiers; `list` newest first, by filter, within its limit.
+pub(crate) fn the_read_side_sees_what_is_stored(store: &mut dyn Store) {
+    let named = |callback: &str, queue: &str, identifier: Option<&str>| NewJob {
+        queue: queue.to_owned(),
+        identifier: identifier.map(str::to_owned),
+        ..job(callback, None)
+    };
+    let mut ids = publish(
+        store,
+        &[
+            named("a", "general", Some("x")),
+            named("b", "general", Some("y")),
+            named("a", "other", Some("x")),
+        ],
+        1000,
+    )
+    .expect("publish");
+    ids.extend(publish(store, &[named("c", "general", None)], 1100).expect("publish"));
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    finish(store, ids[0], JobState::Finished, 1000);
+    let later = Schedule {
+        run_at: 9000,
+        ..Schedule::default()
+    };
+    store
+        .publish_with(&[named("a", "general", None)], &later, 1000)
+        .expect("publish");
+
+    let mut counts: Vec<(String, &str, u64)> = store
+        .state_counts()
+        .expect("count")
+        .into_iter()
+        .map(|(queue, state, count)| (queue, state.as_str(), count))
+        .collect();
+    counts.sort();
+    let count = |queue: &str, state: JobState, count| (queue.to_owned(), state.as_str(), count);
+    assert_eq!(
+        counts,
+        [
+            count("general", JobState::Finished, 1),
+            count("general", JobState::Ready, 3),
+            count("other", JobState::Ready, 1),
+        ]
+    );
+
+    let mut due: Vec<(String, i64, Millis, u64)> = store
+        .due_jobs(2000)
+        .expect("due")
+        .into_iter()
+        .map(|due| (due.queue, due.oldest, due.since, due.count))
+        .collect();
+    due.sort();
+    assert_eq!(
+        due,
+        [
+            ("general".to_owned(), ids[1], 1000, 2),
+            ("other".to_owned(), ids[2], 1000, 1),
+        ]
+    );
+    let mut unknown = store.waiting_callbacks_not_in(&["a"]).expect("read");
+    unknown.sort();
+    assert_eq!(
+        unknown,
+        [
+            ("general".to_owned(), "b".to_owned(), 1),
+            ("general".to_owned(), "c".to_owned(), 1),
+        ]
+    );
+    let mut due_unknown = store
+        .due_callbacks_not_in("general", &["a", "c"])
+        .expect("read");
+    due_unknown.sort();
+    assert_eq!(due_unknown, [("b".to_owned(), 1)]);
+
+    let mut identifiers = store
+        .unfinished_identifiers(&ListFilter::default())
+        .expect("read");
+    identifiers.sort();
+    assert_eq!(identifiers, ["x", "y"]);
+    let general = ListFilter {
+        queue: Some("general".to_owned()),
+        ..ListFilter::default()
+    };
+    assert_eq!(store.unfinished_identifiers(&general).expect("read"), ["y"]);
+
+    let listed = |store: &dyn Store, filter: &ListFilter, limit| -> Vec<i64> {
+        store
+            .list(filter, limit)
+            .expect("list")
+            .iter()
+            .map(|record| record.id)
+            .collect()
+    };
+    let delayed = ids[3] + 1;
+    assert_eq!(
+        listed(store, &general, 10),
+        [delayed, ids[3], ids[1], ids[0]]
+    );
+    assert_eq!(listed(store, &general, 2), [delayed, ids[3]]);
+    let finished = ListFilter {
+        states: vec![JobState::Finished],
+        ..general.clone()
+    };
+    assert_eq!(listed(store, &finished, 10), [ids[0]]);
+    let by_identifier = ListFilter {
+        identifiers: vec!["x".to_owned()],
+        ..ListFilter::default()
+    };
+    assert_eq!(listed(store, &by_identifier, 10), [ids[2], ids[0]]);
+    let by_callback = ListFilter {
+        callback: Some("a".to_owned()),
+        ..ListFilter::default()
+    };
+    assert_eq!(listed(store, &by_callback, 10), [delayed, ids[2], ids[0]]);
+
+    assert!(store.record(999).expect("read").is_none());
+    assert!(store.state_of(999).expect("read").is_none());
+    assert!(store.detail(999).expect("read").is_none());
+}
+
+/// `shift_schedule` moves the due times of waiting jobs earlier, as a clock that jumped does.
+pub(crate) fn a_shifted_schedule_makes_delayed_jobs_due_sooner(store: &mut dyn Store) {
+    let later = Schedule {
+        run_at: 10_000,
+        ..Schedule::default()
+    };
+    let Published::Stored { ids, .. } = store
+        .publish_with(&[job("a", None)], &later, 1000)
+        .expect("publish")
+    else {
+        panic!("not stored");
+    };
+    assert!(store.due_jobs(1000).expect("due").is_empty());
+    assert_eq!(store.shift_schedule("other", 9000).expect("shift"), 0);
+    assert_eq!(store.shift_schedule("general", 9000).expect("shift"), 1);
+    assert_eq!(
+        store.record(ids[0]).expect("read").expect("kept").run_at,
+        1000
+    );
+    assert_eq!(
+        store.promote_due("general", None, 1000).expect("promote"),
+        1
+    );
+    let run = store.begin_run("general", &me(), 1000, true).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("due now");
+    assert_eq!(claimed.id, ids[0]);
+}
