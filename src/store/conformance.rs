@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             outcomes_are_counted_once_written,
             the_read_side_sees_what_is_stored,
             a_shifted_schedule_makes_delayed_jobs_due_sooner,
+            claims_agree_with_the_group_rule,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -1371,4 +1372,155 @@ pub(crate) fn a_shifted_schedule_makes_delayed_jobs_due_sooner(store: &mut dyn S
         .expect("claim")
         .expect("due now");
     assert_eq!(claimed.id, ids[0]);
+}
+
+/// A small deterministic random source for the agreement test (splitmix64).
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// The job the group rule says a claim must take now: among due, unblocked jobs, those that
+/// `group_hold` lets start, the highest priority first, then the oldest.
+/// The job the group rule says a claim from `queue` must take at `now`, once due jobs were
+/// promoted: among its unblocked jobs whose time has come, those that `group_hold` lets start,
+/// the highest priority first, then the oldest.
+fn expected_claim(store: &dyn Store, queue: &str, blocking: &[&str], now: Millis) -> Option<i64> {
+    let filter = ListFilter {
+        states: vec![
+            JobState::Ready,
+            JobState::TemporarilyFailed,
+            JobState::Waiting,
+        ],
+        queue: Some(queue.to_owned()),
+        ..ListFilter::default()
+    };
+    let mut due: Vec<_> = store
+        .list(&filter, 1_000_000)
+        .expect("list")
+        .into_iter()
+        .filter(|job| job.blocked_by == 0 && job.run_at <= now)
+        .collect();
+    due.sort_by_key(|job| (std::cmp::Reverse(job.priority), job.id));
+    due.into_iter()
+        .find(|job| {
+            job.serial_group.as_deref().is_none_or(|group| {
+                let facts = store
+                    .serial_group_facts(group, job.id, blocking)
+                    .expect("facts");
+                group_hold(&facts).is_none()
+            })
+        })
+        .map(|job| job.id)
+}
+
+/// On random queues (groups, priorities, failures that block and that do not, retries of
+/// older jobs while younger ones run), every claim takes exactly the job the group rule of
+/// `queue::eligibility` names, which `explain` reports: the two cannot drift apart.
+///
+/// Each seed has its queue and groups of its own in the one store.
+pub(crate) fn claims_agree_with_the_group_rule(store: &mut dyn Store) {
+    let blocking = ["a"];
+    let capacity = [("a", usize::MAX), ("b", usize::MAX)];
+    for seed in 0..40 {
+        let queue = format!("q{seed}");
+        let queue = queue.as_str();
+        let groups = [0, 1, 2].map(|n| format!("s{seed}-g{n}"));
+        let mut dice = Dice(seed);
+        let jobs: Vec<NewJob> = (0..10)
+            .map(|_| {
+                let callback = if dice.below(2) == 0 { "a" } else { "b" };
+                let group = groups.get(dice.below(4) as usize).map(String::as_str);
+                NewJob {
+                    queue: queue.to_owned(),
+                    ..job(callback, group)
+                }
+            })
+            .collect();
+        for new in &jobs {
+            let schedule = Schedule {
+                priority: i64::try_from(dice.below(2)).expect("small"),
+                ..Schedule::default()
+            };
+            store
+                .publish_with(std::slice::from_ref(new), &schedule, 1000)
+                .expect("publish");
+        }
+        let run = store.begin_run(queue, &me(), 1000, false).expect("run");
+        let mut running: Vec<ClaimedJob> = Vec::new();
+        for step in 0..60 {
+            match dice.below(4) {
+                0 | 1 => {
+                    // As a watching run does: what a retry made due joins the claim path.
+                    store.promote_due(queue, None, 2000).expect("promote");
+                    let expected = expected_claim(&*store, queue, &blocking, 2000);
+                    let request = ClaimRequest {
+                        queue,
+                        run,
+                        now: 2000,
+                        limit: 1,
+                        callbacks: &capacity,
+                        blocking: &blocking,
+                    };
+                    let claimed = store
+                        .settle_and_claim(&[], &request, &mut Tally::default(), false)
+                        .expect("claim")
+                        .claimed
+                        .pop();
+                    assert_eq!(
+                        claimed.as_ref().map(|job| job.id),
+                        expected,
+                        "seed {seed}, step {step}"
+                    );
+                    running.extend(claimed);
+                }
+                2 if !running.is_empty() => {
+                    let job = running.remove(dice.below(running.len() as u64) as usize);
+                    let state = [
+                        JobState::Finished,
+                        JobState::PermanentlyFailed,
+                        JobState::TemporarilyFailed,
+                    ][dice.below(3) as usize];
+                    store
+                        .complete(&ended(job.id, job.fence, state, 2000, b""))
+                        .expect("complete");
+                }
+                _ => {
+                    let failed: Vec<i64> = store
+                        .list(
+                            &ListFilter {
+                                states: vec![JobState::PermanentlyFailed],
+                                queue: Some(queue.to_owned()),
+                                ..ListFilter::default()
+                            },
+                            100,
+                        )
+                        .expect("list")
+                        .iter()
+                        .map(|record| record.id)
+                        .collect();
+                    if let Some(id) = failed.get(dice.below(failed.len().max(1) as u64) as usize) {
+                        store
+                            .change(
+                                &Selection::Ids(&[*id]),
+                                &Change::Retry {
+                                    now: 2000,
+                                    payload: None,
+                                },
+                                false,
+                                &mut |_: &JobBrief| Ok(true),
+                            )
+                            .expect("retry");
+                    }
+                }
+            }
+        }
+    }
 }

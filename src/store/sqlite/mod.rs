@@ -1318,7 +1318,7 @@ const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
 /// running, and a group never runs two jobs at once (a job cancelled with `--kill` stays
 /// PROCESSING until its callback has ended). So priority orders jobs across groups, never
 /// within one. This is `queue::eligibility::group_hold` in SQL, for one job among many;
-/// `claims_agree_with_the_group_rule` checks that the two agree.
+/// `store::conformance::claims_agree_with_the_group_rule` checks that the two agree.
 fn claim_sql(callbacks: usize, blocking: usize) -> String {
     let list = |count: usize| vec!["?"; count].join(", ");
     let failed = if blocking == 0 {
@@ -1635,8 +1635,7 @@ fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::eligibility::group_hold;
-    use crate::store::conformance::{cancel, claim, ended, job, marked, me, publish};
+    use crate::store::conformance::{cancel, claim, job, marked, me, publish};
 
     /// A fresh, empty database in its own temp dir, in a folder not yet made.
     fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -1998,148 +1997,5 @@ mod tests {
                 .expect("read")
                 .is_empty()
         );
-    }
-
-    /// A small deterministic random source for the agreement test (splitmix64).
-    struct Dice(u64);
-
-    impl Dice {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) % n
-        }
-    }
-
-    /// The job the group rule says a claim must take now: among due, unblocked jobs, those that
-    /// `group_hold` lets start, the highest priority first, then the oldest.
-    fn expected_claim(store: &SqliteStore, blocking: &[&str]) -> Option<i64> {
-        let mut stmt = store
-            .conn
-            .prepare(
-                "SELECT id, serial_group, priority FROM jobs
-                 WHERE due = 1 AND blocked_by = 0 AND queue = 'general'
-                 ORDER BY priority DESC, id",
-            )
-            .expect("prepare");
-        let due: Vec<(i64, Option<String>, i64)> = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        due.into_iter()
-            .find(|(id, group, _)| {
-                group.as_deref().is_none_or(|group| {
-                    let facts = store
-                        .serial_group_facts(group, *id, blocking)
-                        .expect("facts");
-                    group_hold(&facts).is_none()
-                })
-            })
-            .map(|(id, _, _)| id)
-    }
-
-    /// On random queues (groups, priorities, failures that block and that do not, retries of
-    /// older jobs while younger ones run), every claim takes exactly the job the group rule of
-    /// `queue::eligibility` names, which `explain` reports: the two cannot drift apart.
-    ///
-    /// SQLite's own: which jobs are in the claim path is read from its `due` column, which the
-    /// trait does not expose.
-    #[test]
-    fn claims_agree_with_the_group_rule() {
-        let blocking = ["a"];
-        let capacity = [("a", usize::MAX), ("b", usize::MAX)];
-        for seed in 0..40 {
-            let (_dir, mut store) = store();
-            let mut dice = Dice(seed);
-            let jobs: Vec<NewJob> = (0..10)
-                .map(|_| {
-                    let callback = if dice.below(2) == 0 { "a" } else { "b" };
-                    let group = ["g0", "g1", "g2"].get(dice.below(4) as usize).copied();
-                    job(callback, group)
-                })
-                .collect();
-            for new in &jobs {
-                let schedule = Schedule {
-                    priority: i64::try_from(dice.below(2)).expect("small"),
-                    ..Schedule::default()
-                };
-                store
-                    .publish_with(std::slice::from_ref(new), &schedule, 1000)
-                    .expect("publish");
-            }
-            let run = store.begin_run("general", &me(), 1000, false).expect("run");
-            let mut running: Vec<ClaimedJob> = Vec::new();
-            for step in 0..60 {
-                match dice.below(4) {
-                    0 | 1 => {
-                        // As a watching run does: what a retry made due joins the claim path.
-                        store.promote_due("general", None, 2000).expect("promote");
-                        let expected = expected_claim(&store, &blocking);
-                        let request = ClaimRequest {
-                            queue: "general",
-                            run,
-                            now: 2000,
-                            limit: 1,
-                            callbacks: &capacity,
-                            blocking: &blocking,
-                        };
-                        let claimed = store
-                            .settle_and_claim(&[], &request, &mut Tally::default(), false)
-                            .expect("claim")
-                            .claimed
-                            .pop();
-                        assert_eq!(
-                            claimed.as_ref().map(|job| job.id),
-                            expected,
-                            "seed {seed}, step {step}"
-                        );
-                        running.extend(claimed);
-                    }
-                    2 if !running.is_empty() => {
-                        let job = running.remove(dice.below(running.len() as u64) as usize);
-                        let state = [
-                            JobState::Finished,
-                            JobState::PermanentlyFailed,
-                            JobState::TemporarilyFailed,
-                        ][dice.below(3) as usize];
-                        store
-                            .complete(&ended(job.id, job.fence, state, 2000, b""))
-                            .expect("complete");
-                    }
-                    _ => {
-                        let failed: Vec<i64> = store
-                            .list(
-                                &ListFilter {
-                                    states: vec![JobState::PermanentlyFailed],
-                                    ..ListFilter::default()
-                                },
-                                100,
-                            )
-                            .expect("list")
-                            .iter()
-                            .map(|record| record.id)
-                            .collect();
-                        if let Some(id) =
-                            failed.get(dice.below(failed.len().max(1) as u64) as usize)
-                        {
-                            store
-                                .change(
-                                    &Selection::Ids(&[*id]),
-                                    &Change::Retry {
-                                        now: 2000,
-                                        payload: None,
-                                    },
-                                    false,
-                                    &mut |_: &JobBrief| Ok(true),
-                                )
-                                .expect("retry");
-                        }
-                    }
-                }
-            }
-        }
     }
 }
