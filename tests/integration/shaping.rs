@@ -11,8 +11,8 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc}
 use serde_json::Value;
 
 use crate::support::{
-    TestEnv, TestResult, callback_toml, describe, expect_error, expect_refused, faketime_available,
-    intervals, read_lines, timed_env,
+    SQLITE_FILE, TestEnv, TestResult, callback_toml, describe, expect_error, expect_refused,
+    faketime_available, intervals, read_lines, timed_env,
 };
 
 /// `[retry]` with no backoff, so a TEMPORARILY_FAILED job is due again in the next run.
@@ -553,8 +553,13 @@ fn repeated_after_waits_for_every_named_job() -> TestResult {
 #[test]
 fn after_an_unknown_job_is_refused() -> TestResult {
     let env = cb_env()?;
+    let mut fragments = vec!["--after: no job 99 in "];
+    // TODO(PostgreSQL issue): how the line names a PostgreSQL database is that issue's to say.
+    if env.on_sqlite() {
+        fragments.push("bgq.sqlite");
+    }
     let out = publish_out(&env, "{}", &["--after", "99"])?;
-    expect_error(&out, 2, &["--after: no job 99 in ", "bgq.sqlite"])?;
+    expect_error(&out, 2, &fragments)?;
     assert_no_jobs(&env, "--after 99")?;
     let known = printed_id(&publish_out(&env, "{}", &[])?)?;
     let out = publish_out(
@@ -562,7 +567,7 @@ fn after_an_unknown_job_is_refused() -> TestResult {
         "{}",
         &["--after", &known.to_string(), "--after", "99"],
     )?;
-    expect_error(&out, 2, &["--after: no job 99 in ", "bgq.sqlite"])?;
+    expect_error(&out, 2, &fragments)?;
     assert_eq!(env.jobs()?.len(), 1, "only the first job is stored");
     Ok(())
 }
@@ -948,6 +953,9 @@ fn an_invalid_serial_failure_is_refused() -> TestResult {
     let out = env.bgq().args(["publish", "cb", "--json", "{}"]).output()?;
     let place = format!("{}:4: ", env.config_path().display());
     expect_error(&out, 2, &[&place, "serial_failure"])?;
-    assert!(!env.db_path().exists(), "a refused config stores nothing");
+    assert!(
+        !env.path(SQLITE_FILE).exists(),
+        "a refused config stores nothing"
+    );
     Ok(())
 }

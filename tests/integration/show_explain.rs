@@ -563,14 +563,18 @@ fn show_next_run_only_while_the_job_can_run_again() -> TestResult {
 fn show_and_explain_refuse_unknown_and_invalid_ids() -> TestResult {
     let env = env_with("", &[("cb", "exit 0", "")])?;
     env.publish("cb", "{}")?;
+    let mut fragments = vec!["no job 99 in "];
+    // TODO(PostgreSQL issue): how the line names a PostgreSQL database is that issue's to say.
+    if env.on_sqlite() {
+        fragments.push("bgq.sqlite");
+    }
     for args in [
         &["show", "99"][..],
         &["show", "99", "--json"],
         &["explain", "99"],
     ] {
         let out = env.bgq().args(args).output()?;
-        expect_error(&out, 2, &["no job 99 in ", "bgq.sqlite"])
-            .map_err(|err| format!("{args:?}: {err}"))?;
+        expect_error(&out, 2, &fragments).map_err(|err| format!("{args:?}: {err}"))?;
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).lines().count(),
             1,
