@@ -6,9 +6,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::support::{
-    HangingJob, KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe,
+    HangingJob, KillGroupOnDrop, TestEnv, TestResult, alive, attempts, callback_toml, describe,
     env_with_callbacks, expect_error, expect_refused, hanging_job, listed_ids, lock_files, pgid_of,
-    read_lines, send_signal, wait_for, wait_for_group_record,
+    read_lines, running_job, send_signal, stdout_of, wait_for, wait_for_group_record,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -34,27 +34,11 @@ fn run(env: &TestEnv, args: &[&str]) -> TestResult<Output> {
     Ok(env.bgq().args(args).output()?)
 }
 
-/// Runs `bgq ARGS`, asserts exit 0 and no panic, returns its stdout.
-fn stdout_of(env: &TestEnv, args: &[&str]) -> TestResult<String> {
-    let out = run(env, args)?;
-    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("panicked") {
-        return Err(format!("bgq {args:?}: {}", describe(&out)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// One `retried job ...` line per `(id, callback, from)`, each ending in a newline.
 fn retried(prefix: &str, jobs: &[(i64, &str, &str)], suffix: &str) -> String {
     jobs.iter()
         .map(|(id, cb, from)| format!("{prefix} job {id} ({cb}): {from} -> READY{suffix}\n"))
         .collect()
-}
-
-/// The `attempts` of job `id` in `list --json`.
-fn attempts(env: &TestEnv, id: i64) -> TestResult<i64> {
-    env.job(id)?["attempts"]
-        .as_i64()
-        .ok_or_else(|| format!("job {id} has no integer attempts").into())
 }
 
 /// What the [`FLAKY`] callback last got on stdin for job `id`.
@@ -89,19 +73,6 @@ fn assert_states(env: &TestEnv, ids: &[i64], state: &str) -> TestResult {
         assert_eq!(env.state(id)?, state, "job {id}");
     }
     Ok(())
-}
-
-/// Starts `process` with the [`BLOCK`] callback `block` on a new job; returns the job id and the
-/// running `process` once the job is PROCESSING.
-fn running_job(env: &TestEnv) -> TestResult<(i64, Spawned)> {
-    let id = env.publish("block", "{}")?;
-    let run = env.spawn(&["process"])?;
-    let started = env.path(&format!("started-{id}"));
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        started.exists()
-    })?;
-    assert_eq!(env.state(id)?, "PROCESSING");
-    Ok((id, run))
 }
 
 // ---- retry by id

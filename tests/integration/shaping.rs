@@ -5,123 +5,16 @@
 //! publishers) and the per-callback `serial_failure = "skip" | "block"` setting.
 
 use std::fs;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::support::{
-    SQLITE_FILE, TestEnv, TestResult, callback_toml, describe, expect_error, expect_refused,
-    faketime_available, intervals, read_lines, timed_env,
+    SQLITE_FILE, TestEnv, TestResult, assert_contains, assert_no_jobs, cb_env, describe,
+    expect_error, expect_refused, explain, faketime_available, flip_env, intervals, mend, operate,
+    printed_id, publish_out, ran, show_json, timed_env,
 };
-
-/// `[retry]` with no backoff, so a TEMPORARILY_FAILED job is due again in the next run.
-const RETRY_NOW: &str = "[retry]\ndelay = \"0s\"\njitter = 0.0\n";
-
-/// The callback every test uses: appends `$BGQ_JOB_ID` to `log`; while the file `broken` exists,
-/// the payload `"fail"` exits 1 (PERMANENTLY_FAILED) and `"again"` exits 75
-/// (TEMPORARILY_FAILED). Any other payload, or any payload once `broken` is gone, finishes.
-const FLIP_BODY: &str = "echo $BGQ_JOB_ID >> @ROOT@/log\n\
-     p=$(cat)\n\
-     if [ \"$p\" = '\"fail\"' ] && [ -e @ROOT@/broken ]; then exit 1; fi\n\
-     if [ \"$p\" = '\"again\"' ] && [ -e @ROOT@/broken ]; then exit 75; fi\n\
-     exit 0";
-
-/// A [`TestEnv`] with the top-level settings `top`, [`RETRY_NOW`], and one callback per
-/// `(NAME, EXTRA)` running [`FLIP_BODY`] with `EXTRA` lines (e.g. `serial_failure = "block"`).
-/// The file `broken` exists: failing payloads fail until [`mend`] removes it.
-fn flip_env(top: &str, callbacks: &[(&str, &str)]) -> TestResult<TestEnv> {
-    let env = TestEnv::new("")?;
-    let root = env.root().display().to_string();
-    let script = env.script("flip.sh", &FLIP_BODY.replace("@ROOT@", &root))?;
-    let mut config = format!("{top}\n{RETRY_NOW}");
-    for (name, extra) in callbacks {
-        config.push_str(&callback_toml(name, &script, extra));
-    }
-    env.write_config(&config)?;
-    fs::write(env.path("broken"), "")?;
-    Ok(env)
-}
-
-/// The plain [`flip_env`]: default settings and one callback `cb`.
-fn cb_env() -> TestResult<TestEnv> {
-    flip_env("", &[("cb", "")])
-}
-
-/// Removes `broken`: from now on every payload finishes.
-fn mend(env: &TestEnv) -> TestResult {
-    fs::remove_file(env.path("broken"))?;
-    Ok(())
-}
-
-/// The job ids the callback ran, in the order it started them (one per run).
-fn ran(env: &TestEnv) -> TestResult<Vec<i64>> {
-    read_lines(&env.path("log"))
-        .iter()
-        .map(|line| {
-            line.trim()
-                .parse::<i64>()
-                .map_err(|err| format!("bad log line {line:?}: {err}").into())
-        })
-        .collect()
-}
-
-/// `bgq publish cb --json PAYLOAD ARGS...`, not checked.
-fn publish_out(env: &TestEnv, payload: &str, args: &[&str]) -> TestResult<Output> {
-    Ok(env
-        .bgq()
-        .args(["publish", "cb", "--json", payload])
-        .args(args)
-        .output()?)
-}
-
-/// The id a successful publish printed: exit 0, stdout exactly one id line.
-fn printed_id(out: &Output) -> TestResult<i64> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !stdout.ends_with('\n') || stdout.lines().count() != 1 {
-        return Err(format!("expected exit 0 and one id line: {}", describe(out)).into());
-    }
-    Ok(stdout.trim().parse()?)
-}
-
-/// Runs `bgq ARGS...`, checks exit 0 and no panic, returns stdout.
-fn stdout_of(env: &TestEnv, args: &[&str]) -> TestResult<String> {
-    let out = env.bgq().args(args).output()?;
-    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("panicked") {
-        return Err(format!("bgq {args:?}: {}", describe(&out)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// `bgq explain ID`: its one line, which starts with `job ID `.
-fn explain(env: &TestEnv, id: i64) -> TestResult<String> {
-    let text = stdout_of(env, &["explain", &id.to_string()])?;
-    let lines: Vec<&str> = text.lines().collect();
-    match lines[..] {
-        [line] if line.starts_with(&format!("job {id} ")) => Ok(line.to_owned()),
-        _ => Err(format!("explain {id}: expected one line `job {id} ...`, got {text:?}").into()),
-    }
-}
-
-/// Checks that `line` contains every one of `fragments`.
-fn assert_contains(line: &str, fragments: &[&str]) -> TestResult {
-    match fragments.iter().find(|fragment| !line.contains(*fragment)) {
-        Some(fragment) => Err(format!("expected {fragment:?} in {line:?}").into()),
-        None => Ok(()),
-    }
-}
-
-/// `bgq show ID --json` as one object.
-fn show_json(env: &TestEnv, id: i64) -> TestResult<Value> {
-    let text = stdout_of(env, &["show", &id.to_string(), "--json"])?;
-    Ok(serde_json::from_str(text.trim())?)
-}
-
-/// `bgq retry ID` or `bgq cancel ID`, checked for exit 0.
-fn operate(env: &TestEnv, command: &str, id: i64) -> TestResult {
-    stdout_of(env, &[command, &id.to_string()])?;
-    Ok(())
-}
 
 /// `bgq process` under `faketime -f OFFSET`; checks exit 0 and no panic.
 fn process_at(env: &TestEnv, offset: &str) -> TestResult {
@@ -154,15 +47,6 @@ fn utc_millis(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> TestResult<i64> {
         .single()
         .ok_or("no such time")?
         .timestamp_millis())
-}
-
-/// Checks that nothing is stored.
-fn assert_no_jobs(env: &TestEnv, what: &str) -> TestResult {
-    let jobs = env.jobs()?;
-    if !jobs.is_empty() {
-        return Err(format!("{what}: expected no job stored, got {jobs:?}").into());
-    }
-    Ok(())
 }
 
 // ---- --delay and --at

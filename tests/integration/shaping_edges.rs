@@ -5,38 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{TestEnv, TestResult, describe, env_with_callbacks, read_lines, wait_for};
-
-/// A callback that logs `start ID NS` / `end ID NS` around an optional sleep read from its
-/// payload (`{"sleep": "1.5"}`); any payload `"fail"` exits 1.
-const TIMED: &str = "p=$(cat)\n\
-     echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
-     case \"$p\" in *fail*) exit 1;; esac\n\
-     s=$(echo \"$p\" | sed -n 's/.*\"sleep\": *\"\\([0-9.]*\\)\".*/\\1/p')\n\
-     [ -n \"$s\" ] && sleep \"$s\"\n\
-     echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
-     exit 0";
-
-/// The nanosecond time logged as `kind ID NS`, if logged.
-fn logged(env: &TestEnv, kind: &str, id: i64) -> Option<u128> {
-    read_lines(&env.path("log")).iter().find_map(|line| {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts[..] {
-            [k, i, ns] if k == kind && i == id.to_string() => ns.parse().ok(),
-            _ => None,
-        }
-    })
-}
-
-/// Waits until the watcher's run is recorded (it holds the lock and has looked once).
-fn wait_for_watcher(env: &TestEnv) -> TestResult {
-    wait_for("the watcher to start", Duration::from_secs(10), || {
-        env.bgq()
-            .args(["status"])
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("process --watch"))
-    })
-}
+use crate::support::{
+    TIMED_BY_PAYLOAD as TIMED, TestEnv, TestResult, describe, env_with_callbacks, logged,
+    read_lines, wait_for, wait_for_watcher,
+};
 
 // ---- `--watch`: what the watcher's own commits and busy slots must not delay.
 

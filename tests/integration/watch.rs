@@ -9,9 +9,10 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks,
-    expect_refused, hanging_callback, intervals, lock_files, max_overlap, notices, notify_line,
-    one_slow_slot_env, read_lines, send_signal, timed_body, timed_env, wait_for,
+    Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_recording_runs,
+    env_with_callbacks, expect_refused, hanging_callback, intervals, lock_files, max_overlap,
+    notices, notify_line, one_slow_slot_env, read_lines, send_signal, sorted_ids, timed_body,
+    timed_env, wait_for, wait_state, wait_state_checked,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -112,36 +113,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Polls (every 100 ms, to spare the CPU the parallel tests share) until job `id` is in `state`;
-/// `check` runs each round and can fail early (e.g. when the watcher died).
-fn wait_state_checked(
-    env: &TestEnv,
-    id: i64,
-    state: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> TestResult,
-) -> TestResult {
-    let start = Instant::now();
-    loop {
-        let now = env.state(id)?;
-        if now == state {
-            return Ok(());
-        }
-        check()?;
-        if start.elapsed() > limit {
-            return Err(
-                format!("job {id} is still {now} after {limit:?}, expected {state}").into(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until job `id` is in `state` (no watcher involved).
-fn wait_state(env: &TestEnv, id: i64, state: &str, limit: Duration) -> TestResult {
-    wait_state_checked(env, id, state, limit, || Ok(()))
-}
-
 impl Watcher {
     /// Waits until job `id` is in `state`, failing at once (with its stderr) if the watcher exits.
     fn wait_state(&mut self, env: &TestEnv, id: i64, state: &str, limit: Duration) -> TestResult {
@@ -186,28 +157,6 @@ fn pairs(path: &Path) -> TestResult<Vec<(String, u128)>> {
             Ok((a.to_owned(), b.trim().parse()?))
         })
         .collect()
-}
-
-/// The ids a callback appended to `path`, one a line, sorted.
-fn sorted_ids(path: &Path) -> TestResult<Vec<i64>> {
-    let mut ids = read_lines(path)
-        .iter()
-        .map(|line| line.trim().parse())
-        .collect::<Result<Vec<i64>, _>>()?;
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// A [`TestEnv`] with `top` settings and a callback `cb` that appends its job id to `runs`
-/// (one line per run), then runs the shell lines `after`.
-fn env_recording_runs(top: &str, after: &str) -> TestResult<TestEnv> {
-    let env = TestEnv::new("")?;
-    let cb = env.script(
-        "cb.sh",
-        &format!("echo $BGQ_JOB_ID >> {}{after}", env.path("runs").display()),
-    )?;
-    env.write_config(&format!("{top}\n{}", callback_toml("cb", &cb, "")))?;
-    Ok(env)
 }
 
 // ---- process --watch: picking up work
