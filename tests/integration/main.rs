@@ -22,6 +22,7 @@ mod human_output;
 mod list;
 mod locking;
 mod lost_output;
+mod on_demand;
 mod protocol;
 mod publish;
 mod recovery;

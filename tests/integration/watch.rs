@@ -1,8 +1,7 @@
-//! Issue 6, long-running and on-demand processing: `bgq process --watch` (jobs published, delayed,
-//! retried or WAITING while it runs; SIGTERM/SIGINT; `--max-jobs`, `--max-time`, `--max-memory`;
-//! standby behind another `process`; notices while watching; `status` while it runs; recovery at
-//! start), `waiting_delay`, and `publish --process` / `process_on_publish` (a detached run that
-//! publish does not wait for and that never runs a job twice).
+//! `bgq process --watch`, the long-running run for supervisord and systemd: jobs published,
+//! delayed, retried or WAITING while it runs (and `waiting_delay`); SIGTERM/SIGINT; `--max-jobs`,
+//! `--max-time`, `--max-memory`; standby behind another `process`; notices while watching;
+//! `status` while it runs; recovery at start. (`publish --process` is in `on_demand.rs`.)
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -10,9 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
     Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_recording_runs,
-    env_with_callbacks, expect_refused, hanging_callback, intervals, lock_files, max_overlap,
-    notices, notify_line, one_slow_slot_env, read_lines, send_signal, sorted_ids, timed_body,
-    timed_env, wait_for, wait_state, wait_state_checked,
+    env_with_callbacks, expect_refused, hanging_callback, lock_files, notices, notify_line,
+    one_slow_slot_env, read_lines, send_signal, sorted_ids, wait_for, wait_state_checked,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -711,110 +709,5 @@ fn watch_recovers_orphans_when_it_starts() -> TestResult {
         stderr.contains(&format!("recovered job {id}")),
         "recovery is said on stderr: {stderr}"
     );
-    Ok(())
-}
-
-// ---- publish --process and process_on_publish
-
-/// Publishes one job of `slow` (a 3-second callback logging with `timed_body`) with `args`, and
-/// checks publish returned at once with only the id, and the job then ran once by itself.
-fn publish_starts_a_detached_run(env: &TestEnv, args: &[&str]) -> TestResult {
-    let start = Instant::now();
-    let out = env
-        .bgq()
-        .args(["publish", "slow", "--json", "{}"])
-        .args(args)
-        .output()?;
-    let took = start.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let stdout = String::from_utf8(out.stdout.clone())?;
-    let id: i64 = stdout.trim_end_matches('\n').parse()?;
-    let state = env.state(id)?;
-    assert_eq!(stdout, format!("{id}\n"), "only the id on stdout");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "",
-        "publish's stderr stays empty"
-    );
-    assert!(
-        took < Duration::from_millis(2500),
-        "publish waited for the 3-second job: {took:?}"
-    );
-    assert!(
-        state == "READY" || state == "PROCESSING",
-        "right after publish the job is {state}, expected READY or PROCESSING"
-    );
-
-    wait_state(env, id, "FINISHED", Duration::from_secs(15))?;
-    let runs = intervals(&env.path("log"))?;
-    assert_eq!(
-        runs.iter().map(|run| run.0).collect::<Vec<_>>(),
-        [id],
-        "the job ran once"
-    );
-    Ok(())
-}
-
-/// A [`TestEnv`] with callback `slow` (3 s, logged to `log`) and `top` settings.
-fn env_with_slow_callback(top: &str) -> TestResult<TestEnv> {
-    let env = TestEnv::new("")?;
-    let slow = env.script("slow.sh", &timed_body(&env.path("log"), "3"))?;
-    env.write_config(&format!("{top}\n{}", callback_toml("slow", &slow, "")))?;
-    Ok(env)
-}
-
-/// `publish --process` prints only the id, returns before the job ran, and the job is run
-/// without anyone running `process`.
-#[test]
-fn publish_process_runs_the_job_without_waiting_for_it() -> TestResult {
-    let env = env_with_slow_callback("")?;
-    publish_starts_a_detached_run(&env, &["--process"])
-}
-
-/// `process_on_publish = true` makes a plain publish do what `--process` does.
-#[test]
-fn process_on_publish_runs_every_published_job() -> TestResult {
-    let env = env_with_slow_callback("process_on_publish = true")?;
-    publish_starts_a_detached_run(&env, &[])
-}
-
-/// Without `--process` (and `process_on_publish` off by default) nothing runs the job.
-#[test]
-fn plain_publish_starts_no_run() -> TestResult {
-    let env = env_recording_runs("", "")?;
-    let id = env.publish("cb", "{}")?;
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(env.state(id)?, "READY");
-    assert!(read_lines(&env.path("runs")).is_empty());
-    Ok(())
-}
-
-/// `publish --queue Q --process` runs the job of queue Q.
-#[test]
-fn publish_process_runs_the_jobs_own_queue() -> TestResult {
-    let env = env_recording_runs("", "")?;
-    let id = env.publish_with("cb", "{}", &["--queue", "other", "--process"])?;
-    wait_state(&env, id, "FINISHED", Duration::from_secs(10))?;
-    assert_eq!(env.job(id)?["queue"], "other");
-    assert_eq!(sorted_ids(&env.path("runs"))?, [id]);
-    Ok(())
-}
-
-/// Five `publish --process` in quick succession: every job runs exactly once, and with
-/// `concurrency = 1` never two at the same time (the detached runs share the lock).
-#[test]
-fn publish_process_in_quick_succession_runs_each_job_once() -> TestResult {
-    let (env, log) = timed_env(1, "0.3")?;
-    let ids: Vec<i64> = (0..5)
-        .map(|i| env.publish_with("cb", &format!("{{\"i\":{i}}}"), &["--process"]))
-        .collect::<TestResult<_>>()?;
-    for &id in &ids {
-        wait_state(&env, id, "FINISHED", Duration::from_secs(20))?;
-    }
-    let runs = intervals(&log)?;
-    let mut ran: Vec<i64> = runs.iter().map(|run| run.0).collect();
-    ran.sort_unstable();
-    assert_eq!(ran, ids, "each job ran exactly once");
-    assert_eq!(max_overlap(&runs), 1, "never two at once: {runs:?}");
     Ok(())
 }
