@@ -1,9 +1,10 @@
 //! `bgq cancel --kill` of a running job: the callback and its children are stopped by the
 //! `process` run that runs it (or by `cancel` itself when that run is stopped or dead, never the
 //! run itself), the job ends CANCELLED (FINISHED if the callback reports success anyway) and is
-//! no failure of its run, and what `cancel` prints says which. Also: a run that dies or is told
-//! to stop meanwhile, callbacks that end by themselves or leave helpers behind, timeouts,
-//! another temp_dir, and the descriptors of a long watch.
+//! no failure of its run, and what `cancel` prints says which. Its serial group (in any queue)
+//! stays held until the whole callback is gone, and a `retry` waits for that too. Also: a run
+//! that dies or is told to stop meanwhile, callbacks that end by themselves or leave helpers
+//! behind, timeouts, another temp_dir, and the descriptors of a long watch.
 
 use std::fs;
 use std::io::Write;
@@ -12,9 +13,10 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    HangingJob, KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, attempts, callback_toml,
-    describe, env_with_callbacks, hanging_job, lock_files, pgid_of, read_lines, running_job,
-    send_signal, stdout_of, wait_for, wait_for_group_record,
+    HangingJob, KillGroupOnDrop, Spawned, TIMED_BY_PAYLOAD, TestEnv, TestResult, alive, attempts,
+    callback_toml, describe, env_with_callbacks, hanging_job, lock_files, logged, pgid_of,
+    read_lines, running_job, send_signal, stdout_of, wait_for, wait_for_group_record,
+    wait_for_watcher,
 };
 
 /// Runs `bgq ARGS` and returns its output without checking anything.
@@ -607,5 +609,211 @@ fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult 
             .contains("its callback was no longer running"),
         "the recovery is kept as the job's output"
     );
+    Ok(())
+}
+
+// ---- the serial group of a job being stopped, and a retry meanwhile
+
+/// SPEC: "serial groups never run two jobs at once". `cancel --kill` marks the job CANCELLED,
+/// then gives the callback `kill_grace` to stop; the next job of its group must not start while
+/// the cancelled callback still runs (here it traps SIGTERM, takes 1.5 s and exits 0).
+#[test]
+fn cancel_kill_does_not_let_the_group_run_two_jobs_at_once() -> TestResult {
+    let body = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+         p=$(cat)\n\
+         trap 'sleep 1.5; echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; exit 0' TERM\n\
+         case \"$p\" in *long*) sleep 10 & wait;; esac\n\
+         echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log";
+    let env = env_with_callbacks("", &[("cb", body)])?;
+    let first = env.publish_with("cb", r#""long""#, &["--serial-group", "g"])?;
+    let second = env.publish_with("cb", "{}", &["--serial-group", "g"])?;
+    let mut run = env.spawn(&["process"])?;
+    wait_for("the first job to start", Duration::from_secs(5), || {
+        logged(&env, "start", first).is_some()
+    })?;
+    let out = env
+        .bgq()
+        .args(["cancel", "--kill", &first.to_string()])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    run.wait_exit(Duration::from_secs(20))?;
+    let first_end = logged(&env, "end", first).ok_or("first job never ended")?;
+    let second_start = logged(&env, "start", second).ok_or("second job never ran")?;
+    assert!(
+        second_start >= first_end,
+        "job {second} started {} ms before job {first} of its serial group ended",
+        (first_end - second_start) / 1_000_000
+    );
+    Ok(())
+}
+
+/// A callback that logs `start`, then (the first time it runs a job) waits 10 s; on SIGTERM it
+/// logs `term`, takes 1.5 s to stop, logs `end` and exits 3.
+const SLOW_TO_STOP: &str = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     trap 'echo \"term $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; sleep 1.5; echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; exit 3' TERM\n\
+     if [ ! -e @ROOT@/ran-$BGQ_JOB_ID ]; then touch @ROOT@/ran-$BGQ_JOB_ID; sleep 10 & wait; fi\n\
+     echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log";
+
+/// Every nanosecond time logged as `kind ID NS`, in order.
+fn all_logged(env: &TestEnv, kind: &str, id: i64) -> Vec<u128> {
+    read_lines(&env.path("log"))
+        .iter()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts[..] {
+                [k, i, ns] if k == kind && i == id.to_string() => ns.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A serial group spans queues: while `cancel --kill` waits for a callback of queue `one` to
+/// stop, a watcher of queue `two` must not start the next job of the group. The job stays
+/// PROCESSING until its callback has ended, then becomes CANCELLED.
+#[test]
+fn cancel_kill_holds_the_group_for_other_queues_until_the_callback_has_stopped() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", SLOW_TO_STOP)])?;
+    let first = env.publish_with("cb", "{}", &["--serial-group", "g", "--queue", "one"])?;
+    let second = env.publish_with("cb", "{}", &["--serial-group", "g", "--queue", "two"])?;
+    let mut run = env.spawn(&["process", "--queue", "one"])?;
+    wait_for("the first job to start", Duration::from_secs(10), || {
+        logged(&env, "start", first).is_some()
+    })?;
+    let mut watcher = env.spawn(&["process", "--watch", "--queue", "two", "--poll", "100ms"])?;
+    let out = env
+        .bgq()
+        .args(["cancel", "--kill", &first.to_string()])
+        .output()?;
+    let cancelled = wait_for("the second job to end", Duration::from_secs(15), || {
+        logged(&env, "end", second).is_some()
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    run.wait_exit(Duration::from_secs(10))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("cancelled job {first} (cb): PROCESSING -> CANCELLED; its callback has ended\n")
+    );
+    cancelled?;
+    let first_end = logged(&env, "end", first).ok_or("the first job never ended")?;
+    let second_start = logged(&env, "start", second).ok_or("the second job never ran")?;
+    assert!(
+        second_start >= first_end,
+        "job {second} (queue two) started {} ms before job {first} (queue one) of its serial group stopped",
+        (first_end - second_start) / 1_000_000
+    );
+    assert_eq!(env.state(first)?, "CANCELLED");
+    assert_eq!(env.state(second)?, "FINISHED");
+    Ok(())
+}
+
+/// A callback whose group leader dies at once on SIGTERM while a helper in its process group
+/// keeps working (it logs `beat ID NS` every 50 ms, and for 2 s more after SIGTERM).
+const LEADER_DIES_FIRST: &str = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     ( beat() { echo \"beat $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log; sleep 0.05; }; \
+       trap 'i=0; while [ $i -lt 40 ]; do beat; i=$((i+1)); done; exit 0' TERM; \
+       while :; do beat; done ) &\n\
+     wait";
+
+/// The group is held until the whole stopped callback is gone, not only its leader: the run
+/// kills what is left of the group, as after a timeout, before it stores the end.
+#[test]
+fn cancel_kill_holds_the_group_until_the_whole_callback_is_gone() -> TestResult {
+    let env = env_with_callbacks("", &[("slow", LEADER_DIES_FIRST), ("cb", TIMED_BY_PAYLOAD)])?;
+    let first = env.publish_with("slow", "{}", &["--serial-group", "g"])?;
+    let second = env.publish_with("cb", "{}", &["--serial-group", "g"])?;
+    let mut run = env.spawn(&["process"])?;
+    wait_for(
+        "the first callback to beat",
+        Duration::from_secs(10),
+        || !all_logged(&env, "beat", first).is_empty(),
+    )?;
+    let out = env
+        .bgq()
+        .args(["cancel", "--kill", &first.to_string()])
+        .output()?;
+    let status = run.wait_exit(Duration::from_secs(20))?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    let second_start = logged(&env, "start", second).ok_or("the second job never ran")?;
+    let last_beat = all_logged(&env, "beat", first)
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    assert!(
+        last_beat < second_start,
+        "job {second} of serial group g started {} ms before the callback of job {first} was gone",
+        (last_beat - second_start) / 1_000_000
+    );
+    assert_eq!(env.state(first)?, "CANCELLED");
+    Ok(())
+}
+
+/// While `cancel --kill` stops a callback under `--watch`, the job is still running: `retry`
+/// refuses it (before, the watcher started it a second time beside the stopping callback and
+/// then failed on "a callback of job N ended that was not running"). Once cancelled, a retry
+/// runs it once more, after the first run has ended, and the watcher carries on.
+#[test]
+fn retry_waits_for_cancel_kill_to_stop_the_callback_under_watch() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", SLOW_TO_STOP)])?;
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "100ms"])?;
+    wait_for_watcher(&env)?;
+    let id = env.publish("cb", "{}")?;
+    wait_for("the job to start", Duration::from_secs(10), || {
+        logged(&env, "start", id).is_some()
+    })?;
+    let mut cancel = env.spawn(&["cancel", "--kill", &id.to_string()])?;
+    wait_for(
+        "the callback to get SIGTERM",
+        Duration::from_secs(10),
+        || logged(&env, "term", id).is_some(),
+    )?;
+    let early = env.bgq().args(["retry", &id.to_string()]).output()?;
+    let explained = env.bgq().args(["explain", &id.to_string()]).output()?;
+    let cancel_status = cancel.wait_exit(Duration::from_secs(15))?;
+    let state_after_cancel = env.state(id)?;
+    let retried = env.bgq().args(["retry", &id.to_string()]).output()?;
+    let ran_again = wait_for("the retried job to end", Duration::from_secs(15), || {
+        all_logged(&env, "end", id).len() == 2
+    });
+    let alive = crate::support::alive(i32::try_from(watcher.pid())?);
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    let watcher_status = watcher.wait_exit(Duration::from_secs(10))?;
+
+    crate::support::expect_error(
+        &early,
+        2,
+        &[
+            &format!("job {id} is being cancelled"),
+            "once it is CANCELLED",
+        ],
+    )?;
+    assert!(
+        String::from_utf8_lossy(&explained.stdout).contains("is being cancelled"),
+        "{}",
+        describe(&explained)
+    );
+    assert!(cancel_status.success(), "{}", cancel.stderr());
+    assert!(
+        cancel.stdout().contains("PROCESSING -> CANCELLED"),
+        "{}",
+        cancel.stdout()
+    );
+    assert_eq!(state_after_cancel, "CANCELLED");
+    assert!(retried.status.success(), "{}", describe(&retried));
+    ran_again?;
+    let starts = all_logged(&env, "start", id);
+    let ends = all_logged(&env, "end", id);
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        starts[1] >= ends[0],
+        "the retried job started beside its stopping callback"
+    );
+    assert!(alive, "the watcher died: {}", watcher.stderr());
+    assert_eq!(watcher_status.code(), Some(0), "{}", watcher.stderr());
+    assert!(!watcher.stderr().contains("error"), "{}", watcher.stderr());
+    assert_eq!(env.state(id)?, "FINISHED");
     Ok(())
 }

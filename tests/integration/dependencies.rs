@@ -1,11 +1,16 @@
 //! `publish --after ID` (repeatable): the job waits, READY, until every named job FINISHED; a
 //! chain published at once runs in one `process` run, in order; a PERMANENTLY_FAILED or CANCELLED
 //! parent holds its dependent (it never runs on a failed premise) until `bgq retry` of it; an
-//! unknown id is refused and stores nothing.
+//! unknown id is refused and stores nothing (also with `--unique`), while a parent `clear`
+//! deleted counts as FINISHED; and `status` counts a dependent as due from when its parent
+//! finished, not from its own publish.
+
+use std::time::Duration;
 
 use crate::support::{
-    TestResult, assert_contains, assert_no_jobs, cb_env, describe, expect_error, explain,
-    intervals, mend, operate, printed_id, publish_out, ran, show_json, timed_env,
+    TIMED_BY_PAYLOAD, TestResult, assert_contains, assert_no_jobs, cb_env, describe,
+    env_with_callbacks, expect_error, explain, intervals, mend, operate, printed_id, publish_out,
+    ran, show_json, timed_env,
 };
 
 /// A dependent job waits, READY and not run, while its parent is READY (delayed): `explain`
@@ -247,5 +252,82 @@ fn publishing_after_a_failed_or_cancelled_job_stores_it_with_a_note() -> TestRes
             serde_json::json!([parent])
         );
     }
+    Ok(())
+}
+
+// ---- the ids, a cleared parent, and when a dependent counts as due
+
+/// Contract: "`--after ID` ... An unknown ID: exit 2, `bgq: error: --after: no job 99 in
+/// <database path>`", even when `--unique` finds an existing job (the typo must not go
+/// unnoticed).
+#[test]
+fn unique_still_refuses_an_unknown_after_id() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    env.publish_with("cb", "{}", &["--identifier", "x", "--unique"])?;
+    let out = env
+        .bgq()
+        .args([
+            "publish",
+            "cb",
+            "--json",
+            "{}",
+            "--identifier",
+            "x",
+            "--unique",
+            "--after",
+            "99",
+        ])
+        .output()?;
+    crate::support::expect_error(&out, 2, &["--after: no job 99 in "])
+}
+
+/// `--after` a job that `clear` already deleted: it had FINISHED, so the new job is due at once
+/// (an id never handed out is still refused).
+#[test]
+fn after_a_cleared_job_is_satisfied() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let parent = env.publish("cb", "{}")?;
+    env.process(&[])?;
+    let out = env.bgq().args(["clear"]).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let child = env.publish_with("cb", "{}", &["--after", &parent.to_string()])?;
+    env.process(&[])?;
+    assert_eq!(env.state(child)?, "FINISHED");
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--json", "{}", "--after", "99"])
+        .output()?;
+    crate::support::expect_error(&out, 2, &["--after: no job 99 in "])
+}
+
+/// `bgq status` (and `stats`' oldest due age) must count a job published `--after` another as
+/// due from when that job finished, not from its own publish: no false `stale:` alarm (exit 1)
+/// for a job that became due a moment ago.
+#[test]
+fn status_does_not_call_a_dependent_stale_the_moment_its_parent_finishes() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let parent = env.publish("cb", r#"{"sleep": "3"}"#)?;
+    let child = env.publish_with(
+        "cb",
+        "{}",
+        &["--after", &parent.to_string(), "--queue", "other"],
+    )?;
+    let mut run = env.spawn(&["process"])?;
+    std::thread::sleep(Duration::from_millis(2000));
+    // The other queue's cron run: nothing to do yet.
+    env.process(&["--queue", "other"])?;
+    run.wait_exit(Duration::from_secs(10))?;
+    assert_eq!(env.state(parent)?, "FINISHED");
+    assert_eq!(env.state(child)?, "READY");
+    let out = env
+        .bgq()
+        .args(["status", "--queue", "other", "--stale-after", "2s"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "job {child} became due when job {parent} finished, a moment ago, yet: {}",
+        stdout
+    );
     Ok(())
 }

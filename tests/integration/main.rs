@@ -30,7 +30,6 @@ mod retries;
 mod retry_cancel;
 mod serial_failure;
 mod serial_groups;
-mod shaping_edges;
 mod show_explain;
 mod signals;
 mod stats_status;

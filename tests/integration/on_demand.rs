@@ -1,13 +1,14 @@
 //! On-demand runs for quiet queues: `publish --process` and `process_on_publish = true` start a
 //! detached `process` run of the job's queue. Publish does not wait for it (only the id on
-//! stdout, at once), runs started in quick succession share the lock and run each job once, and
-//! a plain publish starts no run.
+//! stdout, at once) nor keeps the caller's files open, runs started in quick succession share the
+//! lock and run each job once, and a plain publish starts no run.
 
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestEnv, TestResult, callback_toml, describe, env_recording_runs, intervals, max_overlap,
-    read_lines, sorted_ids, timed_body, timed_env, wait_state,
+    TIMED_BY_PAYLOAD, TestEnv, TestResult, callback_toml, describe, env_recording_runs,
+    env_with_callbacks, intervals, max_overlap, read_lines, sorted_ids, timed_body, timed_env,
+    wait_for, wait_state,
 };
 
 /// Publishes one job of `slow` (a 3-second callback logging with `timed_body`) with `args`, and
@@ -111,4 +112,36 @@ fn publish_process_in_quick_succession_runs_each_job_once() -> TestResult {
     assert_eq!(ran, ids, "each job ran exactly once");
     assert_eq!(max_overlap(&runs), 1, "never two at once: {runs:?}");
     Ok(())
+}
+
+// ---- what the detached run holds open
+
+/// A detached `publish --process` run does not keep the caller's other open files: a caller
+/// reading a pipe it handed to publish (as `$(...)` or PHP's `shell_exec` do) sees its end as
+/// soon as publish exits, not when the job is done.
+#[test]
+fn publish_process_does_not_hold_the_callers_files_open() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let script = format!(
+        "'{}' --config '{}' publish cb --json '{{\"sleep\": \"3\"}}' --process 9>&1 >/dev/null | cat",
+        env!("CARGO_BIN_EXE_bgq"),
+        env.config_path().display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = env
+        .jobs()?
+        .first()
+        .and_then(|job| job["id"].as_i64())
+        .ok_or("no job")?;
+    assert_ne!(
+        env.state(id)?,
+        "FINISHED",
+        "the pipe stayed open until the detached run had finished the job"
+    );
+    wait_for("the job to finish", Duration::from_secs(15), || {
+        env.state(id).is_ok_and(|state| state == "FINISHED")
+    })
 }

@@ -1,16 +1,19 @@
 //! `bgq process --watch`, the long-running run for supervisord and systemd: jobs published,
 //! delayed, retried or WAITING while it runs (and `waiting_delay`); SIGTERM/SIGINT; `--max-jobs`,
 //! `--max-time`, `--max-memory`; standby behind another `process`; notices while watching;
-//! `status` while it runs; recovery at start. (`publish --process` is in `on_demand.rs`.)
+//! `status` while it runs; recovery at start; work it must notice at once, not at the next
+//! `--poll` (a dependent freed by its own commit, a retry made while every slot was busy, a
+//! publish to a database reached through a symlink). (`publish --process` is in `on_demand.rs`.)
 
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_recording_runs,
-    env_with_callbacks, expect_refused, hanging_callback, lock_files, notices, notify_line,
-    one_slow_slot_env, read_lines, send_signal, sorted_ids, wait_for, wait_state_checked,
+    Spawned, TIMED_BY_PAYLOAD, TestEnv, TestResult, alive, callback_toml, describe,
+    env_recording_runs, env_with_callbacks, expect_refused, hanging_callback, lock_files, logged,
+    notices, notify_line, one_slow_slot_env, read_lines, send_signal, sorted_ids, wait_for,
+    wait_for_watcher, wait_state_checked,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -709,5 +712,121 @@ fn watch_recovers_orphans_when_it_starts() -> TestResult {
         stderr.contains(&format!("recovered job {id}")),
         "recovery is said on stderr: {stderr}"
     );
+    Ok(())
+}
+
+// ---- process --watch: work it notices at once, whatever `--poll` says
+
+/// Contract (`--after`): "When the last named job finishes, the dependent job becomes due
+/// (within a second or so; the same `process` run picks it up)", also under `--watch` with a
+/// long `--poll` (its own commit frees the dependent; no poll needed).
+#[test]
+fn watch_starts_a_dependent_soon_after_its_parent_even_with_a_long_poll() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s"])?;
+    wait_for_watcher(&env)?;
+    let a = env.publish("cb", r#"{"sleep": "1"}"#)?;
+    let b = env.publish_with("cb", "{}", &["--after", &a.to_string()])?;
+    wait_for("A to end", Duration::from_secs(10), || {
+        logged(&env, "end", a).is_some()
+    })?;
+    let ended = Instant::now();
+    let started = wait_for("B to start", Duration::from_secs(15), || {
+        logged(&env, "start", b).is_some()
+    });
+    let waited = ended.elapsed();
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    started?;
+    let gap_ms =
+        (logged(&env, "start", b).unwrap_or(0) - logged(&env, "end", a).unwrap_or(0)) / 1_000_000;
+    assert!(
+        gap_ms < 2000,
+        "B started {gap_ms} ms after A finished (observed after {waited:?}): a dependent must be \
+         due within a second or so, not at the next --poll"
+    );
+    Ok(())
+}
+
+/// A `bgq retry` made while every slot of a watcher is busy runs as soon as a slot frees, not
+/// at the next `--poll`.
+#[test]
+fn watch_runs_a_job_retried_while_all_slots_were_busy_as_soon_as_a_slot_frees() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let failed = env.publish("cb", r#""fail""#)?;
+    env.process(&[])?;
+    assert_eq!(env.state(failed)?, "PERMANENTLY_FAILED");
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s", "--concurrency", "1"])?;
+    wait_for_watcher(&env)?;
+    let long = env.publish("cb", r#"{"sleep": "1.5"}"#)?;
+    wait_for("the long job to start", Duration::from_secs(5), || {
+        logged(&env, "start", long).is_some()
+    })?;
+    // Fix the job's parameters and retry it while the only slot is busy.
+    let out = env
+        .bgq()
+        .args(["retry", &failed.to_string(), "--json", "{}"])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for("the long job to end", Duration::from_secs(5), || {
+        logged(&env, "end", long).is_some()
+    })?;
+    let started = wait_for("the retried job to start", Duration::from_secs(15), || {
+        read_lines(&env.path("log"))
+            .iter()
+            .filter(|line| line.starts_with(&format!("start {failed} ")))
+            .count()
+            == 2
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    started?;
+    let second_start = read_lines(&env.path("log"))
+        .iter()
+        .filter(|line| line.starts_with(&format!("start {failed} ")))
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(2)?.parse::<u128>().ok())
+        .ok_or("no second start")?;
+    let gap_ms = (second_start - logged(&env, "end", long).ok_or("no end")?) / 1_000_000;
+    assert!(
+        gap_ms < 2000,
+        "the retried job started {gap_ms} ms after the slot freed up (it waited for --poll 10s)"
+    );
+    Ok(())
+}
+
+/// A watcher of a database reached through a symlink wakes on publishes like any other: it
+/// watches the write-ahead log beside the real file, where SQLite writes it, and so warns of
+/// nothing.
+#[test]
+fn watch_on_a_symlinked_database_watches_the_real_write_ahead_log() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
+    let real = env.path("data");
+    std::fs::create_dir_all(&real)?;
+    std::os::unix::fs::symlink(real.join("bgq.sqlite"), &db)?;
+    let first = env.publish("cb", "{}")?;
+    assert!(
+        real.join("bgq.sqlite").exists(),
+        "the database is the link's target"
+    );
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s"])?;
+    wait_for_watcher(&env)?;
+    let second = env.publish("cb", "{}")?;
+    let finished = wait_for("the second job to finish", Duration::from_secs(10), || {
+        env.state(second).is_ok_and(|state| state == "FINISHED")
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    let status = watcher.wait_exit(Duration::from_secs(10))?;
+    finished?;
+    assert_eq!(status.code(), Some(0), "{}", watcher.stderr());
+    assert_eq!(
+        watcher.stderr(),
+        "",
+        "a watcher of a symlinked database warned"
+    );
+    assert_eq!(env.state(first)?, "FINISHED");
     Ok(())
 }
