@@ -1,6 +1,6 @@
-//! Issue 5: `bgq check` validates the config against the machine and the queue: commands that
-//! cannot run, missing folders, a missing notify command, jobs waiting for a callback the config
-//! lost. One `problem: ` line each and exit 1, or one `ok: ` line and exit 0; never a new database.
+//! `bgq check` validates the config against the machine and the queue: commands that cannot
+//! run, missing folders, a missing notify command, jobs waiting for a callback the config lost.
+//! One `problem: ` line each and exit 1, or one `ok: ` line and exit 0; never a new database.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,7 @@
-//! Hardening, point 4: a full filesystem and a read-only database folder each give one clear
-//! error and exit 1, no panic, and leave the data as it was. (A database that is not SQLite and
-//! one from a newer bgq are covered in `bad_input.rs` and `locking.rs`.)
+//! A full filesystem and a read-only database folder each give one clear error and exit 1, no
+//! panic, and leave the data as it was. (A database that is not SQLite and one from a newer bgq
+//! are covered in `bad_input.rs` and `locking.rs`.) The filesystem is the SQLite file's, so these
+//! tests are SQLite-only.
 //!
 //! A full or read-only filesystem takes a tmpfs mount, hence root; without it these tests say
 //! why and are skipped, except in CI (`CI=true`), which runs them as root.

@@ -1,7 +1,7 @@
-//! Hardening, point 3: what a crash leaves is enough. A committed write lives in the `-wal` file
-//! until a checkpoint copies it into the database; a kill -9 between the two leaves the database
-//! and its `-wal` (the `-shm` index is rebuilt from the `-wal`), and those two alone hold every
-//! committed job and outcome.
+//! What a crash leaves is enough. A committed write lives in the `-wal` file until a checkpoint
+//! copies it into the database; a kill -9 between the two leaves the database and its `-wal`
+//! (the `-shm` index is rebuilt from the `-wal`), and those two alone hold every committed job
+//! and outcome. (SQLite's files, so SQLite-only.)
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! One integration-test binary: each module covers one area of SPEC.md.
+//! One integration-test binary: each module covers one behaviour, and is named after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;

@@ -1,7 +1,7 @@
-//! Issue 5: `bgq show ID [--json]` (every field of one job, its parameters pretty-printed or as a
-//! hex preview, the output tail of its last run; `--json` with the exact parameters or the raw
-//! bytes in base64) and `bgq explain ID` (one line saying why a job is or is not running), and
-//! both refusing unknown or invalid ids.
+//! `bgq show ID [--json]` (every field of one job, its parameters pretty-printed or as a hex
+//! preview, the output tail of its last run; `--json` with the exact parameters or the raw bytes in
+//! base64) and `bgq explain ID` (one line saying why a job is or is not running), and both refusing
+//! unknown or invalid ids.
 
 use std::fs;
 use std::time::Duration;

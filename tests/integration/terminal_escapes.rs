@@ -1,9 +1,9 @@
-//! Issue 13, point 5: job data never reaches an operator's terminal raw. Human output (`list`,
-//! `list --unfinished`, `show`, `stats`, `explain`, `status`, `retry`, `cancel`, and every
-//! stderr line, notices included) shows control characters from a publisher or a callback
-//! escaped; `--json` and the notify command's stdin stay exact; `publish` refuses control
-//! characters in a queue, serial group or identifier, so only a database written by an older bgq
-//! holds such names (the tests write them there directly).
+//! Job data never reaches an operator's terminal raw. Human output (`list`, `list --unfinished`,
+//! `show`, `stats`, `explain`, `status`, `retry`, `cancel`, and every stderr line, notices
+//! included) shows control characters from a publisher or a callback escaped; `--json` and the
+//! notify command's stdin stay exact; `publish` refuses control characters in a queue, serial group
+//! or identifier, so only a database written by an older bgq holds such names (the tests write them
+//! there directly, so those are SQLite-only).
 
 use serde_json::Value;
 
