@@ -39,6 +39,46 @@ const IGNORING_TERM: HangingJob<'static> = HangingJob {
     tmpdir: None,
 };
 
+/// Starts `process` on a job of callback `hang` (with `settings`) that, like one that ignores
+/// SIGTERM, only stops for SIGKILL, but appends a line to the file `term` for each SIGTERM it
+/// gets: a test can wait for that signal instead of guessing when it came. Returns the job id,
+/// the run, the callback's pid once it runs and a guard that kills its process group.
+fn term_noting_job(
+    env: &TestEnv,
+    settings: &str,
+) -> TestResult<(i64, Spawned, i32, KillGroupOnDrop)> {
+    let pidfile = env.path("hang.pid");
+    // Bounded (30 s), so that a failing test leaves nothing behind for long.
+    let script = env.script(
+        "hang.sh",
+        &format!(
+            "trap 'echo TERM >> {t}' TERM\necho $$ > {p}.tmp\nmv {p}.tmp {p}\n\
+             i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
+            t = env.path("term").display(),
+            p = pidfile.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("hang", &script, settings))?;
+    let id = env.publish("hang", "{}")?;
+    let run = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        pidfile.exists()
+    })?;
+    let pid: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    let guard = KillGroupOnDrop(pgid_of(pid)?);
+    Ok((id, run, pid, guard))
+}
+
+/// Waits until the callback of [`term_noting_job`] has got a SIGTERM.
+fn wait_for_sigterm(env: &TestEnv) -> TestResult {
+    let noted = env.path("term");
+    wait_for(
+        "the callback to get SIGTERM",
+        Duration::from_secs(10),
+        || noted.exists(),
+    )
+}
+
 /// Two temp dirs, as cron's and an operator's shell's `$TMPDIR` when the config sets no
 /// `temp_dir`.
 fn two_temp_dirs(env: &TestEnv) -> TestResult<(PathBuf, PathBuf)> {
@@ -104,6 +144,10 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
     wait_for("the first batch", Duration::from_secs(30), || {
         env.state(last).is_ok_and(|s| s == "FINISHED")
     })?;
+    // The positive signal is that FINISHED: a run closes a job's descriptors (output pipe,
+    // pidfd, eventfd) before it commits the job's end, and nothing later says "idle". The pause
+    // only keeps a descriptor held for a moment (by SQLite, say) out of both counts; it waits for
+    // nothing that must not happen: a descriptor kept per job shows as 150 more either way.
     std::thread::sleep(Duration::from_millis(300));
     let before = open_fds(watch.pid())?;
     for round in 0..3 {
@@ -120,6 +164,7 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
     wait_for("the second batch", Duration::from_secs(120), || {
         env.state(last).is_ok_and(|s| s == "FINISHED")
     })?;
+    // As above: the same margin, so that both counts are taken alike.
     std::thread::sleep(Duration::from_millis(300));
     let after = open_fds(watch.pid())?;
     let events = eventfds(watch.pid())?;
@@ -134,19 +179,19 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
 }
 
 /// The run dies while `cancel --kill` waits for it (here it is SIGKILLed after it sent SIGTERM,
-/// which the callback ignores): `cancel` stops the callback itself and, with no run left to
+/// which the callback outlives): `cancel` stops the callback itself and, with no run left to
 /// store the end, ends the job CANCELLED (it does not leave it PROCESSING, holding its serial
 /// group, until some later run recovers it).
 #[test]
 fn cancel_ends_the_job_itself_when_the_run_dies_during_the_wait() -> TestResult {
     let env = TestEnv::new("")?;
-    let (id, mut process, callback, _guard) = hanging_job(&env, &IGNORING_TERM)?;
+    let (id, mut process, callback, _guard) = term_noting_job(&env, "kill_grace = \"1s\"")?;
 
     let cancel = spawn_cancel(&env, id)?;
     wait_for("the mark", Duration::from_secs(10), || marked(&env, id))?;
-    // The run sees the mark within 0.1 s and sends SIGTERM, which is ignored; it dies before
+    // The run sees the mark and sends SIGTERM, which the callback outlives; the run dies before
     // its SIGKILL, 1 s later.
-    std::thread::sleep(Duration::from_millis(400));
+    wait_for_sigterm(&env)?;
     send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
     assert!(alive(callback), "the orphaned callback lives on");
@@ -235,11 +280,14 @@ fn a_stopped_callback_whose_helpers_were_cut_off_is_not_finished() -> TestResult
     let env = TestEnv::new("")?;
     let started = env.path("started");
     let done = env.path("done");
+    let helper_pid = env.path("helper.pid");
     let script = env.script(
         "leader.sh",
         &format!(
-            "(trap '' TERM; sleep 2; touch {d}) &\ntrap 'exit 0' TERM\ntouch {s}\nwhile :; do sleep 0.05; done",
+            "(trap '' TERM; sleep 2; touch {d}) &\necho $! > {h}.tmp\nmv {h}.tmp {h}\n\
+             trap 'exit 0' TERM\ntouch {s}\nwhile :; do sleep 0.05; done",
             d = done.display(),
+            h = helper_pid.display(),
             s = started.display()
         ),
     )?;
@@ -249,10 +297,14 @@ fn a_stopped_callback_whose_helpers_were_cut_off_is_not_finished() -> TestResult
     wait_for("the callback to start", Duration::from_secs(15), || {
         started.exists()
     })?;
+    let helper: i32 = fs::read_to_string(&helper_pid)?.trim().parse()?;
     let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
     let status = process.wait_exit(Duration::from_secs(20))?;
     assert_eq!(status.code(), Some(0), "{}", process.stderr());
-    std::thread::sleep(Duration::from_millis(2500));
+    // Whether it was cut off or did its work, the helper is gone once it has ended.
+    wait_for("the helper to end", Duration::from_secs(10), || {
+        !alive(helper)
+    })?;
     let helper_done = done.exists();
     let state = env.state(id)?;
     assert!(
@@ -288,17 +340,15 @@ fn sigterm_to_the_watch_run_during_a_cancel_still_ends_it_cancelled() -> TestRes
     Ok(())
 }
 
-/// A callback that timed out (SIGTERM ignored, SIGKILL pending) and is then cancelled ends
+/// A callback that timed out (its SIGTERM outlived, SIGKILL pending) and is then cancelled ends
 /// CANCELLED, and `cancel` returns once it is.
 #[test]
 fn a_timed_out_callback_then_cancelled_ends_cancelled_and_no_failure() -> TestResult {
     let env = TestEnv::new("")?;
-    let setup = HangingJob {
-        settings: "timeout = \"1s\"\nkill_grace = \"3s\"",
-        ..IGNORING_TERM
-    };
-    let (id, mut process, _callback, _guard) = hanging_job(&env, &setup)?;
-    std::thread::sleep(Duration::from_millis(1500));
+    let (id, mut process, _callback, _guard) =
+        term_noting_job(&env, "timeout = \"1s\"\nkill_grace = \"3s\"")?;
+    // The SIGTERM of the timeout: nothing else sends one before the cancel.
+    wait_for_sigterm(&env)?;
     let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
     let status = process.wait_exit(Duration::from_secs(20))?;
     assert_eq!(status.code(), Some(0), "{}", process.stderr());
