@@ -587,10 +587,20 @@ fn cancel_of_a_running_job_needs_kill() -> TestResult {
 /// a time; the retried job runs once the younger one has ended.
 #[test]
 fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
-    let env = env_with_callbacks("", &[("block", BLOCK), ("bad", "exit 1")])?;
+    let env = env_with_callbacks(
+        "",
+        &[
+            ("block", BLOCK),
+            ("bad", "exit 1"),
+            ("mark", "echo $BGQ_JOB_ID >> @ROOT@/marks\nexit 1"),
+        ],
+    )?;
     let older = env.publish_with("bad", "{}", &["--serial-group", "g"])?;
+    // A job of no group that fails too, and is retried after the older one.
+    let marker = env.publish("mark", "{}")?;
     env.process(&[])?;
     assert_eq!(env.state(older)?, "PERMANENTLY_FAILED");
+    assert_eq!(env.state(marker)?, "PERMANENTLY_FAILED");
     let younger = env.publish_with("block", "{}", &["--serial-group", "g"])?;
     let mut process = env.spawn(&["process"])?;
     let started = env.path(&format!("started-{younger}"));
@@ -598,11 +608,17 @@ fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
         started.exists()
     })?;
     stdout_of(&env, &["retry", &older.to_string()])?;
-    // The running `process` looks for newly due jobs every second: give it time to (wrongly)
-    // start the retried one.
-    std::thread::sleep(Duration::from_millis(2500));
+    stdout_of(&env, &["retry", &marker.to_string()])?;
+    // The running `process` looks for newly due jobs every second. Once it has started the
+    // marker, retried after the older job and behind it in the queue, it has looked at the
+    // older one too, and must have held it back.
+    let marks = env.path("marks");
+    let looked = wait_for("the retried marker to run", Duration::from_secs(15), || {
+        read_lines(&marks).len() == 2
+    });
     let held = env.state(older);
     fs::write(env.path("release"), "")?;
+    looked?;
     assert_eq!(
         held?, "READY",
         "the retried job must wait for the running one"
