@@ -5,12 +5,12 @@
 //! deleted counts as FINISHED; and `status` counts a dependent as due from when its parent
 //! finished, not from its own publish.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::{
     TIMED_BY_PAYLOAD, TestResult, assert_contains, assert_no_jobs, cb_env, describe,
-    env_with_callbacks, expect_error, explain, intervals, mend, operate, printed_id, publish_out,
-    ran, show_json, timed_env,
+    env_with_callbacks, expect_error, explain, intervals, logged, mend, operate, printed_id,
+    publish_out, ran, show_json, timed_env, wait_for,
 };
 
 /// A dependent job waits, READY and not run, while its parent is READY (delayed): `explain`
@@ -305,17 +305,29 @@ fn after_a_cleared_job_is_satisfied() -> TestResult {
 /// for a job that became due a moment ago.
 #[test]
 fn status_does_not_call_a_dependent_stale_the_moment_its_parent_finishes() -> TestResult {
-    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
-    let parent = env.publish("cb", r#"{"sleep": "3"}"#)?;
+    // The parent runs until the test releases it (15 s at most, so a failing test cleans up).
+    let held = "echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+         i=0; while [ ! -e @ROOT@/release ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done";
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD), ("held", held)])?;
+    let parent = env.publish("held", "{}")?;
+    let published = Instant::now();
     let child = env.publish_with(
         "cb",
         "{}",
         &["--after", &parent.to_string(), "--queue", "other"],
     )?;
     let mut run = env.spawn(&["process"])?;
-    std::thread::sleep(Duration::from_millis(2000));
-    // The other queue's cron run: nothing to do yet.
+    wait_for("the parent to start", Duration::from_secs(10), || {
+        logged(&env, "start", parent).is_some()
+    })?;
+    // What is tested is an age: the child must have been published longer ago than
+    // `--stale-after` (2 s), so that a status counting from its publish would call it stale.
+    // That takes time itself, not an event.
+    std::thread::sleep(Duration::from_millis(2500).saturating_sub(published.elapsed()));
+    // The other queue's cron run, while the parent still runs: nothing to do yet.
     env.process(&["--queue", "other"])?;
+    assert_eq!(env.state(child)?, "READY");
+    std::fs::write(env.path("release"), "")?;
     run.wait_exit(Duration::from_secs(10))?;
     assert_eq!(env.state(parent)?, "FINISHED");
     assert_eq!(env.state(child)?, "READY");
