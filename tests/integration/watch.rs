@@ -127,6 +127,27 @@ impl Watcher {
         self.wait_state(env, id, "FINISHED", Duration::from_secs(10))
     }
 
+    /// Waits until a watcher started with `-v` says that it stands by behind another `process`
+    /// (`bgq: another `process` holds LOCK; waiting for it`), or until it exits: the caller's
+    /// checks then say which.
+    fn wait_standby(&mut self) -> TestResult {
+        let start = Instant::now();
+        while !self.stderr().contains("another `process` holds") {
+            if !self.running()? {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "the watcher did not say within 10 s that it stands by; stderr:\n{}",
+                    self.stderr()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Waits until the watcher has created its lock file in the test's `temp_dir`.
     fn wait_lock_file(&mut self, env: &TestEnv) -> TestResult {
         let dir = env.path("locks");
@@ -489,9 +510,9 @@ fn a_second_watcher_stands_by_and_takes_over() -> TestResult {
     let mut ids = vec![env.publish("cb", "{\"n\":0}")?];
     first.wait_finished(&env, ids[0])?;
 
-    let mut second = Watcher::start(&env, &["--poll", "200ms"])?;
-    // Let the second watcher reach its standby before more work arrives.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut second = Watcher::start(&env, &["-v", "--poll", "200ms"])?;
+    // The second watcher reaches its standby before more work arrives.
+    second.wait_standby()?;
     for n in 1..4 {
         ids.push(env.publish("cb", &format!("{{\"n\":{n}}}"))?);
     }
@@ -531,8 +552,8 @@ fn a_standby_watcher_exits_0_on_sigterm() -> TestResult {
         !read_lines(&runs).is_empty()
     })?;
 
-    let mut standby = Watcher::start(&env, &["--poll", "200ms"])?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut standby = Watcher::start(&env, &["-v", "--poll", "200ms"])?;
+    standby.wait_standby()?;
     let still_waiting = standby.running()?;
     let stopped = if still_waiting {
         standby.stop()
@@ -622,6 +643,8 @@ fn status_is_ok_while_a_watcher_runs_longer_than_stale_after() -> TestResult {
     let env = env_recording_runs("", "")?;
     let mut watcher = Watcher::start(&env, &["--poll", "200ms"])?;
     watcher.wait_lock_file(&env)?;
+    // What is tested is a duration, a watcher that has run longer than `--stale-after`: that
+    // takes time itself, not an event. (Nothing is asserted absent after it.)
     std::thread::sleep(Duration::from_secs(2));
     let out = env.bgq().args(["status", "--stale-after", "1s"]).output()?;
     watcher.stop()?;
@@ -649,10 +672,19 @@ fn status_reports_a_job_due_too_long_even_while_a_watcher_runs() -> TestResult {
         callback_toml("gone", &gone, "")
     ))?;
     let id = env.publish("gone", "{}")?;
+    let published = Instant::now();
     env.write_config(&callback_toml("ok", &ok, ""))?;
     let mut watcher = Watcher::start(&env, &["--poll", "200ms"])?;
     watcher.wait_lock_file(&env)?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The watcher has seen the job and passed it by: it warns of it, then runs a job published
+    // after it (it would have claimed the older job first).
+    wait_for("the warning about `gone`", Duration::from_secs(10), || {
+        watcher.stderr().contains("wait for callback `gone`")
+    })?;
+    let later = env.publish("ok", "{}")?;
+    watcher.wait_finished(&env, later)?;
+    // Due for longer than `--stale-after` (1 s): that takes time itself, not an event.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(published.elapsed()));
     let out = env.bgq().args(["status", "--stale-after", "1s"]).output()?;
     watcher.stop()?;
     assert_eq!(env.state(id)?, "READY", "its callback is not configured");
