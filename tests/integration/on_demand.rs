@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     TIMED_BY_PAYLOAD, TestEnv, TestResult, callback_toml, describe, env_recording_runs,
-    env_with_callbacks, intervals, max_overlap, read_lines, sorted_ids, timed_body, timed_env,
-    wait_for, wait_state,
+    env_with_callbacks, intervals, max_overlap, sorted_ids, timed_body, timed_env, wait_for,
+    wait_state,
 };
 
 /// Publishes one job of `slow` (a 3-second callback logging with `timed_body`) with `args`, and
@@ -78,9 +78,17 @@ fn process_on_publish_runs_every_published_job() -> TestResult {
 fn plain_publish_starts_no_run() -> TestResult {
     let env = env_recording_runs("", "")?;
     let id = env.publish("cb", "{}")?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // A run that publish started would be under way before publish exited. One started later by
+    // `publish --process`, of another queue (it runs only its own), shows when such a run has
+    // had its time: once its job has finished, the first one must not have run.
+    let later = env.publish_with("cb", "{}", &["--queue", "other", "--process"])?;
+    wait_state(&env, later, "FINISHED", Duration::from_secs(10))?;
     assert_eq!(env.state(id)?, "READY");
-    assert!(read_lines(&env.path("runs")).is_empty());
+    assert_eq!(
+        sorted_ids(&env.path("runs"))?,
+        [later],
+        "only the job of the later run ran"
+    );
     Ok(())
 }
 
