@@ -4,7 +4,8 @@
 use std::fs;
 
 use crate::support::{
-    TestEnv, TestResult, describe, env_with_callbacks, expect_error, expect_refused,
+    SQLITE_FILE, TestEnv, TestResult, describe, env_with_callbacks, expect_error, expect_refused,
+    sqlite_only,
 };
 
 /// One bad invocation of `bgq --config <env> ARGS`, with optional stdin, and the exit codes SPEC allows.
@@ -121,7 +122,8 @@ fn bad_invocations_are_refused_cleanly() -> TestResult {
 }
 
 /// Writes `text` as the whole config; a publish is refused with exit 2 naming the config file (and
-/// `line` when given), and no database is created.
+/// `line` when given), and no database is created (the configs name the SQLite file
+/// [`SQLITE_FILE`], whatever backend the other tests use).
 fn broken_config(text: &str, line: Option<usize>) -> TestResult {
     let env = TestEnv::new("")?;
     env.write_raw_config(text)?;
@@ -131,7 +133,7 @@ fn broken_config(text: &str, line: Option<usize>) -> TestResult {
     };
     let out = env.bgq().args(["publish", "cb", "--json", "{}"]).output()?;
     expect_error(&out, 2, &[&place]).map_err(|err| format!("config\n{text}\n{err}"))?;
-    if env.db_path().exists() {
+    if env.path(SQLITE_FILE).exists() {
         return Err(format!("config\n{text}\nwas refused but created the database").into());
     }
     Ok(())
@@ -182,12 +184,16 @@ fn missing_or_unreadable_config_file_is_refused() -> TestResult {
         .arg("list")
         .output()?;
     expect_refused(&out, &[1, 2])?;
-    assert!(!env.db_path().exists());
+    // No config was read, so no database of any kind can have been opened.
+    assert!(!env.path(SQLITE_FILE).exists());
     Ok(())
 }
 
 #[test]
 fn database_path_that_is_a_directory_fails() -> TestResult {
+    if !sqlite_only()? {
+        return Ok(());
+    }
     let env = TestEnv::new("")?;
     fs::create_dir(env.path("dbdir"))?;
     env.write_raw_config(&format!(
@@ -214,15 +220,18 @@ fn database_path_that_is_a_directory_fails() -> TestResult {
 #[test]
 fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
     let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let garbage: Vec<u8> = b"this is not a database\n"
         .iter()
         .copied()
         .chain((0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]))
         .collect();
-    fs::write(env.db_path(), &garbage)?;
+    fs::write(&db, &garbage)?;
     let opening = format!(
         "cannot open database {}: file is not a database",
-        env.db_path().display()
+        db.display()
     );
 
     for args in [
@@ -234,7 +243,7 @@ fn database_that_is_not_sqlite_fails_and_stays_unchanged() -> TestResult {
         let out = env.bgq().args(args).output()?;
         expect_error(&out, 1, &[&opening]).map_err(|err| format!("bgq {args:?}: {err}"))?;
         assert_eq!(
-            fs::read(env.db_path())?,
+            fs::read(&db)?,
             garbage,
             "bgq {args:?} changed the file; {}",
             describe(&out)
@@ -287,9 +296,12 @@ fn delays_and_times_beyond_100_years_are_refused() -> TestResult {
 #[test]
 fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
     let env = env_with_callbacks("", &[("cb", "exit 0")])?;
+    let Some(db_file) = env.sqlite_file() else {
+        return Ok(());
+    };
     env.publish("cb", "{}")?;
     let (root, page_size) = {
-        let conn = rusqlite::Connection::open(env.db_path())?;
+        let conn = rusqlite::Connection::open(&db_file)?;
         let root: i64 = conn.query_row(
             "SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'",
             [],
@@ -298,15 +310,15 @@ fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         (root, page_size)
     };
-    let mut bytes = fs::read(env.db_path())?;
+    let mut bytes = fs::read(&db_file)?;
     let start = usize::try_from((root - 1) * page_size)?;
     let end = start + usize::try_from(page_size)?;
     for (i, byte) in bytes[start..end].iter_mut().enumerate() {
         *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
     }
-    fs::write(env.db_path(), &bytes)?;
+    fs::write(&db_file, &bytes)?;
 
-    let db = env.db_path().display().to_string();
+    let db = db_file.display().to_string();
     for (args, operation) in [
         (
             &["publish", "cb", "--json", "{}"][..],

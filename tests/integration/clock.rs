@@ -1,7 +1,7 @@
-//! Hardening, point 8: `process` when the wall clock jumps. A jump back must not starve a job
-//! that is due (bgq notices that the clock went back since its last run and moves scheduled
-//! jobs back with it, with a warning); a jump forward runs what falls due, and the return to the
-//! real time leaves sane schedules. The clock moves with `faketime` (see `support.rs`); the
+//! `process` when the wall clock jumps. A jump back must not starve a job that is due (bgq
+//! notices that the clock went back since its last run and moves scheduled jobs back with it,
+//! with a warning); a jump forward runs what falls due, and the return to the real time leaves
+//! sane schedules. The clock moves with `faketime` (see `support.rs`); the
 //! monotonic clock is left alone, as a real jump would leave it.
 
 use crate::support::{

@@ -1,5 +1,5 @@
-//! Issue 5, `bgq completions SHELL` and `bgq man`: they need no config file, print a script each
-//! shell accepts and a man page that names every command, and refuse an unknown shell.
+//! `bgq completions SHELL` and `bgq man`: they need no config file, print a script each shell
+//! accepts and a man page that names every command, and refuse an unknown shell.
 
 use std::time::Duration;
 

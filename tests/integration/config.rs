@@ -6,7 +6,9 @@ use std::path::Path;
 
 use assert_cmd::Command;
 
-use crate::support::{TestEnv, TestResult, describe, expect_error, lock_files, read_lines};
+use crate::support::{
+    SQLITE_FILE, TestEnv, TestResult, describe, expect_error, lock_files, read_lines, sqlite_only,
+};
 
 const TRUE_CALLBACK: &str = "[callbacks.cb]\ncommand = [\"/bin/true\"]\n";
 
@@ -126,6 +128,10 @@ fn an_unreadable_config_exits_1_and_a_missing_one_2() -> TestResult {
 
 #[test]
 fn relative_paths_resolve_against_the_config_folder() -> TestResult {
+    // The database here is a SQLite path, resolved and created with its folders.
+    if !sqlite_only()? {
+        return Ok(());
+    }
     let env = TestEnv::new("")?;
     fs::create_dir_all(env.path("cfg/locks"))?;
     fs::create_dir_all(env.path("elsewhere"))?;
@@ -181,9 +187,10 @@ fn callbacks_run_in_the_config_folder_with_relative_command_and_env() -> TestRes
     fs::write(
         env.path("cfg/bgq.toml"),
         format!(
-            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n\
+            "{}\ntemp_dir = \"{}\"\n\
              [callbacks.here]\ncommand = [\"./cb.sh\"]\nenv = {{ GREETING = \"hello\" }}\n\
              [callbacks.there]\ncommand = [\"./cb.sh\"]\nworking_dir = \"sub\"\n",
+            env.database_line(),
             env.path("locks").display()
         ),
     )?;
@@ -218,7 +225,8 @@ fn callbacks_run_in_the_config_folder_with_relative_command_and_env() -> TestRes
 }
 
 /// Writes `text` as the whole config, runs a publish, and checks it is refused with exit 2, a
-/// `bgq: error: <config path>:<line>: ` line containing `fragment`, and no database file.
+/// `bgq: error: <config path>:<line>: ` line containing `fragment`, and no database file (the
+/// configs name the SQLite file [`SQLITE_FILE`], whatever backend the other tests use).
 fn refused(text: &str, line: Option<usize>, fragment: &str) -> TestResult {
     let env = TestEnv::new("")?;
     env.write_raw_config(text)?;
@@ -228,7 +236,7 @@ fn refused(text: &str, line: Option<usize>, fragment: &str) -> TestResult {
         None => format!("{}", env.config_path().display()),
     };
     expect_error(&out, 2, &[&place, fragment]).map_err(|err| format!("config\n{text}\n{err}"))?;
-    if env.db_path().exists() {
+    if env.path(SQLITE_FILE).exists() {
         return Err(format!("config\n{text}\nwas refused but created the database").into());
     }
     Ok(())
@@ -366,7 +374,7 @@ fn missing_required_settings_are_refused() -> TestResult {
 #[test]
 fn minimal_config_and_every_duration_unit_load() -> TestResult {
     let env = TestEnv::new("")?;
-    env.write_raw_config("database = \"bgq.sqlite\"\n")?;
+    env.write_raw_config(&format!("{}\n", env.database_line()))?;
     let out = env.bgq().args(["list"]).output()?;
     assert!(out.status.success(), "{}", describe(&out));
 

@@ -1,5 +1,5 @@
-//! Hardening, point 2 (the long version is in `stress/crash-loop.sh`): eight publishing processes
-//! while `process` drains. Every publish succeeds without a word on stderr (no "database is
+//! Eight publishing processes while `process` drains (the long version is
+//! `stress/contention.sh`). Every publish succeeds without a word on stderr (no "database is
 //! locked" reaches the user, the worker never starves a writer) and every job runs exactly once.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
-//! Hardening, point 1 (short version; `stress/crash-loop.sh` is the long one): a `process` SIGKILLed
-//! at random moments, again and again, then left to finish. No job is lost, none runs twice at the
-//! same time, every rerun is explained by a reported recovery, and each recovery names a job that
-//! was in flight when its run died.
+//! A `process` SIGKILLed at random moments, again and again, then left to finish (the long
+//! version is `stress/crash-loop.sh`). No job is lost, none runs twice at the same time, every
+//! rerun is explained by a reported recovery, and each recovery names a job that was in flight
+//! when its run died.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

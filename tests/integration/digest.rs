@@ -1,7 +1,7 @@
-//! Issue 5, notices digested: everything one `process` run has to report goes to the `notify`
-//! command once, at the end of the run, one JSON object per line and per job with its `kind`
-//! (`failed`, `attempts`, `recovered`, `orphan`); without `notify`, one stderr line per job; a run
-//! with nothing to report starts no notify command; notices not yet sent go out on the next run.
+//! Notices digested: everything one `process` run has to report goes to the `notify` command once,
+//! at the end of the run, one JSON object per line and per job with its `kind` (`failed`,
+//! `attempts`, `recovered`, `orphan`); without `notify`, one stderr line per job; a run with
+//! nothing to report starts no notify command; notices not yet sent go out on the next run.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,7 @@
-//! Hardening, point 4: a full filesystem and a read-only database folder each give one clear
-//! error and exit 1, no panic, and leave the data as it was. (A database that is not SQLite and
-//! one from a newer bgq are covered in `bad_input.rs` and `locking.rs`.)
+//! A full filesystem and a read-only database folder each give one clear error and exit 1, no
+//! panic, and leave the data as it was. (A database that is not SQLite and one from a newer bgq
+//! are covered in `bad_input.rs` and `locking.rs`.) The filesystem is the SQLite file's, so these
+//! tests are SQLite-only.
 //!
 //! A full or read-only filesystem takes a tmpfs mount, hence root; without it these tests say
 //! why and are skipped, except in CI (`CI=true`), which runs them as root.
@@ -12,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{TestEnv, TestResult, callback_toml, describe, toml_str};
+use crate::support::{TestEnv, TestResult, callback_toml, describe, sqlite_only, toml_str};
 
 /// Skips a test with a printed reason, except in CI, where it is an error.
 fn skip(reason: &str) -> TestResult<bool> {
@@ -84,9 +85,13 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A config whose database lives in `folder` (relative to the temp dir), with callback `cb`
-/// writing its stdin to `out/JOB_ID`.
-fn env_with_database_in(folder: &str) -> TestResult<TestEnv> {
+/// A config whose SQLite database lives in `folder` (relative to the temp dir), with callback
+/// `cb` writing its stdin to `out/JOB_ID`; `None` (with a printed reason) when the tests run on
+/// another backend: these tests fill and freeze the file's own filesystem.
+fn env_with_database_in(folder: &str) -> TestResult<Option<TestEnv>> {
+    if !sqlite_only()? {
+        return Ok(None);
+    }
     let env = TestEnv::new("")?;
     fs::create_dir_all(env.path("out"))?;
     let cb = env.script(
@@ -98,7 +103,7 @@ fn env_with_database_in(folder: &str) -> TestResult<TestEnv> {
         toml_str(&env.path("locks").display().to_string()),
         callback_toml("cb", &cb, "")
     ))?;
-    Ok(env)
+    Ok(Some(env))
 }
 
 /// Every file of `dir` with its bytes.
@@ -163,7 +168,9 @@ fn fill(path: &Path) -> TestResult {
 /// that the earlier jobs are intact and run. With `held_open`, another connection keeps the
 /// database open meanwhile, so its `-wal` and `-shm` files exist when the disk fills.
 fn full_filesystem(held_open: bool) -> TestResult {
-    let env = env_with_database_in("disk")?;
+    let Some(env) = env_with_database_in("disk")? else {
+        return Ok(());
+    };
     let Some(_disk) = Tmpfs::mount(&env.path("disk"), "2m")? else {
         return Ok(());
     };
@@ -246,7 +253,9 @@ fn a_full_filesystem_under_an_open_database_refuses_the_publish_too() -> TestRes
 
 #[test]
 fn a_read_only_database_folder_refuses_writes_and_changes_nothing() -> TestResult {
-    let env = env_with_database_in("ro")?;
+    let Some(env) = env_with_database_in("ro")? else {
+        return Ok(());
+    };
     let folder = env.path("ro");
     // Root ignores permission bits, so it gets a read-only mount; anyone else a mode 0555 folder.
     let mount = if is_root() {

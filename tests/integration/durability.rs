@@ -1,7 +1,7 @@
-//! Hardening, point 3: what a crash leaves is enough. A committed write lives in the `-wal` file
-//! until a checkpoint copies it into the database; a kill -9 between the two leaves the database
-//! and its `-wal` (the `-shm` index is rebuilt from the `-wal`), and those two alone hold every
-//! committed job and outcome.
+//! What a crash leaves is enough. A committed write lives in the `-wal` file until a checkpoint
+//! copies it into the database; a kill -9 between the two leaves the database and its `-wal`
+//! (the `-shm` index is rebuilt from the `-wal`), and those two alone hold every committed job
+//! and outcome. (SQLite's files, so SQLite-only.)
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,16 +11,16 @@ use crate::support::{
     TestEnv, TestResult, callback_toml, describe, read_lines, send_signal, toml_str, wait_for,
 };
 
-/// Copies `bgq.sqlite` and `bgq.sqlite-wal` (never `-shm`) of `env` into `to`, with a config
+/// Copies the SQLite file `db` of `env` and its `-wal` (never `-shm`) into `to`, with a config
 /// naming the copy; returns the copy's config path.
-fn copy_db_and_wal(env: &TestEnv, to: &Path) -> TestResult<PathBuf> {
+fn copy_db_and_wal(env: &TestEnv, db: &Path, to: &Path) -> TestResult<PathBuf> {
     fs::create_dir_all(to)?;
-    let wal = env.path("bgq.sqlite-wal");
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
     assert!(
         fs::metadata(&wal).is_ok_and(|meta| meta.len() > 0),
         "the -wal file holds the commits"
     );
-    fs::copy(env.db_path(), to.join("bgq.sqlite"))?;
+    fs::copy(db, to.join("bgq.sqlite"))?;
     fs::copy(&wal, to.join("bgq.sqlite-wal"))?;
     let config = to.join("bgq.toml");
     let callbacks = fs::read_to_string(env.config_path())?
@@ -61,11 +61,12 @@ fn listed(env: &TestEnv, config: &Path) -> TestResult<Vec<(i64, String)>> {
     Ok(jobs)
 }
 
-/// Ids of jobs in the database file alone, read without its `-wal` (a copy, so nothing else changes).
-fn ids_without_wal(env: &TestEnv, state: &str) -> TestResult<Vec<i64>> {
+/// Ids of jobs in the SQLite file `db` alone, read without its `-wal` (a copy in `env`, so
+/// nothing else changes).
+fn ids_without_wal(env: &TestEnv, db: &Path, state: &str) -> TestResult<Vec<i64>> {
     let alone = env.path("db-alone");
     fs::create_dir_all(&alone)?;
-    fs::copy(env.db_path(), alone.join("bgq.sqlite"))?;
+    fs::copy(db, alone.join("bgq.sqlite"))?;
     let conn = rusqlite::Connection::open(alone.join("bgq.sqlite"))?;
     let mut stmt = conn.prepare("SELECT id FROM jobs WHERE state = ?1 ORDER BY id")?;
     let ids = stmt
@@ -77,13 +78,16 @@ fn ids_without_wal(env: &TestEnv, state: &str) -> TestResult<Vec<i64>> {
 #[test]
 fn published_jobs_live_in_the_wal_and_the_db_with_its_wal_holds_them_all() -> TestResult {
     let env = TestEnv::new("")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let cb = env.script("cb.sh", "exit 0")?;
     env.write_config(&callback_toml("cb", &cb, ""))?;
     let first = env.publish("cb", "{\"n\":0}")?;
 
     // While a connection stays open, no closing `bgq` is the last one, so none checkpoints: the
     // commits stay in the -wal, as after a kill -9 between commit and checkpoint.
-    let reader = rusqlite::Connection::open(env.db_path())?;
+    let reader = rusqlite::Connection::open(&db)?;
     let count: i64 = reader.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?;
     assert_eq!(count, 1);
     let mut ids = vec![first];
@@ -91,12 +95,12 @@ fn published_jobs_live_in_the_wal_and_the_db_with_its_wal_holds_them_all() -> Te
         ids.push(env.publish("cb", &format!("{{\"n\":{n}}}"))?);
     }
     assert_eq!(
-        ids_without_wal(&env, "READY")?,
+        ids_without_wal(&env, &db, "READY")?,
         [first],
         "the later publishes are in the -wal only (not yet checkpointed)"
     );
 
-    let config = copy_db_and_wal(&env, &env.path("copy"))?;
+    let config = copy_db_and_wal(&env, &db, &env.path("copy"))?;
     let jobs = listed(&env, &config)?;
     let expected: Vec<(i64, String)> = ids.iter().map(|&id| (id, "READY".to_owned())).collect();
     assert_eq!(
@@ -110,6 +114,9 @@ fn published_jobs_live_in_the_wal_and_the_db_with_its_wal_holds_them_all() -> Te
 #[test]
 fn outcomes_committed_before_a_kill_9_survive_in_the_wal() -> TestResult {
     let env = TestEnv::new("")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let release = env.path("release");
     let done = env.path("done");
     let quick = env.script(
@@ -148,7 +155,7 @@ fn outcomes_committed_before_a_kill_9_survive_in_the_wal() -> TestResult {
 
     // Copy before anything opens the database again: the next closing connection would
     // checkpoint the -wal into the database and remove it.
-    let config = copy_db_and_wal(&env, &env.path("copy"))?;
+    let config = copy_db_and_wal(&env, &db, &env.path("copy"))?;
     let mut expected: Vec<(i64, String)> = vec![(hold, "PROCESSING".to_owned())];
     expected.extend(quick_ids.iter().map(|&id| (id, "FINISHED".to_owned())));
     assert_eq!(
@@ -157,7 +164,7 @@ fn outcomes_committed_before_a_kill_9_survive_in_the_wal() -> TestResult {
         "the database and its -wal, as a kill -9 left them, hold every committed outcome"
     );
     assert!(
-        ids_without_wal(&env, "FINISHED")?.is_empty(),
+        ids_without_wal(&env, &db, "FINISHED")?.is_empty(),
         "the outcomes were in the -wal only (not yet checkpointed)"
     );
 

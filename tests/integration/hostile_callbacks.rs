@@ -1,7 +1,7 @@
-//! Hardening, point 5 (and point 7's argv check): callbacks that flood their output, close stdin
-//! at once, leave a child holding their output open, or look for the job's data in every
-//! command line on the machine. (`protocol.rs` covers missing and non-executable commands, an
-//! unread 1 MiB stdin and the output tail; `retries.rs` a callback that ignores SIGTERM.)
+//! Callbacks that flood their output, close stdin at once, leave a child holding their output open,
+//! or look for the job's data in every command line on the machine. (`protocol.rs` covers missing
+//! and non-executable commands, an unread 1 MiB stdin and the output tail; `retries.rs` a callback
+//! that ignores SIGTERM.)
 
 use std::fs;
 use std::time::{Duration, Instant};

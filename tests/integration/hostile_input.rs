@@ -1,6 +1,6 @@
-//! Hardening, point 6: hostile invocations, config files and payloads beyond those of
-//! `bad_input.rs`. Each is refused with exit 2 or 1 and exactly one `bgq: error: ` line (or the
-//! argument parser's usage error, exit 2), never a panic, and nothing is written.
+//! Hostile invocations, config files and payloads beyond those of `bad_input.rs`. Each is refused
+//! with exit 2 or 1 and exactly one `bgq: error: ` line (or the argument parser's usage error, exit
+//! 2), never a panic, and nothing is written.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;

@@ -1,6 +1,6 @@
-//! Issue 5, human output: `--color auto|always|never` and `NO_COLOR`, the `list` table on a
-//! terminal (coloured, fitted to its width) and piped (plain, nothing shortened), its header and
-//! its relative times, and exact UTC times in `--json`.
+//! Human output: `--color auto|always|never` and `NO_COLOR`, the `list` table on a terminal
+//! (coloured, fitted to its width) and piped (plain, nothing shortened), its header and its
+//! relative times, and exact UTC times in `--json`.
 
 use std::time::Duration;
 

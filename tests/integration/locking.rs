@@ -40,11 +40,14 @@ fn lock_file_is_private_stable_and_kept() -> TestResult {
 #[test]
 fn database_files_are_private() -> TestResult {
     let env = env_with_callbacks("", &[("ok", "exit 0")])?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     env.publish("ok", "{}")?;
-    assert_eq!(mode_of(&env.db_path())?, 0o600, "database made by publish");
+    assert_eq!(mode_of(&db)?, 0o600, "database made by publish");
     env.process(&[])?;
     for suffix in ["", "-wal", "-shm"] {
-        let path = env.path(&format!("bgq.sqlite{suffix}"));
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
         if path.exists() {
             assert_eq!(mode_of(&path)?, 0o600, "{}", path.display());
         }
@@ -161,6 +164,10 @@ fn second_process_steps_aside_while_the_lock_is_held() -> TestResult {
 #[test]
 fn lock_name_comes_from_the_canonical_database_path() -> TestResult {
     let env = env_with_callbacks("", &[("ok", "exit 0")])?;
+    // The path is the SQLite file's, reached through a link.
+    if env.sqlite_file().is_none() {
+        return Ok(());
+    }
     // A second config in a subfolder reaching the same database another way, through a symlink.
     fs::create_dir(env.path("sub"))?;
     std::os::unix::fs::symlink(env.root(), env.path("sub/link"))?;
@@ -190,12 +197,15 @@ fn lock_name_comes_from_the_canonical_database_path() -> TestResult {
 #[test]
 fn a_database_from_a_newer_bgq_is_refused_and_left_alone() -> TestResult {
     let env = TestEnv::new("[callbacks.cb]\ncommand = [\"true\"]\n")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     env.publish("cb", "{}")?;
     {
-        let conn = rusqlite::Connection::open(env.db_path())?;
+        let conn = rusqlite::Connection::open(&db)?;
         conn.pragma_update(None, "user_version", 99)?;
     }
-    let before = std::fs::read(env.db_path())?;
+    let before = std::fs::read(&db)?;
     for args in [
         &["list"][..],
         &["process"],
@@ -212,10 +222,6 @@ fn a_database_from_a_newer_bgq_is_refused_and_left_alone() -> TestResult {
             "{stderr}"
         );
     }
-    assert_eq!(
-        std::fs::read(env.db_path())?,
-        before,
-        "the database is untouched"
-    );
+    assert_eq!(std::fs::read(&db)?, before, "the database is untouched");
     Ok(())
 }

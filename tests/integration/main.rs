@@ -1,4 +1,4 @@
-//! One integration-test binary: each module covers one area of SPEC.md.
+//! One integration-test binary: each module covers one behaviour, and is named after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
@@ -11,6 +11,8 @@ mod concurrency;
 mod config;
 mod contention;
 mod crash_loop;
+mod delays_and_priorities;
+mod dependencies;
 mod digest;
 mod disk_trouble;
 mod durability;
@@ -20,19 +22,20 @@ mod human_output;
 mod list;
 mod locking;
 mod lost_output;
+mod on_demand;
 mod protocol;
 mod publish;
 mod recovery;
 mod retries;
 mod retry_cancel;
+mod serial_failure;
 mod serial_groups;
-mod shaping;
-mod shaping_edges;
 mod show_explain;
 mod signals;
 mod stats_status;
 mod support;
 mod terminal_escapes;
+mod unique_jobs;
 mod untrusted_files;
 mod unwritable_stderr;
 mod watch;

@@ -210,7 +210,8 @@ fn a_live_run_under_another_lock_is_not_taken_for_dead() -> TestResult {
     std::fs::write(
         &other_config,
         format!(
-            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n{}",
+            "{}\ntemp_dir = \"{}\"\n{}",
+            env.database_line(),
             other_locks.display(),
             callback_toml("cb", &slow, "")
         ),

@@ -1,14 +1,14 @@
-//! Issue 5: `bgq retry` (by id, by `--state`, `--dry-run`, new parameters with `--json`/`--raw`)
-//! and `bgq cancel` (READY jobs, refusals, serial groups, and `--kill` of a running callback).
+//! `bgq retry` (by id, by `--state`, `--dry-run`, new parameters with `--json`/`--raw`, beside a
+//! running `process`) and `bgq cancel` of jobs that are not running (READY jobs, refusals,
+//! serial groups; a running job needs `--kill`, whose tests are in `cancel_kill.rs`).
 
 use std::fs;
 use std::process::Output;
 use std::time::Duration;
 
 use crate::support::{
-    HangingJob, KillGroupOnDrop, Spawned, TestEnv, TestResult, alive, callback_toml, describe,
-    env_with_callbacks, expect_error, expect_refused, hanging_job, listed_ids, lock_files, pgid_of,
-    read_lines, send_signal, wait_for, wait_for_group_record,
+    TestEnv, TestResult, attempts, describe, env_with_callbacks, expect_error, expect_refused,
+    listed_ids, read_lines, running_job, stdout_of, wait_for,
 };
 
 /// A callback that saves its stdin to `stdin-<id>`, logs `<id> <attempt>` to `runs`, exits 1
@@ -34,27 +34,11 @@ fn run(env: &TestEnv, args: &[&str]) -> TestResult<Output> {
     Ok(env.bgq().args(args).output()?)
 }
 
-/// Runs `bgq ARGS`, asserts exit 0 and no panic, returns its stdout.
-fn stdout_of(env: &TestEnv, args: &[&str]) -> TestResult<String> {
-    let out = run(env, args)?;
-    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("panicked") {
-        return Err(format!("bgq {args:?}: {}", describe(&out)).into());
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// One `retried job ...` line per `(id, callback, from)`, each ending in a newline.
 fn retried(prefix: &str, jobs: &[(i64, &str, &str)], suffix: &str) -> String {
     jobs.iter()
         .map(|(id, cb, from)| format!("{prefix} job {id} ({cb}): {from} -> READY{suffix}\n"))
         .collect()
-}
-
-/// The `attempts` of job `id` in `list --json`.
-fn attempts(env: &TestEnv, id: i64) -> TestResult<i64> {
-    env.job(id)?["attempts"]
-        .as_i64()
-        .ok_or_else(|| format!("job {id} has no integer attempts").into())
 }
 
 /// What the [`FLAKY`] callback last got on stdin for job `id`.
@@ -89,19 +73,6 @@ fn assert_states(env: &TestEnv, ids: &[i64], state: &str) -> TestResult {
         assert_eq!(env.state(id)?, state, "job {id}");
     }
     Ok(())
-}
-
-/// Starts `process` with the [`BLOCK`] callback `block` on a new job; returns the job id and the
-/// running `process` once the job is PROCESSING.
-fn running_job(env: &TestEnv) -> TestResult<(i64, Spawned)> {
-    let id = env.publish("block", "{}")?;
-    let run = env.spawn(&["process"])?;
-    let started = env.path(&format!("started-{id}"));
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        started.exists()
-    })?;
-    assert_eq!(env.state(id)?, "PROCESSING");
-    Ok((id, run))
 }
 
 // ---- retry by id
@@ -609,73 +580,6 @@ fn cancel_of_a_running_job_needs_kill() -> TestResult {
     Ok(())
 }
 
-/// `cancel --kill` stops a running callback and its children; the `process` run carries on,
-/// keeps the job CANCELLED and sends no notice for it.
-#[test]
-fn cancel_kill_stops_the_callback_and_the_run_carries_on() -> TestResult {
-    let env = TestEnv::new("")?;
-    let runs = env.path("runs");
-    let cb_pid = env.path("cb.pid");
-    let child_pid = env.path("child.pid");
-    let ok = env.script("ok.sh", &format!("echo $BGQ_JOB_ID >> {}", runs.display()))?;
-    let hang = env.script(
-        "hang.sh",
-        &format!(
-            "sleep 30 &\necho $! > {c}.tmp\nmv {c}.tmp {c}\necho $$ > {p}.tmp\nmv {p}.tmp {p}\nsleep 30\necho $BGQ_JOB_ID >> {r}",
-            c = child_pid.display(),
-            p = cb_pid.display(),
-            r = runs.display()
-        ),
-    )?;
-    env.write_config(&format!(
-        "concurrency = 1\n{}{}",
-        callback_toml("ok", &ok, ""),
-        callback_toml("hang", &hang, "timeout = \"40s\"\nkill_grace = \"1s\"")
-    ))?;
-    let before = env.publish("ok", "{}")?;
-    let id = env.publish("hang", "{}")?;
-    let after = env.publish("ok", "{}")?;
-
-    let mut process = env.spawn(&["process"])?;
-    wait_for("the callback to start", Duration::from_secs(15), || {
-        cb_pid.exists()
-    })?;
-    let callback: i32 = fs::read_to_string(&cb_pid)?.trim().parse()?;
-    let child: i32 = fs::read_to_string(&child_pid)?.trim().parse()?;
-    let group = pgid_of(callback)?;
-    let _cleanup = KillGroupOnDrop(group);
-    assert_eq!(env.state(id)?, "PROCESSING");
-
-    let out = run(&env, &["cancel", "--kill", &id.to_string()])?;
-    assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(
-        String::from_utf8(out.stdout)?,
-        format!("cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback has ended\n")
-    );
-    wait_for("the callback to die", Duration::from_secs(5), || {
-        !alive(callback)
-    })?;
-    wait_for(
-        "the callback's background child to die",
-        Duration::from_secs(5),
-        || !alive(child),
-    )?;
-
-    let status = process.wait_exit(Duration::from_secs(20))?;
-    let stderr = process.stderr();
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("bgq: notice:"), "no notice: {stderr}");
-    assert_eq!(env.state(id)?, "CANCELLED", "not PERMANENTLY_FAILED");
-    assert_eq!(env.state(before)?, "FINISHED");
-    assert_eq!(env.state(after)?, "FINISHED", "the run carried on");
-    assert_eq!(
-        read_lines(&runs),
-        [before.to_string(), after.to_string()],
-        "the killed callback never reached its end"
-    );
-    Ok(())
-}
-
 // ---- races with a running `process`
 
 /// A retried job never runs beside a younger job of its serial group that is running: retry
@@ -683,10 +587,20 @@ fn cancel_kill_stops_the_callback_and_the_run_carries_on() -> TestResult {
 /// a time; the retried job runs once the younger one has ended.
 #[test]
 fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
-    let env = env_with_callbacks("", &[("block", BLOCK), ("bad", "exit 1")])?;
+    let env = env_with_callbacks(
+        "",
+        &[
+            ("block", BLOCK),
+            ("bad", "exit 1"),
+            ("mark", "echo $BGQ_JOB_ID >> @ROOT@/marks\nexit 1"),
+        ],
+    )?;
     let older = env.publish_with("bad", "{}", &["--serial-group", "g"])?;
+    // A job of no group that fails too, and is retried after the older one.
+    let marker = env.publish("mark", "{}")?;
     env.process(&[])?;
     assert_eq!(env.state(older)?, "PERMANENTLY_FAILED");
+    assert_eq!(env.state(marker)?, "PERMANENTLY_FAILED");
     let younger = env.publish_with("block", "{}", &["--serial-group", "g"])?;
     let mut process = env.spawn(&["process"])?;
     let started = env.path(&format!("started-{younger}"));
@@ -694,11 +608,17 @@ fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
         started.exists()
     })?;
     stdout_of(&env, &["retry", &older.to_string()])?;
-    // The running `process` looks for newly due jobs every second: give it time to (wrongly)
-    // start the retried one.
-    std::thread::sleep(Duration::from_millis(2500));
+    stdout_of(&env, &["retry", &marker.to_string()])?;
+    // The running `process` looks for newly due jobs every second. Once it has started the
+    // marker, retried after the older job and behind it in the queue, it has looked at the
+    // older one too, and must have held it back.
+    let marks = env.path("marks");
+    let looked = wait_for("the retried marker to run", Duration::from_secs(15), || {
+        read_lines(&marks).len() == 2
+    });
     let held = env.state(older);
     fs::write(env.path("release"), "")?;
+    looked?;
     assert_eq!(
         held?, "READY",
         "the retried job must wait for the running one"
@@ -715,55 +635,16 @@ fn a_retried_job_waits_for_the_running_job_of_its_group() -> TestResult {
     Ok(())
 }
 
-/// When the run does not stop the callback in time (here it is stopped with SIGSTOP), `cancel
-/// --kill` stops it itself by the process group recorded in the lock file. With no group
-/// recorded (the moment between a callback's start and that record, widened here by erasing
-/// it) it never kills the holders of the callback's output pipe, among which is the `process`
-/// run itself: the run, continued, stops the callback and exits 0.
-#[test]
-fn cancel_kill_never_kills_the_running_process() -> TestResult {
-    let env = TestEnv::new("")?;
-    let (id, mut process, callback, _guard) = hanging_job(&env, &HangingJob::default())?;
-    send_signal(process.pid(), "STOP")?;
-    for lock in lock_files(&env.path("locks"))? {
-        let kept: String = fs::read_to_string(&lock)?
-            .lines()
-            .filter(|line| !line.starts_with("G "))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        fs::write(&lock, kept)?;
-    }
-    let out = run(&env, &["cancel", "--kill", &id.to_string()]);
-    let run_alive = alive(i32::try_from(process.pid())?);
-    let callback_alive = alive(callback);
-    send_signal(process.pid(), "CONT")?;
-    let out = out?;
-    assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(
-        String::from_utf8(out.stdout)?,
-        format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED when the `process` running it records its end; its callback is not recorded yet; the running `process` (pid {}) stops it\n",
-            process.pid()
-        )
-    );
-    assert!(run_alive, "cancel --kill killed the `process` run");
-    assert!(callback_alive, "not ours to kill without its group");
-    let status = process.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(0), "{}", process.stderr());
-    assert_eq!(env.state(id)?, "CANCELLED");
-    wait_for("the callback to die", Duration::from_secs(5), || {
-        !alive(callback)
-    })?;
-    Ok(())
-}
-
 /// A job left marked for cancelling by a `process` of bgq 3 (which ended it PERMANENTLY_FAILED
 /// without knowing the mark) runs normally once retried: retry and claim clear the mark.
 #[test]
 fn a_retried_job_left_marked_by_an_older_run_is_not_cancelled() -> TestResult {
     let env = env_with_callbacks("", &[("work", "sleep 0.5\nexit 0")])?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let id = env.publish("work", "{}")?;
-    let conn = rusqlite::Connection::open(env.db_path())?;
+    let conn = rusqlite::Connection::open(&db)?;
     conn.execute(
         "UPDATE jobs SET state = 'PERMANENTLY_FAILED', attempts = 1, cancel_requested = 1, due = 0
          WHERE id = ?1",
@@ -773,124 +654,5 @@ fn a_retried_job_left_marked_by_an_older_run_is_not_cancelled() -> TestResult {
     stdout_of(&env, &["retry", &id.to_string()])?;
     let stderr = env.process(&[])?;
     assert_eq!(env.state(id)?, "FINISHED", "{stderr}");
-    Ok(())
-}
-
-/// A job cancelled with `--kill` is not a failure of its run: `stats` does not count it.
-#[test]
-fn a_job_cancelled_with_kill_is_not_a_failure_of_its_run() -> TestResult {
-    let env = TestEnv::new("")?;
-    let (id, mut process, _callback, _guard) = hanging_job(&env, &HangingJob::default())?;
-    stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
-    process.wait_exit(Duration::from_secs(20))?;
-    let stats = stdout_of(&env, &["stats", "--json"])?;
-    assert!(stats.contains("\"jobs\":1"), "{stats}");
-    assert!(stats.contains("\"failed\":0"), "{stats}");
-    Ok(())
-}
-
-/// A callback that, told to stop, still reports success (exit 0 on SIGTERM) leaves its job
-/// FINISHED: the work is done, and a later `retry` must not repeat it. `cancel` says so.
-#[test]
-fn cancel_kill_of_a_callback_that_finishes_anyway_leaves_it_finished() -> TestResult {
-    let graceful = "trap 'exit 0' TERM
-touch \"@ROOT@/started-$BGQ_JOB_ID\"
-i=0
-while [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done
-exit 3";
-    let env = env_with_callbacks("", &[("block", graceful)])?;
-    let (id, mut process) = running_job(&env)?;
-    let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
-    assert_eq!(
-        out,
-        format!(
-            "job {id} (block) is FINISHED, not CANCELLED: its callback reported success (exit 0)\n"
-        )
-    );
-    assert_eq!(env.state(id)?, "FINISHED");
-    let status = process.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(0), "{}", process.stderr());
-    assert_eq!(env.state(id)?, "FINISHED");
-    Ok(())
-}
-
-/// `cancel --kill` of a job whose `process` run died (its callback lives on, orphaned) stops
-/// the callback and ends the job CANCELLED at once: no run is left to do it, and the next run
-/// neither recovers nor re-runs it.
-#[test]
-fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
-    let env = TestEnv::new("")?;
-    let (id, mut process, callback, guard) = hanging_job(&env, &HangingJob::default())?;
-    wait_for_group_record(&env, id)?;
-    send_signal(process.pid(), "KILL")?;
-    process.wait_exit(Duration::from_secs(10))?;
-    assert!(alive(callback), "the orphaned callback lives on");
-
-    let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
-    assert_eq!(
-        out,
-        format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback (process group {}) was stopped\n",
-            guard.0
-        )
-    );
-    assert_eq!(env.state(id)?, "CANCELLED");
-    wait_for("the callback to die", Duration::from_secs(5), || {
-        !alive(callback)
-    })?;
-    let (code, _, stderr) = env.process_output(&[])?;
-    assert_eq!(code, 0, "{stderr}");
-    assert!(!stderr.contains(&format!("job {id}")), "{stderr}");
-    assert_eq!(env.state(id)?, "CANCELLED");
-    assert_eq!(attempts(&env, id)?, 1);
-    Ok(())
-}
-
-/// When the run of a job being cancelled cannot store its end (here it is stopped, then
-/// killed), `cancel --kill` says the job becomes CANCELLED once that is seen, `explain` says it
-/// is being cancelled, and the next run's recovery ends it CANCELLED instead of running it
-/// again, without a notice.
-#[test]
-fn a_cancel_its_run_never_stored_is_ended_cancelled_by_recovery() -> TestResult {
-    let env = TestEnv::new("")?;
-    let (id, mut process, _callback, guard) = hanging_job(&env, &HangingJob::default())?;
-    // The run records the callback's group just after the callback starts: stop it only then.
-    wait_for_group_record(&env, id)?;
-    send_signal(process.pid(), "STOP")?;
-    let out = run(&env, &["cancel", "--kill", &id.to_string()]);
-    let explained = run(&env, &["explain", &id.to_string()]);
-    send_signal(process.pid(), "KILL")?;
-    process.wait_exit(Duration::from_secs(10))?;
-    let out = out?;
-    assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(
-        String::from_utf8(out.stdout)?,
-        format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED when the `process` running it records its end; its callback (process group {}) was stopped\n",
-            guard.0
-        )
-    );
-    let explained = String::from_utf8(explained?.stdout)?;
-    assert!(
-        explained.starts_with(&format!("job {id} is being cancelled")),
-        "{explained}"
-    );
-    assert_eq!(env.state(id)?, "PROCESSING");
-
-    let (code, _, stderr) = env.process_output(&[])?;
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "bgq: recovered job {id} (hang): the `process` run running it died; its callback was no longer running; it becomes CANCELLED"
-        )),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("notice"), "{stderr}");
-    assert_eq!(env.state(id)?, "CANCELLED");
-    assert!(
-        String::from_utf8(run(&env, &["show", &id.to_string()])?.stdout)?
-            .contains("its callback was no longer running"),
-        "the recovery is kept as the job's output"
-    );
     Ok(())
 }

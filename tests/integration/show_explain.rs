@@ -1,7 +1,7 @@
-//! Issue 5: `bgq show ID [--json]` (every field of one job, its parameters pretty-printed or as a
-//! hex preview, the output tail of its last run; `--json` with the exact parameters or the raw
-//! bytes in base64) and `bgq explain ID` (one line saying why a job is or is not running), and
-//! both refusing unknown or invalid ids.
+//! `bgq show ID [--json]` (every field of one job, its parameters pretty-printed or as a hex
+//! preview, the output tail of its last run; `--json` with the exact parameters or the raw bytes in
+//! base64) and `bgq explain ID` (one line saying why a job is or is not running), and both refusing
+//! unknown or invalid ids.
 
 use std::fs;
 use std::time::Duration;
@@ -563,14 +563,18 @@ fn show_next_run_only_while_the_job_can_run_again() -> TestResult {
 fn show_and_explain_refuse_unknown_and_invalid_ids() -> TestResult {
     let env = env_with("", &[("cb", "exit 0", "")])?;
     env.publish("cb", "{}")?;
+    let mut fragments = vec!["no job 99 in "];
+    // TODO(PostgreSQL issue): how the line names a PostgreSQL database is that issue's to say.
+    if env.on_sqlite() {
+        fragments.push("bgq.sqlite");
+    }
     for args in [
         &["show", "99"][..],
         &["show", "99", "--json"],
         &["explain", "99"],
     ] {
         let out = env.bgq().args(args).output()?;
-        expect_error(&out, 2, &["no job 99 in ", "bgq.sqlite"])
-            .map_err(|err| format!("{args:?}: {err}"))?;
+        expect_error(&out, 2, &fragments).map_err(|err| format!("{args:?}: {err}"))?;
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).lines().count(),
             1,

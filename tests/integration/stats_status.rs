@@ -1,6 +1,6 @@
-//! Issue 5: `bgq stats` (job counts per queue and state, the oldest due job, runs of the last
-//! hour and day, the last `process` run; `--json`, `--prometheus`, `--output`, the table) and
-//! `bgq status` (is cron still running `process`, with one `ok:` or `stale:` line per queue).
+//! `bgq stats` (job counts per queue and state, the oldest due job, runs of the last hour and day,
+//! the last `process` run; `--json`, `--prometheus`, `--output`, the table) and `bgq status` (is
+//! cron still running `process`, with one `ok:` or `stale:` line per queue).
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,8 +1,25 @@
 //! A temp dir with a config, callback scripts and a way to run the real `bgq` binary in it.
+//!
+//! The database every test's config names comes from one place, [`Backend::from_env`], which
+//! reads the environment variable `BGQ_TEST_DATABASE`:
+//!
+//! - unset or empty: `database = "bgq.sqlite"`, a SQLite file in each test's own temp dir;
+//! - a `postgres://` or `postgresql://` URL: written into every config as it is given, so that
+//!   the same suite runs against that server (nothing else about PostgreSQL is assumed here);
+//! - anything else is an error, so that a typo never runs the suite on SQLite unnoticed.
+//!
+//! A test that writes a config of its own takes that line from [`TestEnv::database_line`].
+//! Tests that read, edit, corrupt, link or check the mode of the SQLite file itself are
+//! SQLite-only by nature: they get its path from [`TestEnv::sqlite_file`] (or, when their own
+//! config names a SQLite file, call [`sqlite_only`] first); under another backend these print
+//! why the test is skipped and return `None` (or `false`), and the test returns at once rather
+//! than fail for the wrong reason. Configs that are refused before any database is opened keep
+//! naming `bgq.sqlite`: no backend is involved.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -12,18 +29,83 @@ use tempfile::TempDir;
 /// Result type for tests: any error fails the test with its message.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
+/// The environment variable that names the database the tests run against (see the module
+/// header).
+pub const DATABASE_VAR: &str = "BGQ_TEST_DATABASE";
+
+/// The SQLite file of the base settings, relative to the test's temp dir (and so to its config).
+pub const SQLITE_FILE: &str = "bgq.sqlite";
+
+/// The database the tests run against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file, [`SQLITE_FILE`], in each test's temp dir.
+    Sqlite,
+    /// A PostgreSQL server, by the URL given in [`DATABASE_VAR`].
+    Postgres(String),
+}
+
+impl Backend {
+    /// The backend [`DATABASE_VAR`] names: the one place that reads it.
+    pub fn from_env() -> TestResult<Backend> {
+        match std::env::var(DATABASE_VAR) {
+            Err(std::env::VarError::NotPresent) => Ok(Backend::Sqlite),
+            Ok(value) if value.is_empty() => Ok(Backend::Sqlite),
+            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Backend::Postgres(url))
+            }
+            Ok(other) => Err(format!(
+                "{DATABASE_VAR}={other:?}: expected it unset (SQLite) or a postgres:// URL"
+            )
+            .into()),
+            Err(err) => Err(format!("{DATABASE_VAR}: {err}").into()),
+        }
+    }
+
+    /// The `database = ...` line of a config for this backend.
+    pub fn database_line(&self) -> String {
+        match self {
+            Backend::Sqlite => format!("database = {}", toml_str(SQLITE_FILE)),
+            // TODO(PostgreSQL issue): tests run in parallel, so each needs a schema (or a
+            // database) of its own on the server, made here and dropped with the `TestEnv`;
+            // until that issue says how bgq names one, the URL is passed through unchanged.
+            Backend::Postgres(url) => format!("database = {}", toml_str(url)),
+        }
+    }
+
+    /// True on SQLite; otherwise prints why a SQLite-only test is skipped.
+    fn runs_sqlite_only_test(&self) -> bool {
+        if *self == Backend::Sqlite {
+            return true;
+        }
+        eprintln!(
+            "skipped: this test is about the SQLite file itself, and {DATABASE_VAR} names another database"
+        );
+        false
+    }
+}
+
+/// True when the tests run on SQLite. Otherwise prints why the calling test, which only makes
+/// sense for a SQLite file (its own config names one, or it reads the file itself), is
+/// skipped: the test then returns `Ok(())` at once.
+pub fn sqlite_only() -> TestResult<bool> {
+    Ok(Backend::from_env()?.runs_sqlite_only_test())
+}
+
 /// One isolated bgq installation: a temp dir holding `bgq.toml`, the database, a lock dir and scripts.
 pub struct TestEnv {
     dir: TempDir,
+    backend: Backend,
 }
 
 impl TestEnv {
     /// A temp dir with `bgq.toml` = the base settings followed by `extra` (callbacks, retry, ...).
     ///
-    /// Base settings: `database = "bgq.sqlite"`, `temp_dir` = `<dir>/locks`.
+    /// Base settings: [`TestEnv::database_line`], `temp_dir` = `<dir>/locks`.
     pub fn new(extra: &str) -> TestResult<Self> {
         let env = TestEnv {
             dir: tempfile::tempdir()?,
+            backend: Backend::from_env()?,
         };
         fs::create_dir_all(env.path("locks"))?;
         env.write_config(extra)?;
@@ -33,12 +115,34 @@ impl TestEnv {
     /// Rewrites `bgq.toml` with the base settings and `extra`.
     pub fn write_config(&self, extra: &str) -> TestResult {
         let text = format!(
-            "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n{}\n",
+            "{}\ntemp_dir = \"{}\"\n{}\n",
+            self.database_line(),
             self.path("locks").display(),
             extra
         );
         fs::write(self.config_path(), text)?;
         Ok(())
+    }
+
+    /// The `database = ...` line of the base settings, for configs a test writes itself: the
+    /// SQLite file [`SQLITE_FILE`] next to the config, or the server of `BGQ_TEST_DATABASE`.
+    pub fn database_line(&self) -> String {
+        self.backend.database_line()
+    }
+
+    /// True when this test's database is the SQLite file [`SQLITE_FILE`], for the few
+    /// assertions of a test that hold only for a file (an error line naming it).
+    pub fn on_sqlite(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
+    /// The SQLite file of this test's database, for a test that reads, edits, corrupts, links
+    /// or checks the mode of the file itself. Under another backend there is no such file:
+    /// prints why the test is skipped and returns `None`, and the test returns at once.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        self.backend
+            .runs_sqlite_only_test()
+            .then(|| self.path(SQLITE_FILE))
     }
 
     /// Writes `bgq.toml` with exactly `text` (no base settings).
@@ -60,11 +164,6 @@ impl TestEnv {
     /// Path of the config file.
     pub fn config_path(&self) -> PathBuf {
         self.path("bgq.toml")
-    }
-
-    /// Path of the database file.
-    pub fn db_path(&self) -> PathBuf {
-        self.path("bgq.sqlite")
     }
 
     /// Writes an executable `/bin/sh` script `name` with `body` and returns its absolute path.
@@ -651,7 +750,7 @@ pub fn hanging_job(
     let callback = callback_toml("hang", &script, setup.settings);
     let run = match setup.tmpdir {
         Some(tmpdir) => {
-            env.write_raw_config(&format!("database = \"bgq.sqlite\"\n{callback}"))?;
+            env.write_raw_config(&format!("{}\n{callback}", env.database_line()))?;
             let id = env.publish("hang", "{}")?;
             (id, env.spawn_with_env(setup.run, &[("TMPDIR", tmpdir)])?)
         }
@@ -743,4 +842,230 @@ pub fn other_user() -> TestResult<Option<OtherUser>> {
         uid,
         gid,
     }))
+}
+
+// ---- Helpers for the tests of how `publish` shapes jobs (delays_and_priorities, dependencies,
+// unique_jobs, serial_failure), and of `retry` and `cancel`.
+
+/// `[retry]` with no backoff, so a TEMPORARILY_FAILED job is due again in the next run.
+const RETRY_NOW: &str = "[retry]\ndelay = \"0s\"\njitter = 0.0\n";
+
+/// The callback of [`flip_env`]: appends `$BGQ_JOB_ID` to `log`; while the file `broken` exists,
+/// the payload `"fail"` exits 1 (PERMANENTLY_FAILED) and `"again"` exits 75
+/// (TEMPORARILY_FAILED). Any other payload, or any payload once `broken` is gone, finishes.
+const FLIP_BODY: &str = "echo $BGQ_JOB_ID >> @ROOT@/log\n\
+     p=$(cat)\n\
+     if [ \"$p\" = '\"fail\"' ] && [ -e @ROOT@/broken ]; then exit 1; fi\n\
+     if [ \"$p\" = '\"again\"' ] && [ -e @ROOT@/broken ]; then exit 75; fi\n\
+     exit 0";
+
+/// A [`TestEnv`] with the top-level settings `top`, [`RETRY_NOW`], and one callback per
+/// `(NAME, EXTRA)` running [`FLIP_BODY`] with `EXTRA` lines (e.g. `serial_failure = "block"`).
+/// The file `broken` exists: failing payloads fail until [`mend`] removes it.
+pub fn flip_env(top: &str, callbacks: &[(&str, &str)]) -> TestResult<TestEnv> {
+    let env = TestEnv::new("")?;
+    let root = env.root().display().to_string();
+    let script = env.script("flip.sh", &FLIP_BODY.replace("@ROOT@", &root))?;
+    let mut config = format!("{top}\n{RETRY_NOW}");
+    for (name, extra) in callbacks {
+        config.push_str(&callback_toml(name, &script, extra));
+    }
+    env.write_config(&config)?;
+    fs::write(env.path("broken"), "")?;
+    Ok(env)
+}
+
+/// The plain [`flip_env`]: default settings and one callback `cb`.
+pub fn cb_env() -> TestResult<TestEnv> {
+    flip_env("", &[("cb", "")])
+}
+
+/// Removes `broken`: from now on every payload finishes.
+pub fn mend(env: &TestEnv) -> TestResult {
+    fs::remove_file(env.path("broken"))?;
+    Ok(())
+}
+
+/// The job ids the [`flip_env`] callback ran, in the order it started them (one per run).
+pub fn ran(env: &TestEnv) -> TestResult<Vec<i64>> {
+    read_lines(&env.path("log"))
+        .iter()
+        .map(|line| {
+            line.trim()
+                .parse::<i64>()
+                .map_err(|err| format!("bad log line {line:?}: {err}").into())
+        })
+        .collect()
+}
+
+/// `bgq publish cb --json PAYLOAD ARGS...`, not checked.
+pub fn publish_out(env: &TestEnv, payload: &str, args: &[&str]) -> TestResult<Output> {
+    Ok(env
+        .bgq()
+        .args(["publish", "cb", "--json", payload])
+        .args(args)
+        .output()?)
+}
+
+/// The id a successful publish printed: exit 0, stdout exactly one id line.
+pub fn printed_id(out: &Output) -> TestResult<i64> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.ends_with('\n') || stdout.lines().count() != 1 {
+        return Err(format!("expected exit 0 and one id line: {}", describe(out)).into());
+    }
+    Ok(stdout.trim().parse()?)
+}
+
+/// Runs `bgq ARGS...`, checks exit 0 and no panic, returns stdout.
+pub fn stdout_of(env: &TestEnv, args: &[&str]) -> TestResult<String> {
+    let out = env.bgq().args(args).output()?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("panicked") {
+        return Err(format!("bgq {args:?}: {}", describe(&out)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `bgq explain ID`: its one line, which starts with `job ID `.
+pub fn explain(env: &TestEnv, id: i64) -> TestResult<String> {
+    let text = stdout_of(env, &["explain", &id.to_string()])?;
+    let lines: Vec<&str> = text.lines().collect();
+    match lines[..] {
+        [line] if line.starts_with(&format!("job {id} ")) => Ok(line.to_owned()),
+        _ => Err(format!("explain {id}: expected one line `job {id} ...`, got {text:?}").into()),
+    }
+}
+
+/// Checks that `line` contains every one of `fragments`.
+pub fn assert_contains(line: &str, fragments: &[&str]) -> TestResult {
+    match fragments.iter().find(|fragment| !line.contains(*fragment)) {
+        Some(fragment) => Err(format!("expected {fragment:?} in {line:?}").into()),
+        None => Ok(()),
+    }
+}
+
+/// `bgq show ID --json` as one object.
+pub fn show_json(env: &TestEnv, id: i64) -> TestResult<Value> {
+    let text = stdout_of(env, &["show", &id.to_string(), "--json"])?;
+    Ok(serde_json::from_str(text.trim())?)
+}
+
+/// `bgq retry ID` or `bgq cancel ID`, checked for exit 0.
+pub fn operate(env: &TestEnv, command: &str, id: i64) -> TestResult {
+    stdout_of(env, &[command, &id.to_string()])?;
+    Ok(())
+}
+
+/// Checks that nothing is stored.
+pub fn assert_no_jobs(env: &TestEnv, what: &str) -> TestResult {
+    let jobs = env.jobs()?;
+    if !jobs.is_empty() {
+        return Err(format!("{what}: expected no job stored, got {jobs:?}").into());
+    }
+    Ok(())
+}
+
+/// The `attempts` of job `id` in `list --json`.
+pub fn attempts(env: &TestEnv, id: i64) -> TestResult<i64> {
+    env.job(id)?["attempts"]
+        .as_i64()
+        .ok_or_else(|| format!("job {id} has no integer attempts").into())
+}
+
+/// Starts `process` on a new job of callback `block`, whose script touches `started-<id>` in the
+/// temp dir once it runs (and then waits); returns the job id and the running `process` once
+/// the job is PROCESSING.
+pub fn running_job(env: &TestEnv) -> TestResult<(i64, Spawned)> {
+    let id = env.publish("block", "{}")?;
+    let run = env.spawn(&["process"])?;
+    let started = env.path(&format!("started-{id}"));
+    wait_for("the callback to start", Duration::from_secs(15), || {
+        started.exists()
+    })?;
+    assert_eq!(env.state(id)?, "PROCESSING");
+    Ok((id, run))
+}
+
+// ---- Helpers for the tests whose callback logs its start and end, and for `--watch` runs.
+
+/// A callback that logs `start ID NS` / `end ID NS` around an optional sleep read from its
+/// payload (`{"sleep": "1.5"}`); any payload `"fail"` exits 1.
+pub const TIMED_BY_PAYLOAD: &str = "p=$(cat)\n\
+     echo \"start $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     case \"$p\" in *fail*) exit 1;; esac\n\
+     s=$(echo \"$p\" | sed -n 's/.*\"sleep\": *\"\\([0-9.]*\\)\".*/\\1/p')\n\
+     [ -n \"$s\" ] && sleep \"$s\"\n\
+     echo \"end $BGQ_JOB_ID $(date +%s%N)\" >> @ROOT@/log\n\
+     exit 0";
+
+/// The nanosecond time logged as `kind ID NS`, if logged.
+pub fn logged(env: &TestEnv, kind: &str, id: i64) -> Option<u128> {
+    read_lines(&env.path("log")).iter().find_map(|line| {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts[..] {
+            [k, i, ns] if k == kind && i == id.to_string() => ns.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Waits until the watcher's run is recorded (it holds the lock and has looked once).
+pub fn wait_for_watcher(env: &TestEnv) -> TestResult {
+    wait_for("the watcher to start", Duration::from_secs(10), || {
+        env.bgq()
+            .args(["status"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("process --watch"))
+    })
+}
+
+/// Polls (every 100 ms, to spare the CPU the parallel tests share) until job `id` is in `state`;
+/// `check` runs each round and can fail early (e.g. when the watcher died).
+pub fn wait_state_checked(
+    env: &TestEnv,
+    id: i64,
+    state: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> TestResult,
+) -> TestResult {
+    let start = Instant::now();
+    loop {
+        let now = env.state(id)?;
+        if now == state {
+            return Ok(());
+        }
+        check()?;
+        if start.elapsed() > limit {
+            return Err(
+                format!("job {id} is still {now} after {limit:?}, expected {state}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until job `id` is in `state` (no watcher involved).
+pub fn wait_state(env: &TestEnv, id: i64, state: &str, limit: Duration) -> TestResult {
+    wait_state_checked(env, id, state, limit, || Ok(()))
+}
+
+/// The ids a callback appended to `path`, one a line, sorted.
+pub fn sorted_ids(path: &Path) -> TestResult<Vec<i64>> {
+    let mut ids = read_lines(path)
+        .iter()
+        .map(|line| line.trim().parse())
+        .collect::<Result<Vec<i64>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A [`TestEnv`] with `top` settings and a callback `cb` that appends its job id to `runs`
+/// (one line per run), then runs the shell lines `after`.
+pub fn env_recording_runs(top: &str, after: &str) -> TestResult<TestEnv> {
+    let env = TestEnv::new("")?;
+    let cb = env.script(
+        "cb.sh",
+        &format!("echo $BGQ_JOB_ID >> {}{after}", env.path("runs").display()),
+    )?;
+    env.write_config(&format!("{top}\n{}", callback_toml("cb", &cb, "")))?;
+    Ok(env)
 }

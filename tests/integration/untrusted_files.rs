@@ -16,7 +16,8 @@ use crate::support::*;
 fn env_without_temp_dir() -> TestResult<TestEnv> {
     let env = TestEnv::new("")?;
     env.write_raw_config(&format!(
-        "database = \"bgq.sqlite\"\n{}",
+        "{}\n{}",
+        env.database_line(),
         finished_callback(&env)?
     ))?;
     fs::set_permissions(env.root(), fs::Permissions::from_mode(0o755))?;
@@ -88,10 +89,14 @@ fn a_lock_another_user_holds_in_the_shared_temp_folder_does_not_stop_the_queue()
         return Ok(());
     };
     let env = env_without_temp_dir()?;
+    // The old lock's name came from the SQLite file's path.
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let tmp = shared_tmp(&env)?;
     let id = env.publish("cb", "{}")?;
     // Where the lock used to be, created and held by the other user.
-    let planted = old_lock_path(&tmp, &fs::canonicalize(env.db_path())?, "general");
+    let planted = old_lock_path(&tmp, &fs::canonicalize(db)?, "general");
     let mut holder = other
         .sh(&format!("exec flock {} sleep 60", planted.display()))
         .stderr(Stdio::null())
@@ -160,7 +165,8 @@ fn a_lock_folder_every_user_can_write_is_refused() -> TestResult {
     let env = TestEnv::new("")?;
     let tmp = shared_tmp(&env)?;
     env.write_raw_config(&format!(
-        "database = \"bgq.sqlite\"\ntemp_dir = \"{}\"\n{}",
+        "{}\ntemp_dir = \"{}\"\n{}",
+        env.database_line(),
         tmp.display(),
         finished_callback(&env)?
     ))?;
@@ -363,6 +369,9 @@ fn recovery_that_cannot_prove_a_callback_never_started_says_unknown() -> TestRes
 
 #[test]
 fn a_database_folder_every_user_can_write_is_refused() -> TestResult {
+    if !sqlite_only()? {
+        return Ok(());
+    }
     let env = TestEnv::new("")?;
     let open = shared_tmp(&env)?;
     env.write_raw_config(&format!(
@@ -395,16 +404,19 @@ fn a_database_folder_every_user_can_write_is_refused() -> TestResult {
 #[test]
 fn a_database_that_links_into_a_folder_every_user_can_write_is_refused() -> TestResult {
     let env = TestEnv::new("")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
     let open = shared_tmp(&env)?;
     env.write_config(&finished_callback(&env)?)?;
     fs::write(open.join("planted.sqlite"), "")?;
-    std::os::unix::fs::symlink(open.join("planted.sqlite"), env.db_path())?;
+    std::os::unix::fs::symlink(open.join("planted.sqlite"), &db)?;
     let out = env.bgq().args(["publish", "cb", "--json", "{}"]).output()?;
     expect_error(
         &out,
         1,
         &[
-            &format!("the database {} is a symlink to", env.db_path().display()),
+            &format!("the database {} is a symlink to", db.display()),
             "writable by every user",
         ],
     )?;
@@ -427,6 +439,9 @@ fn a_database_folder_of_another_user_is_refused() -> TestResult {
     let Some(other) = other_user()? else {
         return Ok(());
     };
+    if !sqlite_only()? {
+        return Ok(());
+    }
     let env = TestEnv::new("")?;
     let theirs = env.path("theirs");
     fs::create_dir(&theirs)?;

@@ -1,17 +1,19 @@
-//! Issue 6, long-running and on-demand processing: `bgq process --watch` (jobs published, delayed,
-//! retried or WAITING while it runs; SIGTERM/SIGINT; `--max-jobs`, `--max-time`, `--max-memory`;
-//! standby behind another `process`; notices while watching; `status` while it runs; recovery at
-//! start), `waiting_delay`, and `publish --process` / `process_on_publish` (a detached run that
-//! publish does not wait for and that never runs a job twice).
+//! `bgq process --watch`, the long-running run for supervisord and systemd: jobs published,
+//! delayed, retried or WAITING while it runs (and `waiting_delay`); SIGTERM/SIGINT; `--max-jobs`,
+//! `--max-time`, `--max-memory`; standby behind another `process`; notices while watching;
+//! `status` while it runs; recovery at start; work it must notice at once, not at the next
+//! `--poll` (a dependent freed by its own commit, a retry made while every slot was busy, a
+//! publish to a database reached through a symlink). (`publish --process` is in `on_demand.rs`.)
 
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    Spawned, TestEnv, TestResult, alive, callback_toml, describe, env_with_callbacks,
-    expect_refused, hanging_callback, intervals, lock_files, max_overlap, notices, notify_line,
-    one_slow_slot_env, read_lines, send_signal, timed_body, timed_env, wait_for,
+    Spawned, TIMED_BY_PAYLOAD, TestEnv, TestResult, alive, callback_toml, describe,
+    env_recording_runs, env_with_callbacks, expect_refused, hanging_callback, lock_files, logged,
+    notices, notify_line, one_slow_slot_env, read_lines, send_signal, sorted_ids, wait_for,
+    wait_for_watcher, wait_state_checked,
 };
 
 /// A `bgq process --watch ...` running in the background. Dropping it (a failed test) sends
@@ -112,36 +114,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Polls (every 100 ms, to spare the CPU the parallel tests share) until job `id` is in `state`;
-/// `check` runs each round and can fail early (e.g. when the watcher died).
-fn wait_state_checked(
-    env: &TestEnv,
-    id: i64,
-    state: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> TestResult,
-) -> TestResult {
-    let start = Instant::now();
-    loop {
-        let now = env.state(id)?;
-        if now == state {
-            return Ok(());
-        }
-        check()?;
-        if start.elapsed() > limit {
-            return Err(
-                format!("job {id} is still {now} after {limit:?}, expected {state}").into(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until job `id` is in `state` (no watcher involved).
-fn wait_state(env: &TestEnv, id: i64, state: &str, limit: Duration) -> TestResult {
-    wait_state_checked(env, id, state, limit, || Ok(()))
-}
-
 impl Watcher {
     /// Waits until job `id` is in `state`, failing at once (with its stderr) if the watcher exits.
     fn wait_state(&mut self, env: &TestEnv, id: i64, state: &str, limit: Duration) -> TestResult {
@@ -153,6 +125,27 @@ impl Watcher {
     /// Waits until job `id` is FINISHED (10 s at most: far more than a poll interval).
     fn wait_finished(&mut self, env: &TestEnv, id: i64) -> TestResult {
         self.wait_state(env, id, "FINISHED", Duration::from_secs(10))
+    }
+
+    /// Waits until a watcher started with `-v` says that it stands by behind another `process`
+    /// (`bgq: another `process` holds LOCK; waiting for it`), or until it exits: the caller's
+    /// checks then say which.
+    fn wait_standby(&mut self) -> TestResult {
+        let start = Instant::now();
+        while !self.stderr().contains("another `process` holds") {
+            if !self.running()? {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "the watcher did not say within 10 s that it stands by; stderr:\n{}",
+                    self.stderr()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Waits until the watcher has created its lock file in the test's `temp_dir`.
@@ -186,28 +179,6 @@ fn pairs(path: &Path) -> TestResult<Vec<(String, u128)>> {
             Ok((a.to_owned(), b.trim().parse()?))
         })
         .collect()
-}
-
-/// The ids a callback appended to `path`, one a line, sorted.
-fn sorted_ids(path: &Path) -> TestResult<Vec<i64>> {
-    let mut ids = read_lines(path)
-        .iter()
-        .map(|line| line.trim().parse())
-        .collect::<Result<Vec<i64>, _>>()?;
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// A [`TestEnv`] with `top` settings and a callback `cb` that appends its job id to `runs`
-/// (one line per run), then runs the shell lines `after`.
-fn env_recording_runs(top: &str, after: &str) -> TestResult<TestEnv> {
-    let env = TestEnv::new("")?;
-    let cb = env.script(
-        "cb.sh",
-        &format!("echo $BGQ_JOB_ID >> {}{after}", env.path("runs").display()),
-    )?;
-    env.write_config(&format!("{top}\n{}", callback_toml("cb", &cb, "")))?;
-    Ok(env)
 }
 
 // ---- process --watch: picking up work
@@ -539,9 +510,9 @@ fn a_second_watcher_stands_by_and_takes_over() -> TestResult {
     let mut ids = vec![env.publish("cb", "{\"n\":0}")?];
     first.wait_finished(&env, ids[0])?;
 
-    let mut second = Watcher::start(&env, &["--poll", "200ms"])?;
-    // Let the second watcher reach its standby before more work arrives.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut second = Watcher::start(&env, &["-v", "--poll", "200ms"])?;
+    // The second watcher reaches its standby before more work arrives.
+    second.wait_standby()?;
     for n in 1..4 {
         ids.push(env.publish("cb", &format!("{{\"n\":{n}}}"))?);
     }
@@ -581,8 +552,8 @@ fn a_standby_watcher_exits_0_on_sigterm() -> TestResult {
         !read_lines(&runs).is_empty()
     })?;
 
-    let mut standby = Watcher::start(&env, &["--poll", "200ms"])?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut standby = Watcher::start(&env, &["-v", "--poll", "200ms"])?;
+    standby.wait_standby()?;
     let still_waiting = standby.running()?;
     let stopped = if still_waiting {
         standby.stop()
@@ -672,6 +643,8 @@ fn status_is_ok_while_a_watcher_runs_longer_than_stale_after() -> TestResult {
     let env = env_recording_runs("", "")?;
     let mut watcher = Watcher::start(&env, &["--poll", "200ms"])?;
     watcher.wait_lock_file(&env)?;
+    // What is tested is a duration, a watcher that has run longer than `--stale-after`: that
+    // takes time itself, not an event. (Nothing is asserted absent after it.)
     std::thread::sleep(Duration::from_secs(2));
     let out = env.bgq().args(["status", "--stale-after", "1s"]).output()?;
     watcher.stop()?;
@@ -699,10 +672,19 @@ fn status_reports_a_job_due_too_long_even_while_a_watcher_runs() -> TestResult {
         callback_toml("gone", &gone, "")
     ))?;
     let id = env.publish("gone", "{}")?;
+    let published = Instant::now();
     env.write_config(&callback_toml("ok", &ok, ""))?;
     let mut watcher = Watcher::start(&env, &["--poll", "200ms"])?;
     watcher.wait_lock_file(&env)?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The watcher has seen the job and passed it by: it warns of it, then runs a job published
+    // after it (it would have claimed the older job first).
+    wait_for("the warning about `gone`", Duration::from_secs(10), || {
+        watcher.stderr().contains("wait for callback `gone`")
+    })?;
+    let later = env.publish("ok", "{}")?;
+    watcher.wait_finished(&env, later)?;
+    // Due for longer than `--stale-after` (1 s): that takes time itself, not an event.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(published.elapsed()));
     let out = env.bgq().args(["status", "--stale-after", "1s"]).output()?;
     watcher.stop()?;
     assert_eq!(env.state(id)?, "READY", "its callback is not configured");
@@ -765,107 +747,118 @@ fn watch_recovers_orphans_when_it_starts() -> TestResult {
     Ok(())
 }
 
-// ---- publish --process and process_on_publish
+// ---- process --watch: work it notices at once, whatever `--poll` says
 
-/// Publishes one job of `slow` (a 3-second callback logging with `timed_body`) with `args`, and
-/// checks publish returned at once with only the id, and the job then ran once by itself.
-fn publish_starts_a_detached_run(env: &TestEnv, args: &[&str]) -> TestResult {
-    let start = Instant::now();
+/// Contract (`--after`): "When the last named job finishes, the dependent job becomes due
+/// (within a second or so; the same `process` run picks it up)", also under `--watch` with a
+/// long `--poll` (its own commit frees the dependent; no poll needed).
+#[test]
+fn watch_starts_a_dependent_soon_after_its_parent_even_with_a_long_poll() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s"])?;
+    wait_for_watcher(&env)?;
+    let a = env.publish("cb", r#"{"sleep": "1"}"#)?;
+    let b = env.publish_with("cb", "{}", &["--after", &a.to_string()])?;
+    wait_for("A to end", Duration::from_secs(10), || {
+        logged(&env, "end", a).is_some()
+    })?;
+    let ended = Instant::now();
+    let started = wait_for("B to start", Duration::from_secs(15), || {
+        logged(&env, "start", b).is_some()
+    });
+    let waited = ended.elapsed();
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    started?;
+    let gap_ms =
+        (logged(&env, "start", b).unwrap_or(0) - logged(&env, "end", a).unwrap_or(0)) / 1_000_000;
+    assert!(
+        gap_ms < 2000,
+        "B started {gap_ms} ms after A finished (observed after {waited:?}): a dependent must be \
+         due within a second or so, not at the next --poll"
+    );
+    Ok(())
+}
+
+/// A `bgq retry` made while every slot of a watcher is busy runs as soon as a slot frees, not
+/// at the next `--poll`.
+#[test]
+fn watch_runs_a_job_retried_while_all_slots_were_busy_as_soon_as_a_slot_frees() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let failed = env.publish("cb", r#""fail""#)?;
+    env.process(&[])?;
+    assert_eq!(env.state(failed)?, "PERMANENTLY_FAILED");
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s", "--concurrency", "1"])?;
+    wait_for_watcher(&env)?;
+    let long = env.publish("cb", r#"{"sleep": "1.5"}"#)?;
+    wait_for("the long job to start", Duration::from_secs(5), || {
+        logged(&env, "start", long).is_some()
+    })?;
+    // Fix the job's parameters and retry it while the only slot is busy.
     let out = env
         .bgq()
-        .args(["publish", "slow", "--json", "{}"])
-        .args(args)
+        .args(["retry", &failed.to_string(), "--json", "{}"])
         .output()?;
-    let took = start.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let stdout = String::from_utf8(out.stdout.clone())?;
-    let id: i64 = stdout.trim_end_matches('\n').parse()?;
-    let state = env.state(id)?;
-    assert_eq!(stdout, format!("{id}\n"), "only the id on stdout");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for("the long job to end", Duration::from_secs(5), || {
+        logged(&env, "end", long).is_some()
+    })?;
+    let started = wait_for("the retried job to start", Duration::from_secs(15), || {
+        read_lines(&env.path("log"))
+            .iter()
+            .filter(|line| line.starts_with(&format!("start {failed} ")))
+            .count()
+            == 2
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    started?;
+    let second_start = read_lines(&env.path("log"))
+        .iter()
+        .filter(|line| line.starts_with(&format!("start {failed} ")))
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(2)?.parse::<u128>().ok())
+        .ok_or("no second start")?;
+    let gap_ms = (second_start - logged(&env, "end", long).ok_or("no end")?) / 1_000_000;
+    assert!(
+        gap_ms < 2000,
+        "the retried job started {gap_ms} ms after the slot freed up (it waited for --poll 10s)"
+    );
+    Ok(())
+}
+
+/// A watcher of a database reached through a symlink wakes on publishes like any other: it
+/// watches the write-ahead log beside the real file, where SQLite writes it, and so warns of
+/// nothing.
+#[test]
+fn watch_on_a_symlinked_database_watches_the_real_write_ahead_log() -> TestResult {
+    let env = env_with_callbacks("", &[("cb", TIMED_BY_PAYLOAD)])?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
+    let real = env.path("data");
+    std::fs::create_dir_all(&real)?;
+    std::os::unix::fs::symlink(real.join("bgq.sqlite"), &db)?;
+    let first = env.publish("cb", "{}")?;
+    assert!(
+        real.join("bgq.sqlite").exists(),
+        "the database is the link's target"
+    );
+    let mut watcher = env.spawn(&["process", "--watch", "--poll", "10s"])?;
+    wait_for_watcher(&env)?;
+    let second = env.publish("cb", "{}")?;
+    let finished = wait_for("the second job to finish", Duration::from_secs(10), || {
+        env.state(second).is_ok_and(|state| state == "FINISHED")
+    });
+    crate::support::send_signal(watcher.pid(), "TERM")?;
+    let status = watcher.wait_exit(Duration::from_secs(10))?;
+    finished?;
+    assert_eq!(status.code(), Some(0), "{}", watcher.stderr());
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        watcher.stderr(),
         "",
-        "publish's stderr stays empty"
+        "a watcher of a symlinked database warned"
     );
-    assert!(
-        took < Duration::from_millis(2500),
-        "publish waited for the 3-second job: {took:?}"
-    );
-    assert!(
-        state == "READY" || state == "PROCESSING",
-        "right after publish the job is {state}, expected READY or PROCESSING"
-    );
-
-    wait_state(env, id, "FINISHED", Duration::from_secs(15))?;
-    let runs = intervals(&env.path("log"))?;
-    assert_eq!(
-        runs.iter().map(|run| run.0).collect::<Vec<_>>(),
-        [id],
-        "the job ran once"
-    );
-    Ok(())
-}
-
-/// A [`TestEnv`] with callback `slow` (3 s, logged to `log`) and `top` settings.
-fn env_with_slow_callback(top: &str) -> TestResult<TestEnv> {
-    let env = TestEnv::new("")?;
-    let slow = env.script("slow.sh", &timed_body(&env.path("log"), "3"))?;
-    env.write_config(&format!("{top}\n{}", callback_toml("slow", &slow, "")))?;
-    Ok(env)
-}
-
-/// `publish --process` prints only the id, returns before the job ran, and the job is run
-/// without anyone running `process`.
-#[test]
-fn publish_process_runs_the_job_without_waiting_for_it() -> TestResult {
-    let env = env_with_slow_callback("")?;
-    publish_starts_a_detached_run(&env, &["--process"])
-}
-
-/// `process_on_publish = true` makes a plain publish do what `--process` does.
-#[test]
-fn process_on_publish_runs_every_published_job() -> TestResult {
-    let env = env_with_slow_callback("process_on_publish = true")?;
-    publish_starts_a_detached_run(&env, &[])
-}
-
-/// Without `--process` (and `process_on_publish` off by default) nothing runs the job.
-#[test]
-fn plain_publish_starts_no_run() -> TestResult {
-    let env = env_recording_runs("", "")?;
-    let id = env.publish("cb", "{}")?;
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(env.state(id)?, "READY");
-    assert!(read_lines(&env.path("runs")).is_empty());
-    Ok(())
-}
-
-/// `publish --queue Q --process` runs the job of queue Q.
-#[test]
-fn publish_process_runs_the_jobs_own_queue() -> TestResult {
-    let env = env_recording_runs("", "")?;
-    let id = env.publish_with("cb", "{}", &["--queue", "other", "--process"])?;
-    wait_state(&env, id, "FINISHED", Duration::from_secs(10))?;
-    assert_eq!(env.job(id)?["queue"], "other");
-    assert_eq!(sorted_ids(&env.path("runs"))?, [id]);
-    Ok(())
-}
-
-/// Five `publish --process` in quick succession: every job runs exactly once, and with
-/// `concurrency = 1` never two at the same time (the detached runs share the lock).
-#[test]
-fn publish_process_in_quick_succession_runs_each_job_once() -> TestResult {
-    let (env, log) = timed_env(1, "0.3")?;
-    let ids: Vec<i64> = (0..5)
-        .map(|i| env.publish_with("cb", &format!("{{\"i\":{i}}}"), &["--process"]))
-        .collect::<TestResult<_>>()?;
-    for &id in &ids {
-        wait_state(&env, id, "FINISHED", Duration::from_secs(20))?;
-    }
-    let runs = intervals(&log)?;
-    let mut ran: Vec<i64> = runs.iter().map(|run| run.0).collect();
-    ran.sort_unstable();
-    assert_eq!(ran, ids, "each job ran exactly once");
-    assert_eq!(max_overlap(&runs), 1, "never two at once: {runs:?}");
+    assert_eq!(env.state(first)?, "FINISHED");
     Ok(())
 }
