@@ -105,3 +105,34 @@ fn a_refused_command_with_an_unwritable_stderr_keeps_its_exit_code() -> TestResu
     assert!(env.jobs()?.is_empty());
     Ok(())
 }
+
+/// A publish whose job was stored exits 0 even when its note on stderr is lost: exit 1 says
+/// nothing was stored, and a caller would publish the job again.
+#[test]
+fn a_stored_publish_whose_note_is_lost_still_exits_0() -> TestResult {
+    let env = TestEnv::new("")?;
+    let done = env.script("done.sh", "exit 0")?;
+    env.write_config(&callback_toml("done", &done, ""))?;
+    let first = env.publish_with("done", "{}", &["--identifier", "x", "--unique"])?;
+    // The same unique publish again: it prints the existing id and a note on stderr.
+    let out = bgq_with_stderr(
+        &env,
+        &[
+            "publish",
+            "done",
+            "--json",
+            "{}",
+            "--identifier",
+            "x",
+            "--unique",
+        ],
+        full_disk()?,
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        first.to_string()
+    );
+    assert_eq!(env.jobs()?.len(), 1);
+    Ok(())
+}
