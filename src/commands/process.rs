@@ -564,17 +564,20 @@ impl Worker<'_> {
     /// cannot be prepared is settled as failed.
     fn start_all(&mut self, jobs: Vec<ClaimedJob>) -> anyhow::Result<()> {
         // Every callback that ended has its outcome committed now (the claim did it), so only
-        // the running ones need notes: a long log can shrink here.
-        let running: Vec<Entry<'_>> = self
-            .running
-            .iter()
-            .map(|(id, running)| Entry {
-                id: *id,
-                pipe: running.pipe,
-                group: running.group.as_ref(),
-            })
-            .collect();
-        self.log.compact(&running)?;
+        // the running ones need notes: a long log can shrink here. Looked at first, since this
+        // runs for every claim and compacting is rare.
+        if self.log.needs_compacting() {
+            let running: Vec<Entry<'_>> = self
+                .running
+                .iter()
+                .map(|(id, running)| Entry {
+                    id: *id,
+                    pipe: running.pipe,
+                    group: running.group.as_ref(),
+                })
+                .collect();
+            self.log.compact(&running)?;
+        }
         let mut prepared = Vec::with_capacity(jobs.len());
         for job in jobs {
             let attempt = match self.config.callbacks.get(&job.callback) {

@@ -202,10 +202,15 @@ impl RunningLog {
     /// Rewrites a long log with only the `running` callbacks, so that it stays small in long
     /// runs. Every callback that ended must have its outcome committed by then: its notes go.
     pub fn compact(&mut self, running: &[Entry<'_>]) -> anyhow::Result<()> {
-        if self.len < COMPACT_AT {
+        if !self.needs_compacting() {
             return Ok(());
         }
         self.rewrite(running)
+    }
+
+    /// Whether the log has grown long enough to be compacted.
+    pub fn needs_compacting(&self) -> bool {
+        self.len >= COMPACT_AT
     }
 
     /// Replaces the log with the kept lines and `running`. One write replaces the head of the
