@@ -205,8 +205,19 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
     }
     Ok(Config {
         path: path.to_owned(),
-        database: match raw.database {
-            ConfigDatabase::Path(path) => Database::Sqlite(folder.join(path)),
+        database: match (raw.database, raw.schema) {
+            (ConfigDatabase::Path(_), Some(_)) => {
+                return Err(usage(format!(
+                    "{}: schema: applies only to a PostgreSQL database, and `database` names a SQLite file",
+                    path.display()
+                )));
+            }
+            (ConfigDatabase::Path(path), None) => Database::Sqlite(folder.join(path)),
+            (ConfigDatabase::Postgres(conninfo), schema) => Database::Postgres(PostgresTarget {
+                conninfo,
+                schema: schema.map_or_else(|| DEFAULT_SCHEMA.to_owned(), |schema| schema.0),
+                host_id: host_id(raw.host_id.map(|name| name.0))?,
+            }),
         },
         lock_folder: raw
             .temp_dir
@@ -251,6 +262,8 @@ struct RawConfig {
     process_on_publish: Option<bool>,
     max_payload: Option<MaxPayload>,
     retry: Option<RawRetry>,
+    schema: Option<SchemaName>,
+    host_id: Option<HostId>,
     #[serde(default)]
     callbacks: BTreeMap<String, RawCallback>,
 }
@@ -345,18 +358,206 @@ impl<'de> Deserialize<'de> for CommandLine {
 /// A non-empty path without NUL bytes.
 struct ConfigPath(PathBuf);
 
+/// A PostgreSQL schema name bgq can use unquoted: lower-case letters, digits and `_`, not
+/// starting with a digit, at most 63 bytes (PostgreSQL's limit), not `pg_...`.
+struct SchemaName(String);
+
+impl<'de> Deserialize<'de> for SchemaName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if name.is_empty()
+            || name.len() > 63
+            || !plain
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || name.starts_with("pg_")
+        {
+            return Err(serde::de::Error::custom(format!(
+                "must be a plain PostgreSQL name (lower-case letters, digits and _, at most 63, not starting with a digit or pg_), got {name:?}"
+            )));
+        }
+        Ok(SchemaName(name))
+    }
+}
+
+/// A host name for `host_id`: printable, no whitespace, at most 200 bytes.
+struct HostId(String);
+
+impl<'de> Deserialize<'de> for HostId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        host_id_problem(&name).map_or(Ok(HostId(name)), |problem| {
+            Err(serde::de::Error::custom(problem))
+        })
+    }
+}
+
+/// What is wrong with `name` as a host id, if anything.
+fn host_id_problem(name: &str) -> Option<String> {
+    (name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .then(|| format!("must be 1 to 200 printable characters without spaces, got {name:?}"))
+}
+
+/// The environment variable that overrides `host_id`.
+pub const HOST_ID_ENV: &str = "BGQ_HOST_ID";
+
+/// This host's id: `BGQ_HOST_ID`, else the config's `host_id`, else hostname and boot id.
+fn host_id(configured: Option<String>) -> anyhow::Result<String> {
+    if let Some(value) = std::env::var_os(HOST_ID_ENV) {
+        let value = value.to_string_lossy().into_owned();
+        if let Some(problem) = host_id_problem(&value) {
+            return Err(usage(format!("{HOST_ID_ENV}: {problem}")));
+        }
+        return Ok(value);
+    }
+    if let Some(name) = configured {
+        return Ok(name);
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let hostname = if hostname.is_empty() { "localhost".to_owned() } else { hostname };
+    Ok(format!("{hostname}/{}", crate::coord::process_group::boot_id()))
+}
+
 /// Where the queue is kept: the `database` setting, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     /// A SQLite file (absolute path).
     Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(PostgresTarget),
 }
+
+/// A PostgreSQL database and the schema bgq keeps its queue in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// The connection string as written: a `postgres://` URL or libpq's `key=value` form. It may
+    /// hold a password: never print it (see `Display`).
+    pub conninfo: String,
+    /// The schema of bgq's tables and functions.
+    pub schema: String,
+    /// This host's name among the runs of the queue: `BGQ_HOST_ID`, else `host_id`, else the
+    /// machine's hostname and boot id. Runs with the same name may stop each other's
+    /// callbacks; runs of other hosts never do.
+    pub host_id: String,
+}
+
+impl std::fmt::Debug for PostgresTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresTarget({self})")
+    }
+}
+
+impl std::fmt::Display for PostgresTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (schema {})",
+            redact_password(&self.conninfo),
+            self.schema
+        )
+    }
+}
+
+/// The schema bgq uses in a PostgreSQL database unless `schema` says.
+pub const DEFAULT_SCHEMA: &str = "bgq";
 
 impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(target) => write!(f, "{target}"),
         }
+    }
+}
+
+/// `conninfo` with any password replaced by `***`, fit to print.
+pub fn redact_password(conninfo: &str) -> String {
+    if url_scheme(conninfo).is_some() {
+        // postgres://user:secret@host/db?password=secret
+        let (before_query, query) = conninfo
+            .split_once('?')
+            .map_or((conninfo, None), |(a, b)| (a, Some(b)));
+        let mut redacted = match before_query.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+                let authority = match authority.rsplit_once('@') {
+                    Some((user, hosts)) => match user.split_once(':') {
+                        Some((name, _)) => format!("{name}:***@{hosts}"),
+                        None => authority.to_owned(),
+                    },
+                    None => authority.to_owned(),
+                };
+                match path {
+                    Some(path) => format!("{scheme}://{authority}/{path}"),
+                    None => format!("{scheme}://{authority}"),
+                }
+            }
+            None => before_query.to_owned(),
+        };
+        if let Some(query) = query {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            redacted.push('?');
+            redacted.push_str(&params.join("&"));
+        }
+        redacted
+    } else {
+        // key=value form: values may be quoted ('it''s'), so rebuild only what follows password=.
+        let mut out = String::new();
+        let mut rest = conninfo;
+        while let Some(at) = find_keyword(rest, "password") {
+            out.push_str(&rest[..at]);
+            out.push_str("password=***");
+            let value = rest[at..].split_once('=').map_or("", |(_, v)| v).trim_start();
+            rest = skip_conninfo_value(value);
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Where `key=` starts in a key=value connection string (at the start or after whitespace).
+fn find_keyword(text: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = text[from..].find(key) {
+        let at = from + found;
+        let before_ok = at == 0 || text[..at].ends_with(char::is_whitespace);
+        let after = text[at + key.len()..].trim_start();
+        if before_ok && after.starts_with('=') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+/// What follows a key=value string's value that starts `value`.
+fn skip_conninfo_value(value: &str) -> &str {
+    if let Some(quoted) = value.strip_prefix('\'') {
+        let mut chars = quoted.char_indices();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '\'' => return &quoted[at + 1..],
+                _ => {}
+            }
+        }
+        ""
+    } else {
+        value
+            .find(char::is_whitespace)
+            .map_or("", |end| &value[end..])
     }
 }
 
@@ -365,21 +566,57 @@ impl std::fmt::Display for Database {
 /// looks like a URL is written `./name`.
 enum ConfigDatabase {
     Path(PathBuf),
+    /// A `postgres://` URL or a libpq `key=value` string.
+    Postgres(String),
+}
+
+/// libpq's connection keywords: a `database` whose first word is `KEYWORD=` is a key=value
+/// connection string, not a file name (a file named so is written `./host=...`).
+const CONNINFO_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "connect_timeout",
+    "application_name",
+    "options",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "channel_binding",
+    "service",
+];
+
+/// Whether `text` is a libpq key=value connection string.
+fn is_conninfo(text: &str) -> bool {
+    // libpq allows spaces around `=`: `host = db dbname=app`.
+    text.split_once('=')
+        .is_some_and(|(key, _)| CONNINFO_KEYWORDS.contains(&key.trim()))
 }
 
 impl<'de> Deserialize<'de> for ConfigDatabase {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         if let Some(scheme) = url_scheme(&text) {
-            let message = match scheme.to_ascii_lowercase().as_str() {
-                "postgres" | "postgresql" => {
-                    "is a PostgreSQL URL, but this bgq keeps its queues in SQLite only: give the path of a database file".to_owned()
-                }
-                _ => format!(
-                    "has the unknown scheme `{scheme}`: give the path of a SQLite file (or a postgres:// URL where bgq supports PostgreSQL)"
-                ),
+            return match scheme.to_ascii_lowercase().as_str() {
+                "postgres" | "postgresql" => Ok(ConfigDatabase::Postgres(text)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "has the unknown scheme `{scheme}`: give the path of a SQLite file or a postgres:// URL"
+                ))),
             };
-            return Err(serde::de::Error::custom(message));
+        }
+        if is_conninfo(&text) {
+            return Ok(ConfigDatabase::Postgres(text));
         }
         if text.is_empty() || text.contains('\0') {
             return Err(serde::de::Error::custom(

@@ -191,6 +191,27 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Makes the callback die (SIGKILL) with the thread that starts it, when bgq dies: for a
+    /// queue shared by hosts, where no later run on this host may be the one to recover its job
+    /// and stop what is left of it.
+    pub fn die_with_parent(&mut self) {
+        let parent = nix::unistd::getpid().as_raw();
+        // SAFETY: prctl and getppid are async-signal-safe system calls that touch no memory of
+        // ours.
+        unsafe {
+            self.command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // bgq died before the call: nobody is left to send the signal.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+
     /// The inode of the callback's output pipe: whoever holds it open belongs to this run.
     pub fn pipe_inode(&self) -> u64 {
         self.pipe_inode

@@ -93,26 +93,22 @@ fn cancel_running(
     store: &mut dyn Store,
     job: &JobBrief,
 ) -> anyhow::Result<String> {
-    let runner = store.run(job.claimed_run)?.map(|run| run.runner);
+    let run = store.run(job.claimed_run)?;
+    let runner = run.as_ref().map(|run| run.runner.clone());
     let grace = config
         .callbacks
         .get(&job.callback)
         .map_or(DEFAULT_KILL_GRACE, |callback| callback.kill_grace);
     let mut state = Some(JobState::Processing);
-    let coordination = store.coordination();
-    if runner
-        .as_ref()
-        .is_some_and(|runner| coordination.is_alive(runner))
-    {
+    if run.as_ref().is_some_and(|run| run.alive) {
         state = settled_state(store, job.id, grace + RUN_STOP_WAIT)?;
     }
     // What this command did itself, when the run did not.
     let mut stop = None;
     if state == Some(JobState::Processing) {
         // Looked at again: the run may have died while we waited.
-        let live_runner = runner
-            .as_ref()
-            .filter(|runner| store.coordination().is_alive(runner));
+        let alive_now = store.run(job.claimed_run)?.is_some_and(|run| run.alive);
+        let live_runner = runner.as_ref().filter(|_| alive_now);
         let stopped = stop_callback(config, store, job, grace, runner.as_ref(), live_runner);
         if live_runner.is_none() && stopped.gone {
             // No run will see the callback end. (When this finds nothing to end, a `process`

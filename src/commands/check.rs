@@ -41,8 +41,12 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     problems.extend(folder_problems(config));
     let mut database = "not created yet";
-    let Database::Sqlite(database_file) = &config.database;
-    let untrusted = crate::coord::trust::database_folder_problem(database_file);
+    let untrusted = match &config.database {
+        Database::Sqlite(database_file) => {
+            crate::coord::trust::database_folder_problem(database_file)
+        }
+        Database::Postgres(_) => None,
+    };
     if let Some(problem) = &untrusted {
         problems.push(problem.clone());
         database = "not opened";
@@ -159,7 +163,9 @@ fn folder_problems(config: &Config) -> Vec<String> {
         ));
     }
     // The folder that exists now: the database's, or the nearest parent bgq would create it in.
-    let Database::Sqlite(database_file) = &config.database;
+    let Database::Sqlite(database_file) = &config.database else {
+        return problems;
+    };
     let Some(folder) = database_file
         .ancestors()
         .skip(1)

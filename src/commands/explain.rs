@@ -4,7 +4,6 @@ use std::io::Write;
 
 use crate::cli::ExplainArgs;
 use crate::config::Config;
-use crate::coord::Coordination;
 use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, Millis, now_millis};
@@ -61,7 +60,7 @@ fn explain(
         JobState::Processing => {
             let runner_alive = store
                 .run(detail.claimed_run)?
-                .is_some_and(|run| store.coordination().is_alive(&run.runner));
+                .is_some_and(|run| run.alive);
             return Ok(if runner_alive && detail.cancel_requested {
                 "is being cancelled: `bgq cancel --kill` asked its `process` run to stop its callback; it becomes CANCELLED once that has ended (FINISHED if the callback exits 0)".to_owned()
             } else if runner_alive {
@@ -147,7 +146,6 @@ fn explain(
         ));
     }
     Ok(due(
-        store.coordination(),
         store.last_run(&job.queue)?,
         detail.claimed_run,
         queue,
@@ -158,7 +156,6 @@ fn explain(
 /// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time). `queue` is
 /// the queue's name as shown.
 fn due(
-    coordination: &dyn Coordination,
     last: Option<RunInfo>,
     claimed_run: i64,
     queue: &str,
@@ -167,7 +164,7 @@ fn due(
     let Some(run) = last else {
         return format!("is due, but no `process` has run for queue `{queue}` yet");
     };
-    if run.finished_at.is_none() && coordination.is_alive(&run.runner) {
+    if run.finished_at.is_none() && run.alive {
         if run.watch {
             return format!(
                 "is due: the running `process --watch` of queue `{queue}` (pid {}) starts it when a slot is free",

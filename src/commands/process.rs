@@ -111,7 +111,21 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         blocking: config.blocking_callbacks(),
         watch_poll: args.watch.then_some(args.poll),
         on_demand: args.on_demand,
+        groups: RunningGroups::default(),
     };
+    let groups = Arc::clone(&worker.groups);
+    worker.store.keep_alive(
+        run,
+        Box::new(move |why| {
+            // From the heartbeat's watchdog: the main thread may be stuck on the lost
+            // connection. The callbacks must be gone before another host recovers their jobs.
+            let stopped = kill_groups(&groups);
+            crate::diagnostic!(
+                "bgq: error: {why}; stopped {stopped} running callback(s): their jobs run again once this run is known dead"
+            );
+            std::process::exit(1);
+        }),
+    )?;
     let limits = Limits {
         concurrency: args.concurrency.map_or(config.concurrency, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
@@ -121,6 +135,10 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         max_memory: args.max_memory,
     };
     let result = worker.work(&limits, &stop);
+    if result.is_err() && worker.store.spans_hosts() {
+        // Our jobs may be recovered on another host once we are gone: their callbacks go first.
+        kill_groups(&worker.groups);
+    }
     let error = result.as_ref().err().map(|err| format!("{err:#}"));
     // Best effort when the run failed: the error is what the user must see.
     let ended = worker.store.end_run(
@@ -316,6 +334,26 @@ struct Worker<'a> {
     watch_poll: Option<Duration>,
     /// Started by `publish --process`, with nowhere to print.
     on_demand: bool,
+    /// The process groups of running callbacks by job, for stopping them from another thread
+    /// when the database is lost (a queue shared by hosts).
+    groups: RunningGroups,
+}
+
+/// Process groups of running callbacks, by job id.
+type RunningGroups = Arc<Mutex<HashMap<i64, i32>>>;
+
+fn lock_groups(groups: &RunningGroups) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
+    groups.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Kills every process group in `groups` (SIGKILL): what a run that lost its database does
+/// before other hosts may take its jobs.
+fn kill_groups(groups: &RunningGroups) -> usize {
+    let groups = lock_groups(groups);
+    for pgid in groups.values() {
+        process_group::signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+    groups.len()
 }
 
 /// A job whose callback is running.
@@ -534,12 +572,19 @@ impl Worker<'_> {
                 (name.as_str(), left)
             })
             .collect();
+        let limits: Vec<Option<usize>> = self
+            .config
+            .callbacks
+            .values()
+            .map(|callback| callback.concurrency)
+            .collect();
         let request = ClaimRequest {
             queue: self.queue,
             run: self.run,
             now: now_millis(),
             limit: want,
             callbacks: &capacities,
+            limits: &limits,
             blocking: &self.blocking,
         };
         let write_tally = self.tally_written.elapsed() >= TALLY_EVERY;
@@ -589,7 +634,12 @@ impl Worker<'_> {
                 )),
             };
             match attempt {
-                Ok(ready) => prepared.push((job, ready)),
+                Ok(mut ready) => {
+                    if self.store.spans_hosts() {
+                        ready.die_with_parent();
+                    }
+                    prepared.push((job, ready));
+                }
                 Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new(), false),
             }
         }
@@ -637,6 +687,7 @@ impl Worker<'_> {
             return Err(err);
         }
         if let Some(running) = self.running.get_mut(&id) {
+            lock_groups(&self.groups).insert(id, group.pid);
             running.group = Some(group);
         }
         Ok(())
@@ -651,6 +702,7 @@ impl Worker<'_> {
         else {
             bail!("a callback of job {id} ended that was not running");
         };
+        lock_groups(&self.groups).remove(&id);
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }
@@ -773,9 +825,17 @@ impl Worker<'_> {
         let orphans = self.store.orphans(self.queue)?;
         for orphan in &orphans {
             let runner = orphan.claimed_by.as_ref();
-            match self.store.coordination().liveness(runner) {
+            match orphan.liveness {
                 Liveness::Dead => {
                     self.recover(orphan, notes.of(orphan.id, runner))?;
+                }
+                // Another host's run: its jobs are its own while it lives.
+                Liveness::Alive if !orphan.here => {}
+                Liveness::Alive if self.store.spans_hosts() => {
+                    // A run of this host that holds another lock file: another temp_dir, or
+                    // another queue's run started before ours.
+                    kept.push(orphan.id);
+                    live_runs.extend(runner);
                 }
                 Liveness::Alive => {
                     let pid = runner.map_or(0, |runner| runner.pid);

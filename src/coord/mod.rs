@@ -10,6 +10,7 @@
 //! backend that spans machines brings its own: a run of another host is never this host's to
 //! judge dead or to kill.
 
+pub mod fleet;
 pub mod lock;
 pub mod process_group;
 pub mod running_log;

@@ -96,6 +96,7 @@ pub(crate) fn claim(
     run: i64,
     now: Millis,
     callbacks: &[&str],
+    limits: &[],
 ) -> anyhow::Result<Option<ClaimedJob>> {
     let callbacks: Vec<(&str, usize)> = callbacks.iter().map(|name| (*name, usize::MAX)).collect();
     let request = ClaimRequest {
@@ -104,6 +105,7 @@ pub(crate) fn claim(
         now,
         limit: 1,
         callbacks: &callbacks,
+        limits: &[],
         blocking: &[],
     };
     Ok(store
@@ -298,6 +300,7 @@ pub(crate) fn claims_several_within_each_callbacks_capacity(store: &mut dyn Stor
         now: 1000,
         limit: 3,
         callbacks: &[("a", 1), ("b", usize::MAX)],
+        limits: &[],
         blocking: &[],
     };
     let claimed = store
@@ -548,6 +551,7 @@ pub(crate) fn a_failed_job_holds_its_group_only_for_blocking_callbacks(store: &m
         now: 1000,
         limit: 1,
         callbacks: &[("a", usize::MAX)],
+        limits: &[],
         blocking: &["a"],
     };
     let held = store
@@ -657,6 +661,7 @@ pub(crate) fn a_late_outcome_of_a_recovered_claim_changes_nothing(store: &mut dy
         now: 3000,
         limit: 0,
         callbacks: &[],
+        limits: &[],
         blocking: &[],
     };
     let late = ended(id, old.fence, JobState::Finished, 3000, b"late\n");
@@ -1168,6 +1173,7 @@ pub(crate) fn outcomes_are_counted_once_written(store: &mut dyn Store) {
         now: 1000,
         limit: 3,
         callbacks: &[("a", usize::MAX)],
+        limits: &[],
         blocking: &[],
     };
     let mut tally = Tally::default();
@@ -1467,6 +1473,7 @@ pub(crate) fn claims_agree_with_the_group_rule(store: &mut dyn Store) {
                         now: 2000,
                         limit: 1,
                         callbacks: &capacity,
+                        limits: &[],
                         blocking: &blocking,
                     };
                     let claimed = store

@@ -36,10 +36,10 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::config::Database;
-use crate::coord::Coordination;
 use crate::coord::process_group::ProcessRecord;
 use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
@@ -83,6 +83,7 @@ pub enum Applied {
 pub fn open(database: &Database, durability: Durability) -> anyhow::Result<Box<dyn Store>> {
     match database {
         Database::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, durability)?)),
+        Database::Postgres(target) => Ok(Box::new(postgres::PostgresStore::open(target, durability)?)),
     }
 }
 
@@ -90,6 +91,8 @@ pub fn open(database: &Database, durability: Durability) -> anyhow::Result<Box<d
 pub fn open_existing(database: &Database) -> anyhow::Result<Option<Box<dyn Store>>> {
     match database {
         Database::Sqlite(path) => Ok(sqlite::SqliteStore::open_existing(path)?
+            .map(|store| Box::new(store) as Box<dyn Store>)),
+        Database::Postgres(target) => Ok(postgres::PostgresStore::open_existing(target)?
             .map(|store| Box::new(store) as Box<dyn Store>)),
     }
 }
@@ -105,8 +108,20 @@ pub trait Store {
     /// caller then polls).
     fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()>;
 
-    /// How this backend's runs are known alive or dead (see `coord`).
-    fn coordination(&self) -> &dyn Coordination;
+    /// Whether runs of other hosts may serve its queues at once (then a run looks for dead
+    /// runs' jobs while it works, and its callbacks die with it), or only runs of this
+    /// machine, one per queue under its lock.
+    fn spans_hosts(&self) -> bool;
+
+    /// Keeps run `run` known alive to the other runs while this process lives (for a backend
+    /// that spans hosts: a session and a heartbeat). When the database cannot be reached for
+    /// `coord::fleet::GIVE_UP_AFTER`, calls `on_lost` with the reason, from another thread:
+    /// it must stop the run's callbacks before their jobs can be recovered elsewhere.
+    fn keep_alive(
+        &mut self,
+        run: i64,
+        on_lost: Box<dyn FnOnce(String) + Send>,
+    ) -> anyhow::Result<()>;
 
     /// Stores `jobs` as `schedule` says, in one durable transaction, all or nothing. An `after`
     /// id that names no job is a usage error.
@@ -330,6 +345,10 @@ pub struct Orphan {
     pub cancel_requested: bool,
     /// The claim the dead run held.
     pub fence: Fence,
+    /// What is known of the run that claimed it: only a dead run's jobs are recovered.
+    pub liveness: crate::coord::Liveness,
+    /// Whether that run ran on this host, so that what its notes name is this host's to stop.
+    pub here: bool,
 }
 
 /// How a run of a job ended, as the caller decided it.
@@ -380,8 +399,12 @@ pub struct ClaimRequest<'a> {
     pub now: Millis,
     /// Claim at most this many jobs.
     pub limit: usize,
-    /// Callbacks that may be claimed, each with how many more of it may start.
+    /// Callbacks that may be claimed, each with how many more of it this run may start
+    /// (`usize::MAX`: no limit).
     pub callbacks: &'a [(&'a str, usize)],
+    /// Each callback's own `concurrency`, in the order of `callbacks`: a backend whose runs
+    /// span hosts holds it across all of them.
+    pub limits: &'a [Option<usize>],
     /// Callbacks whose PERMANENTLY_FAILED jobs hold their serial group (serial_failure = "block").
     pub blocking: &'a [&'a str],
 }

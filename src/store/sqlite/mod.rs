@@ -318,9 +318,18 @@ impl Store for SqliteStore {
         &self.identity
     }
 
-    fn coordination(&self) -> &dyn Coordination {
+    fn spans_hosts(&self) -> bool {
         // Every run of a SQLite queue lives on the machine that holds its file.
-        &Local
+        false
+    }
+
+    fn keep_alive(
+        &mut self,
+        _run: i64,
+        _on_lost: Box<dyn FnOnce(String) + Send>,
+    ) -> anyhow::Result<()> {
+        // A run is known alive by its process (`coord::Local`); the file cannot be lost.
+        Ok(())
     }
 
     fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
@@ -434,13 +443,16 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([queue], |row| {
                 let attempts = row.get(2)?;
+                let claimed_by = read_process(row, 5)?;
                 Ok(Orphan {
                     id: row.get(0)?,
                     callback: row.get(1)?,
                     attempts,
                     notified: row.get(3)?,
                     cancel_requested: row.get(4)?,
-                    claimed_by: read_process(row, 5)?,
+                    liveness: Local.liveness(claimed_by.as_ref()),
+                    here: true,
+                    claimed_by,
                     fence: Fence {
                         run: row.get(8)?,
                         attempt: attempts,

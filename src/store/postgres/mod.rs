@@ -1,0 +1,1487 @@
+//! The PostgreSQL backend of the store (see `store` for the contract it keeps): one schema of a
+//! database that any number of hosts share, its schema and upgrades, the SQL of every
+//! operation, the sessions that tell live runs from dead ones (`session`), and LISTEN/NOTIFY
+//! for `--watch` (`wake`).
+//!
+//! How it keeps the contract across hosts: every method is one transaction (or one statement);
+//! a claim picks with `FOR UPDATE SKIP LOCKED` inside the schema's `claim()` function, one round
+//! trip; a serial group's jobs are numbered in commit order (publish takes the group's
+//! transaction lock) and never two of them PROCESSING (a unique index); an outcome is stored
+//! only under its fence. Statements go out unnamed (`query_typed`): one round trip each, and
+//! nothing a transaction-mode pooler could mix up between clients.
+
+mod connect;
+mod session;
+mod wake;
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, GenericClient, Row};
+
+use crate::config::PostgresTarget;
+use crate::coord::Liveness;
+use crate::coord::fleet::{Fleet, SessionFacts};
+use crate::coord::process_group::ProcessRecord;
+use crate::error::UsageError;
+use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
+use crate::notify::NoticeKind;
+use crate::queue::eligibility::GroupFacts;
+use crate::store::{
+    Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
+    JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
+    Store, Tally,
+};
+
+pub use connect::{Purpose, connect};
+
+/// The canonical schema, applied to a new schema.
+const SCHEMA: &str = include_str!("../../../schema-postgres.sql");
+/// The schema version this binary writes: the same numbers as SQLite's.
+pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
+/// How long per-minute outcome counts are kept for `stats`.
+const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
+/// Jobs inserted by one statement.
+const INSERT_CHUNK: usize = 5000;
+/// A statement that waits longer than this for a lock is an error, not a hang.
+const LOCK_TIMEOUT_MS: &str = "30000";
+
+/// A parameter of an unnamed statement, with its type.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// An open bgq schema in a PostgreSQL database.
+pub struct PostgresStore {
+    /// In a cell: the read methods of `Store` take `&self`, and a query needs the client whole.
+    client: RefCell<Client>,
+    target: PostgresTarget,
+    /// The schema's name, as written into SQL (a plain name: see `config::SchemaName`).
+    schema: String,
+    /// Names the database for lock files and messages (no password).
+    identity: String,
+    fleet: Fleet,
+    /// Set by the `--watch` listener when a notification came.
+    notified: Arc<AtomicBool>,
+    /// Whether a listener runs (`on_change`).
+    listening: Cell<bool>,
+    /// The run's session, once `keep_alive` started it.
+    session: Option<session::Session>,
+}
+
+impl PostgresStore {
+    /// Connects and creates or upgrades bgq's schema.
+    pub fn open(target: &PostgresTarget, durability: Durability) -> anyhow::Result<PostgresStore> {
+        let mut store = Self::connect_to(target, durability)?;
+        store.migrate().with_context(|| {
+            format!(
+                "cannot set up schema {} in {}",
+                store.schema, store.identity
+            )
+        })?;
+        Ok(store)
+    }
+
+    /// Connects if bgq's schema exists; never creates it (`bgq check`).
+    pub fn open_existing(target: &PostgresTarget) -> anyhow::Result<Option<PostgresStore>> {
+        let mut store = Self::connect_to(target, Durability::Relaxed)?;
+        match store.version()? {
+            None => Ok(None),
+            Some(_) => {
+                store.migrate()?;
+                Ok(Some(store))
+            }
+        }
+    }
+
+    fn connect_to(target: &PostgresTarget, durability: Durability) -> anyhow::Result<PostgresStore> {
+        let mut client = connect(&target.conninfo, Purpose::Command)?;
+        if durability == Durability::Relaxed {
+            // A lost commit of a run re-runs a job at worst (the contract's Relaxed). One round
+            // trip, paid by commands that run long or read only.
+            client
+                .batch_execute(&format!(
+                    "SET synchronous_commit = off; SET lock_timeout = {LOCK_TIMEOUT_MS}"
+                ))
+                .with_context(|| format!("cannot set up a session with {}", connect::identity(&target.conninfo)))?;
+        }
+        Ok(PostgresStore {
+            client: RefCell::new(client),
+            identity: format!("{}#{}", connect::identity(&target.conninfo), target.schema),
+            schema: target.schema.clone(),
+            target: target.clone(),
+            fleet: Fleet {
+                host_id: target.host_id.clone(),
+            },
+            notified: Arc::new(AtomicBool::new(true)),
+            listening: Cell::new(false),
+            session: None,
+        })
+    }
+
+    /// `sql` with `@.` naming bgq's schema.
+    fn sql(&self, sql: &str) -> String {
+        in_schema(&self.schema, sql)
+    }
+
+    /// The connection, for one statement or transaction at a time.
+    fn reader(&self) -> RefMut<'_, Client> {
+        self.client.borrow_mut()
+    }
+
+    /// The schema's version, `None` when it has no bgq tables.
+    fn version(&mut self) -> anyhow::Result<Option<i64>> {
+        let sql = format!(
+            "SELECT to_regclass('{schema}.meta') IS NOT NULL",
+            schema = self.schema
+        );
+        let exists: bool = self.reader().query_typed_one(&sql, &[])?.get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let sql = self.sql("SELECT value FROM @.meta WHERE key = 'version'");
+        let value: Option<String> = self
+            .reader()
+            .query_typed_opt(&sql, &[])?
+            .map(|row| row.get(0));
+        let value = value.context("its meta table has no version")?;
+        Ok(Some(value.parse().with_context(|| {
+            format!("its version {value:?} is not a number")
+        })?))
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        match self.version()? {
+            Some(version) if version == SCHEMA_VERSION => return Ok(()),
+            Some(version) if version > SCHEMA_VERSION => bail!(
+                "schema {} has version {version}, newer than this bgq knows ({SCHEMA_VERSION}): upgrade bgq",
+                self.schema
+            ),
+            _ => {}
+        }
+        let schema = self.schema.clone();
+        let mut tx = self.client.get_mut().transaction()?;
+        // Two hosts upgrading at once: the second waits here, then finds the work done.
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[(&format!("{schema}.migrate"), Type::TEXT)],
+        )?;
+        let exists: bool = tx
+            .query_typed_one(&format!("SELECT to_regclass('{schema}.meta') IS NOT NULL"), &[])?
+            .get(0);
+        if exists {
+            let value: String = tx
+                .query_typed_one(&in_schema(&schema, "SELECT value FROM @.meta WHERE key = 'version'"), &[])?
+                .get(0);
+            if value.parse::<i64>().ok() == Some(SCHEMA_VERSION) {
+                return Ok(tx.commit()?);
+            }
+            bail!("schema {schema} has version {value}, which this bgq cannot upgrade");
+        }
+        let has_tables: bool = tx
+            .query_typed_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1)",
+                &[(&schema, Type::TEXT)],
+            )?
+            .get(0);
+        if has_tables {
+            bail!("schema {schema} holds tables that are not bgq's: give bgq a schema of its own (`schema` in the config)");
+        }
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path = {schema}"
+        ))
+        .with_context(|| format!("cannot create schema {schema}"))?;
+        tx.batch_execute(SCHEMA).context("cannot create bgq's tables")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds what bgq was doing, and in which database, to an error (once); an error the user
+    /// must fix passes unchanged.
+    fn in_database<T>(&self, what: impl FnOnce() -> String, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|err| {
+            let users = err.chain().any(|cause| cause.is::<UsageError>());
+            if users || err.downcast_ref::<InDatabase>().is_some() {
+                err
+            } else {
+                err.context(InDatabase(format!(
+                    "cannot {} in database {}",
+                    what(),
+                    self.identity
+                )))
+            }
+        })
+    }
+
+    fn publish_inner(
+        &mut self,
+        jobs: &[NewJob],
+        schedule: &Schedule,
+        now: Millis,
+    ) -> anyhow::Result<Published> {
+        let schema = self.schema.clone();
+        let identity = self.identity.clone();
+        let q = |sql: &str| in_schema(&schema, sql);
+        let mut after = schedule.after.clone();
+        after.sort_unstable();
+        after.dedup();
+        let mut groups: Vec<&str> = jobs.iter().filter_map(|job| job.serial_group.as_deref()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut tx = self.client.get_mut().transaction()?;
+        let mut waiting_for = Vec::new();
+        if !after.is_empty() {
+            let cleared_up_to: i64 = tx
+                .query_typed_one(&q("SELECT value::bigint FROM @.meta WHERE key = 'cleared_up_to'"), &[])?
+                .get(0);
+            // FOR SHARE: a parent cannot finish (and miss unblocking us) between this read and
+            // our commit.
+            let rows = tx.query_typed(
+                &q("SELECT id, state FROM @.jobs WHERE id = ANY ($1) FOR SHARE"),
+                &[(&after, Type::INT8_ARRAY)],
+            )?;
+            for parent in &after {
+                match rows.iter().find(|row| row.get::<_, i64>(0) == *parent) {
+                    Some(row) => {
+                        let state = parse_state(row.get(1))?;
+                        if state != JobState::Finished {
+                            waiting_for.push((*parent, state));
+                        }
+                    }
+                    None if *parent <= cleared_up_to => {}
+                    None => {
+                        return Err(crate::error::usage(format!(
+                            "--after: no job {parent} in {identity}"
+                        )));
+                    }
+                }
+            }
+        }
+        if !groups.is_empty() {
+            // Ids of one serial group are handed out in commit order, so that a claim never
+            // sees a younger job of a group before an older one.
+            tx.query_typed(
+                &q("SELECT pg_advisory_xact_lock(@.group_lock_space(), hashtext(g))
+                    FROM unnest($1::text[]) g ORDER BY g"),
+                &[(&groups, Type::TEXT_ARRAY)],
+            )?;
+        }
+        if schedule.unique
+            && let Some(job) = jobs.first()
+            && let Some((id, state)) = unfinished_with_identifier(&mut tx, &schema, job)?
+        {
+            return Ok(Published::Existing { id, state });
+        }
+        let blocked_by = i32::try_from(waiting_for.len()).unwrap_or(i32::MAX);
+        let due = blocked_by == 0 && schedule.run_at <= now;
+        let run_at = schedule.run_at.max(now);
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            let queues: Vec<&str> = chunk.iter().map(|job| job.queue.as_str()).collect();
+            let callbacks: Vec<&str> = chunk.iter().map(|job| job.callback.as_str()).collect();
+            let payloads: Vec<&[u8]> = chunk.iter().map(|job| job.payload.as_slice()).collect();
+            let groups: Vec<Option<&str>> = chunk.iter().map(|job| job.serial_group.as_deref()).collect();
+            let identifiers: Vec<Option<&str>> = chunk.iter().map(|job| job.identifier.as_deref()).collect();
+            let sql = q(
+                "WITH ins AS (
+                     INSERT INTO @.jobs (queue, callback, payload, serial_group, identifier,
+                                         created_at, run_at, state_changed_at, priority,
+                                         blocked_by, is_unique, due)
+                     SELECT q, c, p, g, i, $6, $7, $6, $8, $9, $10, $11
+                     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
+                          WITH ORDINALITY AS t (q, c, p, g, i, n)
+                     ORDER BY n
+                     ON CONFLICT DO NOTHING
+                     RETURNING id)
+                 SELECT id FROM ins ORDER BY id",
+            );
+            let rows = tx.query_typed(
+                &sql,
+                &[
+                    (&queues, Type::TEXT_ARRAY),
+                    (&callbacks, Type::TEXT_ARRAY),
+                    (&payloads, Type::BYTEA_ARRAY),
+                    (&groups, Type::TEXT_ARRAY),
+                    (&identifiers, Type::TEXT_ARRAY),
+                    (&now, Type::INT8),
+                    (&run_at, Type::INT8),
+                    (&schedule.priority, Type::INT8),
+                    (&blocked_by, Type::INT4),
+                    (&schedule.unique, Type::BOOL),
+                    (&due, Type::BOOL),
+                ],
+            )?;
+            if rows.len() < chunk.len() {
+                // Only a unique job can conflict: another publisher stored it first.
+                drop(tx);
+                return match unfinished_with_identifier(&mut *self.reader(), &schema, &chunk[0])? {
+                    Some((id, state)) => Ok(Published::Existing { id, state }),
+                    None => bail!("a unique job conflicted with one that is gone: publish again"),
+                };
+            }
+            ids.extend(rows.iter().map(|row| row.get::<_, i64>(0)));
+        }
+        if !after.is_empty() {
+            tx.query_typed(
+                &q("INSERT INTO @.dependencies (job_id, after_id)
+                    SELECT j, a FROM unnest($1::bigint[]) j, unnest($2::bigint[]) a
+                    ON CONFLICT DO NOTHING"),
+                &[(&ids, Type::INT8_ARRAY), (&after, Type::INT8_ARRAY)],
+            )?;
+        }
+        if due {
+            let mut queues: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            notify_queues(&mut tx, &schema, &queues)?;
+        }
+        tx.commit()?;
+        Ok(Published::Stored { ids, waiting_for })
+    }
+
+    /// Claims up to `claim.limit` jobs inside `tx`.
+    fn claim_in(
+        tx: &mut postgres::Transaction<'_>,
+        schema: &str,
+        claim: &ClaimRequest<'_>,
+    ) -> anyhow::Result<Vec<ClaimedJob>> {
+        let names: Vec<&str> = claim.callbacks.iter().map(|(name, _)| *name).collect();
+        let left: Vec<i32> = claim
+            .callbacks
+            .iter()
+            .map(|(_, left)| if *left == usize::MAX { -1 } else { i32::try_from(*left).unwrap_or(i32::MAX) })
+            .collect();
+        let fleet_limits: Vec<i32> = claim
+            .limits
+            .iter()
+            .map(|limit| limit.map_or(-1, |limit| i32::try_from(limit).unwrap_or(i32::MAX)))
+            .collect();
+        let limit = i32::try_from(claim.limit).unwrap_or(i32::MAX);
+        let rows = tx.query_typed(
+            &in_schema(schema, "SELECT * FROM @.claim($1, $2, $3, $4, $5, $6, $7, $8)"),
+            &[
+                (&claim.queue, Type::TEXT),
+                (&claim.run, Type::INT8),
+                (&claim.now, Type::INT8),
+                (&limit, Type::INT4),
+                (&names, Type::TEXT_ARRAY),
+                (&left, Type::INT4_ARRAY),
+                (&fleet_limits, Type::INT4_ARRAY),
+                (&claim.blocking, Type::TEXT_ARRAY),
+            ],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.get(0);
+                let attempts = read_u32(row, 5);
+                Ok(ClaimedJob {
+                    id,
+                    queue: row.get(1),
+                    callback: row.get(2),
+                    payload: stored_payload(row.get(3), row.get(4))
+                        .and_then(|bytes| Payload::from_msgpack(&bytes).map_err(|err| format!("{err:#}")))
+                        .map_err(|err| format!("job {id} has unreadable parameters: {err}")),
+                    attempts,
+                    serial_group: row.get(6),
+                    identifier: row.get(7),
+                    notified: row.get(8),
+                    fence: Fence {
+                        run: claim.run,
+                        attempt: attempts,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The session facts of run `run`, as `run_session()` reports them.
+    fn liveness_of(&self, runner: Option<&ProcessRecord>, facts: Option<&SessionFacts>) -> Liveness {
+        self.fleet.liveness(runner, facts)
+    }
+}
+
+/// The error context naming the database (see `PostgresStore::in_database`).
+#[derive(Debug)]
+struct InDatabase(String);
+
+impl std::fmt::Display for InDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InDatabase {}
+
+/// `sql` with `@.` naming `schema`.
+fn in_schema(schema: &str, sql: &str) -> String {
+    sql.replace("@.", &format!("{schema}."))
+}
+
+/// Wakes the `--watch` runs of `queues` when the transaction commits.
+fn notify_queues(client: &mut impl GenericClient, schema: &str, queues: &[&str]) -> anyhow::Result<()> {
+    client.query_typed(
+        &in_schema(schema, "SELECT pg_notify(@.wake_channel(), q) FROM unnest($1::text[]) q"),
+        &[(&queues, Type::TEXT_ARRAY)],
+    )?;
+    Ok(())
+}
+
+/// The newest job with `job`'s identifier in its queue that is not FINISHED.
+fn unfinished_with_identifier(
+    client: &mut impl GenericClient,
+    schema: &str,
+    job: &NewJob,
+) -> anyhow::Result<Option<(i64, JobState)>> {
+    let row = client.query_typed_opt(
+        &in_schema(
+            schema,
+            "SELECT id, state FROM @.jobs
+             WHERE identifier = $1 AND queue = $2 AND state <> 'FINISHED'
+             ORDER BY id DESC LIMIT 1",
+        ),
+        &[(&job.identifier, Type::TEXT), (&job.queue, Type::TEXT)],
+    )?;
+    row.map(|row| Ok((row.get(0), parse_state(row.get(1))?)))
+        .transpose()
+}
+
+/// The MessagePack of a job's parameters: as stored, or made from the JSON text that the SQL
+/// function `publish()` stored.
+fn stored_payload(payload: Option<Vec<u8>>, params_json: Option<String>) -> Result<Vec<u8>, String> {
+    match (payload, params_json) {
+        (Some(payload), _) => Ok(payload),
+        (None, Some(text)) => {
+            let mut parser = serde_json::Deserializer::from_str(&text);
+            parser.disable_recursion_limit();
+            crate::job::json_to_msgpack(&mut parser).map_err(|err| format!("its JSON is invalid: {err}"))
+        }
+        (None, None) => Err("it has no parameters".to_owned()),
+    }
+}
+
+fn parse_state(text: &str) -> anyhow::Result<JobState> {
+    text.parse::<JobState>()
+}
+
+/// A non-negative count in column `index`.
+fn read_count(row: &Row, index: usize) -> u64 {
+    u64::try_from(row.get::<_, i64>(index)).unwrap_or_default()
+}
+
+fn read_u32(row: &Row, index: usize) -> u32 {
+    u32::try_from(row.get::<_, i32>(index)).unwrap_or_default()
+}
+
+/// The columns of a `JobRecord`.
+const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
+     created_at, run_at, started_at, finished_at,
+     coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at), priority, blocked_by";
+
+/// A `JobRecord` from the `RECORD_COLUMNS` starting at column `first`.
+fn read_record_at(row: &Row, first: usize) -> anyhow::Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.get(first),
+        queue: row.get(first + 1),
+        callback: row.get(first + 2),
+        state: parse_state(row.get(first + 3))?,
+        attempts: read_u32(row, first + 4),
+        serial_group: row.get(first + 5),
+        identifier: row.get(first + 6),
+        created_at: row.get(first + 7),
+        run_at: row.get(first + 8),
+        started_at: row.get(first + 9),
+        finished_at: row.get(first + 10),
+        state_changed_at: row.get(first + 11),
+        priority: row.get(first + 12),
+        blocked_by: i64::from(row.get::<_, i32>(first + 13)),
+    })
+}
+
+/// The columns of a `RunInfo`, then its session facts.
+const RUN_COLUMNS: &str = "r.id, r.queue, r.pid, r.pid_started, r.boot_id, r.started_at, r.finished_at,
+     r.jobs, r.failed, r.error, r.watch, r.host_id, s.held, s.silent_ms";
+
+/// `RUN_COLUMNS`' FROM clause.
+const RUN_FROM: &str = "@.runs r CROSS JOIN LATERAL @.run_session(r.id) s";
+
+/// A `ProcessRecord` from three columns (pid, start ticks, boot id) starting at `first`.
+fn read_process(row: &Row, first: usize) -> Option<ProcessRecord> {
+    let pid: Option<i32> = row.get(first);
+    let started: Option<i64> = row.get(first + 1);
+    let boot_id: Option<String> = row.get(first + 2);
+    Some(ProcessRecord {
+        pid: pid?,
+        started: u64::try_from(started?).unwrap_or_default(),
+        boot_id: boot_id?,
+    })
+}
+
+/// Session facts from three columns (host id, held, silent ms) starting at `first`.
+fn read_session(row: &Row, first: usize) -> Option<SessionFacts> {
+    let host_id: Option<String> = row.get(first);
+    let held: Option<bool> = row.get(first + 1);
+    let silent: Option<i64> = row.get(first + 2);
+    Some(SessionFacts {
+        host_id: host_id?,
+        held: held?,
+        silent_for: silent?,
+    })
+}
+
+impl PostgresStore {
+    fn read_run(&self, row: &Row) -> anyhow::Result<RunInfo> {
+        let runner = read_process(row, 2).context("a run without its process")?;
+        let session = read_session(row, 11);
+        let finished_at: Option<Millis> = row.get(6);
+        let alive = self.liveness_of(Some(&runner), session.as_ref()) == Liveness::Alive;
+        Ok(RunInfo {
+            id: row.get(0),
+            queue: row.get(1),
+            alive,
+            runner,
+            started_at: row.get(5),
+            finished_at,
+            jobs: read_count(row, 7),
+            failed: read_count(row, 8),
+            error: row.get(9),
+            watch: row.get(10),
+        })
+    }
+
+    fn reader_self(&self) -> &Self {
+        self
+    }
+
+    fn runs_where(&self, condition: &str, params: &[Param<'_>]) -> anyhow::Result<Vec<RunInfo>> {
+        let sql = self.sql(&format!("SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {condition}"));
+        let rows = self.reader().query_typed(&sql, params)?;
+        rows.iter().map(|row| self.read_run(row)).collect()
+    }
+}
+
+/// Stores how a run ended, counts its outcome and stores its notice (see the SQLite backend's
+/// `complete`, whose rules these are).
+fn complete(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    done: &Completion,
+    tally: &mut Tally,
+) -> anyhow::Result<Applied> {
+    let q = |sql: &str| in_schema(schema, sql);
+    let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
+    let uncount = i32::from(done.uncount_attempt);
+    let attempt = i32::try_from(done.fence.attempt).unwrap_or(i32::MAX);
+    let row = tx.query_typed_opt(
+        &q("UPDATE @.jobs SET state = $2, run_at = $3, due = $4,
+                attempts = attempts - $5, output = $6, finished_at = $7,
+                notified = notified OR $8, state_changed_at = $9, cancel_requested = false
+            WHERE id = $1 AND state = 'PROCESSING' AND claimed_run = $10 AND attempts = $11
+              AND (NOT cancel_requested OR $2 = 'FINISHED')
+            RETURNING queue"),
+        &[
+            (&done.id, Type::INT8),
+            (&done.state.as_str(), Type::TEXT),
+            (&done.run_at, Type::INT8),
+            (&done.due_now, Type::BOOL),
+            (&uncount, Type::INT4),
+            (&done.output, Type::BYTEA),
+            (&finished_at, Type::INT8),
+            (&done.notified, Type::BOOL),
+            (&done.ended_at, Type::INT8),
+            (&done.fence.run, Type::INT8),
+            (&attempt, Type::INT4),
+        ],
+    )?;
+    let Some(row) = row else {
+        let cancelled = end_cancel(tx, schema, done.id, done.fence, &done.output, done.ended_at)?;
+        return Ok(if cancelled {
+            Applied::Cancelled
+        } else {
+            Applied::Stale
+        });
+    };
+    let queue: String = row.get(0);
+    tally.count(&queue, done.ended_at, done.state);
+    if done.state == JobState::Finished {
+        // Recount the unfinished parents of the jobs waiting for this one; those that reach 0
+        // are due from now, not from when they were published.
+        let freed = tx.query_typed(
+            &q("UPDATE @.jobs j SET blocked_by = c.unfinished,
+                    run_at = CASE WHEN c.unfinished = 0 AND NOT j.due AND j.state = 'READY'
+                                  AND j.run_at < $2 THEN $2 ELSE j.run_at END
+                FROM (SELECT d.job_id, count(p.id) FILTER (WHERE p.state <> 'FINISHED')::integer
+                             AS unfinished
+                      FROM @.dependencies d LEFT JOIN @.jobs p ON p.id = d.after_id
+                      WHERE d.job_id IN (SELECT job_id FROM @.dependencies WHERE after_id = $1)
+                      GROUP BY d.job_id) c
+                WHERE j.id = c.job_id AND j.blocked_by > 0
+                RETURNING j.queue, c.unfinished"),
+            &[(&done.id, Type::INT8), (&done.ended_at, Type::INT8)],
+        )?;
+        let mut queues: Vec<String> = freed
+            .iter()
+            .filter(|row| row.get::<_, i32>(1) == 0)
+            .map(|row| row.get(0))
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        if !queues.is_empty() {
+            let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+            notify_queues(tx, schema, &queues)?;
+        }
+    }
+    if let Some((kind, reason)) = &done.notice {
+        tx.query_typed(
+            &q("INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6)"),
+            &[
+                (&queue, Type::TEXT),
+                (&done.id, Type::INT8),
+                (&kind.as_str(), Type::TEXT),
+                (reason, Type::TEXT),
+                (&done.output, Type::BYTEA),
+                (&done.ended_at, Type::INT8),
+            ],
+        )?;
+    }
+    Ok(Applied::Stored)
+}
+
+/// Ends running job `id`, asked to stop by `bgq cancel --kill`, as CANCELLED, if `fence` holds it.
+fn end_cancel(
+    client: &mut impl GenericClient,
+    schema: &str,
+    id: i64,
+    fence: Fence,
+    output: &[u8],
+    now: Millis,
+) -> anyhow::Result<bool> {
+    let attempt = i32::try_from(fence.attempt).unwrap_or(i32::MAX);
+    let changed = client.execute_typed(
+        &in_schema(
+            schema,
+            "UPDATE @.jobs SET state = 'CANCELLED', due = false, cancel_requested = false,
+                    output = $2, state_changed_at = $3
+             WHERE id = $1 AND state = 'PROCESSING' AND cancel_requested
+               AND claimed_run = $4 AND attempts = $5",
+        ),
+        &[
+            (&id, Type::INT8),
+            (&output, Type::BYTEA),
+            (&now, Type::INT8),
+            (&fence.run, Type::INT8),
+            (&attempt, Type::INT4),
+        ],
+    )?;
+    Ok(changed > 0)
+}
+
+/// Writes the counts `tally` holds and empties it.
+fn write_tally_to(tally: &mut Tally, client: &mut impl GenericClient, schema: &str) -> anyhow::Result<()> {
+    let counts = tally.take();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut queues = Vec::new();
+    let mut minutes = Vec::new();
+    let mut columns: [Vec<i64>; 3] = Default::default();
+    for ((queue, minute), values) in counts {
+        queues.push(queue);
+        minutes.push(minute);
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value);
+        }
+    }
+    client.query_typed(
+        &in_schema(
+            schema,
+            "INSERT INTO @.outcomes AS o (queue, minute, finished, temporarily_failed, permanently_failed)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (queue, minute) DO UPDATE SET
+                 finished = o.finished + excluded.finished,
+                 temporarily_failed = o.temporarily_failed + excluded.temporarily_failed,
+                 permanently_failed = o.permanently_failed + excluded.permanently_failed",
+        ),
+        &[
+            (&queues, Type::TEXT_ARRAY),
+            (&minutes, Type::INT8_ARRAY),
+            (&columns[0], Type::INT8_ARRAY),
+            (&columns[1], Type::INT8_ARRAY),
+            (&columns[2], Type::INT8_ARRAY),
+        ],
+    )?;
+    Ok(())
+}
+
+fn prune_outcomes(client: &mut impl GenericClient, schema: &str, queue: &str, now: Millis) -> anyhow::Result<()> {
+    let before = now / 60_000 - OUTCOMES_KEPT_MINUTES;
+    client.execute_typed(
+        &in_schema(schema, "DELETE FROM @.outcomes WHERE queue = $1 AND minute < $2"),
+        &[(&queue, Type::TEXT), (&before, Type::INT8)],
+    )?;
+    Ok(())
+}
+
+/// A filter's conditions, appended to a query that has a WHERE clause, with their values.
+struct Filter {
+    sql: String,
+    states: Vec<String>,
+    queue: Option<String>,
+    callback: Option<String>,
+    identifiers: Vec<String>,
+}
+
+impl Filter {
+    /// Conditions for `filter`, its parameters numbered from `$first`.
+    fn new(filter: &ListFilter, first: usize) -> Filter {
+        let mut sql = String::new();
+        let mut next = first;
+        let mut add = |sql: &mut String, condition: &str| {
+            sql.push_str(&condition.replace('#', &format!("${next}")));
+            next += 1;
+        };
+        // Every parameter is always sent (NULL or empty when unused), so the list is fixed.
+        if !filter.states.is_empty() {
+            add(&mut sql, " AND state = ANY (#)");
+        } else {
+            add(&mut sql, " AND cardinality(#::text[]) >= 0");
+        }
+        add(&mut sql, " AND (#::text IS NULL OR queue = #::text)");
+        add(&mut sql, " AND (#::text IS NULL OR callback = #::text)");
+        if !filter.identifiers.is_empty() {
+            add(&mut sql, " AND identifier = ANY (#)");
+        } else {
+            add(&mut sql, " AND cardinality(#::text[]) >= 0");
+        }
+        Filter {
+            sql,
+            states: filter.states.iter().map(|state| state.as_str().to_owned()).collect(),
+            queue: filter.queue.clone(),
+            callback: filter.callback.clone(),
+            identifiers: filter.identifiers.clone(),
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            (&self.states, Type::TEXT_ARRAY),
+            (&self.queue, Type::TEXT),
+            (&self.callback, Type::TEXT),
+            (&self.identifiers, Type::TEXT_ARRAY),
+        ]
+    }
+}
+
+impl Store for PostgresStore {
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn spans_hosts(&self) -> bool {
+        true
+    }
+
+    fn keep_alive(&mut self, run: i64, on_lost: Box<dyn FnOnce(String) + Send>) -> anyhow::Result<()> {
+        let session = session::Session::start(&self.target, run, on_lost);
+        let session = self.in_database(|| format!("start the session of run {run}"), session)?;
+        self.session = Some(session);
+        Ok(())
+    }
+
+    fn on_change(&self, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
+        // Set by the listener's thread, read by `changed_elsewhere`.
+        let flag = Arc::clone(&self.notified);
+        wake::listen(
+            &self.target,
+            Box::new(move || {
+                flag.store(true, Ordering::SeqCst);
+                wake()
+            }),
+        )?;
+        self.listening.set(true);
+        Ok(())
+    }
+
+    fn publish_with(&mut self, jobs: &[NewJob], schedule: &Schedule, now: Millis) -> anyhow::Result<Published> {
+        let result = self.publish_inner(jobs, schedule, now);
+        self.in_database(
+            || match jobs.len() {
+                1 => "store the job".to_owned(),
+                count => format!("store {count} jobs"),
+            },
+            result,
+        )
+    }
+
+    fn begin_run(&mut self, queue: &str, runner: &ProcessRecord, now: Millis, watch: bool) -> anyhow::Result<i64> {
+        let schema = self.schema.clone();
+        let host_id = self.fleet.host_id.clone();
+        let result = (|| -> anyhow::Result<i64> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let started = i64::try_from(runner.started).unwrap_or(i64::MAX);
+            let run: i64 = tx
+                .query_typed_one(
+                    &in_schema(
+                        &schema,
+                        "INSERT INTO @.runs (queue, host_id, pid, pid_started, boot_id, started_at, watch)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    ),
+                    &[
+                        (&queue, Type::TEXT),
+                        (&host_id, Type::TEXT),
+                        (&runner.pid, Type::INT4),
+                        (&started, Type::INT8),
+                        (&runner.boot_id, Type::TEXT),
+                        (&now, Type::INT8),
+                        (&watch, Type::BOOL),
+                    ],
+                )?
+                .get(0);
+            // Keep the last hundred runs of a queue, and every run that still has a job.
+            tx.execute_typed(
+                &in_schema(
+                    &schema,
+                    "DELETE FROM @.runs r WHERE r.queue = $1 AND r.id <= $2 - 100
+                       AND NOT EXISTS (SELECT 1 FROM @.jobs j
+                                       WHERE j.state = 'PROCESSING' AND j.claimed_run = r.id)",
+                ),
+                &[(&queue, Type::TEXT), (&run, Type::INT8)],
+            )?;
+            prune_outcomes(&mut tx, &schema, queue, now)?;
+            tx.commit()?;
+            Ok(run)
+        })();
+        self.in_database(|| format!("record the start of a run of queue `{queue}`"), result)
+    }
+
+    fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
+        let schema = self.schema.clone();
+        let result = prune_outcomes(&mut *self.reader(), &schema, queue, now);
+        self.in_database(|| format!("prune the outcome counts of queue `{queue}`"), result)
+    }
+
+    fn end_run(&mut self, run: i64, now: Millis, jobs: u64, failed: u64, error: Option<&str>) -> anyhow::Result<()> {
+        let sql = self.sql("UPDATE @.runs SET finished_at = $2, jobs = $3, failed = $4, error = $5 WHERE id = $1");
+        let jobs = i64::try_from(jobs).unwrap_or(i64::MAX);
+        let failed = i64::try_from(failed).unwrap_or(i64::MAX);
+        let result = self
+            .reader()
+            .execute_typed(
+                &sql,
+                &[
+                    (&run, Type::INT8),
+                    (&now, Type::INT8),
+                    (&jobs, Type::INT8),
+                    (&failed, Type::INT8),
+                    (&error, Type::TEXT),
+                ],
+            )
+            .map(|_| ())
+            .map_err(anyhow::Error::from);
+        if let Some(session) = self.session.take() {
+            session.end();
+        }
+        self.in_database(|| format!("record the end of run {run}"), result)
+    }
+
+    fn orphans(&mut self, queue: &str) -> anyhow::Result<Vec<Orphan>> {
+        let sql = self.sql(
+            "SELECT j.id, j.callback, j.attempts, j.notified, j.cancel_requested,
+                    r.pid, r.pid_started, r.boot_id, j.claimed_run, r.host_id, s.held, s.silent_ms
+             FROM @.jobs j LEFT JOIN @.runs r ON r.id = j.claimed_run
+                  LEFT JOIN LATERAL @.run_session(r.id) s ON r.id IS NOT NULL
+             WHERE j.queue = $1 AND j.state = 'PROCESSING' ORDER BY j.id",
+        );
+        let result = (|| -> anyhow::Result<Vec<Orphan>> {
+            let rows = self.reader().query_typed(&sql, &[(&queue, Type::TEXT)])?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let attempts = read_u32(row, 2);
+                    let claimed_by = read_process(row, 5);
+                    let session = read_session(row, 9);
+                    Orphan {
+                        id: row.get(0),
+                        callback: row.get(1),
+                        attempts,
+                        notified: row.get(3),
+                        cancel_requested: row.get(4),
+                        liveness: self.liveness_of(claimed_by.as_ref(), session.as_ref()),
+                        here: session.as_ref().is_some_and(|session| self.fleet.is_here(session)),
+                        claimed_by,
+                        fence: Fence {
+                            run: row.get(8),
+                            attempt: attempts,
+                        },
+                    }
+                })
+                .collect())
+        })();
+        self.in_database(|| format!("look for jobs of queue `{queue}` left running"), result)
+    }
+
+    fn promote_due(&mut self, queue: &str, started_by: Option<i64>, now: Millis) -> anyhow::Result<usize> {
+        let sql = self.sql(
+            "UPDATE @.jobs SET due = true
+             WHERE queue = $1 AND NOT due AND blocked_by = 0
+               AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
+               AND run_at <= $3 AND claimed_run < $2",
+        );
+        let started_by = started_by.unwrap_or(i64::MAX);
+        let result = self
+            .reader()
+            .execute_typed(&sql, &[(&queue, Type::TEXT), (&started_by, Type::INT8), (&now, Type::INT8)])
+            .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("look for due jobs of queue `{queue}`"), result)
+    }
+
+    fn changed_elsewhere(&mut self) -> anyhow::Result<bool> {
+        // Without a listener, every look may find something.
+        Ok(!self.listening.get() || self.notified.swap(false, Ordering::SeqCst))
+    }
+
+    fn settle_and_claim(
+        &mut self,
+        done: &[Completion],
+        claim: &ClaimRequest<'_>,
+        tally: &mut Tally,
+        write_tally: bool,
+    ) -> anyhow::Result<Settled> {
+        let schema = self.schema.clone();
+        let result = (|| -> anyhow::Result<Settled> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let mut failed = 0;
+            let mut stale = Vec::new();
+            for completion in done {
+                match complete(&mut tx, &schema, completion, tally)? {
+                    Applied::Stored
+                        if matches!(completion.state, JobState::TemporarilyFailed | JobState::PermanentlyFailed) =>
+                    {
+                        failed += 1;
+                    }
+                    Applied::Stale => stale.push((completion.id, completion.fence)),
+                    Applied::Stored | Applied::Cancelled => {}
+                }
+            }
+            if write_tally {
+                write_tally_to(tally, &mut tx, &schema)?;
+            }
+            let claimed = if claim.limit > 0 && claim.callbacks.iter().any(|(_, left)| *left > 0) {
+                Self::claim_in(&mut tx, &schema, claim)?
+            } else {
+                Vec::new()
+            };
+            tx.commit()?;
+            Ok(Settled { claimed, failed, stale })
+        })();
+        self.in_database(|| format!("store outcomes and claim jobs of queue `{}`", claim.queue), result)
+    }
+
+    fn due_callbacks_not_in(&self, queue: &str, known: &[&str]) -> anyhow::Result<Vec<(String, i64)>> {
+        let sql = self.sql(
+            "SELECT callback, count(*) FROM @.jobs
+             WHERE queue = $1 AND due AND blocked_by = 0 AND callback <> ALL ($2)
+             GROUP BY callback ORDER BY callback",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&queue, Type::TEXT), (&known, Type::TEXT_ARRAY)])
+            .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("count due jobs of queue `{queue}`"), result)
+    }
+
+    fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize> {
+        let sql = self.sql(
+            "UPDATE @.jobs SET run_at = run_at - $2
+             WHERE queue = $1 AND NOT due AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')",
+        );
+        let result = self
+            .reader()
+            .execute_typed(&sql, &[(&queue, Type::TEXT), (&by, Type::INT8)])
+            .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("move the due times of queue `{queue}`"), result)
+    }
+
+    fn complete(&mut self, done: &Completion) -> anyhow::Result<Applied> {
+        let schema = self.schema.clone();
+        let result = (|| -> anyhow::Result<Applied> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let mut tally = Tally::default();
+            let applied = complete(&mut tx, &schema, done, &mut tally)?;
+            write_tally_to(&mut tally, &mut tx, &schema)?;
+            tx.commit()?;
+            Ok(applied)
+        })();
+        self.in_database(|| format!("store the outcome of job {}", done.id), result)
+    }
+
+    fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
+        let schema = self.schema.clone();
+        let result = write_tally_to(tally, &mut *self.reader(), &schema);
+        self.in_database(|| "store outcome counts".to_owned(), result)
+    }
+
+    fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+        let conditions = Filter::new(filter, 1);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = self.sql(&format!(
+            "SELECT {RECORD_COLUMNS} FROM @.jobs WHERE true {} ORDER BY id DESC LIMIT $5",
+            conditions.sql
+        ));
+        let mut params = conditions.params();
+        params.push((&limit, Type::INT8));
+        let result = (|| -> anyhow::Result<Vec<JobRecord>> {
+            let rows = self.reader().query_typed(&sql, &params)?;
+            rows.iter().map(|row| read_record_at(row, 0)).collect()
+        })();
+        self.in_database(|| "list jobs".to_owned(), result)
+    }
+
+    fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
+        let sql = self.sql(&format!("SELECT {RECORD_COLUMNS} FROM @.jobs WHERE id = $1"));
+        let result = (|| -> anyhow::Result<Option<JobRecord>> {
+            let row = self.reader().query_typed_opt(&sql, &[(&id, Type::INT8)])?;
+            row.map(|row| read_record_at(&row, 0)).transpose()
+        })();
+        self.in_database(|| format!("read job {id}"), result)
+    }
+
+    fn state_of(&self, id: i64) -> anyhow::Result<Option<JobState>> {
+        let sql = self.sql("SELECT state FROM @.jobs WHERE id = $1");
+        let result = (|| -> anyhow::Result<Option<JobState>> {
+            let row = self.reader().query_typed_opt(&sql, &[(&id, Type::INT8)])?;
+            row.map(|row| parse_state(row.get(0))).transpose()
+        })();
+        self.in_database(|| format!("read job {id}"), result)
+    }
+
+    fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>> {
+        let sql = self.sql(
+            "SELECT id FROM @.jobs
+             WHERE queue = $1 AND state = 'PROCESSING' AND claimed_run = $2 AND cancel_requested",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&queue, Type::TEXT), (&run, Type::INT8)])
+            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("look for cancel requests of run {run}"), result)
+    }
+
+    fn end_cancel(&mut self, id: i64, fence: Fence, output: &[u8], now: Millis) -> anyhow::Result<bool> {
+        let schema = self.schema.clone();
+        let result = end_cancel(&mut *self.reader(), &schema, id, fence, output, now);
+        self.in_database(|| format!("cancel job {id}"), result)
+    }
+
+    fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>> {
+        let conditions = Filter::new(filter, 1);
+        let sql = self.sql(&format!(
+            "SELECT DISTINCT identifier FROM @.jobs
+             WHERE identifier IS NOT NULL AND state <> 'FINISHED' {} ORDER BY identifier",
+            conditions.sql
+        ));
+        let result = self
+            .reader()
+            .query_typed(&sql, &conditions.params())
+            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "list unfinished identifiers".to_owned(), result)
+    }
+
+    fn clear_batch(&mut self, cutoff: Millis, after: i64, batch: usize) -> anyhow::Result<(usize, Option<i64>)> {
+        let schema = self.schema.clone();
+        let result = (|| -> anyhow::Result<(usize, Option<i64>)> {
+            let offset = i64::try_from(batch.saturating_sub(1)).unwrap_or(0);
+            let upper: Option<i64> = self
+                .reader()
+                .query_typed_opt(
+                    &in_schema(
+                        &schema,
+                        "SELECT id FROM @.jobs WHERE state = 'FINISHED' AND id > $1
+                         ORDER BY id LIMIT 1 OFFSET $2",
+                    ),
+                    &[(&after, Type::INT8), (&offset, Type::INT8)],
+                )?
+                .map(|row| row.get(0));
+            let upper_id = upper.unwrap_or(i64::MAX);
+            let mut tx = self.client.get_mut().transaction()?;
+            let deleted = tx.query_typed(
+                &in_schema(
+                    &schema,
+                    "WITH gone AS (
+                         DELETE FROM @.jobs
+                         WHERE state = 'FINISHED' AND id > $2 AND id <= $3 AND finished_at < $1
+                         RETURNING id),
+                     deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone))
+                     SELECT count(*), max(id) FROM gone",
+                ),
+                &[(&cutoff, Type::INT8), (&after, Type::INT8), (&upper_id, Type::INT8)],
+            )?;
+            let count = deleted.first().map_or(0, |row| read_count(row, 0));
+            let highest: Option<i64> = deleted.first().and_then(|row| row.get(1));
+            if let Some(highest) = highest {
+                tx.execute_typed(
+                    &in_schema(
+                        &schema,
+                        "UPDATE @.meta SET value = greatest(value::bigint, $1)::text
+                         WHERE key = 'cleared_up_to'",
+                    ),
+                    &[(&highest, Type::INT8)],
+                )?;
+            }
+            tx.commit()?;
+            Ok((usize::try_from(count).unwrap_or(usize::MAX), upper))
+        })();
+        self.in_database(|| "delete finished jobs".to_owned(), result)
+    }
+
+    fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
+        let sql = self.sql(&format!(
+            "SELECT {RECORD_COLUMNS}, payload, params_json::text, output, notified, claimed_run,
+                    cancel_requested
+             FROM @.jobs WHERE id = $1"
+        ));
+        let result = (|| -> anyhow::Result<Option<JobDetail>> {
+            let Some(row) = self.reader().query_typed_opt(&sql, &[(&id, Type::INT8)])? else {
+                return Ok(None);
+            };
+            let output: Option<Vec<u8>> = row.get(16);
+            Ok(Some(JobDetail {
+                record: read_record_at(&row, 0)?,
+                payload: stored_payload(row.get(14), row.get(15)).and_then(StoredPayload::new),
+                output: output.unwrap_or_default(),
+                notified: row.get(17),
+                claimed_run: row.get(18),
+                cancel_requested: row.get(19),
+                after: self.after(id)?,
+            }))
+        })();
+        self.in_database(|| format!("read job {id}"), result)
+    }
+
+    fn serial_group_facts(&self, group: &str, id: i64, blocking: &[&str]) -> anyhow::Result<GroupFacts> {
+        let sql = self.sql(
+            "SELECT
+                 (SELECT o.id FROM @.jobs o WHERE o.serial_group = $1 AND o.id < $2
+                    AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                  ORDER BY o.id LIMIT 1),
+                 (SELECT o.state FROM @.jobs o WHERE o.serial_group = $1 AND o.id < $2
+                    AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                  ORDER BY o.id LIMIT 1),
+                 (SELECT o.id FROM @.jobs o WHERE o.serial_group = $1 AND o.id <> $2
+                    AND o.state = 'PROCESSING' ORDER BY o.id LIMIT 1),
+                 (SELECT f.id FROM @.jobs f WHERE f.serial_group = $1 AND f.state = 'PERMANENTLY_FAILED'
+                    AND f.callback = ANY ($3) AND f.id < $2 ORDER BY f.id LIMIT 1)",
+        );
+        let result = (|| -> anyhow::Result<GroupFacts> {
+            let row = self.reader().query_typed_one(
+                &sql,
+                &[(&group, Type::TEXT), (&id, Type::INT8), (&blocking, Type::TEXT_ARRAY)],
+            )?;
+            let older: Option<i64> = row.get(0);
+            let older_state: Option<&str> = row.get(1);
+            let older_unfinished = match (older, older_state) {
+                (Some(id), Some(state)) => Some((id, parse_state(state)?)),
+                _ => None,
+            };
+            Ok(GroupFacts {
+                older_unfinished,
+                running: row.get(2),
+                failed_blocking: row.get(3),
+            })
+        })();
+        self.in_database(|| format!("read serial group `{group}`"), result)
+    }
+
+    fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
+        let sql = self.sql(
+            "SELECT d.after_id, p.state FROM @.dependencies d LEFT JOIN @.jobs p ON p.id = d.after_id
+             WHERE d.job_id = $1 ORDER BY d.after_id",
+        );
+        let result = (|| -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
+            let rows = self.reader().query_typed(&sql, &[(&id, Type::INT8)])?;
+            rows.iter()
+                .map(|row| {
+                    let state: Option<&str> = row.get(1);
+                    Ok((row.get(0), state.map(parse_state).transpose()?))
+                })
+                .collect()
+        })();
+        self.in_database(|| format!("read the --after jobs of job {id}"), result)
+    }
+
+    fn run(&self, run: i64) -> anyhow::Result<Option<RunInfo>> {
+        let result = self
+            .reader_self()
+            .runs_where("r.id = $1", &[(&run, Type::INT8)])
+            .map(|runs| runs.into_iter().next());
+        self.in_database(|| format!("read run {run}"), result)
+    }
+
+    fn last_run(&self, queue: &str) -> anyhow::Result<Option<RunInfo>> {
+        let result = self
+            .reader_self()
+            .runs_where(
+                "r.id = (SELECT max(id) FROM @.runs WHERE queue = $1)",
+                &[(&queue, Type::TEXT)],
+            )
+            .map(|runs| runs.into_iter().next());
+        self.in_database(|| format!("read the last run of queue `{queue}`"), result)
+    }
+
+    fn last_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
+        let result = self.reader_self().runs_where(
+            "r.id IN (SELECT max(id) FROM @.runs GROUP BY queue) ORDER BY r.queue",
+            &[],
+        );
+        self.in_database(|| "read the last runs".to_owned(), result)
+    }
+
+    fn state_counts(&self) -> anyhow::Result<Vec<(String, JobState, u64)>> {
+        let sql = self.sql("SELECT queue, state, count(*) FROM @.jobs GROUP BY queue, state");
+        let result = (|| -> anyhow::Result<Vec<(String, JobState, u64)>> {
+            let rows = self.reader().query_typed(&sql, &[])?;
+            rows.iter()
+                .map(|row| Ok((row.get(0), parse_state(row.get(1))?, read_count(row, 2))))
+                .collect()
+        })();
+        self.in_database(|| "count jobs".to_owned(), result)
+    }
+
+    fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
+        let sql = self.sql(
+            "SELECT DISTINCT ON (queue) queue, id, run_at,
+                    count(*) OVER (PARTITION BY queue)
+             FROM @.jobs
+             WHERE state <> 'FINISHED' AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
+               AND run_at <= $1 AND blocked_by = 0
+             ORDER BY queue, run_at, id",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&now, Type::INT8)])
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| DueJobs {
+                        queue: row.get(0),
+                        oldest: row.get(1),
+                        since: row.get(2),
+                        count: read_count(row, 3),
+                    })
+                    .collect()
+            })
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "count due jobs".to_owned(), result)
+    }
+
+    fn outcomes_since(&self, since: Millis) -> anyhow::Result<Vec<(String, [u64; 3])>> {
+        let sql = self.sql(
+            "SELECT queue, sum(finished)::bigint, sum(temporarily_failed)::bigint,
+                    sum(permanently_failed)::bigint
+             FROM @.outcomes WHERE minute >= $1 GROUP BY queue ORDER BY queue",
+        );
+        let minute = since / 60_000;
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&minute, Type::INT8)])
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| (row.get(0), [read_count(row, 1), read_count(row, 2), read_count(row, 3)]))
+                    .collect()
+            })
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "count outcomes".to_owned(), result)
+    }
+
+    fn waiting_callbacks_not_in(&self, known: &[&str]) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let sql = self.sql(
+            "SELECT queue, callback, count(*) FROM @.jobs
+             WHERE state <> 'FINISHED'
+               AND state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+               AND callback <> ALL ($1)
+             GROUP BY queue, callback ORDER BY queue, callback",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&known, Type::TEXT_ARRAY)])
+            .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1), read_count(row, 2))).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "count jobs of unknown callbacks".to_owned(), result)
+    }
+
+    fn change(
+        &mut self,
+        selection: &Selection<'_>,
+        change: &Change,
+        dry_run: bool,
+        decide: &mut dyn FnMut(&JobBrief) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Vec<(JobBrief, bool)>> {
+        let schema = self.schema.clone();
+        let identity = self.identity.clone();
+        let result = (|| -> anyhow::Result<Vec<(JobBrief, bool)>> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let briefs = select_briefs(&mut tx, &schema, selection, &identity)?;
+            let mut decided = Vec::with_capacity(briefs.len());
+            for brief in briefs {
+                let apply = decide(&brief)?;
+                decided.push((brief, apply));
+            }
+            if dry_run {
+                return Ok(decided);
+            }
+            let ids: Vec<i64> = decided.iter().filter(|(_, apply)| *apply).map(|(brief, _)| brief.id).collect();
+            if !ids.is_empty() {
+                apply_change(&mut tx, &schema, &ids, change)?;
+                if matches!(change, Change::Retry { .. }) {
+                    let mut queues: Vec<&str> = decided
+                        .iter()
+                        .filter(|(_, apply)| *apply)
+                        .map(|(brief, _)| brief.queue.as_str())
+                        .collect();
+                    queues.sort_unstable();
+                    queues.dedup();
+                    notify_queues(&mut tx, &schema, &queues)?;
+                }
+            }
+            tx.commit()?;
+            Ok(decided)
+        })();
+        let what = || match change {
+            Change::Retry { .. } => "retry jobs".to_owned(),
+            Change::Cancel { .. } => "cancel jobs".to_owned(),
+        };
+        self.in_database(what, result)
+    }
+
+    fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
+        let sql = self.sql(
+            "SELECT id, job_id, kind, reason, output FROM @.notices WHERE queue = $1 ORDER BY id",
+        );
+        let result = (|| -> anyhow::Result<Vec<PendingNotice>> {
+            let rows = self.reader().query_typed(&sql, &[(&queue, Type::TEXT)])?;
+            let mut notices = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let kind: &str = row.get(2);
+                let output: Option<Vec<u8>> = row.get(4);
+                let job_id: i64 = row.get(1);
+                notices.push(PendingNotice {
+                    id: row.get(0),
+                    job_id,
+                    kind: kind.parse().unwrap_or(NoticeKind::Failed),
+                    reason: row.get(3),
+                    output: output.unwrap_or_default(),
+                    job: self.record(job_id)?,
+                });
+            }
+            Ok(notices)
+        })();
+        self.in_database(|| format!("read the notices of queue `{queue}`"), result)
+    }
+
+    fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()> {
+        let sql = self.sql("DELETE FROM @.notices WHERE id = ANY ($1)");
+        let result = self
+            .reader()
+            .execute_typed(&sql, &[(&ids, Type::INT8_ARRAY)])
+            .map(|_| ())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "delete sent notices".to_owned(), result)
+    }
+}
+
+/// The jobs of `selection`, oldest first, locked for the change; an unknown id is a usage error.
+fn select_briefs(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    selection: &Selection<'_>,
+    identity: &str,
+) -> anyhow::Result<Vec<JobBrief>> {
+    let columns = "id, queue, callback, state,
+        coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at),
+        claimed_run, cancel_requested, attempts";
+    let read = |row: &Row| -> anyhow::Result<JobBrief> {
+        Ok(JobBrief {
+            id: row.get(0),
+            queue: row.get(1),
+            callback: row.get(2),
+            state: parse_state(row.get(3))?,
+            state_changed_at: row.get(4),
+            claimed_run: row.get(5),
+            cancel_requested: row.get(6),
+            attempts: read_u32(row, 7),
+        })
+    };
+    let rows = match selection {
+        Selection::Ids(ids) => {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            let rows = tx.query_typed(
+                &in_schema(schema, &format!("SELECT {columns} FROM @.jobs WHERE id = ANY ($1) ORDER BY id FOR UPDATE")),
+                &[(&ids, Type::INT8_ARRAY)],
+            )?;
+            if let Some(missing) = ids.iter().find(|id| !rows.iter().any(|row| row.get::<_, i64>(0) == **id)) {
+                return Err(crate::error::usage(format!("no job {missing} in {identity}")));
+            }
+            rows
+        }
+        Selection::Matching { states, queue, callback } => {
+            let filter = ListFilter {
+                states: states.to_vec(),
+                queue: queue.map(str::to_owned),
+                callback: callback.map(str::to_owned),
+                identifiers: Vec::new(),
+            };
+            let conditions = Filter::new(&filter, 1);
+            let sql = in_schema(
+                schema,
+                &format!("SELECT {columns} FROM @.jobs WHERE true {} ORDER BY id FOR UPDATE", conditions.sql),
+            );
+            tx.query_typed(&sql, &conditions.params())?
+        }
+    };
+    rows.iter().map(read).collect()
+}
+
+/// Applies `change` to the jobs `ids`.
+fn apply_change(tx: &mut postgres::Transaction<'_>, schema: &str, ids: &[i64], change: &Change) -> anyhow::Result<()> {
+    match change {
+        Change::Retry { now, payload } => {
+            // Due now, through promotion (see the SQLite backend): one run starts a job once.
+            tx.execute_typed(
+                &in_schema(
+                    schema,
+                    "UPDATE @.jobs SET state = 'READY', attempts = 0, notified = false, run_at = $2,
+                            due = false, state_changed_at = $2, cancel_requested = false,
+                            payload = coalesce($3, payload),
+                            params_json = CASE WHEN $3 IS NULL THEN params_json END
+                     WHERE id = ANY ($1)",
+                ),
+                &[(&ids, Type::INT8_ARRAY), (now, Type::INT8), (payload, Type::BYTEA)],
+            )?;
+        }
+        Change::Cancel { now } => {
+            tx.execute_typed(
+                &in_schema(
+                    schema,
+                    "UPDATE @.jobs SET cancel_requested = (state = 'PROCESSING'),
+                            state = CASE state WHEN 'PROCESSING' THEN state ELSE 'CANCELLED' END,
+                            due = false,
+                            state_changed_at = CASE state WHEN 'PROCESSING' THEN state_changed_at
+                                                          ELSE $2 END
+                     WHERE id = ANY ($1)",
+                ),
+                &[(&ids, Type::INT8_ARRAY), (now, Type::INT8)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! PostgreSQL's own tests, and the conformance suite run against a throwaway schema.
