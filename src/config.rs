@@ -396,8 +396,10 @@ impl<'de> Deserialize<'de> for HostId {
 
 /// What is wrong with `name` as a host id, if anything.
 fn host_id_problem(name: &str) -> Option<String> {
-    (name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c.is_control()))
-        .then(|| format!("must be 1 to 200 printable characters without spaces, got {name:?}"))
+    (name.is_empty()
+        || name.len() > 200
+        || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+    .then(|| format!("must be 1 to 200 printable characters without spaces, got {name:?}"))
 }
 
 /// The environment variable that overrides `host_id`.
@@ -418,8 +420,15 @@ fn host_id(configured: Option<String>) -> anyhow::Result<String> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_default();
-    let hostname = if hostname.is_empty() { "localhost".to_owned() } else { hostname };
-    Ok(format!("{hostname}/{}", crate::coord::process_group::boot_id()))
+    let hostname = if hostname.is_empty() {
+        "localhost".to_owned()
+    } else {
+        hostname
+    };
+    Ok(format!(
+        "{hostname}/{}",
+        crate::coord::process_group::boot_id()
+    ))
 }
 
 /// Where the queue is kept: the `database` setting, resolved.
@@ -483,7 +492,9 @@ pub fn redact_password(conninfo: &str) -> String {
             .map_or((conninfo, None), |(a, b)| (a, Some(b)));
         let mut redacted = match before_query.split_once("://") {
             Some((scheme, rest)) => {
-                let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+                let (authority, path) = rest
+                    .split_once('/')
+                    .map_or((rest, None), |(a, p)| (a, Some(p)));
                 let authority = match authority.rsplit_once('@') {
                     Some((user, hosts)) => match user.split_once(':') {
                         Some((name, _)) => format!("{name}:***@{hosts}"),
@@ -517,7 +528,10 @@ pub fn redact_password(conninfo: &str) -> String {
         while let Some(at) = find_keyword(rest, "password") {
             out.push_str(&rest[..at]);
             out.push_str("password=***");
-            let value = rest[at..].split_once('=').map_or("", |(_, v)| v).trim_start();
+            let value = rest[at..]
+                .split_once('=')
+                .map_or("", |(_, v)| v)
+                .trim_start();
             rest = skip_conninfo_value(value);
         }
         out.push_str(rest);

@@ -58,9 +58,7 @@ fn explain(
             ));
         }
         JobState::Processing => {
-            let runner_alive = store
-                .run(detail.claimed_run)?
-                .is_some_and(|run| run.alive);
+            let runner_alive = store.run(detail.claimed_run)?.is_some_and(|run| run.alive);
             return Ok(if runner_alive && detail.cancel_requested {
                 "is being cancelled: `bgq cancel --kill` asked its `process` run to stop its callback; it becomes CANCELLED once that has ended (FINISHED if the callback exits 0)".to_owned()
             } else if runner_alive {
@@ -155,12 +153,7 @@ fn explain(
 
 /// Why a due job has not run yet: cron, a busy run, or nothing (it runs next time). `queue` is
 /// the queue's name as shown.
-fn due(
-    last: Option<RunInfo>,
-    claimed_run: i64,
-    queue: &str,
-    now: Millis,
-) -> String {
+fn due(last: Option<RunInfo>, claimed_run: i64, queue: &str, now: Millis) -> String {
     let Some(run) = last else {
         return format!("is due, but no `process` has run for queue `{queue}` yet");
     };

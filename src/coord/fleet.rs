@@ -36,7 +36,11 @@ pub struct Fleet {
 impl Fleet {
     /// What is known of the run recorded as `runner` with `session` (`None`: its record was
     /// pruned, a hundred runs ago).
-    pub fn liveness(&self, runner: Option<&ProcessRecord>, session: Option<&SessionFacts>) -> Liveness {
+    pub fn liveness(
+        &self,
+        runner: Option<&ProcessRecord>,
+        session: Option<&SessionFacts>,
+    ) -> Liveness {
         let Some(session) = session else {
             return Liveness::Dead;
         };
@@ -48,9 +52,7 @@ impl Fleet {
         }
         match runner {
             // Same host and boot: /proc is certain, and a zombie is dead.
-            Some(runner)
-                if self.is_here(session) && runner.boot_id == process_group::boot_id() =>
-            {
+            Some(runner) if self.is_here(session) && runner.boot_id == process_group::boot_id() => {
                 if process_group::is_alive(runner) {
                     Liveness::Alive
                 } else {
@@ -94,13 +96,28 @@ mod tests {
             ..me.clone()
         };
         // A stopped run (SIGSTOP) or one busy for hours: its session holds.
-        assert_eq!(fleet.liveness(Some(&gone), Some(&facts("far", true, 3_600_000))), Liveness::Alive);
+        assert_eq!(
+            fleet.liveness(Some(&gone), Some(&facts("far", true, 3_600_000))),
+            Liveness::Alive
+        );
         // Another host's session ended a moment ago: maybe a server restart; wait.
-        assert_eq!(fleet.liveness(Some(&gone), Some(&facts("far", false, 2_000))), Liveness::Alive);
-        assert_eq!(fleet.liveness(Some(&gone), Some(&facts("far", false, DEAD_AFTER))), Liveness::Dead);
+        assert_eq!(
+            fleet.liveness(Some(&gone), Some(&facts("far", false, 2_000))),
+            Liveness::Alive
+        );
+        assert_eq!(
+            fleet.liveness(Some(&gone), Some(&facts("far", false, DEAD_AFTER))),
+            Liveness::Dead
+        );
         // This host's: /proc says at once.
-        assert_eq!(fleet.liveness(Some(&gone), Some(&facts("here", false, 500))), Liveness::Dead);
-        assert_eq!(fleet.liveness(Some(&me), Some(&facts("here", false, 500))), Liveness::Alive);
+        assert_eq!(
+            fleet.liveness(Some(&gone), Some(&facts("here", false, 500))),
+            Liveness::Dead
+        );
+        assert_eq!(
+            fleet.liveness(Some(&me), Some(&facts("here", false, 500))),
+            Liveness::Alive
+        );
         assert_eq!(fleet.liveness(None, None), Liveness::Dead);
     }
 }

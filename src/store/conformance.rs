@@ -96,7 +96,6 @@ pub(crate) fn claim(
     run: i64,
     now: Millis,
     callbacks: &[&str],
-    limits: &[],
 ) -> anyhow::Result<Option<ClaimedJob>> {
     let callbacks: Vec<(&str, usize)> = callbacks.iter().map(|name| (*name, usize::MAX)).collect();
     let request = ClaimRequest {

@@ -83,7 +83,9 @@ pub enum Applied {
 pub fn open(database: &Database, durability: Durability) -> anyhow::Result<Box<dyn Store>> {
     match database {
         Database::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path, durability)?)),
-        Database::Postgres(target) => Ok(Box::new(postgres::PostgresStore::open(target, durability)?)),
+        Database::Postgres(target) => {
+            Ok(Box::new(postgres::PostgresStore::open(target, durability)?))
+        }
     }
 }
 

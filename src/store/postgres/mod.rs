@@ -95,7 +95,10 @@ impl PostgresStore {
         }
     }
 
-    fn connect_to(target: &PostgresTarget, durability: Durability) -> anyhow::Result<PostgresStore> {
+    fn connect_to(
+        target: &PostgresTarget,
+        durability: Durability,
+    ) -> anyhow::Result<PostgresStore> {
         let mut client = connect(&target.conninfo, Purpose::Command)?;
         if durability == Durability::Relaxed {
             // A lost commit of a run re-runs a job at worst (the contract's Relaxed). One round
@@ -104,7 +107,12 @@ impl PostgresStore {
                 .batch_execute(&format!(
                     "SET synchronous_commit = off; SET lock_timeout = {LOCK_TIMEOUT_MS}"
                 ))
-                .with_context(|| format!("cannot set up a session with {}", connect::identity(&target.conninfo)))?;
+                .with_context(|| {
+                    format!(
+                        "cannot set up a session with {}",
+                        connect::identity(&target.conninfo)
+                    )
+                })?;
         }
         Ok(PostgresStore {
             client: RefCell::new(client),
@@ -168,11 +176,17 @@ impl PostgresStore {
             &[(&format!("{schema}.migrate"), Type::TEXT)],
         )?;
         let exists: bool = tx
-            .query_typed_one(&format!("SELECT to_regclass('{schema}.meta') IS NOT NULL"), &[])?
+            .query_typed_one(
+                &format!("SELECT to_regclass('{schema}.meta') IS NOT NULL"),
+                &[],
+            )?
             .get(0);
         if exists {
             let value: String = tx
-                .query_typed_one(&in_schema(&schema, "SELECT value FROM @.meta WHERE key = 'version'"), &[])?
+                .query_typed_one(
+                    &in_schema(&schema, "SELECT value FROM @.meta WHERE key = 'version'"),
+                    &[],
+                )?
                 .get(0);
             if value.parse::<i64>().ok() == Some(SCHEMA_VERSION) {
                 return Ok(tx.commit()?);
@@ -186,20 +200,27 @@ impl PostgresStore {
             )?
             .get(0);
         if has_tables {
-            bail!("schema {schema} holds tables that are not bgq's: give bgq a schema of its own (`schema` in the config)");
+            bail!(
+                "schema {schema} holds tables that are not bgq's: give bgq a schema of its own (`schema` in the config)"
+            );
         }
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path = {schema}"
         ))
         .with_context(|| format!("cannot create schema {schema}"))?;
-        tx.batch_execute(SCHEMA).context("cannot create bgq's tables")?;
+        tx.batch_execute(SCHEMA)
+            .context("cannot create bgq's tables")?;
         tx.commit()?;
         Ok(())
     }
 
     /// Adds what bgq was doing, and in which database, to an error (once); an error the user
     /// must fix passes unchanged.
-    fn in_database<T>(&self, what: impl FnOnce() -> String, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    fn in_database<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        result: anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         result.map_err(|err| {
             let users = err.chain().any(|cause| cause.is::<UsageError>());
             if users || err.downcast_ref::<InDatabase>().is_some() {
@@ -226,14 +247,20 @@ impl PostgresStore {
         let mut after = schedule.after.clone();
         after.sort_unstable();
         after.dedup();
-        let mut groups: Vec<&str> = jobs.iter().filter_map(|job| job.serial_group.as_deref()).collect();
+        let mut groups: Vec<&str> = jobs
+            .iter()
+            .filter_map(|job| job.serial_group.as_deref())
+            .collect();
         groups.sort_unstable();
         groups.dedup();
         let mut tx = self.client.get_mut().transaction()?;
         let mut waiting_for = Vec::new();
         if !after.is_empty() {
             let cleared_up_to: i64 = tx
-                .query_typed_one(&q("SELECT value::bigint FROM @.meta WHERE key = 'cleared_up_to'"), &[])?
+                .query_typed_one(
+                    &q("SELECT value::bigint FROM @.meta WHERE key = 'cleared_up_to'"),
+                    &[],
+                )?
                 .get(0);
             // FOR SHARE: a parent cannot finish (and miss unblocking us) between this read and
             // our commit.
@@ -262,8 +289,10 @@ impl PostgresStore {
             // Ids of one serial group are handed out in commit order, so that a claim never
             // sees a younger job of a group before an older one.
             tx.query_typed(
-                &q("SELECT pg_advisory_xact_lock(@.group_lock_space(), hashtext(g))
-                    FROM unnest($1::text[]) g ORDER BY g"),
+                &q(
+                    "SELECT pg_advisory_xact_lock(@.group_lock_space(), hashtext(g))
+                    FROM unnest($1::text[]) g ORDER BY g",
+                ),
                 &[(&groups, Type::TEXT_ARRAY)],
             )?;
         }
@@ -281,10 +310,13 @@ impl PostgresStore {
             let queues: Vec<&str> = chunk.iter().map(|job| job.queue.as_str()).collect();
             let callbacks: Vec<&str> = chunk.iter().map(|job| job.callback.as_str()).collect();
             let payloads: Vec<&[u8]> = chunk.iter().map(|job| job.payload.as_slice()).collect();
-            let groups: Vec<Option<&str>> = chunk.iter().map(|job| job.serial_group.as_deref()).collect();
-            let identifiers: Vec<Option<&str>> = chunk.iter().map(|job| job.identifier.as_deref()).collect();
-            let sql = q(
-                "WITH ins AS (
+            let groups: Vec<Option<&str>> = chunk
+                .iter()
+                .map(|job| job.serial_group.as_deref())
+                .collect();
+            let identifiers: Vec<Option<&str>> =
+                chunk.iter().map(|job| job.identifier.as_deref()).collect();
+            let sql = q("WITH ins AS (
                      INSERT INTO @.jobs (queue, callback, payload, serial_group, identifier,
                                          created_at, run_at, state_changed_at, priority,
                                          blocked_by, is_unique, due)
@@ -294,8 +326,7 @@ impl PostgresStore {
                      ORDER BY n
                      ON CONFLICT DO NOTHING
                      RETURNING id)
-                 SELECT id FROM ins ORDER BY id",
-            );
+                 SELECT id FROM ins ORDER BY id");
             let rows = tx.query_typed(
                 &sql,
                 &[
@@ -350,7 +381,13 @@ impl PostgresStore {
         let left: Vec<i32> = claim
             .callbacks
             .iter()
-            .map(|(_, left)| if *left == usize::MAX { -1 } else { i32::try_from(*left).unwrap_or(i32::MAX) })
+            .map(|(_, left)| {
+                if *left == usize::MAX {
+                    -1
+                } else {
+                    i32::try_from(*left).unwrap_or(i32::MAX)
+                }
+            })
             .collect();
         let fleet_limits: Vec<i32> = claim
             .limits
@@ -359,7 +396,10 @@ impl PostgresStore {
             .collect();
         let limit = i32::try_from(claim.limit).unwrap_or(i32::MAX);
         let rows = tx.query_typed(
-            &in_schema(schema, "SELECT * FROM @.claim($1, $2, $3, $4, $5, $6, $7, $8)"),
+            &in_schema(
+                schema,
+                "SELECT * FROM @.claim($1, $2, $3, $4, $5, $6, $7, $8)",
+            ),
             &[
                 (&claim.queue, Type::TEXT),
                 (&claim.run, Type::INT8),
@@ -380,7 +420,9 @@ impl PostgresStore {
                     queue: row.get(1),
                     callback: row.get(2),
                     payload: stored_payload(row.get(3), row.get(4))
-                        .and_then(|bytes| Payload::from_msgpack(&bytes).map_err(|err| format!("{err:#}")))
+                        .and_then(|bytes| {
+                            Payload::from_msgpack(&bytes).map_err(|err| format!("{err:#}"))
+                        })
                         .map_err(|err| format!("job {id} has unreadable parameters: {err}")),
                     attempts,
                     serial_group: row.get(6),
@@ -396,7 +438,11 @@ impl PostgresStore {
     }
 
     /// The session facts of run `run`, as `run_session()` reports them.
-    fn liveness_of(&self, runner: Option<&ProcessRecord>, facts: Option<&SessionFacts>) -> Liveness {
+    fn liveness_of(
+        &self,
+        runner: Option<&ProcessRecord>,
+        facts: Option<&SessionFacts>,
+    ) -> Liveness {
         self.fleet.liveness(runner, facts)
     }
 }
@@ -419,9 +465,16 @@ fn in_schema(schema: &str, sql: &str) -> String {
 }
 
 /// Wakes the `--watch` runs of `queues` when the transaction commits.
-fn notify_queues(client: &mut impl GenericClient, schema: &str, queues: &[&str]) -> anyhow::Result<()> {
+fn notify_queues(
+    client: &mut impl GenericClient,
+    schema: &str,
+    queues: &[&str],
+) -> anyhow::Result<()> {
     client.query_typed(
-        &in_schema(schema, "SELECT pg_notify(@.wake_channel(), q) FROM unnest($1::text[]) q"),
+        &in_schema(
+            schema,
+            "SELECT pg_notify(@.wake_channel(), q) FROM unnest($1::text[]) q",
+        ),
         &[(&queues, Type::TEXT_ARRAY)],
     )?;
     Ok(())
@@ -448,13 +501,17 @@ fn unfinished_with_identifier(
 
 /// The MessagePack of a job's parameters: as stored, or made from the JSON text that the SQL
 /// function `publish()` stored.
-fn stored_payload(payload: Option<Vec<u8>>, params_json: Option<String>) -> Result<Vec<u8>, String> {
+fn stored_payload(
+    payload: Option<Vec<u8>>,
+    params_json: Option<String>,
+) -> Result<Vec<u8>, String> {
     match (payload, params_json) {
         (Some(payload), _) => Ok(payload),
         (None, Some(text)) => {
             let mut parser = serde_json::Deserializer::from_str(&text);
             parser.disable_recursion_limit();
-            crate::job::json_to_msgpack(&mut parser).map_err(|err| format!("its JSON is invalid: {err}"))
+            crate::job::json_to_msgpack(&mut parser)
+                .map_err(|err| format!("its JSON is invalid: {err}"))
         }
         (None, None) => Err("it has no parameters".to_owned()),
     }
@@ -499,7 +556,8 @@ fn read_record_at(row: &Row, first: usize) -> anyhow::Result<JobRecord> {
 }
 
 /// The columns of a `RunInfo`, then its session facts.
-const RUN_COLUMNS: &str = "r.id, r.queue, r.pid, r.pid_started, r.boot_id, r.started_at, r.finished_at,
+const RUN_COLUMNS: &str =
+    "r.id, r.queue, r.pid, r.pid_started, r.boot_id, r.started_at, r.finished_at,
      r.jobs, r.failed, r.error, r.watch, r.host_id, s.held, s.silent_ms";
 
 /// `RUN_COLUMNS`' FROM clause.
@@ -554,7 +612,9 @@ impl PostgresStore {
     }
 
     fn runs_where(&self, condition: &str, params: &[Param<'_>]) -> anyhow::Result<Vec<RunInfo>> {
-        let sql = self.sql(&format!("SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {condition}"));
+        let sql = self.sql(&format!(
+            "SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {condition}"
+        ));
         let rows = self.reader().query_typed(&sql, params)?;
         rows.iter().map(|row| self.read_run(row)).collect()
     }
@@ -633,8 +693,10 @@ fn complete(
     }
     if let Some((kind, reason)) = &done.notice {
         tx.query_typed(
-            &q("INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6)"),
+            &q(
+                "INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6)",
+            ),
             &[
                 (&queue, Type::TEXT),
                 (&done.id, Type::INT8),
@@ -678,7 +740,11 @@ fn end_cancel(
 }
 
 /// Writes the counts `tally` holds and empties it.
-fn write_tally_to(tally: &mut Tally, client: &mut impl GenericClient, schema: &str) -> anyhow::Result<()> {
+fn write_tally_to(
+    tally: &mut Tally,
+    client: &mut impl GenericClient,
+    schema: &str,
+) -> anyhow::Result<()> {
     let counts = tally.take();
     if counts.is_empty() {
         return Ok(());
@@ -714,10 +780,18 @@ fn write_tally_to(tally: &mut Tally, client: &mut impl GenericClient, schema: &s
     Ok(())
 }
 
-fn prune_outcomes(client: &mut impl GenericClient, schema: &str, queue: &str, now: Millis) -> anyhow::Result<()> {
+fn prune_outcomes(
+    client: &mut impl GenericClient,
+    schema: &str,
+    queue: &str,
+    now: Millis,
+) -> anyhow::Result<()> {
     let before = now / 60_000 - OUTCOMES_KEPT_MINUTES;
     client.execute_typed(
-        &in_schema(schema, "DELETE FROM @.outcomes WHERE queue = $1 AND minute < $2"),
+        &in_schema(
+            schema,
+            "DELETE FROM @.outcomes WHERE queue = $1 AND minute < $2",
+        ),
         &[(&queue, Type::TEXT), (&before, Type::INT8)],
     )?;
     Ok(())
@@ -756,7 +830,11 @@ impl Filter {
         }
         Filter {
             sql,
-            states: filter.states.iter().map(|state| state.as_str().to_owned()).collect(),
+            states: filter
+                .states
+                .iter()
+                .map(|state| state.as_str().to_owned())
+                .collect(),
             queue: filter.queue.clone(),
             callback: filter.callback.clone(),
             identifiers: filter.identifiers.clone(),
@@ -782,7 +860,11 @@ impl Store for PostgresStore {
         true
     }
 
-    fn keep_alive(&mut self, run: i64, on_lost: Box<dyn FnOnce(String) + Send>) -> anyhow::Result<()> {
+    fn keep_alive(
+        &mut self,
+        run: i64,
+        on_lost: Box<dyn FnOnce(String) + Send>,
+    ) -> anyhow::Result<()> {
         let session = session::Session::start(&self.target, run, on_lost);
         let session = self.in_database(|| format!("start the session of run {run}"), session)?;
         self.session = Some(session);
@@ -803,7 +885,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn publish_with(&mut self, jobs: &[NewJob], schedule: &Schedule, now: Millis) -> anyhow::Result<Published> {
+    fn publish_with(
+        &mut self,
+        jobs: &[NewJob],
+        schedule: &Schedule,
+        now: Millis,
+    ) -> anyhow::Result<Published> {
         let result = self.publish_inner(jobs, schedule, now);
         self.in_database(
             || match jobs.len() {
@@ -814,7 +901,13 @@ impl Store for PostgresStore {
         )
     }
 
-    fn begin_run(&mut self, queue: &str, runner: &ProcessRecord, now: Millis, watch: bool) -> anyhow::Result<i64> {
+    fn begin_run(
+        &mut self,
+        queue: &str,
+        runner: &ProcessRecord,
+        now: Millis,
+        watch: bool,
+    ) -> anyhow::Result<i64> {
         let schema = self.schema.clone();
         let host_id = self.fleet.host_id.clone();
         let result = (|| -> anyhow::Result<i64> {
@@ -852,17 +945,32 @@ impl Store for PostgresStore {
             tx.commit()?;
             Ok(run)
         })();
-        self.in_database(|| format!("record the start of a run of queue `{queue}`"), result)
+        self.in_database(
+            || format!("record the start of a run of queue `{queue}`"),
+            result,
+        )
     }
 
     fn prune_outcomes(&mut self, queue: &str, now: Millis) -> anyhow::Result<()> {
         let schema = self.schema.clone();
         let result = prune_outcomes(&mut *self.reader(), &schema, queue, now);
-        self.in_database(|| format!("prune the outcome counts of queue `{queue}`"), result)
+        self.in_database(
+            || format!("prune the outcome counts of queue `{queue}`"),
+            result,
+        )
     }
 
-    fn end_run(&mut self, run: i64, now: Millis, jobs: u64, failed: u64, error: Option<&str>) -> anyhow::Result<()> {
-        let sql = self.sql("UPDATE @.runs SET finished_at = $2, jobs = $3, failed = $4, error = $5 WHERE id = $1");
+    fn end_run(
+        &mut self,
+        run: i64,
+        now: Millis,
+        jobs: u64,
+        failed: u64,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let sql = self.sql(
+            "UPDATE @.runs SET finished_at = $2, jobs = $3, failed = $4, error = $5 WHERE id = $1",
+        );
         let jobs = i64::try_from(jobs).unwrap_or(i64::MAX);
         let failed = i64::try_from(failed).unwrap_or(i64::MAX);
         let result = self
@@ -908,7 +1016,9 @@ impl Store for PostgresStore {
                         notified: row.get(3),
                         cancel_requested: row.get(4),
                         liveness: self.liveness_of(claimed_by.as_ref(), session.as_ref()),
-                        here: session.as_ref().is_some_and(|session| self.fleet.is_here(session)),
+                        here: session
+                            .as_ref()
+                            .is_some_and(|session| self.fleet.is_here(session)),
                         claimed_by,
                         fence: Fence {
                             run: row.get(8),
@@ -918,10 +1028,18 @@ impl Store for PostgresStore {
                 })
                 .collect())
         })();
-        self.in_database(|| format!("look for jobs of queue `{queue}` left running"), result)
+        self.in_database(
+            || format!("look for jobs of queue `{queue}` left running"),
+            result,
+        )
     }
 
-    fn promote_due(&mut self, queue: &str, started_by: Option<i64>, now: Millis) -> anyhow::Result<usize> {
+    fn promote_due(
+        &mut self,
+        queue: &str,
+        started_by: Option<i64>,
+        now: Millis,
+    ) -> anyhow::Result<usize> {
         let sql = self.sql(
             "UPDATE @.jobs SET due = true
              WHERE queue = $1 AND NOT due AND blocked_by = 0
@@ -931,7 +1049,14 @@ impl Store for PostgresStore {
         let started_by = started_by.unwrap_or(i64::MAX);
         let result = self
             .reader()
-            .execute_typed(&sql, &[(&queue, Type::TEXT), (&started_by, Type::INT8), (&now, Type::INT8)])
+            .execute_typed(
+                &sql,
+                &[
+                    (&queue, Type::TEXT),
+                    (&started_by, Type::INT8),
+                    (&now, Type::INT8),
+                ],
+            )
             .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
             .map_err(anyhow::Error::from);
         self.in_database(|| format!("look for due jobs of queue `{queue}`"), result)
@@ -957,7 +1082,10 @@ impl Store for PostgresStore {
             for completion in done {
                 match complete(&mut tx, &schema, completion, tally)? {
                     Applied::Stored
-                        if matches!(completion.state, JobState::TemporarilyFailed | JobState::PermanentlyFailed) =>
+                        if matches!(
+                            completion.state,
+                            JobState::TemporarilyFailed | JobState::PermanentlyFailed
+                        ) =>
                     {
                         failed += 1;
                     }
@@ -974,12 +1102,23 @@ impl Store for PostgresStore {
                 Vec::new()
             };
             tx.commit()?;
-            Ok(Settled { claimed, failed, stale })
+            Ok(Settled {
+                claimed,
+                failed,
+                stale,
+            })
         })();
-        self.in_database(|| format!("store outcomes and claim jobs of queue `{}`", claim.queue), result)
+        self.in_database(
+            || format!("store outcomes and claim jobs of queue `{}`", claim.queue),
+            result,
+        )
     }
 
-    fn due_callbacks_not_in(&self, queue: &str, known: &[&str]) -> anyhow::Result<Vec<(String, i64)>> {
+    fn due_callbacks_not_in(
+        &self,
+        queue: &str,
+        known: &[&str],
+    ) -> anyhow::Result<Vec<(String, i64)>> {
         let sql = self.sql(
             "SELECT callback, count(*) FROM @.jobs
              WHERE queue = $1 AND due AND blocked_by = 0 AND callback <> ALL ($2)
@@ -1042,7 +1181,9 @@ impl Store for PostgresStore {
     }
 
     fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
-        let sql = self.sql(&format!("SELECT {RECORD_COLUMNS} FROM @.jobs WHERE id = $1"));
+        let sql = self.sql(&format!(
+            "SELECT {RECORD_COLUMNS} FROM @.jobs WHERE id = $1"
+        ));
         let result = (|| -> anyhow::Result<Option<JobRecord>> {
             let row = self.reader().query_typed_opt(&sql, &[(&id, Type::INT8)])?;
             row.map(|row| read_record_at(&row, 0)).transpose()
@@ -1072,7 +1213,13 @@ impl Store for PostgresStore {
         self.in_database(|| format!("look for cancel requests of run {run}"), result)
     }
 
-    fn end_cancel(&mut self, id: i64, fence: Fence, output: &[u8], now: Millis) -> anyhow::Result<bool> {
+    fn end_cancel(
+        &mut self,
+        id: i64,
+        fence: Fence,
+        output: &[u8],
+        now: Millis,
+    ) -> anyhow::Result<bool> {
         let schema = self.schema.clone();
         let result = end_cancel(&mut *self.reader(), &schema, id, fence, output, now);
         self.in_database(|| format!("cancel job {id}"), result)
@@ -1093,7 +1240,12 @@ impl Store for PostgresStore {
         self.in_database(|| "list unfinished identifiers".to_owned(), result)
     }
 
-    fn clear_batch(&mut self, cutoff: Millis, after: i64, batch: usize) -> anyhow::Result<(usize, Option<i64>)> {
+    fn clear_batch(
+        &mut self,
+        cutoff: Millis,
+        after: i64,
+        batch: usize,
+    ) -> anyhow::Result<(usize, Option<i64>)> {
         let schema = self.schema.clone();
         let result = (|| -> anyhow::Result<(usize, Option<i64>)> {
             let offset = i64::try_from(batch.saturating_sub(1)).unwrap_or(0);
@@ -1120,7 +1272,11 @@ impl Store for PostgresStore {
                      deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone))
                      SELECT count(*), max(id) FROM gone",
                 ),
-                &[(&cutoff, Type::INT8), (&after, Type::INT8), (&upper_id, Type::INT8)],
+                &[
+                    (&cutoff, Type::INT8),
+                    (&after, Type::INT8),
+                    (&upper_id, Type::INT8),
+                ],
             )?;
             let count = deleted.first().map_or(0, |row| read_count(row, 0));
             let highest: Option<i64> = deleted.first().and_then(|row| row.get(1));
@@ -1164,7 +1320,12 @@ impl Store for PostgresStore {
         self.in_database(|| format!("read job {id}"), result)
     }
 
-    fn serial_group_facts(&self, group: &str, id: i64, blocking: &[&str]) -> anyhow::Result<GroupFacts> {
+    fn serial_group_facts(
+        &self,
+        group: &str,
+        id: i64,
+        blocking: &[&str],
+    ) -> anyhow::Result<GroupFacts> {
         let sql = self.sql(
             "SELECT
                  (SELECT o.id FROM @.jobs o WHERE o.serial_group = $1 AND o.id < $2
@@ -1181,7 +1342,11 @@ impl Store for PostgresStore {
         let result = (|| -> anyhow::Result<GroupFacts> {
             let row = self.reader().query_typed_one(
                 &sql,
-                &[(&group, Type::TEXT), (&id, Type::INT8), (&blocking, Type::TEXT_ARRAY)],
+                &[
+                    (&group, Type::TEXT),
+                    (&id, Type::INT8),
+                    (&blocking, Type::TEXT_ARRAY),
+                ],
             )?;
             let older: Option<i64> = row.get(0);
             let older_state: Option<&str> = row.get(1);
@@ -1291,14 +1456,22 @@ impl Store for PostgresStore {
             .query_typed(&sql, &[(&minute, Type::INT8)])
             .map(|rows| {
                 rows.iter()
-                    .map(|row| (row.get(0), [read_count(row, 1), read_count(row, 2), read_count(row, 3)]))
+                    .map(|row| {
+                        (
+                            row.get(0),
+                            [read_count(row, 1), read_count(row, 2), read_count(row, 3)],
+                        )
+                    })
                     .collect()
             })
             .map_err(anyhow::Error::from);
         self.in_database(|| "count outcomes".to_owned(), result)
     }
 
-    fn waiting_callbacks_not_in(&self, known: &[&str]) -> anyhow::Result<Vec<(String, String, u64)>> {
+    fn waiting_callbacks_not_in(
+        &self,
+        known: &[&str],
+    ) -> anyhow::Result<Vec<(String, String, u64)>> {
         let sql = self.sql(
             "SELECT queue, callback, count(*) FROM @.jobs
              WHERE state <> 'FINISHED'
@@ -1309,7 +1482,11 @@ impl Store for PostgresStore {
         let result = self
             .reader()
             .query_typed(&sql, &[(&known, Type::TEXT_ARRAY)])
-            .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1), read_count(row, 2))).collect())
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| (row.get(0), row.get(1), read_count(row, 2)))
+                    .collect()
+            })
             .map_err(anyhow::Error::from);
         self.in_database(|| "count jobs of unknown callbacks".to_owned(), result)
     }
@@ -1334,7 +1511,11 @@ impl Store for PostgresStore {
             if dry_run {
                 return Ok(decided);
             }
-            let ids: Vec<i64> = decided.iter().filter(|(_, apply)| *apply).map(|(brief, _)| brief.id).collect();
+            let ids: Vec<i64> = decided
+                .iter()
+                .filter(|(_, apply)| *apply)
+                .map(|(brief, _)| brief.id)
+                .collect();
             if !ids.is_empty() {
                 apply_change(&mut tx, &schema, &ids, change)?;
                 if matches!(change, Change::Retry { .. }) {
@@ -1422,15 +1603,29 @@ fn select_briefs(
             ids.sort_unstable();
             ids.dedup();
             let rows = tx.query_typed(
-                &in_schema(schema, &format!("SELECT {columns} FROM @.jobs WHERE id = ANY ($1) ORDER BY id FOR UPDATE")),
+                &in_schema(
+                    schema,
+                    &format!(
+                        "SELECT {columns} FROM @.jobs WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
+                    ),
+                ),
                 &[(&ids, Type::INT8_ARRAY)],
             )?;
-            if let Some(missing) = ids.iter().find(|id| !rows.iter().any(|row| row.get::<_, i64>(0) == **id)) {
-                return Err(crate::error::usage(format!("no job {missing} in {identity}")));
+            if let Some(missing) = ids
+                .iter()
+                .find(|id| !rows.iter().any(|row| row.get::<_, i64>(0) == **id))
+            {
+                return Err(crate::error::usage(format!(
+                    "no job {missing} in {identity}"
+                )));
             }
             rows
         }
-        Selection::Matching { states, queue, callback } => {
+        Selection::Matching {
+            states,
+            queue,
+            callback,
+        } => {
             let filter = ListFilter {
                 states: states.to_vec(),
                 queue: queue.map(str::to_owned),
@@ -1440,7 +1635,10 @@ fn select_briefs(
             let conditions = Filter::new(&filter, 1);
             let sql = in_schema(
                 schema,
-                &format!("SELECT {columns} FROM @.jobs WHERE true {} ORDER BY id FOR UPDATE", conditions.sql),
+                &format!(
+                    "SELECT {columns} FROM @.jobs WHERE true {} ORDER BY id FOR UPDATE",
+                    conditions.sql
+                ),
             );
             tx.query_typed(&sql, &conditions.params())?
         }
@@ -1449,7 +1647,12 @@ fn select_briefs(
 }
 
 /// Applies `change` to the jobs `ids`.
-fn apply_change(tx: &mut postgres::Transaction<'_>, schema: &str, ids: &[i64], change: &Change) -> anyhow::Result<()> {
+fn apply_change(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    ids: &[i64],
+    change: &Change,
+) -> anyhow::Result<()> {
     match change {
         Change::Retry { now, payload } => {
             // Due now, through promotion (see the SQLite backend): one run starts a job once.

@@ -20,7 +20,9 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 pub fn listen(target: &PostgresTarget, wake: Box<dyn Fn() -> bool + Send>) -> anyhow::Result<()> {
     let listen = format!("LISTEN {}_wake", target.schema);
     let mut client = connect(&target.conninfo, Purpose::Session)?;
-    client.batch_execute(&listen).context("cannot LISTEN for new jobs")?;
+    client
+        .batch_execute(&listen)
+        .context("cannot LISTEN for new jobs")?;
     let conninfo = target.conninfo.clone();
     thread::Builder::new()
         .name("bgq-listen".to_owned())
