@@ -760,20 +760,55 @@ mod tests {
                 "{text}"
             );
         }
-        for url in [
+        for conninfo in [
             "postgres://u@db/app",
             "postgresql://db/app",
             "POSTGRES://db",
+            "host=db dbname=app",
+            "dbname = app user=u",
         ] {
-            let err = parse_err(&format!("database = \"{url}\"\n"));
-            assert!(
-                err.contains(":1: database: is a PostgreSQL URL, but this bgq keeps its queues in SQLite only"),
-                "{err}"
-            );
+            let config = parse_ok(&format!("database = \"{conninfo}\"\n"));
+            let Database::Postgres(target) = &config.database else {
+                panic!("{conninfo} is not PostgreSQL: {:?}", config.database);
+            };
+            assert_eq!(target.conninfo, conninfo);
+            assert_eq!(target.schema, "bgq");
         }
+        let err = parse_err("database = \"var/q.sqlite\"\nschema = \"x\"\n");
+        assert!(
+            err.contains("schema: applies only to a PostgreSQL database"),
+            "{err}"
+        );
+        let err = parse_err("database = \"postgres://db/app\"\nschema = \"Bad-Name\"\n");
+        assert!(err.contains("must be a plain PostgreSQL name"), "{err}");
         let err = parse_err("database = \"mysql://db/app\"\n");
         assert!(err.contains("has the unknown scheme `mysql`"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        for (conninfo, shown) in [
+            (
+                "postgres://u:secret@db:5432/app",
+                "postgres://u:***@db:5432/app",
+            ),
+            (
+                "postgres://u@db/app?password=secret&sslmode=require",
+                "postgres://u@db/app?password=***&sslmode=require",
+            ),
+            (
+                "host=db password=secret dbname=app",
+                "host=db password=*** dbname=app",
+            ),
+            (
+                r"host=db password='it\'s x' dbname=app",
+                "host=db password=*** dbname=app",
+            ),
+            ("postgres://db/app", "postgres://db/app"),
+        ] {
+            assert_eq!(redact_password(conninfo), shown, "{conninfo}");
+        }
     }
 
     #[test]
