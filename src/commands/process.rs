@@ -51,6 +51,8 @@ const NOTICE_EVERY: Duration = Duration::from_secs(10);
 const RECHECK_FOR: Duration = Duration::from_millis(50);
 /// How often it looks meanwhile.
 const RECHECK: Duration = Duration::from_millis(2);
+/// How often a run of a queue shared by hosts looks for jobs of runs that died elsewhere.
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
 /// How often `--watch` deletes outcome counts `stats` no longer shows.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -106,6 +108,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         tally: Tally::default(),
         tally_written: Instant::now(),
         cancels_checked: Instant::now(),
+        recovered: Instant::now(),
         started: 0,
         failed: 0,
         blocking: config.blocking_callbacks(),
@@ -324,6 +327,8 @@ struct Worker<'a> {
     tally_written: Instant,
     /// When the marks of `bgq cancel --kill` were last looked for.
     cancels_checked: Instant,
+    /// When the jobs of dead runs of other hosts were last looked for.
+    recovered: Instant,
     /// Jobs this run started.
     started: u64,
     /// Of those, how many failed (temporarily or permanently).
@@ -436,6 +441,7 @@ impl Worker<'_> {
                 self.handle_watching(event, &mut look, &mut written)?;
             }
             self.stop_cancelled()?;
+            self.recover_dead_elsewhere()?;
             // A limit reached stays reached: memory that went down again does not restart it.
             stopping = stopping || self.limit_reached(limits, stop);
             let want = if stopping { 0 } else { self.free_slots(limits) };
@@ -852,6 +858,29 @@ impl Worker<'_> {
         self.log.begin(&self.me, &notes, &kept, &live_runs)
     }
 
+    /// Recovers the jobs of runs of other hosts that died while this one works (a queue shared
+    /// by hosts): at most every `RECOVER_EVERY`, one indexed read when nothing died.
+    fn recover_dead_elsewhere(&mut self) -> anyhow::Result<()> {
+        if !self.store.spans_hosts() || self.recovered.elapsed() < RECOVER_EVERY {
+            return Ok(());
+        }
+        self.recovered = Instant::now();
+        let dead: Vec<Orphan> = self
+            .store
+            .orphans(self.queue)?
+            .into_iter()
+            .filter(|orphan| orphan.liveness == Liveness::Dead && orphan.fence.run != self.run)
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let notes = self.log.read()?;
+        for orphan in &dead {
+            self.recover(orphan, notes.of(orphan.id, orphan.claimed_by.as_ref()))?;
+        }
+        Ok(())
+    }
+
     fn recover(&mut self, orphan: &Orphan, started: Started) -> anyhow::Result<()> {
         let recorded = match &started {
             Started::Noted(recorded) => recorded.clone(),
@@ -881,6 +910,11 @@ impl Worker<'_> {
             (Some((_, OrphanGroup::Gone)), _) => "its callback was no longer running".to_owned(),
             (None, _) if recorded.pipe.is_some() => "its callback was no longer running".to_owned(),
             (None, _) if started == Started::Never => "its callback had not started".to_owned(),
+            // Callbacks die with their run (parent-death signal), and the run stops them when
+            // it loses the database, before its jobs can be recovered here.
+            (None, _) if !orphan.here => {
+                "it ran on another host, where its callback stopped with its run".to_owned()
+            }
             // Noted elsewhere (another temp_dir), or by a bgq that noted no runs: nothing here
             // names what to stop.
             (None, _) => {

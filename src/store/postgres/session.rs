@@ -25,6 +25,8 @@ use crate::store::postgres::{Purpose, connect, in_schema};
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How often the watchdog looks at the last heartbeat.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// A watchdog that slept this much longer than it meant to was stopped with its process.
+const RESUMED_AFTER: Duration = Duration::from_secs(2);
 
 /// The server-side settings of a session: the server drops a silent client within seconds
 /// (keepalives for an idle connection, the user timeout for unacknowledged data).
@@ -120,8 +122,18 @@ impl Session {
             thread::Builder::new()
                 .name("bgq-watchdog".to_owned())
                 .spawn(move || {
+                    let mut looked = Instant::now();
                     while !stop.load(Ordering::SeqCst) {
                         thread::sleep(WATCH_EVERY);
+                        if looked.elapsed() > RESUMED_AFTER {
+                            // The whole process was stopped (SIGSTOP, a suspended VM), the
+                            // heartbeat too: while it was, its session kept its jobs. Give the
+                            // heartbeat its full time again rather than count the stop.
+                            let mut last =
+                                last_ok.lock().unwrap_or_else(|poison| poison.into_inner());
+                            last.0 = last.0.max(Instant::now());
+                        }
+                        looked = Instant::now();
                         let (sent, why) = last_ok
                             .lock()
                             .map(|last| last.clone())
