@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use crate::cli::ProcessArgs;
 use crate::config::Config;
 use crate::coord::Liveness;
+use crate::coord::guard::Guard;
 use crate::coord::lock::{Lock, LockFolder};
 use crate::coord::process_group::ProcessRecord;
 use crate::coord::process_group::{self, OrphanGroup};
@@ -115,7 +116,11 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         watch_poll: args.watch.then_some(args.poll),
         on_demand: args.on_demand,
         groups: RunningGroups::default(),
+        guard: None,
     };
+    if worker.store.spans_hosts() {
+        worker.guard = Some(Guard::start()?);
+    }
     let groups = Arc::clone(&worker.groups);
     worker.store.keep_alive(
         run,
@@ -342,6 +347,8 @@ struct Worker<'a> {
     /// The process groups of running callbacks by job, for stopping them from another thread
     /// when the database is lost (a queue shared by hosts).
     groups: RunningGroups,
+    /// Kills the callbacks if this run dies (a queue shared by hosts: see `coord::guard`).
+    guard: Option<Guard>,
 }
 
 /// Process groups of running callbacks, by job id.
@@ -694,6 +701,11 @@ impl Worker<'_> {
         }
         if let Some(running) = self.running.get_mut(&id) {
             lock_groups(&self.groups).insert(id, group.pid);
+            if let Some(guard) = &mut self.guard {
+                guard
+                    .add(group.pid)
+                    .context("cannot tell the callbacks' guard of a callback")?;
+            }
             running.group = Some(group);
         }
         Ok(())
@@ -708,7 +720,13 @@ impl Worker<'_> {
         else {
             bail!("a callback of job {id} ended that was not running");
         };
-        lock_groups(&self.groups).remove(&id);
+        if let Some(pgid) = lock_groups(&self.groups).remove(&id)
+            && let Some(guard) = &mut self.guard
+        {
+            guard
+                .remove(pgid)
+                .context("cannot tell the callbacks' guard of a callback's end")?;
+        }
         if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
             *count = count.saturating_sub(1);
         }

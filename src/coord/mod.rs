@@ -11,6 +11,7 @@
 //! judge dead or to kill.
 
 pub mod fleet;
+pub mod guard;
 pub mod lock;
 pub mod process_group;
 pub mod running_log;
