@@ -1,0 +1,211 @@
+//! PostgreSQL only: jobs stored by the SQL functions `bgq.publish` and `bgq.publish_raw` inside
+//! an application's own transaction (rolled back: no job; committed: a job that runs exactly like
+//! one of `bgq publish`), and the schema's version refusing a newer one. These run when the
+//! suite runs against PostgreSQL (`BGQ_TEST_DATABASE`); on SQLite they say so and return.
+
+use std::process::Command;
+
+use crate::support::*;
+
+/// The connection string and schema of this test's PostgreSQL queue, read from its config;
+/// `None` (with a note) when the suite runs on SQLite.
+fn postgres_of(env: &TestEnv) -> TestResult<Option<(String, String)>> {
+    if env.on_sqlite() {
+        println!("skipped: the SQL functions are PostgreSQL's (set BGQ_TEST_DATABASE)");
+        return Ok(None);
+    }
+    let config = std::fs::read_to_string(env.config_path())?;
+    let value: toml::Value = toml::from_str(&config)?;
+    let url = value
+        .get("database")
+        .and_then(toml::Value::as_str)
+        .ok_or("no database in the config")?
+        .to_owned();
+    let schema = value
+        .get("schema")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("bgq")
+        .to_owned();
+    Ok(Some((url, schema)))
+}
+
+/// Runs `sql` with psql against `url`, stopping at the first error; returns its output.
+fn psql(url: &str, sql: &str) -> TestResult<String> {
+    let out = Command::new("psql")
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn recording_env() -> TestResult<(TestEnv, std::path::PathBuf)> {
+    let env = TestEnv::new("")?;
+    let log = env.path("stdin.log");
+    let script = env.script(
+        "record.sh",
+        &format!(
+            "cat >> {log}; printf '|%s\\n' \"$BGQ_SERIAL_GROUP\" >> {log}",
+            log = log.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("sendEmail", &script, ""))?;
+    // The schema exists once bgq has connected.
+    env.bgq().arg("list").assert().success();
+    Ok((env, log))
+}
+
+#[test]
+fn a_job_published_in_a_rolled_back_transaction_never_exists() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    psql(
+        &url,
+        &format!(
+            "BEGIN; SELECT {schema}.publish('sendEmail', '{{\"to\":\"a@example.com\"}}'); ROLLBACK;"
+        ),
+    )?;
+    assert_no_jobs(&env, "after a rolled-back publish")?;
+    Ok(())
+}
+
+#[test]
+fn a_job_published_in_sql_runs_like_one_from_the_cli_with_its_keys_in_order() -> TestResult {
+    let (env, log) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    let id: i64 = psql(
+        &url,
+        &format!(
+            "BEGIN; SELECT {schema}.publish('sendEmail', '{{\"z\": 1, \"a\": [true, null], \"m\": \"x\"}}',
+                 serial_group => 'invoice-7', identifier => 'sendEmail-7'); COMMIT;"
+        ),
+    )?
+    .parse()?;
+    let cli = env.publish_with("sendEmail", r#"{"z":2}"#, &["--serial-group", "invoice-7"])?;
+    assert!(
+        cli > id,
+        "ids keep increasing across both ways in: {id} then {cli}"
+    );
+    let job = env.job(id)?;
+    assert_eq!(job["state"], "READY");
+    assert_eq!(job["queue"], "general");
+    assert_eq!(job["identifier"], "sendEmail-7");
+    env.process(&[])?;
+    assert_eq!(env.state(id)?, "FINISHED");
+    assert_eq!(env.state(cli)?, "FINISHED");
+    // Compact JSON with the keys as written (json, not jsonb), then the CLI's job after it in
+    // its serial group.
+    assert_eq!(
+        read_lines(&log),
+        vec![
+            r#"{"z":1,"a":[true,null],"m":"x"}"#.to_owned(),
+            "|invoice-7".to_owned(),
+            r#"{"z":2}"#.to_owned(),
+            "|invoice-7".to_owned(),
+        ]
+    );
+    let shown = show_json(&env, id)?;
+    assert_eq!(
+        shown["parameters"],
+        serde_json::json!({"z": 1, "a": [true, null], "m": "x"})
+    );
+    Ok(())
+}
+
+#[test]
+fn publish_raw_delivers_the_exact_bytes() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    let out = env.path("raw.out");
+    let script = env.script("raw.sh", &format!("cat > {}", out.display()))?;
+    env.write_config(&callback_toml("raw", &script, ""))?;
+    let id: i64 = psql(
+        &url,
+        &format!("SELECT {schema}.publish_raw('raw', '\\x00ff0a7b22'::bytea)"),
+    )?
+    .parse()?;
+    env.process(&[])?;
+    assert_eq!(env.state(id)?, "FINISHED");
+    assert_eq!(std::fs::read(&out)?, vec![0x00, 0xff, 0x0a, 0x7b, 0x22]);
+    assert_eq!(show_json(&env, id)?["raw_base64"], "AP8KeyI=");
+    Ok(())
+}
+
+#[test]
+fn a_unique_job_published_in_sql_returns_the_unfinished_one() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    let first = env.publish_with("sendEmail", "{}", &["--identifier", "mail-9", "--unique"])?;
+    let again: i64 = psql(
+        &url,
+        &format!(
+            "SELECT {schema}.publish('sendEmail', '{{}}', identifier => 'mail-9', is_unique => true)"
+        ),
+    )?
+    .parse()?;
+    assert_eq!(again, first);
+    assert_eq!(env.jobs()?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_delayed_job_from_sql_waits_for_its_time() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    let id: i64 = psql(
+        &url,
+        &format!("SELECT {schema}.publish('sendEmail', '{{}}', run_at => now() + interval '1 hour', priority => 5)"),
+    )?
+    .parse()?;
+    env.process(&[])?;
+    assert_eq!(env.state(id)?, "READY");
+    assert_contains(&explain(&env, id)?, &["delayed until"])?;
+    Ok(())
+}
+
+#[test]
+fn a_schema_of_a_newer_bgq_is_refused_and_left_alone() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    psql(
+        &url,
+        &format!("UPDATE {schema}.meta SET value = '99' WHERE key = 'version'"),
+    )?;
+    let out = env.bgq().arg("list").output()?;
+    expect_error(
+        &out,
+        1,
+        &["version 99", "newer than this bgq knows", "upgrade bgq"],
+    )?;
+    assert_eq!(
+        psql(
+            &url,
+            &format!("SELECT value FROM {schema}.meta WHERE key = 'version'")
+        )?,
+        "99"
+    );
+    Ok(())
+}
