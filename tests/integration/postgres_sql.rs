@@ -209,3 +209,36 @@ fn a_schema_of_a_newer_bgq_is_refused_and_left_alone() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn hosts_that_create_the_schema_at_once_all_succeed() -> TestResult {
+    let env = TestEnv::new("")?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    // A schema nobody has created yet, opened by eight commands at once.
+    psql(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
+                .arg("--config")
+                .arg(env.config_path())
+                .arg("list")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        let out = child.wait_with_output()?;
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    assert_eq!(
+        psql(
+            &url,
+            &format!("SELECT value FROM {schema}.meta WHERE key = 'version'")
+        )?,
+        "4"
+    );
+    Ok(())
+}

@@ -175,10 +175,12 @@ impl PostgresStore {
             "SELECT pg_advisory_xact_lock(hashtext($1))",
             &[(&format!("{schema}.migrate"), Type::TEXT)],
         )?;
+        // A query of the catalog, not to_regclass(): that may answer from a cache which has not
+        // yet heard of the tables another host created while we waited for the lock.
         let exists: bool = tx
             .query_typed_one(
-                &format!("SELECT to_regclass('{schema}.meta') IS NOT NULL"),
-                &[],
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta')",
+                &[(&schema, Type::TEXT)],
             )?
             .get(0);
         if exists {
@@ -797,7 +799,8 @@ fn prune_outcomes(
     Ok(())
 }
 
-/// A filter's conditions, appended to a query that has a WHERE clause, with their values.
+/// A filter's conditions, appended to a query that has a WHERE clause, with their values:
+/// only the conditions the filter has, so that each query is planned for what it asks.
 struct Filter {
     sql: String,
     states: Vec<String>,
@@ -811,23 +814,16 @@ impl Filter {
     fn new(filter: &ListFilter, first: usize) -> Filter {
         let mut sql = String::new();
         let mut next = first;
-        let mut add = |sql: &mut String, condition: &str| {
-            sql.push_str(&condition.replace('#', &format!("${next}")));
-            next += 1;
+        let mut add = |present: bool, condition: &str| {
+            if present {
+                sql.push_str(&condition.replace('#', &format!("${next}")));
+                next += 1;
+            }
         };
-        // Every parameter is always sent (NULL or empty when unused), so the list is fixed.
-        if !filter.states.is_empty() {
-            add(&mut sql, " AND state = ANY (#)");
-        } else {
-            add(&mut sql, " AND cardinality(#::text[]) >= 0");
-        }
-        add(&mut sql, " AND (#::text IS NULL OR queue = #::text)");
-        add(&mut sql, " AND (#::text IS NULL OR callback = #::text)");
-        if !filter.identifiers.is_empty() {
-            add(&mut sql, " AND identifier = ANY (#)");
-        } else {
-            add(&mut sql, " AND cardinality(#::text[]) >= 0");
-        }
+        add(!filter.states.is_empty(), " AND state = ANY (#)");
+        add(filter.queue.is_some(), " AND queue = #");
+        add(filter.callback.is_some(), " AND callback = #");
+        add(!filter.identifiers.is_empty(), " AND identifier = ANY (#)");
         Filter {
             sql,
             states: filter
@@ -841,14 +837,51 @@ impl Filter {
         }
     }
 
+    /// The values of the conditions `new` wrote, in their order.
     fn params(&self) -> Vec<Param<'_>> {
-        vec![
-            (&self.states, Type::TEXT_ARRAY),
-            (&self.queue, Type::TEXT),
-            (&self.callback, Type::TEXT),
-            (&self.identifiers, Type::TEXT_ARRAY),
-        ]
+        let mut params: Vec<Param<'_>> = Vec::new();
+        if !self.states.is_empty() {
+            params.push((&self.states, Type::TEXT_ARRAY));
+        }
+        if let Some(queue) = &self.queue {
+            params.push((queue, Type::TEXT));
+        }
+        if let Some(callback) = &self.callback {
+            params.push((callback, Type::TEXT));
+        }
+        if !self.identifiers.is_empty() {
+            params.push((&self.identifiers, Type::TEXT_ARRAY));
+        }
+        params
     }
+}
+
+/// The `list` query for `filter` with `limit` written into it, and the filter's values.
+///
+/// As on SQLite, FINISHED jobs are left out of the queue and callback indexes (so that `clear`
+/// has less to delete): a query by queue or callback that may include FINISHED jobs reads the
+/// two kinds apart, each newest first from its own index, and merges the two short lists.
+fn list_sql(schema: &str, filter: &ListFilter, limit: i64) -> (String, Filter) {
+    let conditions = Filter::new(filter, 1);
+    let finished_too = filter.states.is_empty() || filter.states.contains(&JobState::Finished);
+    let sql = if (filter.queue.is_some() || filter.callback.is_some()) && finished_too {
+        format!(
+            "SELECT * FROM (
+                 (SELECT {RECORD_COLUMNS} FROM @.jobs WHERE state <> 'FINISHED' {c}
+                  ORDER BY id DESC LIMIT {limit})
+                 UNION ALL
+                 (SELECT {RECORD_COLUMNS} FROM @.jobs WHERE state = 'FINISHED' {c}
+                  ORDER BY id DESC LIMIT {limit})) both_kinds
+             ORDER BY 1 DESC LIMIT {limit}",
+            c = conditions.sql
+        )
+    } else {
+        format!(
+            "SELECT {RECORD_COLUMNS} FROM @.jobs WHERE true {} ORDER BY id DESC LIMIT {limit}",
+            conditions.sql
+        )
+    };
+    (in_schema(schema, &sql), conditions)
 }
 
 impl Store for PostgresStore {
@@ -1165,14 +1198,9 @@ impl Store for PostgresStore {
     }
 
     fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
-        let conditions = Filter::new(filter, 1);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = self.sql(&format!(
-            "SELECT {RECORD_COLUMNS} FROM @.jobs WHERE true {} ORDER BY id DESC LIMIT $5",
-            conditions.sql
-        ));
-        let mut params = conditions.params();
-        params.push((&limit, Type::INT8));
+        let (sql, conditions) = list_sql(&self.schema, filter, limit);
+        let params = conditions.params();
         let result = (|| -> anyhow::Result<Vec<JobRecord>> {
             let rows = self.reader().query_typed(&sql, &params)?;
             rows.iter().map(|row| read_record_at(row, 0)).collect()
@@ -1686,5 +1714,7 @@ fn apply_change(
     Ok(())
 }
 
+#[cfg(test)]
+mod plans;
 #[cfg(test)]
 mod tests;
