@@ -23,6 +23,7 @@ mod list;
 mod locking;
 mod lost_output;
 mod on_demand;
+mod pgbouncer;
 mod postgres_sql;
 mod protocol;
 mod publish;

@@ -46,8 +46,6 @@ pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
 const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
 /// Jobs inserted by one statement.
 const INSERT_CHUNK: usize = 5000;
-/// A statement that waits longer than this for a lock is an error, not a hang.
-const LOCK_TIMEOUT_MS: &str = "30000";
 
 /// A parameter of an unnamed statement, with its type.
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
@@ -99,21 +97,10 @@ impl PostgresStore {
         target: &PostgresTarget,
         durability: Durability,
     ) -> anyhow::Result<PostgresStore> {
-        let mut client = connect(&target.conninfo, Purpose::Command)?;
-        if durability == Durability::Relaxed {
-            // A lost commit of a run re-runs a job at worst (the contract's Relaxed). One round
-            // trip, paid by commands that run long or read only.
-            client
-                .batch_execute(&format!(
-                    "SET synchronous_commit = off; SET lock_timeout = {LOCK_TIMEOUT_MS}"
-                ))
-                .with_context(|| {
-                    format!(
-                        "cannot set up a session with {}",
-                        connect::identity(&target.conninfo)
-                    )
-                })?;
-        }
+        // Durability::Relaxed is taken up by `begin_run`: only a run's own commits may be
+        // relaxed, and a setting made here would outlive the command on a pooled connection.
+        let _ = durability;
+        let client = connect(&target.conninfo, Purpose::Command)?;
         Ok(PostgresStore {
             client: RefCell::new(client),
             identity: format!("{}#{}", connect::identity(&target.conninfo), target.schema),
@@ -944,6 +931,11 @@ impl Store for PostgresStore {
         let schema = self.schema.clone();
         let host_id = self.fleet.host_id.clone();
         let result = (|| -> anyhow::Result<i64> {
+            // A lost commit of a run re-runs a job at worst (the contract's Relaxed); a run has
+            // a session of its own, so the setting stays with it.
+            self.client
+                .get_mut()
+                .batch_execute("SET synchronous_commit = off")?;
             let mut tx = self.client.get_mut().transaction()?;
             let started = i64::try_from(runner.started).unwrap_or(i64::MAX);
             let run: i64 = tx

@@ -38,6 +38,34 @@ pub fn lock_key(run: i64) -> i32 {
     i32::try_from(run.rem_euclid(1 << 31)).unwrap_or_default()
 }
 
+/// What `process` says behind a transaction pool.
+const NEEDS_A_SESSION: &str = "`process` needs a session of its own, but its connection is shared with other clients between transactions (a transaction pool such as PgBouncer's pool_mode = transaction): connect `process` to PostgreSQL directly or through a session pool";
+
+/// Fails when `session`'s server process also serves other client connections (a transaction
+/// pool): marks the session, then looks for the mark from a second connection, which a pool
+/// hands the same server process while the first is idle.
+fn refuse_a_shared_session(conninfo: &str, session: &mut postgres::Client) -> anyhow::Result<()> {
+    let mark = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    );
+    session.query_typed(
+        "SELECT set_config('bgq.session_mark', $1, false)",
+        &[(&mark, Type::TEXT)],
+    )?;
+    let mut probe = connect(conninfo, Purpose::Command)?;
+    let seen: Option<String> = probe
+        .query_typed_one("SELECT current_setting('bgq.session_mark', true)", &[])?
+        .get(0);
+    if seen.as_deref() == Some(mark.as_str()) {
+        bail!(NEEDS_A_SESSION);
+    }
+    Ok(())
+}
+
 /// A live run's session; `end` releases it.
 pub struct Session {
     stop: Arc<AtomicBool>,
@@ -67,6 +95,7 @@ impl Session {
         if !locked {
             bail!("another session holds the lock of run {run}");
         }
+        refuse_a_shared_session(&target.conninfo, &mut client)?;
         let heartbeat_sql = in_schema(
             &schema,
             "UPDATE @.runs SET heartbeat_at = clock_timestamp(), backend_pid = pg_backend_pid()
@@ -76,7 +105,7 @@ impl Session {
             let updated = client.execute_typed(&heartbeat_sql, &[(&run, Type::INT8)])?;
             if updated == 0 {
                 bail!(
-                    "`process` needs a session of its own, but its heartbeat reached another server process than the one holding its lock (pid {backend}): connect `process` to PostgreSQL directly or through a session pool, not a transaction pool (PgBouncer pool_mode = transaction)"
+                    "{NEEDS_A_SESSION} (its heartbeat reached another server process than the one holding its lock, pid {backend})"
                 );
             }
             Ok(())
