@@ -114,7 +114,10 @@ CREATE TABLE notices (
     kind       text   NOT NULL,
     reason     text   NOT NULL,
     output     bytea,
-    created_at bigint NOT NULL
+    created_at bigint NOT NULL,
+    -- The run that stored it: it sends its own notices; those of a run that ended or died go
+    -- with the digest of whichever run finds them, so that two hosts do not both send one.
+    created_by bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX notices_queue ON notices (queue, id);
 

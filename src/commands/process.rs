@@ -122,7 +122,7 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         worker.guard = Some(Guard::start()?);
     }
     let groups = Arc::clone(&worker.groups);
-    worker.store.keep_alive(
+    let kept_alive = worker.store.keep_alive(
         run,
         Box::new(move |why| {
             // From the heartbeat's watchdog: the main thread may be stuck on the lost
@@ -133,7 +133,14 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
             );
             std::process::exit(1);
         }),
-    )?;
+    );
+    if let Err(err) = kept_alive {
+        // Best effort: the error is what the user must see.
+        let _ = worker
+            .store
+            .end_run(run, now_millis(), 0, 0, Some(&format!("{err:#}")));
+        return Err(err);
+    }
     let limits = Limits {
         concurrency: args.concurrency.map_or(config.concurrency, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
@@ -448,7 +455,8 @@ impl Worker<'_> {
                 self.handle_watching(event, &mut look, &mut written)?;
             }
             self.stop_cancelled()?;
-            self.recover_dead_elsewhere()?;
+            // Recovered jobs are due at once: look for them now, not at the next poll.
+            look = self.recover_dead_elsewhere()? || look;
             // A limit reached stays reached: memory that went down again does not restart it.
             stopping = stopping || self.limit_reached(limits, stop);
             let want = if stopping { 0 } else { self.free_slots(limits) };
@@ -878,9 +886,9 @@ impl Worker<'_> {
 
     /// Recovers the jobs of runs of other hosts that died while this one works (a queue shared
     /// by hosts): at most every `RECOVER_EVERY`, one indexed read when nothing died.
-    fn recover_dead_elsewhere(&mut self) -> anyhow::Result<()> {
+    fn recover_dead_elsewhere(&mut self) -> anyhow::Result<bool> {
         if !self.store.spans_hosts() || self.recovered.elapsed() < RECOVER_EVERY {
-            return Ok(());
+            return Ok(false);
         }
         self.recovered = Instant::now();
         let dead: Vec<Orphan> = self
@@ -890,13 +898,13 @@ impl Worker<'_> {
             .filter(|orphan| orphan.liveness == Liveness::Dead && orphan.fence.run != self.run)
             .collect();
         if dead.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let notes = self.log.read()?;
         for orphan in &dead {
             self.recover(orphan, notes.of(orphan.id, orphan.claimed_by.as_ref()))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn recover(&mut self, orphan: &Orphan, started: Started) -> anyhow::Result<()> {

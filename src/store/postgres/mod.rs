@@ -66,6 +66,8 @@ pub struct PostgresStore {
     listening: Cell<bool>,
     /// The run's session, once `keep_alive` started it.
     session: Option<session::Session>,
+    /// The `process` run this store records (`begin_run`), if any.
+    run: Option<i64>,
 }
 
 impl PostgresStore {
@@ -112,6 +114,7 @@ impl PostgresStore {
             notified: Arc::new(AtomicBool::new(true)),
             listening: Cell::new(false),
             session: None,
+            run: None,
         })
     }
 
@@ -616,6 +619,7 @@ fn complete(
     schema: &str,
     done: &Completion,
     tally: &mut Tally,
+    created_by: Option<i64>,
 ) -> anyhow::Result<Applied> {
     let q = |sql: &str| in_schema(schema, sql);
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
@@ -683,8 +687,8 @@ fn complete(
     if let Some((kind, reason)) = &done.notice {
         tx.query_typed(
             &q(
-                "INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)",
             ),
             &[
                 (&queue, Type::TEXT),
@@ -693,6 +697,7 @@ fn complete(
                 (reason, Type::TEXT),
                 (&done.output, Type::BYTEA),
                 (&done.ended_at, Type::INT8),
+                (&created_by.unwrap_or(done.fence.run), Type::INT8),
             ],
         )?;
     }
@@ -970,6 +975,9 @@ impl Store for PostgresStore {
             tx.commit()?;
             Ok(run)
         })();
+        if let Ok(run) = result {
+            self.run = Some(run);
+        }
         self.in_database(
             || format!("record the start of a run of queue `{queue}`"),
             result,
@@ -1100,12 +1108,13 @@ impl Store for PostgresStore {
         write_tally: bool,
     ) -> anyhow::Result<Settled> {
         let schema = self.schema.clone();
+        let run = self.run;
         let result = (|| -> anyhow::Result<Settled> {
             let mut tx = self.client.get_mut().transaction()?;
             let mut failed = 0;
             let mut stale = Vec::new();
             for completion in done {
-                match complete(&mut tx, &schema, completion, tally)? {
+                match complete(&mut tx, &schema, completion, tally, run)? {
                     Applied::Stored
                         if matches!(
                             completion.state,
@@ -1172,10 +1181,11 @@ impl Store for PostgresStore {
 
     fn complete(&mut self, done: &Completion) -> anyhow::Result<Applied> {
         let schema = self.schema.clone();
+        let run = self.run;
         let result = (|| -> anyhow::Result<Applied> {
             let mut tx = self.client.get_mut().transaction()?;
             let mut tally = Tally::default();
-            let applied = complete(&mut tx, &schema, done, &mut tally)?;
+            let applied = complete(&mut tx, &schema, done, &mut tally, run)?;
             write_tally_to(&mut tally, &mut tx, &schema)?;
             tx.commit()?;
             Ok(applied)
@@ -1560,11 +1570,27 @@ impl Store for PostgresStore {
     }
 
     fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
+        // Ours, and those of runs that ended or are dead; those of other live runs are theirs.
         let sql = self.sql(
-            "SELECT id, job_id, kind, reason, output FROM @.notices WHERE queue = $1 ORDER BY id",
+            "SELECT n.id, n.job_id, n.kind, n.reason, n.output
+             FROM @.notices n LEFT JOIN @.runs r ON r.id = n.created_by
+                  CROSS JOIN LATERAL @.run_session(n.created_by) s
+             WHERE n.queue = $1
+               AND (n.created_by = $2 OR r.id IS NULL OR r.finished_at IS NOT NULL
+                    OR (NOT s.held AND s.silent_ms >= $3))
+             ORDER BY n.id",
         );
+        let me = self.run.unwrap_or(-1);
+        let dead_after = crate::coord::fleet::DEAD_AFTER;
         let result = (|| -> anyhow::Result<Vec<PendingNotice>> {
-            let rows = self.reader().query_typed(&sql, &[(&queue, Type::TEXT)])?;
+            let rows = self.reader().query_typed(
+                &sql,
+                &[
+                    (&queue, Type::TEXT),
+                    (&me, Type::INT8),
+                    (&dead_after, Type::INT8),
+                ],
+            )?;
             let mut notices = Vec::with_capacity(rows.len());
             for row in &rows {
                 let kind: &str = row.get(2);

@@ -10,7 +10,7 @@
 //! last heartbeat the server saw, which was sent no earlier than the one we count from).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,8 @@ fn refuse_a_shared_session(conninfo: &str, session: &mut postgres::Client) -> an
 /// A live run's session; `end` releases it.
 pub struct Session {
     stop: Arc<AtomicBool>,
+    /// Wakes the heartbeat at once when the session ends (dropped: ended).
+    wake: Option<mpsc::Sender<()>>,
     heartbeat: Option<thread::JoinHandle<()>>,
 }
 
@@ -114,6 +116,7 @@ impl Session {
         let stop = Arc::new(AtomicBool::new(false));
         // When the last heartbeat that got through was sent, and why the latest did not.
         let last_ok = Arc::new(Mutex::new((Instant::now(), None::<String>)));
+        let (wake, woken) = mpsc::channel::<()>();
         let heartbeat = {
             let stop = Arc::clone(&stop);
             let last_ok = Arc::clone(&last_ok);
@@ -123,7 +126,12 @@ impl Session {
                 .spawn(move || {
                     let mut broken = false;
                     while !stop.load(Ordering::SeqCst) {
-                        thread::sleep(HEARTBEAT_EVERY);
+                        // A sleep that `end` cuts short: a run does not wait out a heartbeat to exit.
+                        if woken.recv_timeout(HEARTBEAT_EVERY)
+                            != Err(mpsc::RecvTimeoutError::Timeout)
+                        {
+                            break;
+                        }
                         if broken || stop.load(Ordering::SeqCst) {
                             continue;
                         }
@@ -181,6 +189,7 @@ impl Session {
         }
         Ok(Session {
             stop,
+            wake: Some(wake),
             heartbeat: Some(heartbeat),
         })
     }
@@ -188,6 +197,7 @@ impl Session {
     /// Ends the session: releases the run's lock and stops the heartbeat.
     pub fn end(mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        drop(self.wake.take());
         if let Some(heartbeat) = self.heartbeat.take() {
             let _ = heartbeat.join();
         }
