@@ -68,8 +68,14 @@ fn start_bouncer(url: &str) -> TestResult<Option<Bouncer>> {
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )?;
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--", PGBOUNCER]);
+        // setpriv execs PgBouncer in its own place, so that killing the child stops it.
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            PGBOUNCER,
+        ]);
         command
     } else {
         Command::new(PGBOUNCER)

@@ -4,6 +4,7 @@
 //! suite runs against PostgreSQL (`BGQ_TEST_DATABASE`); on SQLite they say so and return.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -240,5 +241,104 @@ fn hosts_that_create_the_schema_at_once_all_succeed() -> TestResult {
         )?,
         "4"
     );
+    Ok(())
+}
+
+/// A `process --watch` on one host whose poll would take an hour, and a second host's config
+/// of the same queue: returns (watcher's env, publisher's config path, the watcher, the log).
+fn two_hosts() -> TestResult<Option<(TestEnv, std::path::PathBuf, Spawned, std::path::PathBuf)>> {
+    let env = TestEnv::new("")?;
+    if postgres_of(&env)?.is_none() {
+        return Ok(None);
+    }
+    let log = env.path("ran.log");
+    let script = env.script(
+        "ran.sh",
+        &format!("echo \"$BGQ_JOB_ID\" >> {}", log.display()),
+    )?;
+    env.write_config(&callback_toml("work", &script, ""))?;
+    // The other host: the same database and schema, its own lock folder.
+    let other = env.path("other.toml");
+    let config = std::fs::read_to_string(env.config_path())?;
+    std::fs::create_dir_all(env.path("other-locks"))?;
+    std::fs::write(
+        &other,
+        config.replace(
+            &env.path("locks").display().to_string(),
+            &env.path("other-locks").display().to_string(),
+        ),
+    )?;
+    let watcher = env.spawn_with_env(&["process", "--watch", "--poll", "1h"], &[])?;
+    wait_for_watcher(&env)?;
+    Ok(Some((env, other, watcher, log)))
+}
+
+fn publish_from(config: &std::path::Path) -> TestResult<i64> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bgq"))
+        .arg("--config")
+        .arg(config)
+        .env("BGQ_HOST_ID", "the-other-host")
+        .args(["publish", "work", "--json", "{}"])
+        .output()?;
+    printed_id(&out)
+}
+
+#[test]
+fn a_watcher_starts_a_job_published_on_another_host_without_waiting_for_its_poll() -> TestResult {
+    let Some((env, other, mut watcher, log)) = two_hosts()? else {
+        return Ok(());
+    };
+    let id = publish_from(&other)?;
+    // Its poll is an hour away: only the notification can have woken it.
+    let ran = wait_for("the job to run", Duration::from_secs(20), || {
+        sorted_ids(&log).is_ok_and(|ids| ids.contains(&id))
+    });
+    if ran.is_err() {
+        send_signal(watcher.pid(), "TERM")?;
+        watcher.wait_exit(Duration::from_secs(20))?;
+        return Err(format!("{ran:?}; the watcher said: {}", watcher.stderr()).into());
+    }
+    send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(env.state(id)?, "FINISHED");
+    Ok(())
+}
+
+#[test]
+fn a_watcher_whose_listening_connection_is_cut_listens_again() -> TestResult {
+    let Some((env, other, mut watcher, log)) = two_hosts()? else {
+        return Ok(());
+    };
+    let (url, _) = postgres_of(&env)?.ok_or("postgres")?;
+    // Cut the watcher's LISTEN connection, as a lost network or a restarted pooler would.
+    wait_for("the watcher to listen", Duration::from_secs(10), || {
+        psql(
+            &url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+        )
+        .is_ok_and(|count| count != "0")
+    })?;
+    psql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+    )?;
+    wait_for(
+        "the watcher to listen again",
+        Duration::from_secs(20),
+        || {
+            psql(
+                &url,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+            )
+            .is_ok_and(|count| count != "0")
+        },
+    )?;
+    let id = publish_from(&other)?;
+    wait_for("the job to run", Duration::from_secs(20), || {
+        sorted_ids(&log).is_ok_and(|ids| ids.contains(&id))
+    })?;
+    send_signal(watcher.pid(), "TERM")?;
+    watcher.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(env.state(id)?, "FINISHED");
     Ok(())
 }

@@ -83,6 +83,8 @@ impl Session {
     ) -> anyhow::Result<Session> {
         let mut client = connect(&target.conninfo, Purpose::Session)?;
         client.batch_execute(SESSION_SETTINGS)?;
+        // Before the lock: a lock taken on a pooled server process would outlive us there.
+        refuse_a_shared_session(&target.conninfo, &mut client)?;
         let schema = target.schema.clone();
         let key = lock_key(run);
         let row = client.query_typed_one(
@@ -97,7 +99,6 @@ impl Session {
         if !locked {
             bail!("another session holds the lock of run {run}");
         }
-        refuse_a_shared_session(&target.conninfo, &mut client)?;
         let heartbeat_sql = in_schema(
             &schema,
             "UPDATE @.runs SET heartbeat_at = clock_timestamp(), backend_pid = pg_backend_pid()
