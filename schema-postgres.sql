@@ -194,17 +194,20 @@ BEGIN
         SELECT j.id INTO v_id FROM jobs j
             WHERE j.queue = p_queue AND j.due AND j.blocked_by = 0
               AND j.callback = ANY (v_allowed) AND j.id <> ALL (v_skipped)
-              AND (j.serial_group IS NULL OR (
-                   NOT EXISTS (
+              -- CASE, so that the group's lock is tried only for the job its group lets
+              -- start (the planner may evaluate ANDed conditions in any order).
+              AND (j.serial_group IS NULL OR CASE
+                   WHEN NOT EXISTS (
                        SELECT 1 FROM jobs o
                        WHERE o.serial_group = j.serial_group
                          AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
                          AND (o.id < j.id OR o.state = 'PROCESSING'))
-                   AND NOT EXISTS (
+                    AND NOT EXISTS (
                        SELECT 1 FROM jobs f
                        WHERE f.serial_group = j.serial_group AND f.state = 'PERMANENTLY_FAILED'
                          AND f.callback = ANY (p_blocking) AND f.id < j.id)
-                   AND pg_try_advisory_xact_lock(group_lock_space(), hashtext(j.serial_group))))
+                   THEN pg_try_advisory_xact_lock(group_lock_space(), hashtext(j.serial_group))
+                   ELSE false END)
             ORDER BY j.priority DESC, j.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED;

@@ -657,6 +657,17 @@ fn complete(
     let queue: String = row.get(0);
     tally.count(&queue, done.ended_at, done.state);
     if done.state == JobState::Finished {
+        // Two parents of one job finishing at once on two hosts: each recount must see the
+        // other's commit, or both count the other as unfinished and the job waits forever.
+        // Locking the waiting jobs first (in id order, against deadlocks) makes the second
+        // recount start after the first committed.
+        tx.query_typed(
+            &q("SELECT id FROM @.jobs
+                WHERE id IN (SELECT job_id FROM @.dependencies WHERE after_id = $1)
+                  AND blocked_by > 0
+                ORDER BY id FOR UPDATE"),
+            &[(&done.id, Type::INT8)],
+        )?;
         // Recount the unfinished parents of the jobs waiting for this one; those that reach 0
         // are due from now, not from when they were published.
         let freed = tx.query_typed(
@@ -1734,5 +1745,7 @@ fn apply_change(
 
 #[cfg(test)]
 mod plans;
+#[cfg(test)]
+mod races;
 #[cfg(test)]
 mod tests;

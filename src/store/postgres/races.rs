@@ -1,0 +1,123 @@
+//! PostgreSQL's races between hosts, made to happen: commits that the single writer of SQLite
+//! would have put one after the other, here held at the same point by a third connection and
+//! then let go together.
+//!
+//! Needs a server: `BGQ_TEST_POSTGRES` (a URL); without it the tests say so and pass, except
+//! under `CI=true`, where they fail.
+
+use std::time::Duration;
+
+use super::*;
+use crate::store::Schedule;
+use crate::store::conformance::{claim, ended, job, me, publish};
+
+/// Two stores (two hosts) on one fresh schema, and its name; `None` without a server.
+fn two_hosts(name: &str) -> Option<(PostgresStore, PostgresStore, PostgresTarget)> {
+    let Ok(url) = std::env::var("BGQ_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "BGQ_TEST_POSTGRES must name a PostgreSQL server in CI"
+        );
+        println!("skipped: BGQ_TEST_POSTGRES names no PostgreSQL server");
+        return None;
+    };
+    let target = |host: &str| PostgresTarget {
+        conninfo: url.clone(),
+        schema: format!("races_{name}_{}", std::process::id()),
+        host_id: host.to_owned(),
+    };
+    let first = PostgresStore::open(&target("one"), Durability::Relaxed).expect("open");
+    let second = PostgresStore::open(&target("two"), Durability::Relaxed).expect("open");
+    Some((first, second, target("three")))
+}
+
+#[test]
+fn two_parents_finishing_at_once_on_two_hosts_both_count() {
+    let Some((mut one, mut two, target)) = two_hosts("parents") else {
+        return;
+    };
+    let parents = publish(&mut one, &[job("a", None), job("a", None)], 1000).expect("parents");
+    let schedule = Schedule {
+        after: parents.clone(),
+        ..Schedule::default()
+    };
+    let Published::Stored { ids, .. } = one
+        .publish_with(&[job("a", None)], &schedule, 1000)
+        .expect("child")
+    else {
+        panic!("stored");
+    };
+    let child = ids[0];
+    let run_one = one.begin_run("general", &me(), 1000, false).expect("run");
+    let run_two = two.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(&mut one, "general", run_one, 1000, &["a"])
+        .expect("claim")
+        .expect("a job");
+    let second = claim(&mut two, "general", run_two, 1000, &["a"])
+        .expect("claim")
+        .expect("a job");
+    // A third connection holds the child, so that both outcomes reach it before either commits.
+    let mut holder = connect(&target.conninfo, Purpose::Command).expect("connect");
+    let mut hold = holder.transaction().expect("begin");
+    hold.query_typed(
+        &in_schema(
+            &target.schema,
+            "SELECT id FROM @.jobs WHERE id = $1 FOR UPDATE",
+        ),
+        &[(&child, Type::INT8)],
+    )
+    .expect("hold the child");
+    let finish = |mut store: PostgresStore, claimed: ClaimedJob| {
+        std::thread::spawn(move || {
+            store
+                .complete(&ended(
+                    claimed.id,
+                    claimed.fence,
+                    JobState::Finished,
+                    2000,
+                    b"",
+                ))
+                .expect("complete");
+        })
+    };
+    let threads = [finish(one, first), finish(two, second)];
+    // Let go once both outcomes wait for the child's lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = hold
+            .query_typed_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .expect("look at the waiters")
+            .get(0);
+        if waiting >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcomes never reached the child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hold.commit().expect("let go");
+    for thread in threads {
+        thread.join().expect("a completion");
+    }
+    let mut reader = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+    let detail = reader.detail(child).expect("read").expect("kept");
+    assert_eq!(
+        detail.record.blocked_by, 0,
+        "the child still waits for a parent that FINISHED"
+    );
+    let run = reader
+        .begin_run("general", &me(), 3000, false)
+        .expect("run");
+    reader.promote_due("general", None, 3000).expect("promote");
+    let claimed = claim(&mut reader, "general", run, 3000, &["a"]).expect("claim");
+    assert_eq!(claimed.map(|job| job.id), Some(child));
+    let _ = reader
+        .reader()
+        .batch_execute(&format!("DROP SCHEMA {} CASCADE", target.schema));
+}
