@@ -983,12 +983,20 @@ impl Worker<'_> {
                 "no retries left"
             }
         );
-        // Said before it is stored: if we die in between, the line shows twice, never not at all.
-        crate::diagnostic!(
-            "bgq: recovered job {} ({}): {report}",
-            orphan.id,
-            escape::line(&orphan.callback)
-        );
+        let say = || {
+            crate::diagnostic!(
+                "bgq: recovered job {} ({}): {report}",
+                orphan.id,
+                escape::line(&orphan.callback)
+            );
+        };
+        // On one machine, said before it is stored: if we die in between, the line shows twice,
+        // never not at all. Where runs of other hosts may recover the same job at the same
+        // moment, only the one whose recovery is stored says so (its notice goes out anyway).
+        let shared = self.store.spans_hosts();
+        if !shared {
+            say();
+        }
         // The digest carries it too; a retry notice or a permanent failure says more.
         let notice = transition
             .notice
@@ -1005,8 +1013,12 @@ impl Worker<'_> {
             notified: transition.notified_now,
             notice: Some(notice),
         })?;
-        if applied == Applied::Stale {
-            warn_stale(orphan.id, orphan.fence);
+        match applied {
+            Applied::Stored if shared => say(),
+            // Another host recovered it first.
+            Applied::Stale if shared => {}
+            Applied::Stale => warn_stale(orphan.id, orphan.fence),
+            Applied::Stored | Applied::Cancelled => {}
         }
         Ok(())
     }
