@@ -342,3 +342,58 @@ fn a_watcher_whose_listening_connection_is_cut_listens_again() -> TestResult {
     assert_eq!(env.state(id)?, "FINISHED");
     Ok(())
 }
+
+#[test]
+fn a_run_that_loses_its_connection_stops_its_callbacks_and_the_next_run_recovers_the_job()
+-> TestResult {
+    let env = TestEnv::new("")?;
+    let Some((url, _)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    let pids = env.path("pids");
+    let script = env.script(
+        "slow.sh",
+        &format!(
+            "[ \"$BGQ_ATTEMPT\" -gt 1 ] && exit 0\nsleep 60 &\necho $$ $! > {}.tmp && mv {p}.tmp {p}\nwait",
+            pids.display(),
+            p = pids.display()
+        ),
+    )?;
+    env.write_config(&callback_toml("slow", &script, ""))?;
+    let id = env.publish("slow", "{}")?;
+    let mut run = env.spawn(&["process"])?;
+    wait_for("the callback to start", Duration::from_secs(20), || {
+        pids.exists()
+    })?;
+    let started = std::fs::read_to_string(&pids)?;
+    let pids_seen: Vec<i32> = started
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // The server drops every session of the run (a restart, a failover, an operator).
+    psql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE usename = current_user AND pid <> pg_backend_pid()",
+    )?;
+    let status = run.wait_exit(Duration::from_secs(30))?;
+    assert_eq!(status.code(), Some(1), "{}", run.stderr());
+    let stderr = run.stderr();
+    assert!(stderr.contains("bgq: error:"), "{stderr}");
+    for pid in &pids_seen {
+        wait_for(
+            "the callback and its helper to be gone",
+            Duration::from_secs(10),
+            || !alive(*pid),
+        )?;
+    }
+    // The next run of this host knows the old run is dead and runs the job again.
+    let recovered = env.process(&[])?;
+    assert!(
+        recovered.contains(&format!("recovered job {id}")),
+        "{recovered}"
+    );
+    assert_eq!(env.state(id)?, "FINISHED");
+    assert_eq!(attempts(&env, id)?, 2);
+    Ok(())
+}
