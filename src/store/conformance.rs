@@ -10,8 +10,9 @@
 //! crate::store::conformance::conformance_suite!(open);
 //! ```
 //!
-//! where `open()` returns `(guard, store)`: a fresh, empty store of the backend's type and
-//! whatever keeps it alive (a temp dir, a throwaway database), dropped after the store. That
+//! where `open()` returns `Some((guard, store))`: a fresh, empty store of the backend's type and
+//! whatever keeps it alive (a temp dir, a throwaway database), dropped after the store; or
+//! `None` when the backend's test server is missing (see [`run`]). That
 //! defines a module `conformance` in the caller with one `#[test]` per behaviour.
 //!
 //! To add a behaviour, write its function here and add its name to the list in
@@ -81,9 +82,16 @@ macro_rules! conformance_suite {
 }
 pub(crate) use conformance_suite;
 
-/// Runs `behaviour` on a fresh store from `open`, then drops the store before its guard.
-pub(crate) fn run<G, S: Store>(open: impl FnOnce() -> (G, S), behaviour: fn(&mut dyn Store)) {
-    let (guard, mut store) = open();
+/// Runs `behaviour` on a fresh store from `open`, then drops the store before its guard. A
+/// backend that needs a server its tests may lack returns `None` from `open` (having said why,
+/// and failed under CI): the behaviour is then not run.
+pub(crate) fn run<G, S: Store>(
+    open: impl FnOnce() -> Option<(G, S)>,
+    behaviour: fn(&mut dyn Store),
+) {
+    let Some((guard, mut store)) = open() else {
+        return;
+    };
     behaviour(&mut store);
     drop(store);
     drop(guard);

@@ -150,6 +150,11 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
     // nothing that must not happen: a descriptor kept per job shows as 150 more either way.
     std::thread::sleep(Duration::from_millis(300));
     let before = open_fds(watch.pid())?;
+    // PostgreSQL's client keeps one per connection (its runtime's waker), none per job.
+    let idle_events = eventfds(watch.pid())?;
+    if env.on_sqlite() {
+        assert_eq!(idle_events, 0, "eventfds open while idle");
+    }
     for round in 0..3 {
         let id = env.publish("hang", "{}")?;
         wait_for("the hanging callback", Duration::from_secs(15), || {
@@ -170,7 +175,7 @@ fn a_watch_run_keeps_no_descriptor_per_job() -> TestResult {
     let events = eventfds(watch.pid())?;
     send_signal(watch.pid(), "TERM")?;
     watch.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(events, 0, "eventfds left open while idle");
+    assert_eq!(events, idle_events, "eventfds left open while idle");
     assert!(
         after <= before,
         "descriptors grew from {before} to {after} over 173 jobs"
@@ -194,7 +199,7 @@ fn cancel_ends_the_job_itself_when_the_run_dies_during_the_wait() -> TestResult 
     wait_for_sigterm(&env)?;
     send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
-    assert!(alive(callback), "the orphaned callback lives on");
+    env.expect_orphans_after_run_died(&[callback])?;
 
     let out = cancel.wait_with_output()?;
     assert!(out.status.success(), "{}", describe(&out));
@@ -414,7 +419,7 @@ fn cancel_of_a_dead_runs_job_from_another_temp_dir_leaves_it_to_recovery() -> Te
         )),
         "{stdout}"
     );
-    assert!(alive(callback));
+    env.expect_orphans_after_run_died(&[callback])?;
     assert_eq!(env.state(id)?, "PROCESSING");
 
     let mut recovery = env.spawn_with_env(&["process"], &[("TMPDIR", &cron_tmp)])?;
@@ -591,15 +596,17 @@ fn cancel_kill_of_a_job_whose_run_died_cancels_it_at_once() -> TestResult {
     wait_for_group_record(&env, id)?;
     send_signal(process.pid(), "KILL")?;
     process.wait_exit(Duration::from_secs(10))?;
-    assert!(alive(callback), "the orphaned callback lives on");
+    env.expect_orphans_after_run_died(&[callback])?;
 
     let out = stdout_of(&env, &["cancel", "--kill", &id.to_string()])?;
+    let ending = if env.orphans_outlive_their_run() {
+        format!("its callback (process group {}) was stopped", guard.0)
+    } else {
+        "its callback had already ended".to_owned()
+    };
     assert_eq!(
         out,
-        format!(
-            "cancelled job {id} (hang): PROCESSING -> CANCELLED; its callback (process group {}) was stopped\n",
-            guard.0
-        )
+        format!("cancelled job {id} (hang): PROCESSING -> CANCELLED; {ending}\n")
     );
     assert_eq!(env.state(id)?, "CANCELLED");
     wait_for("the callback to die", Duration::from_secs(5), || {

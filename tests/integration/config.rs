@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use assert_cmd::Command;
 
@@ -436,22 +437,22 @@ fn example_config_mentions_every_setting() -> TestResult {
     Ok(())
 }
 
-/// `database` takes a path (SQLite) or a URL; this build has no PostgreSQL backend, so a
-/// postgres:// URL is refused in one line (exit 2), like any other scheme, and nothing is made.
+/// `database` takes a path (SQLite) or a PostgreSQL URL: another scheme is refused in one
+/// line (exit 2) before anything is made or reached.
 #[test]
-fn a_database_url_this_build_cannot_serve_is_refused_in_one_line() -> TestResult {
+fn a_database_url_of_another_scheme_is_refused_in_one_line() -> TestResult {
     let env = TestEnv::new("")?;
-    for (url, says) in [
-        ("postgres://bgq@db.example/app", "is a PostgreSQL URL"),
-        ("postgresql://db.example/app", "is a PostgreSQL URL"),
-        ("mysql://db.example/app", "has the unknown scheme `mysql`"),
-    ] {
+    for url in ["mysql://db.example/app", "redis://127.0.0.1/0"] {
         env.write_raw_config(&format!(
             "database = \"{url}\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n"
         ))?;
         for args in [&["list"][..], &["publish", "cb", "--json", "{}"]] {
             let out = env.bgq().args(args).output()?;
-            expect_error(&out, 2, &["bgq.toml:1: database:", says])?;
+            expect_error(
+                &out,
+                2,
+                &["bgq.toml:1: database:", "has the unknown scheme"],
+            )?;
         }
     }
     let made: Vec<_> = std::fs::read_dir(env.root())?
@@ -460,5 +461,43 @@ fn a_database_url_this_build_cannot_serve_is_refused_in_one_line() -> TestResult
         .filter(|name| name != "bgq.toml" && name != "locks")
         .collect();
     assert!(made.is_empty(), "made {made:?}");
+    Ok(())
+}
+
+/// A PostgreSQL server that cannot be reached is an error in one line, exit 1, naming the
+/// server without its password: one that refuses the connection, and one that accepts it and
+/// then says nothing (packets dropped, a hung server), which must not hang the command.
+#[test]
+fn an_unreachable_or_silent_server_is_an_error_within_seconds() -> TestResult {
+    let env = TestEnv::new("")?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let closed_port = closed.local_addr()?.port();
+    drop(closed);
+    // Bound, never accepted: the kernel completes the handshake, then nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent_port = silent.local_addr()?.port();
+    for port in [closed_port, silent_port] {
+        env.write_raw_config(&format!(
+            "database = \"postgres://bgq:s3cret@127.0.0.1:{port}/app\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n"
+        ))?;
+        for args in [
+            &["list"][..],
+            &["publish", "cb", "--json", "{}"],
+            &["process"],
+        ] {
+            let mut child = env.spawn(args)?;
+            // SPEC section 10 allows 10 s; the margin is for a loaded machine.
+            let status = child.wait_exit(Duration::from_secs(30))?;
+            let stderr = child.stderr();
+            assert_eq!(status.code(), Some(1), "{args:?} on port {port}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with("bgq: error: cannot connect to postgres://bgq:***@127.0.0.1:"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("s3cret"), "{stderr}");
+        }
+    }
+    drop(silent);
     Ok(())
 }

@@ -8,26 +8,10 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// The connection string and schema of this test's PostgreSQL queue, read from its config;
-/// `None` (with a note) when the suite runs on SQLite.
+/// The connection string and schema of this test's PostgreSQL queue; `None` (with a note)
+/// when the suite runs on SQLite.
 fn postgres_of(env: &TestEnv) -> TestResult<Option<(String, String)>> {
-    if env.on_sqlite() {
-        println!("skipped: the SQL functions are PostgreSQL's (set BGQ_TEST_DATABASE)");
-        return Ok(None);
-    }
-    let config = std::fs::read_to_string(env.config_path())?;
-    let value: toml::Value = toml::from_str(&config)?;
-    let url = value
-        .get("database")
-        .and_then(toml::Value::as_str)
-        .ok_or("no database in the config")?
-        .to_owned();
-    let schema = value
-        .get("schema")
-        .and_then(toml::Value::as_str)
-        .unwrap_or("bgq")
-        .to_owned();
-    Ok(Some((url, schema)))
+    Ok(env.postgres())
 }
 
 /// Runs `sql` with psql against `url`, stopping at the first error; returns its output.

@@ -49,10 +49,7 @@ fn killed_process_leaves_jobs_that_the_next_run_recovers() -> TestResult {
     first.wait_exit(Duration::from_secs(5))?;
     let old = pids(&pidfile)?;
     assert_eq!(old.len(), 2);
-    assert!(
-        old.iter().all(|&p| alive(p)),
-        "the orphaned callback is still running"
-    );
+    env.expect_orphans_after_run_died(&old)?;
     assert_eq!(read_lines(&started), [before.to_string()]);
     assert_eq!(env.state(before)?, "PROCESSING");
     assert_eq!(env.state(before2)?, "READY");
@@ -230,12 +227,19 @@ fn a_live_run_under_another_lock_is_not_taken_for_dead() -> TestResult {
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "bgq: warning: job {id} is running under another live `process`"
-        )),
-        "{stderr}"
-    );
+    // On SQLite the lock file is what keeps two runs of a queue apart, so a run under another
+    // lock is a mistake to report; on PostgreSQL the database keeps them apart, and runs under
+    // two locks are as safe as runs on two hosts.
+    if env.on_sqlite() {
+        assert!(
+            stderr.contains(&format!(
+                "bgq: warning: job {id} is running under another live `process`"
+            )),
+            "{stderr}"
+        );
+    } else {
+        assert_eq!(stderr, "");
+    }
     assert!(!stderr.contains("recovered"), "{stderr}");
     assert_eq!(env.state(id)?, "PROCESSING");
 

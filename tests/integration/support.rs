@@ -4,9 +4,15 @@
 //! reads the environment variable `BGQ_TEST_DATABASE`:
 //!
 //! - unset or empty: `database = "bgq.sqlite"`, a SQLite file in each test's own temp dir;
-//! - a `postgres://` or `postgresql://` URL: written into every config as it is given, so that
-//!   the same suite runs against that server (nothing else about PostgreSQL is assumed here);
+//! - a `postgres://` or `postgresql://` URL: every test gets a schema of its own on that server
+//!   (`schema = "t<pid>_<n>"` beside the URL in its config), made empty when the test starts
+//!   and dropped when its [`TestEnv`] goes, so that tests running in parallel never see each
+//!   other's jobs;
 //! - anything else is an error, so that a typo never runs the suite on SQLite unnoticed.
+//!
+//! Tests of PostgreSQL alone (its SQL functions, PgBouncer) call [`TestEnv::postgres`]: on
+//! SQLite they are skipped, except in CI (`CI=true`) when no server was given at all
+//! (`BGQ_TEST_POSTGRES`), which fails them, so that CI never passes without PostgreSQL.
 //!
 //! A test that writes a config of its own takes that line from [`TestEnv::database_line`].
 //! Tests that read, edit, corrupt, link or check the mode of the SQLite file itself are
@@ -62,17 +68,6 @@ impl Backend {
         }
     }
 
-    /// The `database = ...` line of a config for this backend.
-    pub fn database_line(&self) -> String {
-        match self {
-            Backend::Sqlite => format!("database = {}", toml_str(SQLITE_FILE)),
-            // TODO(PostgreSQL issue): tests run in parallel, so each needs a schema (or a
-            // database) of its own on the server, made here and dropped with the `TestEnv`;
-            // until that issue says how bgq names one, the URL is passed through unchanged.
-            Backend::Postgres(url) => format!("database = {}", toml_str(url)),
-        }
-    }
-
     /// True on SQLite; otherwise prints why a SQLite-only test is skipped.
     fn runs_sqlite_only_test(&self) -> bool {
         if *self == Backend::Sqlite {
@@ -92,10 +87,54 @@ pub fn sqlite_only() -> TestResult<bool> {
     Ok(Backend::from_env()?.runs_sqlite_only_test())
 }
 
+/// The variable that names a PostgreSQL server for the tests of PostgreSQL alone, set by
+/// `tests/run.sh` in both passes of the suite.
+pub const POSTGRES_VAR: &str = "BGQ_TEST_POSTGRES";
+
+/// A schema of its own on the test server, for one [`TestEnv`]: empty when made, dropped on
+/// drop.
+struct TestSchema {
+    url: String,
+    name: String,
+}
+
+impl TestSchema {
+    fn new(url: &str) -> TestResult<TestSchema> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let schema = TestSchema {
+            url: url.to_owned(),
+            name: format!("t{}_{n}", std::process::id()),
+        };
+        // A schema left by an earlier run whose process had the same id.
+        schema.drop_schema()?;
+        Ok(schema)
+    }
+
+    fn drop_schema(&self) -> TestResult {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls)?;
+        // A watcher a test left behind may still hold a lock in it: give up rather than hang.
+        client.batch_execute(&format!(
+            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        ))?;
+        Ok(())
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        if let Err(err) = self.drop_schema() {
+            eprintln!("note: schema {} left on the test server: {err}", self.name);
+        }
+    }
+}
+
 /// One isolated bgq installation: a temp dir holding `bgq.toml`, the database, a lock dir and scripts.
 pub struct TestEnv {
     dir: TempDir,
     backend: Backend,
+    schema: Option<TestSchema>,
 }
 
 impl TestEnv {
@@ -103,9 +142,15 @@ impl TestEnv {
     ///
     /// Base settings: [`TestEnv::database_line`], `temp_dir` = `<dir>/locks`.
     pub fn new(extra: &str) -> TestResult<Self> {
+        let backend = Backend::from_env()?;
+        let schema = match &backend {
+            Backend::Sqlite => None,
+            Backend::Postgres(url) => Some(TestSchema::new(url)?),
+        };
         let env = TestEnv {
             dir: tempfile::tempdir()?,
-            backend: Backend::from_env()?,
+            backend,
+            schema,
         };
         fs::create_dir_all(env.path("locks"))?;
         env.write_config(extra)?;
@@ -125,15 +170,65 @@ impl TestEnv {
     }
 
     /// The `database = ...` line of the base settings, for configs a test writes itself: the
-    /// SQLite file [`SQLITE_FILE`] next to the config, or the server of `BGQ_TEST_DATABASE`.
+    /// SQLite file [`SQLITE_FILE`] next to the config, or the server of `BGQ_TEST_DATABASE`
+    /// followed by a `schema = ...` line naming this test's own schema.
     pub fn database_line(&self) -> String {
-        self.backend.database_line()
+        match (&self.backend, &self.schema) {
+            (Backend::Postgres(url), Some(schema)) => format!(
+                "database = {}\nschema = {}",
+                toml_str(url),
+                toml_str(&schema.name)
+            ),
+            _ => format!("database = {}", toml_str(SQLITE_FILE)),
+        }
+    }
+
+    /// The server URL and schema of this test's PostgreSQL queue, for the tests of PostgreSQL
+    /// alone. On SQLite: `None`, with a note that the test is skipped, or a failure in CI when
+    /// no server was given at all, so that CI cannot pass without PostgreSQL.
+    pub fn postgres(&self) -> Option<(String, String)> {
+        if let (Backend::Postgres(url), Some(schema)) = (&self.backend, &self.schema) {
+            return Some((url.clone(), schema.name.clone()));
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true")
+                || std::env::var_os(POSTGRES_VAR).is_some(),
+            "this test needs PostgreSQL: in CI, {POSTGRES_VAR} must name a server (tests/run.sh starts one)"
+        );
+        println!(
+            "skipped: this test is PostgreSQL's; it runs in the suite's PostgreSQL pass ({DATABASE_VAR})"
+        );
+        None
     }
 
     /// True when this test's database is the SQLite file [`SQLITE_FILE`], for the few
     /// assertions of a test that hold only for a file (an error line naming it).
     pub fn on_sqlite(&self) -> bool {
         self.backend == Backend::Sqlite
+    }
+
+    /// Whether callbacks outlive a `process` run that dies: on SQLite they do, and the next
+    /// run stops them (SPEC section 4); on PostgreSQL, where a job may be recovered on another
+    /// host, they die with their run (SPEC section 10).
+    pub fn orphans_outlive_their_run(&self) -> bool {
+        self.on_sqlite()
+    }
+
+    /// After the `process` run of `callbacks` died: on SQLite, asserts they still run; on
+    /// PostgreSQL, waits for them to be gone.
+    pub fn expect_orphans_after_run_died(&self, callbacks: &[i32]) -> TestResult {
+        if self.orphans_outlive_their_run() {
+            assert!(
+                callbacks.iter().all(|&pid| alive(pid)),
+                "the orphaned callbacks live on"
+            );
+            return Ok(());
+        }
+        wait_for(
+            "the callbacks to die with their run",
+            Duration::from_secs(5),
+            || callbacks.iter().all(|&pid| !alive(pid)),
+        )
     }
 
     /// The SQLite file of this test's database, for a test that reads, edits, corrupts, links

@@ -1582,28 +1582,31 @@ impl Store for PostgresStore {
 
     fn pending_notices(&self, queue: &str) -> anyhow::Result<Vec<PendingNotice>> {
         // Ours, and those of runs that ended or are dead; those of other live runs are theirs.
+        // Liveness is judged as for orphans (`Fleet`), /proc included for this host's runs.
         let sql = self.sql(
-            "SELECT n.id, n.job_id, n.kind, n.reason, n.output
+            "SELECT n.id, n.job_id, n.kind, n.reason, n.output,
+                    r.pid, r.pid_started, r.boot_id, n.created_by, r.host_id, s.held, s.silent_ms,
+                    r.id IS NULL OR r.finished_at IS NOT NULL
              FROM @.notices n LEFT JOIN @.runs r ON r.id = n.created_by
-                  CROSS JOIN LATERAL @.run_session(n.created_by) s
+                  LEFT JOIN LATERAL @.run_session(r.id) s ON r.id IS NOT NULL
              WHERE n.queue = $1
-               AND (n.created_by = $2 OR r.id IS NULL OR r.finished_at IS NOT NULL
-                    OR (NOT s.held AND s.silent_ms >= $3))
              ORDER BY n.id",
         );
         let me = self.run.unwrap_or(-1);
-        let dead_after = crate::coord::fleet::DEAD_AFTER;
         let result = (|| -> anyhow::Result<Vec<PendingNotice>> {
-            let rows = self.reader().query_typed(
-                &sql,
-                &[
-                    (&queue, Type::TEXT),
-                    (&me, Type::INT8),
-                    (&dead_after, Type::INT8),
-                ],
-            )?;
+            let rows = self.reader().query_typed(&sql, &[(&queue, Type::TEXT)])?;
             let mut notices = Vec::with_capacity(rows.len());
             for row in &rows {
+                let created_by: Option<i64> = row.get(8);
+                let ended: bool = row.get(12);
+                let theirs = created_by != Some(me)
+                    && !ended
+                    && self
+                        .liveness_of(read_process(row, 5).as_ref(), read_session(row, 9).as_ref())
+                        == Liveness::Alive;
+                if theirs {
+                    continue;
+                }
                 let kind: &str = row.get(2);
                 let output: Option<Vec<u8>> = row.get(4);
                 let job_id: i64 = row.get(1);

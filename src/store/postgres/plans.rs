@@ -2,30 +2,18 @@
 //! read an index, never the whole jobs table (`EXPLAIN`). The claim's query is read from the
 //! `claim()` function the schema installed, so the text checked is the text that runs.
 //!
-//! Needs a server: `BGQ_TEST_POSTGRES` (a URL); without it the tests say so and pass, except
-//! under `CI=true`, where they fail.
+//! Needs the test server (`store::postgres::tests`).
 
+use super::tests::ThrowawaySchema;
 use super::*;
 use crate::store::{ListFilter, Schedule};
 
 /// A store on a fresh schema holding 200,000 jobs: most FINISHED, some due, some delayed,
 /// some in serial groups; `None` without a server.
-fn big_queue(name: &str) -> Option<(PostgresStore, String)> {
-    let Ok(url) = std::env::var("BGQ_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "BGQ_TEST_POSTGRES must name a PostgreSQL server in CI"
-        );
-        println!("skipped: BGQ_TEST_POSTGRES names no PostgreSQL server");
-        return None;
-    };
-    let schema = format!("plans_{name}_{}", std::process::id());
-    let target = PostgresTarget {
-        conninfo: url,
-        schema: schema.clone(),
-        host_id: "plans".to_owned(),
-    };
-    let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+fn big_queue(name: &str) -> Option<(PostgresStore, ThrowawaySchema)> {
+    let schema = ThrowawaySchema::new(&format!("plans_{name}"))?;
+    let mut store =
+        PostgresStore::open(&schema.target("plans"), Durability::Relaxed).expect("open");
     let payload = Payload::Json(serde_json::json!({}))
         .to_msgpack()
         .expect("payload");
@@ -44,7 +32,7 @@ fn big_queue(name: &str) -> Option<(PostgresStore, String)> {
     store
         .reader()
         .batch_execute(&in_schema(
-            &schema,
+            &schema.name,
             "UPDATE @.jobs SET state = 'FINISHED', due = false, finished_at = 2000 WHERE id % 50 <> 0;
              UPDATE @.jobs SET due = false, run_at = 9000000000000 WHERE id % 100 = 25;
              ANALYZE @.jobs",
@@ -82,7 +70,10 @@ fn the_claim_reads_the_ready_index() {
     let function: String = store
         .reader()
         .query_typed_one(
-            &in_schema(&schema, "SELECT pg_get_functiondef('@.claim'::regproc)"),
+            &in_schema(
+                &schema.name,
+                "SELECT pg_get_functiondef('@.claim'::regproc)",
+            ),
             &[],
         )
         .expect("claim()")
@@ -98,10 +89,10 @@ fn the_claim_reads_the_ready_index() {
         .replace("v_allowed", "$2::text[]")
         .replace("v_skipped", "$3::bigint[]")
         .replace("p_blocking", "$4::text[]")
-        .replace("jobs ", &format!("{schema}.jobs "))
+        .replace("jobs ", &format!("{}.jobs ", schema.name))
         .replace(
             "group_lock_space()",
-            &format!("{schema}.group_lock_space()"),
+            &format!("{}.group_lock_space()", schema.name),
         );
     let callbacks = vec!["cb1", "cb2", "cb3"];
     let none: Vec<i64> = Vec::new();
@@ -121,7 +112,6 @@ fn the_claim_reads_the_ready_index() {
         plan.contains("jobs_ready"),
         "the claim does not read jobs_ready:\n{plan}"
     );
-    drop_schema(&store, &schema);
 }
 
 #[test]
@@ -149,7 +139,7 @@ fn listing_and_recovery_queries_read_indexes() {
             ..ListFilter::default()
         },
     ] {
-        let (sql, conditions) = list_sql(&schema, &filter, 50);
+        let (sql, conditions) = list_sql(&schema.name, &filter, 50);
         uses_an_index(
             &format!("list {filter:?}"),
             &plan(&store, &sql, &conditions.params()),
@@ -184,13 +174,6 @@ fn listing_and_recovery_queries_read_indexes() {
             vec![(&run, Type::INT8)],
         ),
     ] {
-        uses_an_index(what, &plan(&store, &in_schema(&schema, sql), &params));
+        uses_an_index(what, &plan(&store, &in_schema(&schema.name, sql), &params));
     }
-    drop_schema(&store, &schema);
-}
-
-fn drop_schema(store: &PostgresStore, schema: &str) {
-    let _ = store
-        .reader()
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
 }

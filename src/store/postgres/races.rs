@@ -2,38 +2,34 @@
 //! would have put one after the other, here held at the same point by a third connection and
 //! then let go together.
 //!
-//! Needs a server: `BGQ_TEST_POSTGRES` (a URL); without it the tests say so and pass, except
-//! under `CI=true`, where they fail.
+//! Needs the test server (`store::postgres::tests`).
 
 use std::time::Duration;
 
+use super::tests::ThrowawaySchema;
 use super::*;
 use crate::store::Schedule;
 use crate::store::conformance::{claim, ended, job, me, publish};
 
-/// Two stores (two hosts) on one fresh schema, and its name; `None` without a server.
-fn two_hosts(name: &str) -> Option<(PostgresStore, PostgresStore, PostgresTarget)> {
-    let Ok(url) = std::env::var("BGQ_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "BGQ_TEST_POSTGRES must name a PostgreSQL server in CI"
-        );
-        println!("skipped: BGQ_TEST_POSTGRES names no PostgreSQL server");
-        return None;
-    };
-    let target = |host: &str| PostgresTarget {
-        conninfo: url.clone(),
-        schema: format!("races_{name}_{}", std::process::id()),
-        host_id: host.to_owned(),
-    };
-    let first = PostgresStore::open(&target("one"), Durability::Relaxed).expect("open");
-    let second = PostgresStore::open(&target("two"), Durability::Relaxed).expect("open");
-    Some((first, second, target("three")))
+/// Two stores (two hosts) on one fresh schema, and where a third finds it; `None` without a
+/// server.
+fn two_hosts(
+    name: &str,
+) -> Option<(
+    PostgresStore,
+    PostgresStore,
+    PostgresTarget,
+    ThrowawaySchema,
+)> {
+    let schema = ThrowawaySchema::new(&format!("races_{name}"))?;
+    let first = PostgresStore::open(&schema.target("one"), Durability::Relaxed).expect("open");
+    let second = PostgresStore::open(&schema.target("two"), Durability::Relaxed).expect("open");
+    Some((first, second, schema.target("three"), schema))
 }
 
 #[test]
 fn two_parents_finishing_at_once_on_two_hosts_both_count() {
-    let Some((mut one, mut two, target)) = two_hosts("parents") else {
+    let Some((mut one, mut two, target, _schema)) = two_hosts("parents") else {
         return;
     };
     let parents = publish(&mut one, &[job("a", None), job("a", None)], 1000).expect("parents");
@@ -117,7 +113,4 @@ fn two_parents_finishing_at_once_on_two_hosts_both_count() {
     reader.promote_due("general", None, 3000).expect("promote");
     let claimed = claim(&mut reader, "general", run, 3000, &["a"]).expect("claim");
     assert_eq!(claimed.map(|job| job.id), Some(child));
-    let _ = reader
-        .reader()
-        .batch_execute(&format!("DROP SCHEMA {} CASCADE", target.schema));
 }

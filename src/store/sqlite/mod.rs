@@ -1657,7 +1657,7 @@ mod tests {
         (dir, store)
     }
 
-    crate::store::conformance::conformance_suite!(store);
+    crate::store::conformance::conformance_suite!(|| Some(store()));
 
     /// SQLite's own: `schema.sql` sets the `user_version` the upgrades count from.
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL server for the tests, in a folder of its own.
+#
+#   tests/postgres-server.sh start DIR   starts one in DIR (made if missing), prints its URL
+#   tests/postgres-server.sh stop DIR    stops it (DIR can then be removed)
+#
+# It uses Debian's packages (/usr/lib/postgresql/<version>/bin, the newest there) or initdb and
+# pg_ctl from PATH. PostgreSQL refuses to run as root, so under root the server runs as the
+# `postgres` user (made by Debian's package), else as `nobody`. It listens on 127.0.0.1 on the
+# first free port from 54400, trusts local connections and does not fsync: it holds nothing
+# worth keeping. Exits 1 with a one-line reason when no PostgreSQL is installed.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+action=$1
+dir=$2
+
+bin=""
+for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$candidate/initdb" ]; then bin=$candidate; break; fi
+done
+if [ -z "$bin" ] && command -v initdb >/dev/null 2>&1; then
+    bin=$(dirname "$(command -v initdb)")
+fi
+if [ -z "$bin" ]; then
+    echo "$0: no PostgreSQL found (install Debian's postgresql package)" >&2
+    exit 1
+fi
+
+as_owner=()
+if [ "$(id -u)" -eq 0 ]; then
+    owner=postgres
+    id -u "$owner" >/dev/null 2>&1 || owner=nobody
+    as_owner=(runuser -u "$owner" --)
+fi
+
+case $action in
+start)
+    mkdir -p "$dir"
+    [ ${#as_owner[@]} -eq 0 ] || chown "$owner" "$dir"
+    port=54400
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        port=$((port + 1))
+    done
+    "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+        { echo "$0: initdb failed, see $dir/initdb.log" >&2; exit 1; }
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=400" \
+        start >/dev/null ||
+        { echo "$0: the server did not start, see $dir/server.log" >&2; exit 1; }
+    "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        -c "CREATE ROLE bgq_test LOGIN" -c "CREATE DATABASE bgq_test OWNER bgq_test" >/dev/null
+    echo "postgres://bgq_test@127.0.0.1:$port/bgq_test"
+    ;;
+stop)
+    [ -d "$dir/data" ] || exit 0
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    ;;
+*)
+    usage
+    ;;
+esac
