@@ -9,6 +9,11 @@
 # `postgres` user (made by Debian's package), else as `nobody`. It listens on 127.0.0.1 on the
 # first free port from 54400, trusts local connections and does not fsync: it holds nothing
 # worth keeping. Exits 1 with a one-line reason when no PostgreSQL is installed.
+#
+# For the tests of connecting: it serves TLS with a certificate for `localhost` (not for
+# 127.0.0.1) signed by a throwaway authority, DIR/tls/ca.crt (with openssl, when installed);
+# besides the trusted role bgq_test, role bgq_pw must give its password, `bgq-secret`, and role
+# bgq_tls may connect only over TLS. Both are members of bgq_test, so they may use its queues.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -45,12 +50,35 @@ start)
     done
     "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
         { echo "$0: initdb failed, see $dir/initdb.log" >&2; exit 1; }
+    tls_options=""
+    if command -v openssl >/dev/null 2>&1; then
+        mkdir -p "$dir/tls"
+        (
+            cd "$dir/tls"
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bgq test authority" \
+                -keyout ca.key -out ca.crt
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+            printf 'subjectAltName=DNS:localhost\n' >san.ext
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile san.ext -out server.crt
+        ) >"$dir/tls.log" 2>&1 || { echo "$0: openssl failed, see $dir/tls.log" >&2; exit 1; }
+        chmod 600 "$dir/tls/server.key"
+        [ ${#as_owner[@]} -eq 0 ] || chown -R "$owner" "$dir/tls"
+        chmod 755 "$dir/tls"
+        tls_options="-c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key"
+    fi
+    printf '%s\n' 'host all bgq_pw 127.0.0.1/32 scram-sha-256' \
+        'hostnossl all bgq_tls 127.0.0.1/32 reject' 'hostssl all bgq_tls 127.0.0.1/32 trust' >"$dir/hba.head"
+    cat "$dir/hba.head" "$dir/data/pg_hba.conf" >"$dir/hba.conf"
+    [ ${#as_owner[@]} -eq 0 ] || chown "$owner" "$dir/hba.conf"
     "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=400" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=400 -c hba_file=$dir/hba.conf $tls_options" \
         start >/dev/null ||
         { echo "$0: the server did not start, see $dir/server.log" >&2; exit 1; }
     "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
-        -c "CREATE ROLE bgq_test LOGIN" -c "CREATE DATABASE bgq_test OWNER bgq_test" >/dev/null
+        -c "CREATE ROLE bgq_test LOGIN" -c "CREATE DATABASE bgq_test OWNER bgq_test" \
+        -c "CREATE ROLE bgq_pw LOGIN PASSWORD 'bgq-secret' IN ROLE bgq_test" \
+        -c "CREATE ROLE bgq_tls LOGIN IN ROLE bgq_test" >/dev/null
     echo "postgres://bgq_test@127.0.0.1:$port/bgq_test"
     ;;
 stop)

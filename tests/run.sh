@@ -8,7 +8,9 @@
 # PostgreSQL is the server `BGQ_TEST_POSTGRES` names, else a throwaway one that
 # tests/postgres-server.sh starts here and stops at the end. Without PostgreSQL installed the
 # second pass is left out with a note, except in CI (`CI=true`), where that is an error.
-# Arguments go to every `cargo test` (e.g. a test name to filter on).
+# Arguments go to every `cargo test` (e.g. a test name to filter on). A server of your own
+# (`BGQ_TEST_POSTGRES`) is used as it is; the TLS and password tests then need the roles and
+# certificate that tests/postgres-server.sh sets up (`BGQ_TEST_POSTGRES_CA`), else they skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,8 @@ if [ -z "${BGQ_TEST_POSTGRES:-}" ]; then
     trap stop_server EXIT
     if url=$(tests/postgres-server.sh start "$server_dir"); then
         export BGQ_TEST_POSTGRES=$url
+        # The authority of the server's certificate, for the tests of TLS.
+        [ ! -f "$server_dir/tls/ca.crt" ] || export BGQ_TEST_POSTGRES_CA=$server_dir/tls/ca.crt
         echo "tests/run.sh: PostgreSQL for the tests at $url"
     elif [ "${CI:-}" = true ]; then
         echo "tests/run.sh: CI needs PostgreSQL for the tests" >&2

@@ -480,12 +480,17 @@ fn an_unreachable_or_silent_server_is_an_error_within_seconds() -> TestResult {
         env.write_raw_config(&format!(
             "database = \"postgres://bgq:s3cret@127.0.0.1:{port}/app\"\n[callbacks.cb]\ncommand = [\"/bin/true\"]\n"
         ))?;
-        for args in [
-            &["list"][..],
-            &["publish", "cb", "--json", "{}"],
-            &["process"],
+        for (args, timeout) in [
+            // The default timeout once; then libpq's variable, which shortens it.
+            (&["list"][..], None),
+            (&["publish", "cb", "--json", "{}"], Some("2")),
+            (&["process"], Some("2")),
         ] {
-            let mut child = env.spawn(args)?;
+            let vars: Vec<(&str, &Path)> = timeout
+                .map(|seconds| ("PGCONNECT_TIMEOUT", Path::new(seconds)))
+                .into_iter()
+                .collect();
+            let mut child = env.spawn_with_env(args, &vars)?;
             // SPEC section 10 allows 10 s; the margin is for a loaded machine.
             let status = child.wait_exit(Duration::from_secs(30))?;
             let stderr = child.stderr();

@@ -24,6 +24,7 @@ mod locking;
 mod lost_output;
 mod on_demand;
 mod pgbouncer;
+mod postgres_connect;
 mod postgres_sql;
 mod protocol;
 mod publish;

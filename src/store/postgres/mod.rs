@@ -12,6 +12,7 @@
 
 mod connect;
 mod session;
+mod tls;
 mod wake;
 
 use std::cell::{Cell, RefCell, RefMut};
@@ -948,10 +949,11 @@ impl Store for PostgresStore {
         let host_id = self.fleet.host_id.clone();
         let result = (|| -> anyhow::Result<i64> {
             // A lost commit of a run re-runs a job at worst (the contract's Relaxed); a run has
-            // a session of its own, so the setting stays with it.
-            self.client
-                .get_mut()
-                .batch_execute("SET synchronous_commit = off")?;
+            // a session of its own, so the settings stay with it.
+            self.client.get_mut().batch_execute(&format!(
+                "SET synchronous_commit = off; {}",
+                session::SERVER_KEEPALIVES
+            ))?;
             let mut tx = self.client.get_mut().transaction()?;
             let started = i64::try_from(runner.started).unwrap_or(i64::MAX);
             let run: i64 = tx

@@ -33,6 +33,12 @@ const RESUMED_AFTER: Duration = Duration::from_secs(2);
 const SESSION_SETTINGS: &str = "SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;
     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 6000; SET statement_timeout = 5000";
 
+/// The same keepalives for a run's other connection (claims, outcomes, recovery): cut off
+/// mid-transaction, it would otherwise keep its row locks, and stall every host that waits on
+/// them, until the server's own TCP gave up (hours).
+pub const SERVER_KEEPALIVES: &str = "SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;
+    SET tcp_keepalives_count = 3; SET tcp_user_timeout = 6000";
+
 /// The second key of run `run`'s advisory lock (the first is the schema's `run_lock_space()`).
 pub fn lock_key(run: i64) -> i32 {
     i32::try_from(run.rem_euclid(1 << 31)).unwrap_or_default()
