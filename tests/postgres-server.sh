@@ -3,6 +3,8 @@
 #
 #   tests/postgres-server.sh start DIR   starts one in DIR (made if missing), prints its URL
 #   tests/postgres-server.sh stop DIR    stops it (DIR can then be removed)
+#   tests/postgres-server.sh restart DIR restarts it on the same port (a fast shutdown: every
+#                                        session is ended, as in a real restart)
 #
 # It uses Debian's packages (/usr/lib/postgresql/<version>/bin, the newest there) or initdb and
 # pg_ctl from PATH. PostgreSQL refuses to run as root, so under root the server runs as the
@@ -16,7 +18,7 @@
 # bgq_tls may connect only over TLS. Both are members of bgq_test, so they may use its queues.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 action=$1
 dir=$2
@@ -80,6 +82,12 @@ start)
         -c "CREATE ROLE bgq_pw LOGIN PASSWORD 'bgq-secret' IN ROLE bgq_test" \
         -c "CREATE ROLE bgq_tls LOGIN IN ROLE bgq_test" >/dev/null
     echo "postgres://bgq_test@127.0.0.1:$port/bgq_test"
+    ;;
+restart)
+    # pg_ctl restart starts the server again with the options it was started with (its
+    # postmaster.opts), port included; the log file must be named again.
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null ||
+        { echo "$0: the server did not restart, see $dir/server.log" >&2; exit 1; }
     ;;
 stop)
     [ -d "$dir/data" ] || exit 0

@@ -16,6 +16,7 @@ mod dependencies;
 mod digest;
 mod disk_trouble;
 mod durability;
+mod fleet;
 mod hostile_callbacks;
 mod hostile_input;
 mod human_output;
