@@ -22,6 +22,7 @@ mod human_output;
 mod list;
 mod locking;
 mod lost_output;
+mod migrate;
 mod on_demand;
 mod pgbouncer;
 mod postgres_sql;
