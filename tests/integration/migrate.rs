@@ -362,3 +362,41 @@ fn a_bad_target_is_a_usage_error_and_touches_nothing() -> TestResult {
     assert!(!env.path("other.sqlite").exists());
     Ok(())
 }
+
+#[test]
+fn runs_already_recorded_in_the_schema_are_kept_and_the_copied_ones_numbered_after() -> TestResult {
+    let Some(schema) = postgres_beside_sqlite()? else {
+        return Ok(());
+    };
+    let env = TestEnv::new("")?;
+    let script = env.script("cb.sh", "echo \"$BGQ_JOB_ID\" >> ran.log")?;
+    let settings = callback_toml("cb", &script, "");
+    env.write_config(&settings)?;
+    let done = env.publish("cb", "{}")?;
+    env.process(&[])?;
+    let waiting = env.publish("cb", "{}")?;
+    // `process` ran on the empty PostgreSQL queue before the copy: its runs stay.
+    write_postgres_config(&env, &schema, &settings)?;
+    ok_stdout(on_postgres(&env).arg("process"))?;
+    ok_stdout(on_postgres(&env).arg("process"))?;
+    let out = migrate(&env, &schema)?;
+    assert!(out.status.success(), "migrate: {}", describe(&out));
+    let shown = |id: i64| ok_stdout(on_postgres(&env).args(["show", "--json", &id.to_string()]));
+    assert_eq!(
+        shown(done)?,
+        stdout_of(&env, &["show", "--json", &done.to_string()])?
+    );
+    // The copied job that waits runs once on PostgreSQL, and only it.
+    ok_stdout(on_postgres(&env).arg("process"))?;
+    assert_eq!(
+        read_lines(&env.path("ran.log")),
+        [done.to_string(), waiting.to_string()]
+    );
+    assert_eq!(
+        ok_stdout(on_postgres(&env).args(["list", "--state", "FINISHED", "--json"]))?
+            .lines()
+            .count(),
+        2
+    );
+    Ok(())
+}
