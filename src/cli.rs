@@ -56,6 +56,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the config against this machine and the queue
     Check,
+    /// Copy this SQLite queue into an empty PostgreSQL schema, keeping ids, states and order
+    #[command(
+        after_help = "The SQLite file is only read. Stop `process` runs (and cron's) and publishers first: a queue a live run holds is refused, and jobs published during the copy stay behind. A schema that already holds jobs is refused and left unchanged (exit 1). Then point `database` at the URL."
+    )]
+    Migrate(MigrateArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Print the man page (roff)
@@ -226,6 +231,18 @@ pub struct StatusArgs {
     pub queue: Vec<String>,
 }
 
+/// `bgq migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The PostgreSQL database: a postgres:// URL or a key=value connection string, as `database` takes
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+
+    /// The schema to copy into; it must hold no jobs [default: bgq]
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+}
+
 /// `bgq completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -357,6 +374,17 @@ mod tests {
         assert!(Cli::try_parse_from(["bgq", "process", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "process", "--max-time", "abc"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "clear", "-3"]).is_err());
+    }
+
+    #[test]
+    fn migrate_needs_to() {
+        assert!(Cli::try_parse_from(["bgq", "migrate"]).is_err());
+        let cli =
+            Cli::try_parse_from(["bgq", "migrate", "--to", "postgres://db/app"]).expect("parses");
+        let Command::Migrate(args) = cli.command else {
+            panic!("not migrate");
+        };
+        assert_eq!((args.to.as_str(), args.schema), ("postgres://db/app", None));
     }
 
     #[test]

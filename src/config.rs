@@ -474,6 +474,50 @@ impl std::fmt::Display for PostgresTarget {
 /// The schema bgq uses in a PostgreSQL database unless `schema` says.
 pub const DEFAULT_SCHEMA: &str = "bgq";
 
+/// The PostgreSQL database `database` names, written as the `database` setting takes it (a
+/// `postgres://` or `postgresql://` URL, or a libpq key=value string), with `schema` checked as
+/// the `schema` setting is (default `bgq`), for `bgq migrate --to URL --schema NAME`. Anything
+/// else is a usage error that never repeats the value (it may hold a password).
+pub fn postgres_target(database: &str, schema: Option<&str>) -> anyhow::Result<PostgresTarget> {
+    use serde::de::IntoDeserializer;
+    type ValueError = serde::de::value::Error;
+    let parsed =
+        ConfigDatabase::deserialize(IntoDeserializer::<ValueError>::into_deserializer(database));
+    let conninfo = match parsed {
+        Ok(ConfigDatabase::Postgres(conninfo)) => conninfo,
+        Ok(ConfigDatabase::Path(_)) => {
+            return Err(usage(
+                "--to: not a PostgreSQL database: give a postgres:// URL or a key=value connection string (host=... dbname=...)",
+            ));
+        }
+        Err(err) => {
+            let why = match url_scheme(database) {
+                Some(scheme) => format!(
+                    "the scheme `{}` is not PostgreSQL's",
+                    crate::escape::line(scheme)
+                ),
+                None => err.to_string(),
+            };
+            return Err(usage(format!(
+                "--to: {why}: give a postgres:// URL or a key=value connection string"
+            )));
+        }
+    };
+    let schema = match schema {
+        None => DEFAULT_SCHEMA.to_owned(),
+        Some(name) => {
+            SchemaName::deserialize(IntoDeserializer::<ValueError>::into_deserializer(name))
+                .map_err(|err| usage(format!("--schema: {err}")))?
+                .0
+        }
+    };
+    Ok(PostgresTarget {
+        conninfo,
+        schema,
+        host_id: host_id(None)?,
+    })
+}
+
 impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -784,6 +828,42 @@ mod tests {
         let err = parse_err("database = \"mysql://db/app\"\n");
         assert!(err.contains("has the unknown scheme `mysql`"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn migrate_targets_are_read_as_the_database_setting() {
+        let target = postgres_target("postgresql://u:pw@db/app", None).expect("a URL");
+        assert_eq!(
+            (target.conninfo.as_str(), target.schema.as_str()),
+            ("postgresql://u:pw@db/app", "bgq")
+        );
+        let target = postgres_target("host=db dbname=app", Some("queue_2")).expect("key=value");
+        assert_eq!(target.schema, "queue_2");
+        for (to, schema, expected) in [
+            (
+                "mysql://u:pw@db/app",
+                None,
+                "--to: the scheme `mysql` is not PostgreSQL's",
+            ),
+            ("var/q.sqlite", None, "--to: not a PostgreSQL database"),
+            ("", None, "--to: must be a non-empty path"),
+            (
+                "postgres://db/app",
+                Some("Bad-Name"),
+                "--schema: must be a plain PostgreSQL name",
+            ),
+            (
+                "postgres://db/app",
+                Some("pg_x"),
+                "--schema: must be a plain PostgreSQL name",
+            ),
+        ] {
+            let err = postgres_target(to, schema).expect_err(to);
+            let message = format!("{err:#}");
+            assert!(message.starts_with(expected), "{to:?}: {message}");
+            assert!(!message.contains("pw"), "{message}");
+            assert_eq!(crate::error::exit_code(&err), 2);
+        }
     }
 
     #[test]

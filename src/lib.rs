@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => commands::explain::run(&config, &args),
         Command::Status(args) => commands::status::run(&config, &args),
         Command::Check => commands::check::run(&config),
+        Command::Migrate(args) => commands::migrate::run(&config, &args),
         Command::Completions(_) | Command::Man => Ok(()),
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod clear;
 pub(crate) mod explain;
 pub(crate) mod generate;
 pub(crate) mod list;
+pub(crate) mod migrate;
 pub(crate) mod process;
 pub mod publish;
 pub(crate) mod retry;

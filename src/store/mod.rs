@@ -38,6 +38,7 @@
 mod conformance;
 pub mod postgres;
 pub mod sqlite;
+pub mod transfer;
 
 use crate::config::Database;
 use crate::coord::process_group::ProcessRecord;

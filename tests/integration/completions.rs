@@ -8,9 +8,9 @@ use assert_cmd::Command;
 use crate::support::{TestResult, describe, expect_refused};
 
 /// Every subcommand the completion scripts and the man page must name.
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 12] = [
     "publish", "process", "list", "clear", "show", "retry", "cancel", "stats", "explain", "status",
-    "check",
+    "check", "migrate",
 ];
 
 /// `bgq ARGS` run in `dir` (which has no `bgq.toml`), with no `--config` and no `BGQ_CONFIG`.

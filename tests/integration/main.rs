@@ -23,6 +23,7 @@ mod human_output;
 mod list;
 mod locking;
 mod lost_output;
+mod migrate;
 mod on_demand;
 mod pgbouncer;
 mod postgres_connect;

@@ -91,9 +91,9 @@ pub fn sqlite_only() -> TestResult<bool> {
 /// `tests/run.sh` in both passes of the suite.
 pub const POSTGRES_VAR: &str = "BGQ_TEST_POSTGRES";
 
-/// A schema of its own on the test server, for one [`TestEnv`]: empty when made, dropped on
-/// drop.
-struct TestSchema {
+/// A schema of its own on the test server, for one [`TestEnv`] (or one test, see
+/// [`postgres_beside_sqlite`]): empty when made, dropped on drop.
+pub struct TestSchema {
     url: String,
     name: String,
 }
@@ -111,6 +111,16 @@ impl TestSchema {
         Ok(schema)
     }
 
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn drop_schema(&self) -> TestResult {
         let mut client = postgres::Client::connect(&self.url, postgres::NoTls)?;
         // A watcher a test left behind may still hold a lock in it: give up rather than hang.
@@ -126,6 +136,30 @@ impl Drop for TestSchema {
     fn drop(&mut self) {
         if let Err(err) = self.drop_schema() {
             eprintln!("note: schema {} left on the test server: {err}", self.name);
+        }
+    }
+}
+
+/// A schema of its own on the server [`POSTGRES_VAR`] names, beside a test's SQLite queue, for
+/// the tests that need both at once (`bgq migrate`): they run in the suite's SQLite pass. In
+/// the PostgreSQL pass, or without a server, prints why the test is skipped and returns
+/// `None`; in CI (`CI=true`) a missing server fails the test instead.
+pub fn postgres_beside_sqlite() -> TestResult<Option<TestSchema>> {
+    if Backend::from_env()? != Backend::Sqlite {
+        println!(
+            "skipped: this test needs a SQLite queue beside a PostgreSQL one; it runs in the suite's SQLite pass, with {POSTGRES_VAR} as the server"
+        );
+        return Ok(None);
+    }
+    match std::env::var(POSTGRES_VAR) {
+        Ok(url) if !url.is_empty() => Ok(Some(TestSchema::new(&url)?)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "this test needs PostgreSQL: in CI, {POSTGRES_VAR} must name a server (tests/run.sh starts one)"
+            );
+            println!("skipped: this test needs PostgreSQL, and {POSTGRES_VAR} names no server");
+            Ok(None)
         }
     }
 }

@@ -11,6 +11,7 @@
 //! nothing a transaction-mode pooler could mix up between clients.
 
 mod connect;
+mod import;
 mod session;
 mod tls;
 mod wake;

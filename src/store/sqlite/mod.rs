@@ -8,6 +8,7 @@
 //! publish durable, `NORMAL` relaxes only the commits of `process`.
 
 mod disk_full;
+mod export;
 mod wake;
 
 use std::fs;
@@ -29,6 +30,8 @@ use crate::store::{
     JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
     Store, Tally,
 };
+
+pub use export::SqliteExport;
 
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../../../schema.sql");
