@@ -137,7 +137,7 @@ class PgBench(bench.Bench):
         empty_dir, empty = self.pg_setup("t1-empty")
         big_dir, bigs = self.pg_setup("t1-big")
         start = now()
-        # As bgq leaves a FINISHED job (see schema-postgres.sql): not due, not blocked, an empty
+        # As bgq leaves a FINISHED job (see src/store/postgres/schema.sql): not due, not blocked, an empty
         # output, started and finished an hour ago; payload {"n":1} in MessagePack.
         self.psql(f"""
             INSERT INTO {bigs}.jobs (queue, callback, payload, state, attempts, created_at,

@@ -41,7 +41,7 @@ use crate::store::{
 pub use connect::{Purpose, connect};
 
 /// The canonical schema, applied to a new schema.
-const SCHEMA: &str = include_str!("../../../schema-postgres.sql");
+const SCHEMA: &str = include_str!("schema.sql");
 /// The schema version this binary writes: the same numbers as SQLite's.
 pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
 /// How long per-minute outcome counts are kept for `stats`.

@@ -1,5 +1,5 @@
 //! The wake-up of `process --watch` on PostgreSQL: a connection of its own that LISTENs on the
-//! schema's channel (see `wake_channel()` in schema-postgres.sql), to which publish, retry and
+//! schema's channel (see `wake_channel()` in schema.sql beside this file), to which publish, retry and
 //! a finished parent notify. Notifications can be lost (a dropped connection): the listener
 //! reconnects, and wakes the run once it has, since it may have missed some; `--watch` polls
 //! meanwhile.
