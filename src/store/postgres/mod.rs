@@ -13,6 +13,7 @@
 mod connect;
 mod import;
 mod session;
+mod settle;
 mod tls;
 mod wake;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
+use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, GenericClient, Row};
 
@@ -29,19 +31,25 @@ use crate::coord::Liveness;
 use crate::coord::fleet::{Fleet, SessionFacts};
 use crate::coord::process_group::ProcessRecord;
 use crate::error::UsageError;
-use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
+use crate::job::{JobRecord, JobState, Millis, NewJob, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
-    JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
-    Store, Tally,
+    Applied, Change, ClaimRequest, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail,
+    ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store,
+    Tally,
 };
 
 pub use connect::{Purpose, connect};
 
-/// The canonical schema, applied to a new schema.
+/// The canonical tables, applied to a new schema.
 const SCHEMA: &str = include_str!("schema.sql");
+/// The upgrade of a schema from the version before each to it, in order.
+const UPGRADES: &[(i64, &str)] = &[(5, include_str!("upgrades/v5.sql"))];
+/// The schema's functions, applied to a new schema and whenever its revision is older.
+const FUNCTIONS: &str = include_str!("functions.sql");
+/// The revision of functions.sql, in `meta.functions`: 2 added settle() and settle_and_claim().
+const FUNCTIONS_REVISION: i64 = 2;
 /// The schema version this binary writes: the same numbers as SQLite's.
 pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
 /// How long per-minute outcome counts are kept for `stats`.
@@ -130,34 +138,35 @@ impl PostgresStore {
         self.client.borrow_mut()
     }
 
-    /// The schema's version, `None` when it has no bgq tables.
-    fn version(&mut self) -> anyhow::Result<Option<i64>> {
-        let sql = format!(
-            "SELECT to_regclass('{schema}.meta') IS NOT NULL",
-            schema = self.schema
+    /// The schema's version and the revision of its functions (`None` when it has no bgq
+    /// tables), in one round trip: every command asks this first.
+    fn version(&mut self) -> anyhow::Result<Option<Revisions>> {
+        let sql = self.sql(
+            "SELECT (SELECT value FROM @.meta WHERE key = 'version'),
+                    (SELECT value FROM @.meta WHERE key = 'functions')",
         );
-        let exists: bool = self.reader().query_typed_one(&sql, &[])?.get(0);
-        if !exists {
-            return Ok(None);
-        }
-        let sql = self.sql("SELECT value FROM @.meta WHERE key = 'version'");
-        let value: Option<String> = self
-            .reader()
-            .query_typed_opt(&sql, &[])?
-            .map(|row| row.get(0));
-        let value = value.context("its meta table has no version")?;
-        Ok(Some(value.parse().with_context(|| {
-            format!("its version {value:?} is not a number")
-        })?))
+        let row = match self.reader().query_typed_one(&sql, &[]) {
+            Ok(row) => row,
+            // No meta table: a schema bgq has not set up (yet).
+            Err(err) if err.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        Revisions::read(row.get(0), row.get(1)).map(Some)
     }
 
     fn migrate(&mut self) -> anyhow::Result<()> {
         match self.version()? {
-            Some(version) if version == SCHEMA_VERSION => return Ok(()),
-            Some(version) if version > SCHEMA_VERSION => bail!(
-                "schema {} has version {version}, newer than this bgq knows ({SCHEMA_VERSION}): upgrade bgq",
-                self.schema
+            Some(found) if found.version > SCHEMA_VERSION => bail!(
+                "schema {} has version {}, newer than this bgq knows ({SCHEMA_VERSION}): upgrade bgq",
+                self.schema,
+                found.version
             ),
+            // Newer functions than ours are fine: a revision keeps what older binaries call.
+            Some(found)
+                if found.version == SCHEMA_VERSION && found.functions >= FUNCTIONS_REVISION =>
+            {
+                return Ok(());
+            }
             _ => {}
         }
         let schema = self.schema.clone();
@@ -176,16 +185,44 @@ impl PostgresStore {
             )?
             .get(0);
         if exists {
-            let value: String = tx
-                .query_typed_one(
-                    &in_schema(&schema, "SELECT value FROM @.meta WHERE key = 'version'"),
-                    &[],
-                )?
-                .get(0);
-            if value.parse::<i64>().ok() == Some(SCHEMA_VERSION) {
-                return Ok(tx.commit()?);
+            let row = tx.query_typed_one(
+                &in_schema(
+                    &schema,
+                    "SELECT (SELECT value FROM @.meta WHERE key = 'version'),
+                            (SELECT value FROM @.meta WHERE key = 'functions')",
+                ),
+                &[],
+            )?;
+            let found = Revisions::read(row.get(0), row.get(1))?;
+            let upgrades: Vec<&(i64, &str)> = UPGRADES
+                .iter()
+                .filter(|(reached, _)| *reached > found.version)
+                .collect();
+            if found.version > SCHEMA_VERSION
+                || upgrades
+                    .first()
+                    .is_some_and(|(first, _)| *first != found.version + 1)
+            {
+                bail!(
+                    "schema {schema} has version {}, which this bgq cannot upgrade",
+                    found.version
+                );
             }
-            bail!("schema {schema} has version {value}, which this bgq cannot upgrade");
+            if !upgrades.is_empty() {
+                tx.batch_execute(&format!("SET LOCAL search_path = {schema}"))?;
+            }
+            for (reached, sql) in upgrades {
+                tx.batch_execute(sql).with_context(|| {
+                    format!(
+                        "cannot upgrade schema {schema} from version {} to {reached}",
+                        reached - 1
+                    )
+                })?;
+            }
+            if found.functions < FUNCTIONS_REVISION {
+                apply_functions(&mut tx, &schema)?;
+            }
+            return Ok(tx.commit()?);
         }
         let has_tables: bool = tx
             .query_typed_one(
@@ -204,6 +241,7 @@ impl PostgresStore {
         .with_context(|| format!("cannot create schema {schema}"))?;
         tx.batch_execute(SCHEMA)
             .context("cannot create bgq's tables")?;
+        apply_functions(&mut tx, &schema)?;
         tx.commit()?;
         Ok(())
     }
@@ -365,72 +403,6 @@ impl PostgresStore {
         Ok(Published::Stored { ids, waiting_for })
     }
 
-    /// Claims up to `claim.limit` jobs inside `tx`.
-    fn claim_in(
-        tx: &mut postgres::Transaction<'_>,
-        schema: &str,
-        claim: &ClaimRequest<'_>,
-    ) -> anyhow::Result<Vec<ClaimedJob>> {
-        let names: Vec<&str> = claim.callbacks.iter().map(|(name, _)| *name).collect();
-        let left: Vec<i32> = claim
-            .callbacks
-            .iter()
-            .map(|(_, left)| {
-                if *left == usize::MAX {
-                    -1
-                } else {
-                    i32::try_from(*left).unwrap_or(i32::MAX)
-                }
-            })
-            .collect();
-        let fleet_limits: Vec<i32> = claim
-            .limits
-            .iter()
-            .map(|limit| limit.map_or(-1, |limit| i32::try_from(limit).unwrap_or(i32::MAX)))
-            .collect();
-        let limit = i32::try_from(claim.limit).unwrap_or(i32::MAX);
-        let rows = tx.query_typed(
-            &in_schema(
-                schema,
-                "SELECT * FROM @.claim($1, $2, $3, $4, $5, $6, $7, $8)",
-            ),
-            &[
-                (&claim.queue, Type::TEXT),
-                (&claim.run, Type::INT8),
-                (&claim.now, Type::INT8),
-                (&limit, Type::INT4),
-                (&names, Type::TEXT_ARRAY),
-                (&left, Type::INT4_ARRAY),
-                (&fleet_limits, Type::INT4_ARRAY),
-                (&claim.blocking, Type::TEXT_ARRAY),
-            ],
-        )?;
-        rows.iter()
-            .map(|row| {
-                let id: i64 = row.get(0);
-                let attempts = read_u32(row, 5);
-                Ok(ClaimedJob {
-                    id,
-                    queue: row.get(1),
-                    callback: row.get(2),
-                    payload: stored_payload(row.get(3), row.get(4))
-                        .and_then(|bytes| {
-                            Payload::from_msgpack(&bytes).map_err(|err| format!("{err:#}"))
-                        })
-                        .map_err(|err| format!("job {id} has unreadable parameters: {err}")),
-                    attempts,
-                    serial_group: row.get(6),
-                    identifier: row.get(7),
-                    notified: row.get(8),
-                    fence: Fence {
-                        run: claim.run,
-                        attempt: attempts,
-                    },
-                })
-            })
-            .collect()
-    }
-
     /// The session facts of run `run`, as `run_session()` reports them.
     fn liveness_of(
         &self,
@@ -452,6 +424,46 @@ impl std::fmt::Display for InDatabase {
 }
 
 impl std::error::Error for InDatabase {}
+
+/// What `meta` says of a schema: the version of its tables and the revision of its functions.
+struct Revisions {
+    version: i64,
+    functions: i64,
+}
+
+impl Revisions {
+    fn read(version: Option<String>, functions: Option<String>) -> anyhow::Result<Revisions> {
+        let version = version.context("its meta table has no version")?;
+        let version = version
+            .parse()
+            .with_context(|| format!("its version {version:?} is not a number"))?;
+        // The schema of the first PostgreSQL release had no revision: its functions are 1.
+        let functions = match functions {
+            None => 1,
+            Some(text) => text
+                .parse()
+                .with_context(|| format!("its functions revision {text:?} is not a number"))?,
+        };
+        Ok(Revisions { version, functions })
+    }
+}
+
+/// Creates or replaces the schema's functions (functions.sql) inside `tx`, which holds the
+/// upgrade lock, and records their revision.
+fn apply_functions(tx: &mut postgres::Transaction<'_>, schema: &str) -> anyhow::Result<()> {
+    tx.batch_execute(&format!("SET LOCAL search_path = {schema}"))?;
+    tx.batch_execute(FUNCTIONS)
+        .context("cannot create bgq's functions")?;
+    tx.execute_typed(
+        &in_schema(
+            schema,
+            "INSERT INTO @.meta (key, value) VALUES ('functions', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        ),
+        &[(&FUNCTIONS_REVISION.to_string(), Type::TEXT)],
+    )?;
+    Ok(())
+}
 
 /// `sql` with `@.` naming `schema`.
 fn in_schema(schema: &str, sql: &str) -> String {
@@ -612,109 +624,6 @@ impl PostgresStore {
         let rows = self.reader().query_typed(&sql, params)?;
         rows.iter().map(|row| self.read_run(row)).collect()
     }
-}
-
-/// Stores how a run ended, counts its outcome and stores its notice (see the SQLite backend's
-/// `complete`, whose rules these are).
-fn complete(
-    tx: &mut postgres::Transaction<'_>,
-    schema: &str,
-    done: &Completion,
-    tally: &mut Tally,
-    created_by: Option<i64>,
-) -> anyhow::Result<Applied> {
-    let q = |sql: &str| in_schema(schema, sql);
-    let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
-    let uncount = i32::from(done.uncount_attempt);
-    let attempt = i32::try_from(done.fence.attempt).unwrap_or(i32::MAX);
-    let row = tx.query_typed_opt(
-        &q("UPDATE @.jobs SET state = $2, run_at = $3, due = $4,
-                attempts = attempts - $5, output = $6, finished_at = $7,
-                notified = notified OR $8, state_changed_at = $9, cancel_requested = false
-            WHERE id = $1 AND state = 'PROCESSING' AND claimed_run = $10 AND attempts = $11
-              AND (NOT cancel_requested OR $2 = 'FINISHED')
-            RETURNING queue"),
-        &[
-            (&done.id, Type::INT8),
-            (&done.state.as_str(), Type::TEXT),
-            (&done.run_at, Type::INT8),
-            (&done.due_now, Type::BOOL),
-            (&uncount, Type::INT4),
-            (&done.output, Type::BYTEA),
-            (&finished_at, Type::INT8),
-            (&done.notified, Type::BOOL),
-            (&done.ended_at, Type::INT8),
-            (&done.fence.run, Type::INT8),
-            (&attempt, Type::INT4),
-        ],
-    )?;
-    let Some(row) = row else {
-        let cancelled = end_cancel(tx, schema, done.id, done.fence, &done.output, done.ended_at)?;
-        return Ok(if cancelled {
-            Applied::Cancelled
-        } else {
-            Applied::Stale
-        });
-    };
-    let queue: String = row.get(0);
-    tally.count(&queue, done.ended_at, done.state);
-    if done.state == JobState::Finished {
-        // Two parents of one job finishing at once on two hosts: each recount must see the
-        // other's commit, or both count the other as unfinished and the job waits forever.
-        // Locking the waiting jobs first (in id order, against deadlocks) makes the second
-        // recount start after the first committed.
-        tx.query_typed(
-            &q("SELECT id FROM @.jobs
-                WHERE id IN (SELECT job_id FROM @.dependencies WHERE after_id = $1)
-                  AND blocked_by > 0
-                ORDER BY id FOR UPDATE"),
-            &[(&done.id, Type::INT8)],
-        )?;
-        // Recount the unfinished parents of the jobs waiting for this one; those that reach 0
-        // are due from now, not from when they were published.
-        let freed = tx.query_typed(
-            &q("UPDATE @.jobs j SET blocked_by = c.unfinished,
-                    run_at = CASE WHEN c.unfinished = 0 AND NOT j.due AND j.state = 'READY'
-                                  AND j.run_at < $2 THEN $2 ELSE j.run_at END
-                FROM (SELECT d.job_id, count(p.id) FILTER (WHERE p.state <> 'FINISHED')::integer
-                             AS unfinished
-                      FROM @.dependencies d LEFT JOIN @.jobs p ON p.id = d.after_id
-                      WHERE d.job_id IN (SELECT job_id FROM @.dependencies WHERE after_id = $1)
-                      GROUP BY d.job_id) c
-                WHERE j.id = c.job_id AND j.blocked_by > 0
-                RETURNING j.queue, c.unfinished"),
-            &[(&done.id, Type::INT8), (&done.ended_at, Type::INT8)],
-        )?;
-        let mut queues: Vec<String> = freed
-            .iter()
-            .filter(|row| row.get::<_, i32>(1) == 0)
-            .map(|row| row.get(0))
-            .collect();
-        queues.sort_unstable();
-        queues.dedup();
-        if !queues.is_empty() {
-            let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
-            notify_queues(tx, schema, &queues)?;
-        }
-    }
-    if let Some((kind, reason)) = &done.notice {
-        tx.query_typed(
-            &q(
-                "INSERT INTO @.notices (queue, job_id, kind, reason, output, created_at, created_by)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            ),
-            &[
-                (&queue, Type::TEXT),
-                (&done.id, Type::INT8),
-                (&kind.as_str(), Type::TEXT),
-                (reason, Type::TEXT),
-                (&done.output, Type::BYTEA),
-                (&done.ended_at, Type::INT8),
-                (&created_by.unwrap_or(done.fence.run), Type::INT8),
-            ],
-        )?;
-    }
-    Ok(Applied::Stored)
 }
 
 /// Ends running job `id`, asked to stop by `bgq cancel --kill`, as CANCELLED, if `fence` holds it.
@@ -1123,39 +1032,19 @@ impl Store for PostgresStore {
     ) -> anyhow::Result<Settled> {
         let schema = self.schema.clone();
         let run = self.run;
-        let result = (|| -> anyhow::Result<Settled> {
-            let mut tx = self.client.get_mut().transaction()?;
-            let mut failed = 0;
-            let mut stale = Vec::new();
-            for completion in done {
-                match complete(&mut tx, &schema, completion, tally, run)? {
-                    Applied::Stored
-                        if matches!(
-                            completion.state,
-                            JobState::TemporarilyFailed | JobState::PermanentlyFailed
-                        ) =>
-                    {
-                        failed += 1;
-                    }
-                    Applied::Stale => stale.push((completion.id, completion.fence)),
-                    Applied::Stored | Applied::Cancelled => {}
-                }
-            }
-            if write_tally {
+        let client = self.client.get_mut();
+        let result = if write_tally {
+            // Now and then: the counts go in the same transaction as the outcomes they count.
+            (|| -> anyhow::Result<Settled> {
+                let mut tx = client.transaction()?;
+                let settled = settle::settle_and_claim(&mut tx, &schema, done, claim, tally, run)?;
                 write_tally_to(tally, &mut tx, &schema)?;
-            }
-            let claimed = if claim.limit > 0 && claim.callbacks.iter().any(|(_, left)| *left > 0) {
-                Self::claim_in(&mut tx, &schema, claim)?
-            } else {
-                Vec::new()
-            };
-            tx.commit()?;
-            Ok(Settled {
-                claimed,
-                failed,
-                stale,
-            })
-        })();
+                tx.commit()?;
+                Ok(settled)
+            })()
+        } else {
+            settle::settle_and_claim(client, &schema, done, claim, tally, run)
+        };
         self.in_database(
             || format!("store outcomes and claim jobs of queue `{}`", claim.queue),
             result,
@@ -1199,7 +1088,7 @@ impl Store for PostgresStore {
         let result = (|| -> anyhow::Result<Applied> {
             let mut tx = self.client.get_mut().transaction()?;
             let mut tally = Tally::default();
-            let applied = complete(&mut tx, &schema, done, &mut tally, run)?;
+            let applied = settle::settle_one(&mut tx, &schema, done, &mut tally, run)?;
             write_tally_to(&mut tally, &mut tx, &schema)?;
             tx.commit()?;
             Ok(applied)

@@ -6,6 +6,7 @@
 
 use super::tests::ThrowawaySchema;
 use super::*;
+use crate::job::Payload;
 use crate::store::{ListFilter, Schedule};
 
 /// A store on a fresh schema holding 200,000 jobs: most FINISHED, some due, some delayed,
@@ -80,11 +81,11 @@ fn the_claim_reads_the_ready_index() {
         .get(0);
     // The candidate query as the function runs it, its variables made parameters.
     let start = function
-        .find("SELECT j.id INTO v_id")
+        .find("SELECT j.id, j.callback, j.serial_group INTO")
         .expect("the candidate query");
     let end = start + function[start..].find("SKIP LOCKED").expect("its end") + "SKIP LOCKED".len();
     let query = function[start..end]
-        .replace("INTO v_id ", "")
+        .replace("INTO v_id, v_callback, v_group ", "")
         .replace("p_queue", "$1")
         .replace("v_allowed", "$2::text[]")
         .replace("v_skipped", "$3::bigint[]")
@@ -176,4 +177,69 @@ fn listing_and_recovery_queries_read_indexes() {
     ] {
         uses_an_index(what, &plan(&store, &in_schema(&schema.name, sql), &params));
     }
+}
+
+/// The recount of a finished parent's dependents, as settle() runs it, its variables made
+/// parameters.
+fn recount_query(store: &PostgresStore, schema: &str) -> String {
+    let function: String = store
+        .reader()
+        .query_typed_one(
+            &in_schema(schema, "SELECT pg_get_functiondef('@.settle'::regproc)"),
+            &[],
+        )
+        .expect("settle()")
+        .get(0);
+    let start = function.find("WITH counted AS").expect("the recount");
+    let end = start
+        + function[start..]
+            .find("WHERE r.unfinished = 0")
+            .expect("its end")
+        + "WHERE r.unfinished = 0".len();
+    function[start..end]
+        .replace("INTO v_freed ", "")
+        .replace("p_ids[v_index]", "$1")
+        .replace("p_ended_at[v_index]", "$2")
+        .replace("FROM dependencies", &format!("FROM {schema}.dependencies"))
+        .replace("JOIN jobs", &format!("JOIN {schema}.jobs"))
+        .replace("UPDATE jobs", &format!("UPDATE {schema}.jobs"))
+}
+
+#[test]
+fn the_recount_of_dependents_reads_indexes_on_a_small_queue() {
+    // The shape that once made the planner scan jobs for every finished job: a few thousand
+    // jobs, none published --after, so dependencies is empty and never analyzed.
+    let Some(schema) = ThrowawaySchema::new("plans_recount") else {
+        return;
+    };
+    let mut store =
+        PostgresStore::open(&schema.target("plans"), Durability::Relaxed).expect("open");
+    let payload = Payload::Json(serde_json::json!({}))
+        .to_msgpack()
+        .expect("payload");
+    let jobs: Vec<NewJob> = (0..5_000)
+        .map(|n| NewJob {
+            queue: "q".to_owned(),
+            callback: format!("cb{}", n % 3),
+            payload: payload.clone(),
+            serial_group: None,
+            identifier: None,
+        })
+        .collect();
+    store
+        .publish_with(&jobs, &Schedule::default(), 1000)
+        .expect("publish");
+    store
+        .reader()
+        .batch_execute(&in_schema(
+            &schema.name,
+            "UPDATE @.jobs SET state = 'FINISHED', due = false WHERE id % 2 = 0;
+             UPDATE @.jobs SET blocked_by = 1 WHERE id % 7 = 0; ANALYZE @.jobs",
+        ))
+        .expect("shape the queue");
+    let sql = recount_query(&store, &schema.name);
+    let parent = 42_i64;
+    let now = 5000_i64;
+    let plan = plan(&store, &sql, &[(&parent, Type::INT8), (&now, Type::INT8)]);
+    uses_an_index("the recount", &plan);
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::tests::ThrowawaySchema;
 use super::*;
-use crate::store::Schedule;
 use crate::store::conformance::{claim, ended, job, me, publish};
+use crate::store::{ClaimedJob, Schedule};
 
 /// Two stores (two hosts) on one fresh schema, and where a third finds it; `None` without a
 /// server.

@@ -84,3 +84,142 @@ fn store() -> Option<(ThrowawaySchema, PostgresStore)> {
 }
 
 crate::store::conformance::conformance_suite!(store);
+
+#[test]
+fn a_schema_with_older_functions_gets_the_new_ones_in_place() {
+    let Some(schema) = ThrowawaySchema::new("functions") else {
+        return;
+    };
+    let target = schema.target("functions");
+    let store = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+    // As the first PostgreSQL release left it: no settle functions, no revision in meta.
+    store
+        .reader()
+        .batch_execute(&in_schema(
+            &schema.name,
+            "DROP FUNCTION @.settle_and_claim; DROP FUNCTION @.settle;
+             DELETE FROM @.meta WHERE key = 'functions'",
+        ))
+        .expect("make the schema old");
+    drop(store);
+    let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("open the old one");
+    let revision: String = store
+        .reader()
+        .query_typed_one(
+            &in_schema(
+                &schema.name,
+                "SELECT value FROM @.meta WHERE key = 'functions'",
+            ),
+            &[],
+        )
+        .expect("the revision")
+        .get(0);
+    assert_eq!(revision, FUNCTIONS_REVISION.to_string());
+    // And the new functions work: a job published, claimed and finished through them.
+    use crate::store::conformance::{claim, ended, job, me, publish};
+    let ids = publish(&mut store, &[job("cb", None)], 1000).expect("publish");
+    let run = store
+        .begin_run("general", &me(), 1000, false)
+        .expect("begin a run");
+    let claimed = claim(&mut store, "general", run, 1000, &["cb"])
+        .expect("claim")
+        .expect("the job");
+    let applied = store
+        .complete(&ended(
+            claimed.id,
+            claimed.fence,
+            JobState::Finished,
+            2000,
+            b"",
+        ))
+        .expect("complete");
+    assert_eq!(applied, Applied::Stored);
+    let id = ids[0];
+    assert_eq!(store.state_of(id).expect("state"), Some(JobState::Finished));
+}
+
+#[test]
+fn a_schema_with_newer_functions_is_used_as_it_is() {
+    let Some(schema) = ThrowawaySchema::new("functions_newer") else {
+        return;
+    };
+    let target = schema.target("functions");
+    let store = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+    store
+        .reader()
+        .batch_execute(&in_schema(
+            &schema.name,
+            "UPDATE @.meta SET value = '99' WHERE key = 'functions'",
+        ))
+        .expect("make the functions newer");
+    drop(store);
+    PostgresStore::open(&target, Durability::Relaxed).expect("an older bgq keeps working");
+    let store = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+    let revision: String = store
+        .reader()
+        .query_typed_one(
+            &in_schema(
+                &schema.name,
+                "SELECT value FROM @.meta WHERE key = 'functions'",
+            ),
+            &[],
+        )
+        .expect("the revision")
+        .get(0);
+    assert_eq!(
+        revision, "99",
+        "an older bgq must not replace newer functions"
+    );
+}
+
+#[test]
+fn a_version_4_schema_is_upgraded_in_place_keeping_its_jobs() {
+    let Some(schema) = ThrowawaySchema::new("upgrade_v4") else {
+        return;
+    };
+    let target = schema.target("upgrade");
+    {
+        // The schema of version 4 as the first PostgreSQL release made it, with a job.
+        let mut client = connect(&target.conninfo, Purpose::Command).expect("connect");
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA {name}; SET LOCAL search_path = {name};",
+            name = schema.name
+        ))
+        .expect("schema");
+        tx.batch_execute(include_str!(
+            "../../../tests/fixtures/postgres/schema-v4.sql"
+        ))
+        .expect("the version 4 schema");
+        tx.batch_execute(
+            "INSERT INTO jobs (queue, callback, params_json, created_at, run_at)
+             VALUES ('general', 'cb', '{}', 1000, 1000)",
+        )
+        .expect("a job");
+        tx.commit().expect("commit");
+    }
+    let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("upgrade");
+    let version = store.version().expect("version").expect("a bgq schema");
+    assert_eq!(
+        (version.version, version.functions),
+        (SCHEMA_VERSION, FUNCTIONS_REVISION)
+    );
+    use crate::store::conformance::{claim, me};
+    let run = store
+        .begin_run("general", &me(), 2000, false)
+        .expect("begin a run");
+    let claimed = claim(&mut store, "general", run, 2000, &["cb"])
+        .expect("claim")
+        .expect("the old job");
+    assert_eq!(claimed.attempts, 1);
+    let tables: i64 = store
+        .reader()
+        .query_typed_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1
+               AND tablename IN ('attempts', 'pauses', 'run_totals', 'broken_callbacks')",
+            &[(&schema.name, Type::TEXT)],
+        )
+        .expect("count tables")
+        .get(0);
+    assert_eq!(tables, 4);
+}

@@ -36,12 +36,13 @@ pub use export::SqliteExport;
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../../../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// The steps from each older version to the next: (version reached, SQL).
-const UPGRADES: [(i64, &str); 3] = [
+const UPGRADES: [(i64, &str); 4] = [
     (2, include_str!("upgrades/v2.sql")),
     (3, include_str!("upgrades/v3.sql")),
     (4, include_str!("upgrades/v4.sql")),
+    (5, include_str!("upgrades/v5.sql")),
 ];
 /// How long per-minute outcome counts are kept for `stats`.
 const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
@@ -1786,6 +1787,23 @@ mod tests {
         assert!(!orphans[0].cancel_requested);
         cancel(&mut upgraded, 1, 2000);
         assert!(upgraded.orphans("general").expect("orphans")[0].cancel_requested);
+    }
+
+    /// SQLite's own: an upgrade from the frozen version 4 schema in tests/fixtures/sqlite.
+    #[test]
+    fn a_version_4_database_is_upgraded_in_place_keeping_its_jobs() {
+        let (_dir, mut upgraded) = upgraded(
+            include_str!("../../../tests/fixtures/sqlite/schema-v4.sql"),
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at)
+             VALUES ('general', 'a', ?1, 1000, 1000)",
+        );
+        let run = upgraded
+            .begin_run("general", &me(), 2000, false)
+            .expect("run");
+        let claimed = claim(&mut upgraded, "general", run, 2000, &["a"])
+            .expect("claim")
+            .expect("the old job");
+        assert_eq!((claimed.id, claimed.attempts), (1, 1));
     }
 
     /// SQLite's own: an upgrade from the frozen version 1 schema in tests/fixtures/sqlite.

@@ -1,0 +1,358 @@
+-- bgq: the server-side functions of the PostgreSQL schema (the tables are in schema.sql beside
+-- this file). The binary applies this file, in one transaction with search_path set to bgq's
+-- schema, when it creates the schema and whenever `meta.functions` is older than the binary's
+-- FUNCTIONS_REVISION (src/store/postgres/mod.rs): functions are code, upgraded in place without
+-- touching a row. A revision only adds functions or replaces them compatibly, so that an older
+-- bgq still running on another host during a rolling deploy keeps working with a newer one.
+
+-- Advisory lock spaces (the first key of pg_advisory_lock(int, int)), one per use and schema,
+-- so that two bgq schemas in one database, or the application's own locks, never collide.
+CREATE OR REPLACE FUNCTION run_lock_space() RETURNS integer
+    LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT
+    AS $$ SELECT hashtext(current_schema() || '.runs') $$;
+CREATE OR REPLACE FUNCTION group_lock_space() RETURNS integer
+    LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT
+    AS $$ SELECT hashtext(current_schema() || '.serial_groups') $$;
+CREATE OR REPLACE FUNCTION callback_lock_space() RETURNS integer
+    LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT
+    AS $$ SELECT hashtext(current_schema() || '.callbacks') $$;
+-- The channel of LISTEN/NOTIFY: the payload is the queue with a job to look at.
+CREATE OR REPLACE FUNCTION wake_channel() RETURNS text
+    LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT
+    AS $$ SELECT current_schema() || '_wake' $$;
+
+-- Whether run p_run's session still holds its lock (a session that ended released it), and how
+-- long, by the server's clock, its heartbeat has been silent (milliseconds).
+CREATE OR REPLACE FUNCTION run_session(p_run bigint, OUT held boolean, OUT silent_ms bigint)
+    LANGUAGE sql STABLE SET search_path FROM CURRENT
+    AS $$
+    SELECT EXISTS (
+               SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid = run_lock_space()::oid
+                 AND l.objid = (p_run % 2147483648)::integer::oid),
+           coalesce((SELECT (extract(epoch FROM clock_timestamp() - r.heartbeat_at) * 1000)::bigint
+                     FROM runs r WHERE r.id = p_run), 0)
+    $$;
+
+-- Claims up to p_limit due jobs of queue p_queue for run p_run at time p_now, in one round
+-- trip: highest priority first, then oldest; within what p_left allows per callback of
+-- p_callbacks (-1: no limit of this run) and, for callbacks with a `concurrency` of their own
+-- (p_fleet_limit, -1: none), within that limit across every run of every host. A serial group
+-- is held as queue::eligibility::group_hold says (see claim_sql in src/store/sqlite/mod.rs);
+-- across hosts, a transaction-scoped lock per group keeps two claimers from taking jobs of one
+-- group at once, and jobs_serial_running refuses what slips past a stale snapshot.
+CREATE OR REPLACE FUNCTION claim(p_queue text, p_run bigint, p_now bigint, p_limit integer,
+                      p_callbacks text[], p_left integer[], p_fleet_limit integer[],
+                      p_blocking text[])
+    RETURNS TABLE (id bigint, queue text, callback text, payload bytea, params_json text,
+                   attempts integer, serial_group text, identifier text, notified boolean)
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+-- Written for few statements per claimed job (each costs the server an executor start): the
+-- loops over the arrays are plain plpgsql, and only a job of a serial group pays for the
+-- subtransaction that catches jobs_serial_running's refusal.
+DECLARE
+    v_left     integer[] := p_left;
+    v_allowed  text[];
+    v_skipped  bigint[] := '{}';
+    v_id       bigint;
+    v_callback text;
+    v_group    text;
+    v_index    integer;
+    v_running  integer;
+    v_claimed  integer := 0;
+    v_count    integer := coalesce(cardinality(p_callbacks), 0);
+BEGIN
+    -- Callbacks limited across the fleet: one claimer at a time counts and claims them, and
+    -- it counts after the lock, so it sees every claim committed before. Locked in name order,
+    -- against deadlocks between claimers.
+    IF -1 < ANY (p_fleet_limit) THEN
+        FOR v_index IN SELECT i FROM generate_subscripts(p_callbacks, 1) i
+                       WHERE p_fleet_limit[i] >= 0 ORDER BY p_callbacks[i] LOOP
+            PERFORM pg_advisory_xact_lock(callback_lock_space(), hashtext(p_callbacks[v_index]));
+            SELECT count(*) INTO v_running FROM jobs j
+                WHERE j.state = 'PROCESSING' AND j.callback = p_callbacks[v_index];
+            v_left[v_index] := CASE WHEN v_left[v_index] < 0
+                                    THEN greatest(p_fleet_limit[v_index] - v_running, 0)
+                                    ELSE least(v_left[v_index],
+                                               greatest(p_fleet_limit[v_index] - v_running, 0)) END;
+        END LOOP;
+    END IF;
+    v_allowed := '{}';
+    FOR v_index IN 1..v_count LOOP
+        IF v_left[v_index] <> 0 THEN
+            v_allowed := v_allowed || p_callbacks[v_index];
+        END IF;
+    END LOOP;
+    WHILE v_claimed < p_limit AND cardinality(v_allowed) > 0 LOOP
+        SELECT j.id, j.callback, j.serial_group INTO v_id, v_callback, v_group FROM jobs j
+            WHERE j.queue = p_queue AND j.due AND j.blocked_by = 0
+              AND j.callback = ANY (v_allowed) AND j.id <> ALL (v_skipped)
+              -- CASE, so that the group's lock is tried only for the job its group lets
+              -- start (the planner may evaluate ANDed conditions in any order).
+              AND (j.serial_group IS NULL OR CASE
+                   WHEN NOT EXISTS (
+                       SELECT 1 FROM jobs o
+                       WHERE o.serial_group = j.serial_group
+                         AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
+                         AND (o.id < j.id OR o.state = 'PROCESSING'))
+                    AND NOT EXISTS (
+                       SELECT 1 FROM jobs f
+                       WHERE f.serial_group = j.serial_group AND f.state = 'PERMANENTLY_FAILED'
+                         AND f.callback = ANY (p_blocking) AND f.id < j.id)
+                   THEN pg_try_advisory_xact_lock(group_lock_space(), hashtext(j.serial_group))
+                   ELSE false END)
+            ORDER BY j.priority DESC, j.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+        EXIT WHEN v_id IS NULL;
+        IF v_group IS NULL THEN
+            RETURN QUERY
+            UPDATE jobs j SET state = 'PROCESSING', due = false, attempts = j.attempts + 1,
+                    started_at = p_now, state_changed_at = p_now, claimed_run = p_run,
+                    cancel_requested = false
+                WHERE j.id = v_id
+                RETURNING j.id, j.queue, j.callback, j.payload, j.params_json::text, j.attempts,
+                          j.serial_group, j.identifier, j.notified;
+        ELSE
+            BEGIN
+                RETURN QUERY
+                UPDATE jobs j SET state = 'PROCESSING', due = false, attempts = j.attempts + 1,
+                        started_at = p_now, state_changed_at = p_now, claimed_run = p_run,
+                        cancel_requested = false
+                    WHERE j.id = v_id
+                    RETURNING j.id, j.queue, j.callback, j.payload, j.params_json::text,
+                              j.attempts, j.serial_group, j.identifier, j.notified;
+            EXCEPTION WHEN unique_violation THEN
+                -- Another host's claim of this group committed after our snapshot: leave it.
+                v_skipped := v_skipped || v_id;
+                v_id := NULL;
+                CONTINUE;
+            END;
+        END IF;
+        v_claimed := v_claimed + 1;
+        v_index := array_position(p_callbacks, v_callback);
+        IF v_left[v_index] > 0 THEN
+            v_left[v_index] := v_left[v_index] - 1;
+            IF v_left[v_index] = 0 THEN
+                v_allowed := array_remove(v_allowed, v_callback);
+            END IF;
+        END IF;
+        v_id := NULL;
+    END LOOP;
+END
+$$;
+
+-- What publish() and publish_raw() share.
+CREATE OR REPLACE FUNCTION store_job(p_callback text, p_payload bytea, p_params json, p_queue text,
+                          p_serial_group text, p_identifier text, p_run_at timestamptz,
+                          p_priority integer, p_is_unique boolean)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT
+    AS $$
+DECLARE
+    v_now    bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    v_run_at bigint := coalesce((extract(epoch FROM p_run_at) * 1000)::bigint, v_now);
+    v_queue  text := coalesce(p_queue, 'general');
+    v_id     bigint;
+BEGIN
+    IF p_callback IS NULL OR p_callback = '' THEN
+        RAISE EXCEPTION 'bgq.publish: callback must not be empty';
+    END IF;
+    IF p_payload IS NULL AND p_params IS NULL THEN
+        RAISE EXCEPTION 'bgq.publish: parameters must not be NULL (give ''{}''::json for none)';
+    END IF;
+    IF p_is_unique AND p_identifier IS NULL THEN
+        RAISE EXCEPTION 'bgq.publish: is_unique needs an identifier';
+    END IF;
+    IF p_serial_group IS NOT NULL THEN
+        -- Ids of one group are handed out in commit order: see jobs_serial.
+        PERFORM pg_advisory_xact_lock(group_lock_space(), hashtext(p_serial_group));
+    END IF;
+    IF p_is_unique THEN
+        SELECT j.id INTO v_id FROM jobs j
+            WHERE j.identifier = p_identifier AND j.queue = v_queue AND j.state <> 'FINISHED'
+            ORDER BY j.id DESC LIMIT 1;
+        IF v_id IS NOT NULL THEN
+            RETURN v_id;
+        END IF;
+    END IF;
+    INSERT INTO jobs (queue, callback, payload, params_json, serial_group, identifier,
+                      created_at, run_at, state_changed_at, priority, is_unique, due)
+        VALUES (v_queue, p_callback, p_payload, p_params, p_serial_group, p_identifier,
+                v_now, greatest(v_run_at, v_now), v_now, p_priority, p_is_unique,
+                v_run_at <= v_now)
+        ON CONFLICT DO NOTHING
+        RETURNING jobs.id INTO v_id;
+    IF v_id IS NULL THEN
+        -- A unique job another transaction stored first.
+        SELECT j.id INTO v_id FROM jobs j
+            WHERE j.identifier = p_identifier AND j.queue = v_queue AND j.state <> 'FINISHED'
+            ORDER BY j.id DESC LIMIT 1;
+        RETURN v_id;
+    END IF;
+    IF v_run_at <= v_now THEN
+        PERFORM pg_notify(wake_channel(), v_queue);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- Stores a job inside the caller's transaction, as `bgq publish` does (the callback is not
+-- checked: a job of a callback the config lacks waits, as on SQLite), and returns its id.
+-- p_params is json, not jsonb, so that the callback gets the keys in the order written.
+-- With p_is_unique and an identifier, an unfinished job of that identifier in the queue is
+-- returned instead of storing a new one.
+CREATE OR REPLACE FUNCTION publish(callback text, params json, queue text DEFAULT NULL,
+                        serial_group text DEFAULT NULL, identifier text DEFAULT NULL,
+                        run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
+                        is_unique boolean DEFAULT false)
+    RETURNS bigint
+    LANGUAGE sql VOLATILE SET search_path FROM CURRENT
+    AS $$ SELECT store_job(callback, NULL::bytea, params, queue, serial_group, identifier, run_at,
+                           priority, is_unique) $$;
+
+-- publish() for exact bytes: the callback gets `payload` on stdin unchanged, as with
+-- `bgq publish --raw`.
+CREATE OR REPLACE FUNCTION publish_raw(callback text, payload bytea, queue text DEFAULT NULL,
+                            serial_group text DEFAULT NULL, identifier text DEFAULT NULL,
+                            run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
+                            is_unique boolean DEFAULT false)
+    RETURNS bigint
+    LANGUAGE sql VOLATILE SET search_path FROM CURRENT
+    AS $$ SELECT store_job(callback,
+                           -- MessagePack's bin 32: the form bgq stores raw bytes in.
+                           '\xc6'::bytea || int4send(length(payload)) || payload,
+                           NULL::json, queue, serial_group, identifier, run_at, priority,
+                           is_unique) $$;
+
+-- Stores how runs of p_run ended (one element of each array per run) and returns, per run, its
+-- job's queue and the outcome: 'stored'; 'cancelled' (asked to stop by `bgq cancel --kill`, it
+-- ends CANCELLED); 'stale' (the claim p_fence_runs/p_attempts no longer holds the job: a late
+-- completion changes nothing). The rules are the SQLite backend's `complete`.
+CREATE OR REPLACE FUNCTION settle(p_ids bigint[], p_states text[], p_run_ats bigint[],
+                                  p_due boolean[], p_uncount integer[], p_outputs bytea[],
+                                  p_ended_at bigint[], p_notified boolean[],
+                                  p_fence_runs bigint[], p_attempts integer[],
+                                  p_notice_kinds text[], p_notice_reasons text[],
+                                  p_created_by bigint[])
+    RETURNS TABLE (id bigint, outcome text, queue text)
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+DECLARE
+    v_index integer;
+    v_queue text;
+    v_freed text[];
+BEGIN
+    FOR v_index IN 1..coalesce(cardinality(p_ids), 0) LOOP
+        v_queue := NULL;
+        UPDATE jobs j SET state = p_states[v_index], run_at = p_run_ats[v_index],
+                due = p_due[v_index], attempts = j.attempts - p_uncount[v_index],
+                output = p_outputs[v_index],
+                finished_at = CASE WHEN p_states[v_index] = 'FINISHED'
+                                   THEN p_ended_at[v_index] END,
+                notified = j.notified OR p_notified[v_index],
+                state_changed_at = p_ended_at[v_index], cancel_requested = false
+            WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING'
+              AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
+              AND (NOT j.cancel_requested OR p_states[v_index] = 'FINISHED')
+            RETURNING j.queue INTO v_queue;
+        IF v_queue IS NULL THEN
+            UPDATE jobs j SET state = 'CANCELLED', due = false, cancel_requested = false,
+                    output = p_outputs[v_index], state_changed_at = p_ended_at[v_index]
+                WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING' AND j.cancel_requested
+                  AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
+                RETURNING j.queue INTO v_queue;
+            id := p_ids[v_index];
+            outcome := CASE WHEN v_queue IS NULL THEN 'stale' ELSE 'cancelled' END;
+            queue := v_queue;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- Most jobs have no dependents: one probe of dependencies_after decides.
+        IF p_states[v_index] = 'FINISHED'
+           AND EXISTS (SELECT 1 FROM dependencies d WHERE d.after_id = p_ids[v_index]) THEN
+            -- Two parents of one job finishing at once on two hosts: each recount must see the
+            -- other's commit, or both count the other as unfinished and the job waits forever.
+            -- Locking the waiting jobs first (in id order, against deadlocks) makes the second
+            -- recount start after the first committed.
+            PERFORM 1 FROM jobs j
+                WHERE j.id IN (SELECT d.job_id FROM dependencies d
+                               WHERE d.after_id = p_ids[v_index])
+                  AND j.blocked_by > 0
+                ORDER BY j.id FOR UPDATE;
+            -- Recount the unfinished parents of the waiting jobs (a parent that is gone was
+            -- cleared, so it had FINISHED); those that reach 0 are due from now, not from when
+            -- they were published. Driven by the indexes of dependencies, whatever the
+            -- statistics say.
+            WITH counted AS (
+                SELECT d.job_id,
+                       (SELECT count(*) FROM dependencies d2 JOIN jobs p ON p.id = d2.after_id
+                        WHERE d2.job_id = d.job_id AND p.state <> 'FINISHED')::integer
+                           AS unfinished
+                FROM dependencies d WHERE d.after_id = p_ids[v_index]
+            ), recounted AS (
+                UPDATE jobs j SET blocked_by = c.unfinished,
+                        run_at = CASE WHEN c.unfinished = 0 AND NOT j.due AND j.state = 'READY'
+                                       AND j.run_at < p_ended_at[v_index]
+                                      THEN p_ended_at[v_index] ELSE j.run_at END
+                    FROM counted c
+                    WHERE j.id = c.job_id AND j.blocked_by > 0
+                    RETURNING j.queue, c.unfinished
+            )
+            SELECT array_agg(DISTINCT r.queue) INTO v_freed FROM recounted r
+                WHERE r.unfinished = 0;
+            PERFORM pg_notify(wake_channel(), q) FROM unnest(v_freed) q;
+        END IF;
+        IF p_notice_kinds[v_index] IS NOT NULL THEN
+            INSERT INTO notices (queue, job_id, kind, reason, output, created_at, created_by)
+                VALUES (v_queue, p_ids[v_index], p_notice_kinds[v_index],
+                        p_notice_reasons[v_index], p_outputs[v_index], p_ended_at[v_index],
+                        p_created_by[v_index]);
+        END IF;
+        id := p_ids[v_index];
+        outcome := 'stored';
+        queue := v_queue;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- settle() and then claim(), in one statement: a `process` run's whole turn after callbacks
+-- ended is one round trip (and one transaction, committed as the statement ends). Rows of kind
+-- 'settled' carry settle()'s (id, outcome, queue); rows of kind 'claimed' claim()'s columns.
+CREATE OR REPLACE FUNCTION settle_and_claim(p_ids bigint[], p_states text[], p_run_ats bigint[],
+                                            p_due boolean[], p_uncount integer[],
+                                            p_outputs bytea[], p_ended_at bigint[],
+                                            p_notified boolean[], p_fence_runs bigint[],
+                                            p_attempts integer[], p_notice_kinds text[],
+                                            p_notice_reasons text[], p_created_by bigint[],
+                                            p_queue text, p_run bigint, p_now bigint,
+                                            p_limit integer, p_callbacks text[],
+                                            p_left integer[], p_fleet_limit integer[],
+                                            p_blocking text[])
+    RETURNS TABLE (kind text, id bigint, queue text, outcome text, callback text,
+                   payload bytea, params_json text, attempts integer, serial_group text,
+                   identifier text, notified boolean)
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    IF cardinality(p_ids) > 0 THEN
+        RETURN QUERY
+        SELECT 'settled'::text, s.id, s.queue, s.outcome, NULL::text, NULL::bytea, NULL::text,
+               NULL::integer, NULL::text, NULL::text, NULL::boolean
+            FROM settle(p_ids, p_states, p_run_ats, p_due, p_uncount, p_outputs, p_ended_at,
+                        p_notified, p_fence_runs, p_attempts, p_notice_kinds, p_notice_reasons,
+                        p_created_by) s;
+    END IF;
+    IF p_limit > 0 THEN
+        RETURN QUERY
+        SELECT 'claimed'::text, c.id, c.queue, NULL::text, c.callback, c.payload, c.params_json,
+               c.attempts, c.serial_group, c.identifier, c.notified
+            FROM claim(p_queue, p_run, p_now, p_limit, p_callbacks, p_left, p_fleet_limit,
+                       p_blocking) c;
+    END IF;
+END
+$$;
