@@ -3,6 +3,7 @@
 //! one of `bgq publish`), and the schema's version refusing a newer one. These run when the
 //! suite runs against PostgreSQL (`BGQ_TEST_DATABASE`); on SQLite they say so and return.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -293,29 +294,22 @@ fn a_watcher_whose_listening_connection_is_cut_listens_again() -> TestResult {
     let Some((env, other, mut watcher, log)) = two_hosts()? else {
         return Ok(());
     };
-    let (url, _) = postgres_of(&env)?.ok_or("postgres")?;
+    let (url, schema) = postgres_of(&env)?.ok_or("postgres")?;
+    // This watcher's only: other tests share the server. The channel is named after the schema.
+    let listening =
+        format!("FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND query LIKE '%{schema}%'");
     // Cut the watcher's LISTEN connection, as a lost network or a restarted pooler would.
     wait_for("the watcher to listen", Duration::from_secs(10), || {
-        psql(
-            &url,
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
-        )
-        .is_ok_and(|count| count != "0")
+        psql(&url, &format!("SELECT count(*) {listening}")).is_ok_and(|count| count != "0")
     })?;
     psql(
         &url,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+        &format!("SELECT pg_terminate_backend(pid) {listening}"),
     )?;
     wait_for(
         "the watcher to listen again",
         Duration::from_secs(20),
-        || {
-            psql(
-                &url,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
-            )
-            .is_ok_and(|count| count != "0")
-        },
+        || psql(&url, &format!("SELECT count(*) {listening}")).is_ok_and(|count| count != "0"),
     )?;
     let id = publish_from(&other)?;
     wait_for("the job to run", Duration::from_secs(20), || {
@@ -345,7 +339,9 @@ fn a_run_that_loses_its_connection_stops_its_callbacks_and_the_next_run_recovers
     )?;
     env.write_config(&callback_toml("slow", &script, ""))?;
     let id = env.publish("slow", "{}")?;
-    let mut run = env.spawn(&["process"])?;
+    // Named, so that only this run's sessions are cut: other tests share the server.
+    let name = format!("bgq-lost-{}", std::process::id());
+    let mut run = env.spawn_with_env(&["process"], &[("PGAPPNAME", Path::new(&name))])?;
     wait_for("the callback to start", Duration::from_secs(20), || {
         pids.exists()
     })?;
@@ -357,8 +353,10 @@ fn a_run_that_loses_its_connection_stops_its_callbacks_and_the_next_run_recovers
     // The server drops every session of the run (a restart, a failover, an operator).
     psql(
         &url,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE usename = current_user AND pid <> pg_backend_pid()",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = '{name}'"
+        ),
     )?;
     let status = run.wait_exit(Duration::from_secs(30))?;
     assert_eq!(status.code(), Some(1), "{}", run.stderr());

@@ -285,6 +285,17 @@ impl PostgresStore {
             .collect();
         groups.sort_unstable();
         groups.dedup();
+        // The common publish (no --after, no serial group, not unique, one chunk) is one
+        // statement in autocommit: one round trip after the connection's start.
+        if after.is_empty() && groups.is_empty() && !schedule.unique && jobs.len() <= INSERT_CHUNK {
+            let due = schedule.run_at <= now;
+            let client = self.client.get_mut();
+            let ids = insert_jobs(client, &schema, jobs, schedule, now, 0, due)?;
+            return Ok(Published::Stored {
+                ids,
+                waiting_for: Vec::new(),
+            });
+        }
         let mut tx = self.client.get_mut().transaction()?;
         let mut waiting_for = Vec::new();
         if !after.is_empty() {
@@ -336,46 +347,10 @@ impl PostgresStore {
         }
         let blocked_by = i32::try_from(waiting_for.len()).unwrap_or(i32::MAX);
         let due = blocked_by == 0 && schedule.run_at <= now;
-        let run_at = schedule.run_at.max(now);
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            let queues: Vec<&str> = chunk.iter().map(|job| job.queue.as_str()).collect();
-            let callbacks: Vec<&str> = chunk.iter().map(|job| job.callback.as_str()).collect();
-            let payloads: Vec<&[u8]> = chunk.iter().map(|job| job.payload.as_slice()).collect();
-            let groups: Vec<Option<&str>> = chunk
-                .iter()
-                .map(|job| job.serial_group.as_deref())
-                .collect();
-            let identifiers: Vec<Option<&str>> =
-                chunk.iter().map(|job| job.identifier.as_deref()).collect();
-            let sql = q("WITH ins AS (
-                     INSERT INTO @.jobs (queue, callback, payload, serial_group, identifier,
-                                         created_at, run_at, state_changed_at, priority,
-                                         blocked_by, is_unique, due)
-                     SELECT q, c, p, g, i, $6, $7, $6, $8, $9, $10, $11
-                     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
-                          WITH ORDINALITY AS t (q, c, p, g, i, n)
-                     ORDER BY n
-                     ON CONFLICT DO NOTHING
-                     RETURNING id)
-                 SELECT id FROM ins ORDER BY id");
-            let rows = tx.query_typed(
-                &sql,
-                &[
-                    (&queues, Type::TEXT_ARRAY),
-                    (&callbacks, Type::TEXT_ARRAY),
-                    (&payloads, Type::BYTEA_ARRAY),
-                    (&groups, Type::TEXT_ARRAY),
-                    (&identifiers, Type::TEXT_ARRAY),
-                    (&now, Type::INT8),
-                    (&run_at, Type::INT8),
-                    (&schedule.priority, Type::INT8),
-                    (&blocked_by, Type::INT4),
-                    (&schedule.unique, Type::BOOL),
-                    (&due, Type::BOOL),
-                ],
-            )?;
-            if rows.len() < chunk.len() {
+            let stored = insert_jobs(&mut tx, &schema, chunk, schedule, now, blocked_by, due)?;
+            if stored.len() < chunk.len() {
                 // Only a unique job can conflict: another publisher stored it first.
                 drop(tx);
                 return match unfinished_with_identifier(&mut *self.reader(), &schema, &chunk[0])? {
@@ -383,7 +358,7 @@ impl PostgresStore {
                     None => bail!("a unique job conflicted with one that is gone: publish again"),
                 };
             }
-            ids.extend(rows.iter().map(|row| row.get::<_, i64>(0)));
+            ids.extend(stored);
         }
         if !after.is_empty() {
             tx.query_typed(
@@ -392,12 +367,6 @@ impl PostgresStore {
                     ON CONFLICT DO NOTHING"),
                 &[(&ids, Type::INT8_ARRAY), (&after, Type::INT8_ARRAY)],
             )?;
-        }
-        if due {
-            let mut queues: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
-            queues.sort_unstable();
-            queues.dedup();
-            notify_queues(&mut tx, &schema, &queues)?;
         }
         tx.commit()?;
         Ok(Published::Stored { ids, waiting_for })
@@ -468,6 +437,62 @@ fn apply_functions(tx: &mut postgres::Transaction<'_>, schema: &str) -> anyhow::
 /// `sql` with `@.` naming `schema`.
 fn in_schema(schema: &str, sql: &str) -> String {
     sql.replace("@.", &format!("{schema}."))
+}
+
+/// Inserts `jobs` (at most INSERT_CHUNK) as `schedule` says, blocked by `blocked_by` parents,
+/// and when they are `due` wakes the `--watch` runs of their queues as the transaction
+/// commits, in one statement; returns the ids stored, in order (fewer than `jobs` when a
+/// unique job conflicted).
+fn insert_jobs(
+    client: &mut impl GenericClient,
+    schema: &str,
+    jobs: &[NewJob],
+    schedule: &Schedule,
+    now: Millis,
+    blocked_by: i32,
+    due: bool,
+) -> anyhow::Result<Vec<i64>> {
+    let run_at = schedule.run_at.max(now);
+    let queues: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
+    let callbacks: Vec<&str> = jobs.iter().map(|job| job.callback.as_str()).collect();
+    let payloads: Vec<&[u8]> = jobs.iter().map(|job| job.payload.as_slice()).collect();
+    let groups: Vec<Option<&str>> = jobs.iter().map(|job| job.serial_group.as_deref()).collect();
+    let identifiers: Vec<Option<&str>> = jobs.iter().map(|job| job.identifier.as_deref()).collect();
+    // `woken` is joined so that it runs: a CTE that only reads is evaluated when used.
+    let sql = in_schema(
+        schema,
+        "WITH ins AS (
+             INSERT INTO @.jobs (queue, callback, payload, serial_group, identifier,
+                                 created_at, run_at, state_changed_at, priority,
+                                 blocked_by, is_unique, due)
+             SELECT q, c, p, g, i, $6, $7, $6, $8, $9, $10, $11
+             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
+                  WITH ORDINALITY AS t (q, c, p, g, i, n)
+             ORDER BY n
+             ON CONFLICT DO NOTHING
+             RETURNING id, queue),
+         woken AS (
+             SELECT count(pg_notify(@.wake_channel(), d.queue)) AS n
+             FROM (SELECT DISTINCT queue FROM ins) d WHERE $11)
+         SELECT ins.id FROM ins, woken ORDER BY ins.id",
+    );
+    let rows = client.query_typed(
+        &sql,
+        &[
+            (&queues, Type::TEXT_ARRAY),
+            (&callbacks, Type::TEXT_ARRAY),
+            (&payloads, Type::BYTEA_ARRAY),
+            (&groups, Type::TEXT_ARRAY),
+            (&identifiers, Type::TEXT_ARRAY),
+            (&now, Type::INT8),
+            (&run_at, Type::INT8),
+            (&schedule.priority, Type::INT8),
+            (&blocked_by, Type::INT4),
+            (&schedule.unique, Type::BOOL),
+            (&due, Type::BOOL),
+        ],
+    )?;
+    Ok(rows.iter().map(|row| row.get::<_, i64>(0)).collect())
 }
 
 /// Wakes the `--watch` runs of `queues` when the transaction commits.

@@ -79,7 +79,14 @@ pub fn connector(
     // builds AWS-LC from C source (minutes, cmake) into every build, for a key exchange that a
     // PostgreSQL server's OpenSSL seldom offers yet.
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    // P-256 first: the client sends a key share for its first group only, and PostgreSQL up to
+    // 17 accepts just `ssl_ecdh_curve` (prime256v1 unless set), so X25519 first cost every
+    // connection a HelloRetryRequest, one more round trip (strace of a publish).
+    provider
+        .kx_groups
+        .sort_by_key(|group| group.name() != rustls::NamedGroup::secp256r1);
+    let provider = Arc::new(provider);
     let roots = match root_cert {
         Some(file) if mode.verifies() || file.exists() || file == Path::new("system") => {
             Some(Arc::new(roots(file)?))
