@@ -9,7 +9,13 @@ use crate::term::ColorChoice;
 
 /// A durable background job queue in one SQLite file, run by cron.
 #[derive(Debug, Parser)]
-#[command(name = "bgq", version, about, max_term_width = 100)]
+#[command(
+    name = "bgq",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "The callback protocol (stdin, BGQ_* variables, exit 0/75/76), exit status, files, environment, configuration and examples: `man bgq`, or `bgq man | man -l -` where the page is not installed."
+)]
 pub struct Cli {
     /// Config file [default: $BGQ_CONFIG, then ./bgq.toml]
     #[arg(long, global = true, value_name = "PATH")]
@@ -65,6 +71,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff)
     Man,
+    /// Print the config's callback names, one per line (for the completion scripts)
+    #[command(hide = true)]
+    Callbacks,
 }
 
 /// `bgq publish`.
@@ -72,6 +81,7 @@ pub enum Command {
 #[command(group = clap::ArgGroup::new("input").required(true).multiple(false))]
 pub struct PublishArgs {
     /// Callback name, as configured under [callbacks.NAME]
+    #[arg(value_parser = CallbackName, hide_possible_values = true)]
     pub callback: String,
 
     /// Parameters as JSON: the text itself, @FILE, or - for stdin
@@ -162,11 +172,11 @@ pub struct RetryArgs {
     pub ids: Vec<i64>,
 
     /// Every job in this state (repeatable), instead of ids
-    #[arg(long, value_name = "S", group = "which")]
+    #[arg(long, value_name = "S", group = "which", value_parser = state(), ignore_case = true)]
     pub state: Vec<String>,
 
     /// With --state: only jobs of this callback
-    #[arg(long, value_name = "C", requires = "state")]
+    #[arg(long, value_name = "C", requires = "state", value_parser = CallbackName, hide_possible_values = true)]
     pub callback: Option<String>,
 
     /// With --state: only jobs of this queue
@@ -292,7 +302,7 @@ pub struct ProcessArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only jobs in this state (repeatable)
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = state(), ignore_case = true)]
     pub state: Vec<String>,
 
     /// Only jobs of this queue
@@ -300,16 +310,20 @@ pub struct ListArgs {
     pub queue: Option<String>,
 
     /// Only jobs of this callback
-    #[arg(long, value_name = "C")]
+    #[arg(long, value_name = "C", value_parser = CallbackName, hide_possible_values = true)]
     pub callback: Option<String>,
 
     /// Only jobs with this identifier (repeatable)
     #[arg(long, value_name = "I")]
     pub identifier: Vec<String>,
 
-    /// Show at most N jobs
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Show at most N jobs; 0 shows them all
+    #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: u64,
+
+    /// Show every job (as --limit 0)
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
 
     /// One JSON object per line
     #[arg(long, conflicts_with = "unfinished")]
@@ -326,6 +340,42 @@ pub struct ClearArgs {
     /// Delete only jobs finished more than DAYS days ago [default: all finished jobs]
     #[arg(value_name = "DAYS")]
     pub days: Option<u32>,
+}
+
+/// `--state`: one of the job states, in any case; completions offer them.
+fn state() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::job::JobState::ALL.map(|state| state.as_str()))
+}
+
+/// Stands, in the generated completion scripts, for the config's callback names: each shell's
+/// script replaces it by a call to `bgq callbacks` (see `commands::generate`), since the names
+/// are known only from the config at completion time.
+pub const CALLBACKS_PLACEHOLDER: &str = "__bgq_callbacks__";
+
+/// A callback name: any text (the command checks it against the config); its only "possible
+/// value" is [`CALLBACKS_PLACEHOLDER`], for the completion scripts, hidden from the help.
+#[derive(Debug, Clone, Copy)]
+struct CallbackName;
+
+impl clap::builder::TypedValueParser for CallbackName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(std::iter::once(clap::builder::PossibleValue::new(
+            CALLBACKS_PLACEHOLDER,
+        ))))
+    }
 }
 
 fn job_id(text: &str) -> Result<i64, String> {
@@ -370,7 +420,9 @@ mod tests {
 
     #[test]
     fn numbers_out_of_range_are_refused() {
-        assert!(Cli::try_parse_from(["bgq", "list", "--limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "list", "--limit", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "list", "--state", "DONE"]).is_err());
+        assert!(Cli::try_parse_from(["bgq", "list", "--all", "--limit", "3"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "process", "--concurrency", "0"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "process", "--max-time", "abc"]).is_err());
         assert!(Cli::try_parse_from(["bgq", "clear", "-3"]).is_err());

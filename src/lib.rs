@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => commands::status::run(&config, &args),
         Command::Check => commands::check::run(&config),
         Command::Migrate(args) => commands::migrate::run(&config, &args),
+        Command::Callbacks => commands::generate::callbacks(&config),
         Command::Completions(_) | Command::Man => Ok(()),
     }
 }

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
-    let cli = bgq::cli::Cli::parse();
+    let cli = match bgq::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return parse_error(&err),
+    };
     // A publish's exit code says whether its job was stored (1: nothing stored), so a lost
     // note after the id was printed must not make a caller publish the job again.
     let stores_a_job = matches!(cli.command, bgq::cli::Command::Publish(_));
@@ -25,4 +29,25 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     code
+}
+
+/// A command line the parser refused, or `--help`/`--version`: help and version go to stdout
+/// (exit 0); a usage error is clap's message prefixed `bgq: error:` as every other error is
+/// (SPEC section 6), with its usage lines, exit 2.
+fn parse_error(err: &clap::Error) -> ExitCode {
+    let text = match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => err.exit(),
+        // `bgq` alone, or `bgq batch`: the help of what is missing, under the error line.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            format!("error: a command is required\n\n{}", err.render())
+        }
+        _ => err.render().to_string(),
+    };
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    // Written as is: clap's lines already hold nothing from a publisher's data but the
+    // arguments themselves, which `diagnostic` escapes line by line.
+    for line in format!("bgq: error: {text}").trim_end().lines() {
+        bgq::diagnostic!("{line}");
+    }
+    ExitCode::from(2)
 }

@@ -1351,6 +1351,10 @@ pub(crate) fn the_read_side_sees_what_is_stored(store: &mut dyn Store) {
         ..ListFilter::default()
     };
     assert_eq!(listed(store, &by_callback, 10), [delayed, ids[2], ids[0]]);
+    assert_eq!(store.count(&by_callback).expect("count"), 3);
+    assert_eq!(store.count(&general).expect("count"), 4);
+    assert_eq!(store.count(&finished).expect("count"), 1);
+    assert_eq!(store.count(&ListFilter::default()).expect("count"), 5);
 
     assert!(store.record(999).expect("read").is_none());
     assert!(store.state_of(999).expect("read").is_none());

@@ -212,6 +212,10 @@ pub trait Store {
     /// Jobs matching `filter`, newest first, at most `limit`.
     fn list(&self, filter: &ListFilter, limit: usize) -> anyhow::Result<Vec<JobRecord>>;
 
+    /// How many jobs match `filter` (for `list`'s "showing 50 of N", asked only when a list
+    /// was cut short, so its cost is paid only then).
+    fn count(&self, filter: &ListFilter) -> anyhow::Result<u64>;
+
     /// The job with `id`, if it exists.
     fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>>;
 

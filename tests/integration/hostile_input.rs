@@ -18,7 +18,7 @@ fn refused(out: &std::process::Output, codes: &[i32], fragment: Option<&str>) ->
     let lines: Vec<&str> = stderr.lines().collect();
     let code = out.status.code();
     let one_bgq_error = lines.len() == 1 && lines[0].starts_with("bgq: error: ");
-    let usage_error = code == Some(2) && stderr.starts_with("error: ");
+    let usage_error = code == Some(2) && stderr.starts_with("bgq: error: ");
     let problem = if !code.is_some_and(|code| codes.contains(&code)) {
         Some(format!("expected exit {codes:?}"))
     } else if stderr.contains("panicked") {

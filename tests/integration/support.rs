@@ -714,7 +714,7 @@ pub fn expect_refused(out: &std::process::Output, codes: &[i32]) -> TestResult {
         .lines()
         .last()
         .is_some_and(|line| line.starts_with("bgq: error: "));
-    let usage_error = code == Some(2) && stderr.starts_with("error: ");
+    let usage_error = code == Some(2) && stderr.starts_with("bgq: error: ");
     let problem = if !code.is_some_and(|code| codes.contains(&code)) {
         Some(format!("expected exit {codes:?}"))
     } else if stderr.contains("panicked") {

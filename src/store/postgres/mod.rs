@@ -1138,6 +1138,20 @@ impl Store for PostgresStore {
         self.in_database(|| "list jobs".to_owned(), result)
     }
 
+    fn count(&self, filter: &ListFilter) -> anyhow::Result<u64> {
+        let conditions = Filter::new(filter, 1);
+        let sql = self.sql(&format!(
+            "SELECT count(*) FROM @.jobs WHERE true {}",
+            conditions.sql
+        ));
+        let result = (|| -> anyhow::Result<u64> {
+            let row = self.reader().query_typed_one(&sql, &conditions.params())?;
+            let count: i64 = row.get(0);
+            Ok(u64::try_from(count).unwrap_or(0))
+        })();
+        self.in_database(|| "count jobs".to_owned(), result)
+    }
+
     fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
         let sql = self.sql(&format!(
             "SELECT {RECORD_COLUMNS} FROM @.jobs WHERE id = $1"

@@ -655,6 +655,19 @@ impl Store for SqliteStore {
         in_database(&self.path, || "list jobs".to_owned(), result)
     }
 
+    fn count(&self, filter: &ListFilter) -> anyhow::Result<u64> {
+        let result = (|| -> anyhow::Result<u64> {
+            let mut sql = "SELECT count(*) FROM jobs WHERE 1 = 1".to_owned();
+            let mut values = Vec::new();
+            push_filter(&mut sql, &mut values, filter);
+            let count: i64 = self
+                .conn
+                .query_row(&sql, params_from_iter(values.iter()), |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })();
+        in_database(&self.path, || "count jobs".to_owned(), result)
+    }
+
     fn record(&self, id: i64) -> anyhow::Result<Option<JobRecord>> {
         let result = (|| -> anyhow::Result<Option<JobRecord>> {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
