@@ -38,6 +38,15 @@ pub fn span(millis: u64) -> Option<String> {
     })
 }
 
+/// `n` and the noun, singular for 1: `1 job`, `2 jobs`, `0 jobs`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Local time, how far from now, and UTC: `2026-11-23 10:01:02 +01:00 (3 min ago), 2026-11-23T09:01:02.123Z`.
 pub fn full_time(millis: Millis, now: Millis) -> String {
     format!(
@@ -67,6 +76,13 @@ mod tests {
         assert_eq!(relative(now - 2 * 3_600_000, now), "2 h ago");
         assert_eq!(relative(now - 4 * 86_400_000, now), "4 d ago");
         assert_eq!(relative(now + 5 * 60_000, now), "in 5 min");
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(2, "job"), "2 jobs");
+        assert_eq!(count(0, "due job"), "0 due jobs");
     }
 
     #[test]

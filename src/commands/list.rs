@@ -43,14 +43,31 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
             writeln!(out, "{}", escape::line(identifier))?;
         }
     } else {
-        let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
-        let jobs = store.list(&filter, limit)?;
+        // 0 and --all: no limit. One job more than shown tells whether the list was cut short;
+        // only then are the jobs counted (a count of a big queue costs a scan of an index).
+        let limit = match args.limit {
+            _ if args.all => usize::MAX,
+            0 => usize::MAX,
+            limit => usize::try_from(limit).unwrap_or(usize::MAX),
+        };
+        let mut jobs = store.list(&filter, limit.saturating_add(1))?;
+        let cut = jobs.len() > limit;
+        jobs.truncate(limit);
         if args.json {
             for job in &jobs {
                 writeln!(out, "{}", serde_json::to_string(job)?)?;
             }
         } else {
             out.write_all(table(&jobs, now_millis()).render(style).as_bytes())?;
+        }
+        if cut {
+            // On stderr, so that stdout stays the jobs alone for a script, table or JSON.
+            out.flush()?;
+            let total = store.count(&filter)?;
+            crate::diagnostic!(
+                "bgq: showing {} of {total} jobs, newest first; --limit N or --all shows more",
+                jobs.len()
+            );
         }
     }
     out.flush()?;
@@ -151,7 +168,9 @@ fn when(job: &JobRecord, now: Millis) -> String {
             format!("retry {}", relative(job.run_at, now))
         }
         JobState::TemporarilyFailed => "retry due".to_owned(),
-        JobState::Waiting => "next run".to_owned(),
+        // As `explain` says it: after `waiting_delay` under --watch, else the next run.
+        JobState::Waiting if job.run_at > now => format!("waiting, due {}", relative(job.run_at, now)),
+        JobState::Waiting => "due at the next run".to_owned(),
         JobState::PermanentlyFailed => {
             format!("failed {}", relative(job.state_changed_at, now))
         }

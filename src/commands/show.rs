@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::error::usage;
 use crate::escape;
 use crate::human::full_time;
+use crate::notify::NoticeKind;
 use crate::job::{JobState, JsonView, PayloadView, StoredPayload, format_utc, now_millis};
 use crate::store::{Durability, JobDetail, Store};
 
@@ -17,13 +18,24 @@ const HEX_PREVIEW: usize = 64;
 pub fn run(config: &Config, args: &ShowArgs) -> anyhow::Result<()> {
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let detail = find(&*store, args.id)?;
+    // Notices not yet sent: stored with the job's state, deleted once a run sends them.
+    let pending: Vec<NoticeKind> = if args.json {
+        Vec::new()
+    } else {
+        store
+            .pending_notices(&detail.record.queue)?
+            .into_iter()
+            .filter(|notice| notice.job_id == args.id)
+            .map(|notice| notice.kind)
+            .collect()
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         // Streamed: a large payload is not copied into one more string.
         write_json(&detail, &mut out)?;
         out.write_all(b"\n")?;
     } else {
-        out.write_all(describe(config, &detail, now_millis()).as_bytes())?;
+        out.write_all(describe(config, &detail, &pending, now_millis()).as_bytes())?;
     }
     out.flush()?;
     Ok(())
@@ -124,7 +136,50 @@ fn after(detail: &JobDetail) -> String {
         .join(", ")
 }
 
-fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
+/// Which notices went out about the job (or wait for the next run to send them), in words:
+/// `after 5 failed attempts: sent`, `none yet (one after 5 failed attempts)`.
+fn notices(config: &Config, detail: &JobDetail, pending: &[NoticeKind]) -> String {
+    let n = crate::human::count(config.notify_on_attempts.into(), "failed attempt");
+    let sent = |kind: NoticeKind| {
+        if pending.contains(&kind) {
+            "not sent yet: the next `process` run sends it"
+        } else {
+            "sent"
+        }
+    };
+    let mut said = Vec::new();
+    if detail.notified {
+        said.push(format!(
+            "after {n}: {}",
+            sent(NoticeKind::Attempts)
+        ));
+    }
+    match detail.record.state {
+        JobState::PermanentlyFailed => {
+            said.push(format!(
+                "failed permanently: {}",
+                sent(NoticeKind::Failed)
+            ));
+        }
+        JobState::Finished if detail.notified || pending.contains(&NoticeKind::Recovered) => {
+            said.push(format!("recovered: {}", sent(NoticeKind::Recovered)));
+        }
+        _ => {}
+    }
+    if pending.contains(&NoticeKind::Orphan) {
+        said.push("recovered from a run that died: not sent yet".to_owned());
+    }
+    if !said.is_empty() {
+        return said.join("; ");
+    }
+    if detail.record.state.runs_again() {
+        format!("none yet (one after {n})")
+    } else {
+        "none".to_owned()
+    }
+}
+
+fn describe(config: &Config, detail: &JobDetail, pending: &[NoticeKind], now: i64) -> String {
     let job = &detail.record;
     // Names came from a publisher (or a config): shown escaped, each on its line.
     let name = |value: &str| escape::line(value).into_owned();
@@ -155,10 +210,7 @@ fn describe(config: &Config, detail: &JobDetail, now: i64) -> String {
         ("finished", time(job.finished_at)),
         ("state since", time(Some(detail.record.state_changed_at))),
         ("next run", next_run),
-        (
-            "notified",
-            if detail.notified { "yes" } else { "no" }.to_owned(),
-        ),
+        ("notices", notices(config, detail, pending)),
     ];
     let mut text = format!("job {}: {}\n", job.id, job.state);
     for (key, value) in fields {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::StatsArgs;
 use crate::config::Config;
-use crate::human::{relative, span};
+use crate::human::{count, relative, span};
 use crate::job::{JobState, Millis, format_utc, now_millis};
 use crate::store::{Durability, RunInfo, Store};
 use crate::table::{Cell, Column, Table};
@@ -19,6 +19,10 @@ use crate::term::Style;
 
 const HOUR: Millis = 3_600_000;
 const DAY: Millis = 24 * HOUR;
+/// A queue with no jobs and no job run in the last day whose last `process` run is older than
+/// this is forgotten: `stats` and `status` leave it out (a `process --queue typo` run once,
+/// a queue retired and cleared). The config's own `queue` is always shown.
+pub const FORGOTTEN_AFTER: Millis = 7 * DAY;
 
 /// How a `process` run went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +121,26 @@ fn gather(
         let queue = run.queue.clone();
         entry(&mut queues, &queue).last_run = Some(run);
     }
+    queues.retain(|queue, stats| *queue == config.queue || !forgotten(stats, now));
     Ok(queues)
+}
+
+/// The queues `stats` shows, which `status` checks when no `--queue` is given: the config's
+/// queue, every queue that has jobs, and those with a `process` run that is not forgotten
+/// (see [`FORGOTTEN_AFTER`]).
+pub fn queues(config: &Config, store: &dyn Store, now: Millis) -> anyhow::Result<Vec<String>> {
+    Ok(gather(config, store, now)?.into_keys().collect())
+}
+
+/// Whether a queue is [`FORGOTTEN_AFTER`]: no jobs, none ended in the last day, and its last
+/// run (if any) older than that and not running.
+fn forgotten(stats: &QueueStats, now: Millis) -> bool {
+    let no_jobs = stats.jobs.values().all(|&count| count == 0);
+    let quiet = stats.last_day.iter().all(|&count| count == 0);
+    let old_run = stats.last_run.as_ref().is_none_or(|run| {
+        RunOutcome::of(run) != RunOutcome::Running && now - run.last_seen() > FORGOTTEN_AFTER
+    });
+    no_jobs && quiet && old_run
 }
 
 /// The stats of `queue`, every state counted 0 until counts are read.
@@ -355,9 +378,9 @@ fn to_tables(queues: &BTreeMap<String, QueueStats>, now: Millis, style: &Style) 
 fn describe_run(run: &RunInfo) -> String {
     match RunOutcome::of(run) {
         RunOutcome::Ok if run.failed > 0 => {
-            format!("ok ({} jobs, {} failed)", run.jobs, run.failed)
+            format!("ok ({}, {} failed)", count(run.jobs, "job"), run.failed)
         }
-        RunOutcome::Ok => format!("ok ({} jobs)", run.jobs),
+        RunOutcome::Ok => format!("ok ({})", count(run.jobs, "job")),
         RunOutcome::Error => format!("error: {}", run.error.as_deref().unwrap_or("?")),
         outcome => outcome.as_str().to_owned(),
     }

@@ -17,7 +17,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let now = now_millis();
     let stale_after = Millis::try_from(args.stale_after.as_millis()).unwrap_or(Millis::MAX);
     let queues = if args.queue.is_empty() {
-        vec![config.queue.clone()]
+        // Every queue `stats` shows: a forgotten cron line of another queue is found too.
+        super::stats::queues(config, &*store, now)?
     } else {
         args.queue.clone()
     };
@@ -41,7 +42,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
                 Some(run) => format!("last `process` run {}", relative(run.last_seen(), now)),
                 None => "last `process` run never".to_owned(),
             };
-            writeln!(out, "ok: queue `{shown}`: {runs}, {count} due job(s)")?;
+            let due = crate::human::count(count, "due job");
+            writeln!(out, "ok: queue `{shown}`: {runs}, {due}")?;
         }
         for problem in &problems {
             healthy = false;

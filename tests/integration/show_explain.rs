@@ -311,7 +311,10 @@ fn show_prints_every_field_of_a_job_that_never_ran() -> TestResult {
     assert_eq!(field(&out, "finished")?, "-");
     show_time(field(&out, "state since")?)?;
     assert_eq!(field(&out, "next run")?, "at the next `process` run");
-    assert_eq!(field(&out, "notified")?, "no");
+    assert_eq!(
+        field(&out, "notices")?,
+        "none yet (one after 5 failed attempts)"
+    );
 
     let (head, body) = section(&out, "parameters (", "output of the last run")?;
     let size = between(head, "parameters (JSON, ", " bytes):")?;
@@ -374,7 +377,11 @@ fn show_of_a_failed_run_has_its_times_notice_and_output_tail() -> TestResult {
     let next = field(&out, "next run")?;
     same_time(next, &listed["run_at"], "next run")?;
     assert!(next.contains("(in "), "next run is in the future: {next:?}");
-    assert_eq!(field(&out, "notified")?, "yes", "notify_on_attempts = 1");
+    assert_eq!(
+        field(&out, "notices")?,
+        "after 1 failed attempt: sent",
+        "notify_on_attempts = 1"
+    );
 
     let (head, body) = section(&out, "output of the last run", "")?;
     assert_eq!(head, "output of the last run (24 bytes):");
@@ -827,5 +834,27 @@ fn explain_a_cancelled_job() -> TestResult {
         &format!("; only `bgq retry {id}` runs it again"),
     )?;
     near(local_and_relative(at)?.0, Utc::now(), "cancelled at")?;
+    Ok(())
+}
+
+/// `show` says which notices went out: none for a job that finished without one, a failed
+/// job's notice as not sent yet while a run left it to the next (an on-demand run has no
+/// stderr anyone reads), then as sent.
+#[test]
+fn show_says_which_notices_were_sent() -> TestResult {
+    let env = env_with("", &[("ok", "exit 0", ""), ("bad", "exit 1", "")])?;
+    let ok = env.publish("ok", "{}")?;
+    let bad = env.publish("bad", "{}")?;
+    let stderr = env.process(&["--on-demand"])?;
+    assert!(!stderr.contains("notice"), "left to the next run: {stderr}");
+    assert_eq!(field(&show(&env, ok)?, "notices")?, "none");
+    assert_eq!(
+        field(&show(&env, bad)?, "notices")?,
+        "failed permanently: not sent yet: the next `process` run sends it"
+    );
+    let stderr = env.process(&[])?;
+    assert!(stderr.contains(&format!("job {bad} (bad)")), "{stderr}");
+    let out = show(&env, bad)?;
+    assert_eq!(field(&out, "notices")?, "failed permanently: sent", "{out}");
     Ok(())
 }
