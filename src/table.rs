@@ -79,6 +79,7 @@ impl Table {
     /// The table as lines, fitted to `style.width` when there is one.
     pub fn render(&self, style: &Style) -> String {
         let widths = self.widths(style.width);
+        // A header is shortened only in an empty column (see `widths`).
         let header: Vec<Cell> = self
             .columns
             .iter()
@@ -126,6 +127,26 @@ impl Table {
         let total = |widths: &[usize]| {
             widths.iter().sum::<usize>() + GAP.len() * widths.len().saturating_sub(1)
         };
+        // First the columns with nothing in them (every cell `-`): their header is all they
+        // show, and it may be shortened too, before any name loses a character.
+        let empty: Vec<bool> = (0..self.columns.len())
+            .map(|index| {
+                self.columns[index].shrinks
+                    && self
+                        .rows
+                        .iter()
+                        .all(|row| row.get(index).is_none_or(|cell| matches!(cell.text.as_str(), "" | "-")))
+            })
+            .collect();
+        while total(&widths) > limit {
+            let widest = (0..widths.len())
+                .filter(|&index| empty[index] && widths[index] > MIN_SHRUNK)
+                .max_by_key(|&index| widths[index]);
+            match widest {
+                Some(index) => widths[index] -= 1,
+                None => break,
+            }
+        }
         while total(&widths) > limit {
             // Take one character from the widest column that may still give one.
             let widest = self
@@ -203,6 +224,44 @@ mod tests {
             assert!(line.chars().count() <= 24, "{line:?}");
         }
         assert!(text.contains("12  a-rather-lon…  READY"), "{text}");
+    }
+
+    #[test]
+    fn empty_columns_shrink_before_names() {
+        let mut table = Table::new(&[
+            Column {
+                header: "NAME",
+                shrinks: true,
+            },
+            Column {
+                header: "SERIAL_GROUP",
+                shrinks: true,
+            },
+            Column {
+                header: "STATE",
+                shrinks: false,
+            },
+        ]);
+        table.push(vec![
+            Cell::new("a-long-name-of-a-job"),
+            Cell::new("-"),
+            Cell::new("READY"),
+        ]);
+        let style = Style {
+            color: false,
+            width: Some(35),
+        };
+        let text = table.render(&style);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME                  SERIA…  STATE", "{text}");
+        assert_eq!(lines[1], "a-long-name-of-a-job  -       READY", "{text}");
+        // Narrower still: the name gives way once the empty column is as short as it goes.
+        let style = Style {
+            color: false,
+            width: Some(30),
+        };
+        let text = table.render(&style);
+        assert!(text.contains("a-long-name-of…  -       READY"), "{text}");
     }
 
     #[test]

@@ -249,14 +249,73 @@ fn unfinished_lists_identifiers_with_work_left() -> TestResult {
     Ok(())
 }
 
+/// `--limit` is a number, 0 or more (0: no limit).
 #[test]
-fn limit_must_be_positive() -> TestResult {
+fn limit_must_be_a_count() -> TestResult {
     let env = env_with_callbacks("", &[("ok", "exit 0")])?;
     env.publish("ok", "{}")?;
-    for limit in ["0", "-1"] {
+    for limit in ["-1", "x", ""] {
         let out = env.bgq().args(["list", "--limit", limit]).output()?;
         expect_refused(&out, &[2]).map_err(|err| format!("--limit {limit}: {err}"))?;
     }
     assert_eq!(listed_ids(&env, &["--limit", "1"])?, [1]);
+    Ok(())
+}
+
+/// `--limit 0` and `--all` show every job; a list cut short says `showing N of M` on stderr
+/// (stdout stays the jobs alone, for scripts); a list that is whole says nothing.
+#[test]
+fn list_says_when_it_is_cut_short_and_shows_all_on_request() -> TestResult {
+    let env = populated()?;
+    let out = env.bgq().args(["list", "--json", "--limit", "3"]).output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 3);
+    assert_eq!(
+        String::from_utf8(out.stderr)?,
+        "bgq: showing 3 of 8 jobs, newest first; --limit N or --all shows more\n"
+    );
+    // The count follows the filter.
+    let out = env
+        .bgq()
+        .args(["list", "--state", "READY", "--limit", "1"])
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 2, "a header and a row");
+    assert!(
+        String::from_utf8(out.stderr)?.starts_with("bgq: showing 1 of 4 jobs"),
+        "READY jobs: 3, 6, 7, 8"
+    );
+    for args in [&["--limit", "0"][..], &["--all"][..], &["--limit", "8"][..]] {
+        let out = env.bgq().arg("list").arg("--json").args(args).output()?;
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", describe(&out));
+        assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 8, "{args:?}");
+    }
+    let out = env.bgq().args(["list", "--all", "--limit", "3"]).output()?;
+    expect_refused(&out, &[2])?;
+    Ok(())
+}
+
+/// A WAITING job's WHEN says what `explain` says: due at the next run (or, after a watcher's
+/// `waiting_delay`, when).
+#[test]
+fn list_shows_when_a_waiting_job_runs_next() -> TestResult {
+    let env = env_with_callbacks("", &[("later", "exit 76")])?;
+    let id = env.publish("later", "{}")?;
+    env.process(&[])?;
+    let out = env.bgq().arg("list").output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let table = String::from_utf8(out.stdout)?;
+    let row = table
+        .lines()
+        .find(|line| line.starts_with(&format!("{id} ")))
+        .ok_or(table.clone())?;
+    assert!(row.contains(" WAITING "), "{row}");
+    assert!(row.ends_with("  due at the next run"), "{row}");
+    let explained = env.bgq().args(["explain", &id.to_string()]).output()?;
+    assert!(
+        String::from_utf8(explained.stdout)?.contains("is WAITING until the next `process` run"),
+        "list and explain agree"
+    );
     Ok(())
 }

@@ -779,3 +779,70 @@ fn status_refuses_a_bad_duration() -> TestResult {
         .output()?;
     expect_refused(&out, &[2])
 }
+
+/// A queue that only an empty `process` run ever touched, more than 7 days ago, is forgotten:
+/// `stats` and `status` leave it out; one touched yesterday, or one that has jobs, stays.
+#[test]
+fn a_queue_touched_once_by_an_empty_run_is_forgotten_after_7_days() -> TestResult {
+    if !faketime_available()? {
+        return Ok(());
+    }
+    let env = env_with_callbacks("", &[("ok", "exit 0")])?;
+    for (queue, offset) in [("typo", "-8d"), ("recent", "-1d"), ("busy", "-8d")] {
+        let out = env.bgq_at(offset).args(["process", "--queue", queue]).output()?;
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    env.publish_with("ok", "{}", &["--queue", "busy"])?;
+    env.process(&[])?;
+    let stats = stats_json(env.bgq().arg("stats").arg("--json"))?;
+    assert_eq!(queue_names(&stats)?, ["busy", "general", "recent"]);
+    let (_, table, _) = run(env.bgq().arg("stats"))?;
+    assert!(!table.contains("typo"), "{table}");
+    // status checks what stats lists: `busy` last ran 8 days ago: stale.
+    let (code, lines) = status(env.bgq(), &["--stale-after", "2d"])?;
+    assert_eq!(code, 1, "{lines:?}");
+    let queues: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.split('`').nth(1))
+        .collect();
+    assert_eq!(queues, ["busy", "general", "recent"], "{lines:?}");
+    assert!(lines[0].starts_with("stale: queue `busy`: "), "{lines:?}");
+    Ok(())
+}
+
+/// `status` without `--queue` checks every queue that has jobs or runs, not just the config's:
+/// a queue whose cron line was forgotten is reported.
+#[test]
+fn status_checks_every_queue_with_jobs_or_runs() -> TestResult {
+    let env = env_with_callbacks("", &[("ok", "exit 0")])?;
+    env.process(&[])?;
+    env.process(&["--queue", "mail"])?;
+    env.publish_with("ok", "{}", &["--queue", "reports"])?;
+    let (code, lines) = status(env.bgq(), &[])?;
+    assert_eq!(code, 1, "queue reports never ran: {lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("ok: queue `general`: "), "{lines:?}");
+    assert!(lines[1].starts_with("ok: queue `mail`: "), "{lines:?}");
+    assert!(lines[1].ends_with(", 0 due jobs"), "{lines:?}");
+    assert_eq!(
+        lines[2],
+        "stale: queue `reports`: no `process` run has been recorded"
+    );
+    Ok(())
+}
+
+/// The table says `1 job` and `2 jobs`, never `1 jobs`.
+#[test]
+fn stats_table_counts_in_good_grammar() -> TestResult {
+    let env = env_with_callbacks("", &[("ok", "exit 0")])?;
+    env.publish("ok", "{}")?;
+    env.process(&[])?;
+    let (_, table, _) = run(env.bgq().arg("stats"))?;
+    assert!(table.contains("ok (1 job)"), "{table}");
+    env.publish("ok", "{}")?;
+    env.publish("ok", "{}")?;
+    env.process(&[])?;
+    let (_, table, _) = run(env.bgq().arg("stats"))?;
+    assert!(table.contains("ok (2 jobs)"), "{table}");
+    Ok(())
+}
