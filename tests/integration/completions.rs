@@ -195,3 +195,108 @@ fn man_page_renders() -> TestResult {
     assert!(rendered.contains("publish"), "{rendered}");
     Ok(())
 }
+
+/// The scripts offer the job states where `--state` is expected, in every shell.
+#[test]
+fn completions_offer_the_states() -> TestResult {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = print_without_config(&["completions", shell])?;
+        for state in ["READY", "TEMPORARILY_FAILED", "PERMANENTLY_FAILED", "CANCELLED"] {
+            assert!(has_word(&script, state), "{shell} offers {state}");
+        }
+        assert!(
+            !script.contains("__bgq_callbacks__"),
+            "{shell}: the placeholder is replaced"
+        );
+        assert!(has_word(&script, "callbacks"), "{shell} asks `bgq callbacks`");
+    }
+    Ok(())
+}
+
+/// In bash, Tab after `publish` and after `list --callback` offers the config's callback
+/// names, asked from the hidden `bgq callbacks`; after `--state`, the states.
+#[test]
+fn bash_completes_callback_names_from_the_config() -> TestResult {
+    let env = crate::support::env_with_callbacks(
+        "",
+        &[("sendEmail", "exit 0"), ("sendSms", "exit 0"), ("export", "exit 0")],
+    )?;
+    let listed = env.bgq().arg("callbacks").output()?;
+    assert!(listed.status.success(), "{}", describe(&listed));
+    assert_eq!(String::from_utf8(listed.stdout)?, "export\nsendEmail\nsendSms\n");
+    let bin = env!("CARGO_BIN_EXE_bgq");
+    let complete = |words: &str| -> TestResult<String> {
+        let line = format!(
+            "source <('{bin}' completions bash) && COMP_WORDS=('{bin}' {words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) && _bgq '{bin}' \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" && printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let out = Command::new("bash")
+            .args(["-c", &line])
+            .current_dir(env.root())
+            .env("BGQ_CONFIG", env.config_path())
+            .timeout(Duration::from_secs(60))
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("bash {line:?}: {}", describe(&out)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    assert_eq!(complete("list --callback send")?, "sendEmail\nsendSms\n");
+    assert_eq!(complete("retry --state PERM")?, "PERMANENTLY_FAILED\n");
+    let publish = complete("publish s")?;
+    assert_eq!(publish, "sendEmail\nsendSms\n", "{publish}");
+    Ok(())
+}
+
+/// `bgq --help` points to the man page, which has the sections a reader looks for.
+#[test]
+fn help_points_to_the_man_page_and_it_has_the_protocol() -> TestResult {
+    let help = print_without_config(&["--help"])?;
+    assert!(help.contains("`man bgq`"), "{help}");
+    let page = print_without_config(&["man"])?;
+    for section in [
+        ".SH THE CALLBACK PROTOCOL",
+        ".SH EXIT STATUS",
+        ".SH FILES",
+        ".SH ENVIRONMENT",
+        ".SH CONFIGURATION",
+        ".SH EXAMPLES",
+    ] {
+        assert!(page.contains(section), "the man page has {section}");
+    }
+    for word in [
+        "BGQ_JOB_ID", "BGQ_ATTEMPT", "BGQ_BIN", "BGQ_CONFIG", "BGQ_HOST_ID", "PGPASSWORD", "75",
+        "76", "supervisord", "/usr/local/bin/bgq",
+    ] {
+        assert!(has_word(&page, word), "the man page names {word}");
+    }
+    assert!(
+        !page.contains("\\fBbgq callbacks\\fR"),
+        "the hidden command has no entry in the page"
+    );
+    Ok(())
+}
+
+/// A usage error from the argument parser starts `bgq: error:` like every other error, keeps
+/// its usage lines, exits 2 and prints nothing on stdout.
+#[test]
+fn parser_errors_start_with_bgq_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for args in [
+        &["list", "--limitx", "3"][..],
+        &["list", "--state", "DONE"][..],
+        &["publish"][..],
+        &["frobnicate"][..],
+        &[][..],
+    ] {
+        let out = bare(dir.path()).args(args).output()?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(stderr.starts_with("bgq: error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("Usage: bgq") || stderr.contains("try '--help'"),
+            "{args:?}: {stderr}"
+        );
+    }
+    Ok(())
+}
