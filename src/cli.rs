@@ -372,9 +372,9 @@ impl clap::builder::TypedValueParser for CallbackName {
     fn possible_values(
         &self,
     ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
-        Some(Box::new(std::iter::once(clap::builder::PossibleValue::new(
-            CALLBACKS_PLACEHOLDER,
-        ))))
+        Some(Box::new(std::iter::once(
+            clap::builder::PossibleValue::new(CALLBACKS_PLACEHOLDER),
+        )))
     }
 }
 

@@ -132,10 +132,10 @@ impl Table {
         let empty: Vec<bool> = (0..self.columns.len())
             .map(|index| {
                 self.columns[index].shrinks
-                    && self
-                        .rows
-                        .iter()
-                        .all(|row| row.get(index).is_none_or(|cell| matches!(cell.text.as_str(), "" | "-")))
+                    && self.rows.iter().all(|row| {
+                        row.get(index)
+                            .is_none_or(|cell| matches!(cell.text.as_str(), "" | "-"))
+                    })
             })
             .collect();
         while total(&widths) > limit {

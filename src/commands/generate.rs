@@ -31,10 +31,7 @@ fn with_callback_names(shell: clap_complete::Shell, script: &str) -> String {
     match shell {
         // Inside double quotes of `compgen -W "..."` and of the `opts="..."` of publish; the
         // binary is the one being completed (`${COMP_WORDS[0]}`).
-        Shell::Bash => script.replace(
-            placeholder,
-            "$(\"${COMP_WORDS[0]}\" callbacks 2>/dev/null)",
-        ),
+        Shell::Bash => script.replace(placeholder, "$(\"${COMP_WORDS[0]}\" callbacks 2>/dev/null)"),
         // An `_arguments` action in braces is evaluated; `$words[1]` is the binary.
         Shell::Zsh => script.replace(
             &format!("({placeholder})"),

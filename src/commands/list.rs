@@ -169,7 +169,9 @@ fn when(job: &JobRecord, now: Millis) -> String {
         }
         JobState::TemporarilyFailed => "retry due".to_owned(),
         // As `explain` says it: after `waiting_delay` under --watch, else the next run.
-        JobState::Waiting if job.run_at > now => format!("waiting, due {}", relative(job.run_at, now)),
+        JobState::Waiting if job.run_at > now => {
+            format!("waiting, due {}", relative(job.run_at, now))
+        }
         JobState::Waiting => "due at the next run".to_owned(),
         JobState::PermanentlyFailed => {
             format!("failed {}", relative(job.state_changed_at, now))

@@ -7,8 +7,8 @@ use crate::config::Config;
 use crate::error::usage;
 use crate::escape;
 use crate::human::full_time;
-use crate::notify::NoticeKind;
 use crate::job::{JobState, JsonView, PayloadView, StoredPayload, format_utc, now_millis};
+use crate::notify::NoticeKind;
 use crate::store::{Durability, JobDetail, Store};
 
 /// Bytes of a raw payload shown in hex.
@@ -149,17 +149,11 @@ fn notices(config: &Config, detail: &JobDetail, pending: &[NoticeKind]) -> Strin
     };
     let mut said = Vec::new();
     if detail.notified {
-        said.push(format!(
-            "after {n}: {}",
-            sent(NoticeKind::Attempts)
-        ));
+        said.push(format!("after {n}: {}", sent(NoticeKind::Attempts)));
     }
     match detail.record.state {
         JobState::PermanentlyFailed => {
-            said.push(format!(
-                "failed permanently: {}",
-                sent(NoticeKind::Failed)
-            ));
+            said.push(format!("failed permanently: {}", sent(NoticeKind::Failed)));
         }
         JobState::Finished if detail.notified || pending.contains(&NoticeKind::Recovered) => {
             said.push(format!("recovered: {}", sent(NoticeKind::Recovered)));

@@ -201,14 +201,22 @@ fn man_page_renders() -> TestResult {
 fn completions_offer_the_states() -> TestResult {
     for shell in ["bash", "zsh", "fish"] {
         let script = print_without_config(&["completions", shell])?;
-        for state in ["READY", "TEMPORARILY_FAILED", "PERMANENTLY_FAILED", "CANCELLED"] {
+        for state in [
+            "READY",
+            "TEMPORARILY_FAILED",
+            "PERMANENTLY_FAILED",
+            "CANCELLED",
+        ] {
             assert!(has_word(&script, state), "{shell} offers {state}");
         }
         assert!(
             !script.contains("__bgq_callbacks__"),
             "{shell}: the placeholder is replaced"
         );
-        assert!(has_word(&script, "callbacks"), "{shell} asks `bgq callbacks`");
+        assert!(
+            has_word(&script, "callbacks"),
+            "{shell} asks `bgq callbacks`"
+        );
     }
     Ok(())
 }
@@ -219,11 +227,18 @@ fn completions_offer_the_states() -> TestResult {
 fn bash_completes_callback_names_from_the_config() -> TestResult {
     let env = crate::support::env_with_callbacks(
         "",
-        &[("sendEmail", "exit 0"), ("sendSms", "exit 0"), ("export", "exit 0")],
+        &[
+            ("sendEmail", "exit 0"),
+            ("sendSms", "exit 0"),
+            ("export", "exit 0"),
+        ],
     )?;
     let listed = env.bgq().arg("callbacks").output()?;
     assert!(listed.status.success(), "{}", describe(&listed));
-    assert_eq!(String::from_utf8(listed.stdout)?, "export\nsendEmail\nsendSms\n");
+    assert_eq!(
+        String::from_utf8(listed.stdout)?,
+        "export\nsendEmail\nsendSms\n"
+    );
     let bin = env!("CARGO_BIN_EXE_bgq");
     let complete = |words: &str| -> TestResult<String> {
         let line = format!(
@@ -264,8 +279,16 @@ fn help_points_to_the_man_page_and_it_has_the_protocol() -> TestResult {
         assert!(page.contains(section), "the man page has {section}");
     }
     for word in [
-        "BGQ_JOB_ID", "BGQ_ATTEMPT", "BGQ_BIN", "BGQ_CONFIG", "BGQ_HOST_ID", "PGPASSWORD", "75",
-        "76", "supervisord", "/usr/local/bin/bgq",
+        "BGQ_JOB_ID",
+        "BGQ_ATTEMPT",
+        "BGQ_BIN",
+        "BGQ_CONFIG",
+        "BGQ_HOST_ID",
+        "PGPASSWORD",
+        "75",
+        "76",
+        "supervisord",
+        "/usr/local/bin/bgq",
     ] {
         assert!(has_word(&page, word), "the man page names {word}");
     }

@@ -398,13 +398,26 @@ fn narrow_terminal_shrinks_empty_columns_first() -> TestResult {
     env.write_config(&callback_toml(name, &ok, ""))?;
     let id = env.publish(name, "{}")?;
     let wide = list(&env, &[])?;
-    let width = wide.lines().map(|line| line.chars().count()).max().unwrap_or(0);
+    let width = wide
+        .lines()
+        .map(|line| line.chars().count())
+        .max()
+        .unwrap_or(0);
     let cols = width - 10;
     let shown = in_terminal(&env, &format!("stty cols {cols}"), &["list"], None)?;
     let lines: Vec<String> = shown.lines().map(strip_ansi).collect();
-    assert!(lines.iter().all(|line| line.chars().count() <= cols), "{shown}");
+    assert!(
+        lines.iter().all(|line| line.chars().count() <= cols),
+        "{shown}"
+    );
     assert!(lines[0].contains(" SERIA… "), "{shown}");
-    assert!(lines[0].contains(" IDENTI… ") || lines[0].contains(" IDENT… "), "{shown}");
-    assert!(row(&shown, id)?.contains(name), "the name is whole: {shown}");
+    assert!(
+        lines[0].contains(" IDENTI… ") || lines[0].contains(" IDENT… "),
+        "{shown}"
+    );
+    assert!(
+        row(&shown, id)?.contains(name),
+        "the name is whole: {shown}"
+    );
     Ok(())
 }

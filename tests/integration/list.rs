@@ -267,7 +267,10 @@ fn limit_must_be_a_count() -> TestResult {
 #[test]
 fn list_says_when_it_is_cut_short_and_shows_all_on_request() -> TestResult {
     let env = populated()?;
-    let out = env.bgq().args(["list", "--json", "--limit", "3"]).output()?;
+    let out = env
+        .bgq()
+        .args(["list", "--json", "--limit", "3"])
+        .output()?;
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 3);
     assert_eq!(
@@ -280,7 +283,11 @@ fn list_says_when_it_is_cut_short_and_shows_all_on_request() -> TestResult {
         .args(["list", "--state", "READY", "--limit", "1"])
         .output()?;
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 2, "a header and a row");
+    assert_eq!(
+        String::from_utf8(out.stdout)?.lines().count(),
+        2,
+        "a header and a row"
+    );
     assert!(
         String::from_utf8(out.stderr)?.starts_with("bgq: showing 1 of 4 jobs"),
         "READY jobs: 3, 6, 7, 8"
@@ -289,7 +296,11 @@ fn list_says_when_it_is_cut_short_and_shows_all_on_request() -> TestResult {
         let out = env.bgq().arg("list").arg("--json").args(args).output()?;
         assert!(out.status.success(), "{args:?}: {}", describe(&out));
         assert!(out.stderr.is_empty(), "{args:?}: {}", describe(&out));
-        assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 8, "{args:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout)?.lines().count(),
+            8,
+            "{args:?}"
+        );
     }
     let out = env.bgq().args(["list", "--all", "--limit", "3"]).output()?;
     expect_refused(&out, &[2])?;

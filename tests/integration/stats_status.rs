@@ -789,7 +789,10 @@ fn a_queue_touched_once_by_an_empty_run_is_forgotten_after_7_days() -> TestResul
     }
     let env = env_with_callbacks("", &[("ok", "exit 0")])?;
     for (queue, offset) in [("typo", "-8d"), ("recent", "-1d"), ("busy", "-8d")] {
-        let out = env.bgq_at(offset).args(["process", "--queue", queue]).output()?;
+        let out = env
+            .bgq_at(offset)
+            .args(["process", "--queue", queue])
+            .output()?;
         assert!(out.status.success(), "{}", describe(&out));
     }
     env.publish_with("ok", "{}", &["--queue", "busy"])?;
