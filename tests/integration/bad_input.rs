@@ -54,7 +54,7 @@ fn bad_invocations_are_refused_cleanly() -> TestResult {
         case(&[], &[2]),
         case(&["list", "--limit", "abc"], &[2]),
         case(&["list", "--limit", "-3"], &[2]),
-        case(&["list", "--limit", "0"], &[2]),
+        case(&["list", "--limit", "-1"], &[2]),
         case(&["list", "--state", "BOGUS"], &[2]),
         case(&["process", "--concurrency", "-1"], &[2]),
         case(&["process", "--concurrency", "abc"], &[2]),
