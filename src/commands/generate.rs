@@ -29,9 +29,11 @@ fn with_callback_names(shell: clap_complete::Shell, script: &str) -> String {
     use clap_complete::Shell;
     let placeholder = CALLBACKS_PLACEHOLDER;
     match shell {
-        // Inside double quotes of `compgen -W "..."` and of the `opts="..."` of publish; the
-        // binary is the one being completed (`${COMP_WORDS[0]}`).
-        Shell::Bash => script.replace(placeholder, "$(\"${COMP_WORDS[0]}\" callbacks 2>/dev/null)"),
+        // Inside double quotes of `compgen -W "..."` and of the `opts="..."` of publish.
+        Shell::Bash => format!(
+            "{}{BASH_CALLBACKS}",
+            script.replace(placeholder, "$(_bgq_callbacks)")
+        ),
         // An `_arguments` action in braces is evaluated; `$words[1]` is the binary.
         Shell::Zsh => script.replace(
             &format!("({placeholder})"),
@@ -117,6 +119,21 @@ pub fn callbacks(config: &crate::config::Config) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// The bash function behind callback names: the binary being completed (`${COMP_WORDS[0]}`),
+/// with the `--config` given on the line being completed, if any.
+const BASH_CALLBACKS: &str = r#"
+_bgq_callbacks() {
+    local i config=()
+    for ((i = 1; i < ${#COMP_WORDS[@]} - 1; i++)); do
+        case "${COMP_WORDS[i]}" in
+            --config) config=(--config "${COMP_WORDS[i+1]}") ;;
+            --config=*) config=("${COMP_WORDS[i]}") ;;
+        esac
+    done
+    "${COMP_WORDS[0]}" "${config[@]}" callbacks 2>/dev/null
+}
+"#;
 
 /// The sections after COMMANDS, in roff: what `--help` cannot hold. Kept in step with README.md
 /// (the callback protocol, exit codes, files, configuration and running it).

@@ -240,25 +240,45 @@ fn bash_completes_callback_names_from_the_config() -> TestResult {
         "export\nsendEmail\nsendSms\n"
     );
     let bin = env!("CARGO_BIN_EXE_bgq");
-    let complete = |words: &str| -> TestResult<String> {
+    let complete = |words: &str, config_var: bool| -> TestResult<String> {
         let line = format!(
             "source <('{bin}' completions bash) && COMP_WORDS=('{bin}' {words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) && _bgq '{bin}' \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" && printf '%s\\n' \"${{COMPREPLY[@]}}\""
         );
-        let out = Command::new("bash")
-            .args(["-c", &line])
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", &line])
             .current_dir(env.root())
-            .env("BGQ_CONFIG", env.config_path())
-            .timeout(Duration::from_secs(60))
-            .output()?;
+            .env_remove("BGQ_CONFIG")
+            .timeout(Duration::from_secs(60));
+        if config_var {
+            cmd.env("BGQ_CONFIG", env.config_path());
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             return Err(format!("bash {line:?}: {}", describe(&out)).into());
         }
         Ok(String::from_utf8(out.stdout)?)
     };
-    assert_eq!(complete("list --callback send")?, "sendEmail\nsendSms\n");
-    assert_eq!(complete("retry --state PERM")?, "PERMANENTLY_FAILED\n");
-    let publish = complete("publish s")?;
+    assert_eq!(
+        complete("list --callback send", true)?,
+        "sendEmail\nsendSms\n"
+    );
+    assert_eq!(
+        complete("retry --state PERM", true)?,
+        "PERMANENTLY_FAILED\n"
+    );
+    let publish = complete("publish s", true)?;
     assert_eq!(publish, "sendEmail\nsendSms\n", "{publish}");
+    // The config of the line being completed, without BGQ_CONFIG; or ./bgq.toml.
+    let config = env.config_path().display().to_string();
+    let given = complete(&format!("--config '{config}' publish e"), false)?;
+    assert_eq!(given, "export\n");
+    let given = complete(&format!("list --config='{config}' --callback e"), false)?;
+    assert_eq!(given, "export\n");
+    assert_eq!(
+        complete("list --callback send", false)?,
+        "sendEmail\nsendSms\n",
+        "./bgq.toml"
+    );
     Ok(())
 }
 
