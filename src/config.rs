@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::coord::lock::LockFolder;
+use crate::coord::share::Sharing;
 use crate::duration::ConfigDuration;
 use crate::error::usage;
 use crate::queue::backoff::RetryPolicy;
@@ -38,6 +39,8 @@ pub struct Config {
     pub database: Database,
     /// Where lock files live: `temp_dir`, or bgq's private folder when the config names none.
     pub lock_folder: LockFolder,
+    /// Who may use the files bgq creates: its user alone, or the config's `group`.
+    pub sharing: Sharing,
     /// Default queue for publish and process.
     pub queue: String,
     /// Callbacks running at once within one `process`.
@@ -203,6 +206,11 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
             path.display()
         )));
     }
+    let sharing = match raw.group {
+        None => Sharing::private(),
+        Some(name) => Sharing::with_group(&name.0)
+            .map_err(|why| usage(format!("{}: group: {why}", path.display())))?,
+    };
     Ok(Config {
         path: path.to_owned(),
         database: match (raw.database, raw.schema) {
@@ -219,11 +227,11 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
                 host_id: host_id(raw.host_id.map(|name| name.0))?,
             }),
         },
-        lock_folder: raw
-            .temp_dir
-            .map_or_else(LockFolder::private_default, |dir| {
-                LockFolder::named(folder.join(dir.0))
-            }),
+        lock_folder: raw.temp_dir.map_or_else(
+            || LockFolder::private_default(&sharing),
+            |dir| LockFolder::named(folder.join(dir.0)),
+        ),
+        sharing,
         queue: raw.queue.unwrap_or_else(|| "general".to_owned()),
         concurrency: raw.concurrency.map_or(4, |count| count.0),
         notify_on_attempts: raw.notify_on_attempts.map_or(5, |count| count.0 as u32),
@@ -254,6 +262,7 @@ fn resolve_command(mut argv: Vec<String>, folder: &Path) -> Vec<String> {
 struct RawConfig {
     database: ConfigDatabase,
     temp_dir: Option<ConfigPath>,
+    group: Option<GroupName>,
     queue: Option<String>,
     concurrency: Option<Count>,
     notify_on_attempts: Option<Count>,
@@ -340,9 +349,40 @@ impl<'de> Deserialize<'de> for MaxPayload {
 /// A non-empty argv whose program is not empty.
 struct CommandLine(Vec<String>);
 
+/// Reads an argv, and explains a command written as one string (which would need a shell to
+/// split) by showing the list it stands for.
+struct ArgvVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ArgvVisitor {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of strings, the program first")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(|word| serde_json::Value::from(word).to_string())
+            .collect();
+        Err(E::custom(format!(
+            "must be a list of arguments, not one string (bgq runs it without a shell): write `[{}]`",
+            words.join(", ")
+        )))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut argv = Vec::new();
+        while let Some(arg) = seq.next_element::<String>()? {
+            argv.push(arg);
+        }
+        Ok(argv)
+    }
+}
+
 impl<'de> Deserialize<'de> for CommandLine {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let argv = Vec::<String>::deserialize(deserializer)?;
+        let argv = deserializer.deserialize_any(ArgvVisitor)?;
         if argv.first().is_none_or(String::is_empty) {
             return Err(serde::de::Error::custom(
                 "must be a non-empty array whose first element is the program",
@@ -352,6 +392,26 @@ impl<'de> Deserialize<'de> for CommandLine {
             return Err(serde::de::Error::custom("must not contain NUL bytes"));
         }
         Ok(CommandLine(argv))
+    }
+}
+
+/// A group name (or number) for `group`: printable, no whitespace or `:`.
+struct GroupName(String);
+
+impl<'de> Deserialize<'de> for GroupName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        if name.is_empty()
+            || name.len() > 256
+            || name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        {
+            return Err(serde::de::Error::custom(format!(
+                "must be the name of a Unix group, got {name:?}"
+            )));
+        }
+        Ok(GroupName(name))
     }
 }
 
@@ -789,6 +849,40 @@ mod tests {
     }
 
     #[test]
+    fn a_command_written_as_a_string_is_shown_as_the_list_it_means() {
+        let err = parse_err(
+            "database = \"q.sqlite\"\n[callbacks.x]\ncommand = \"php bin/console app:x\"\n",
+        );
+        assert!(
+            err.contains("bgq.toml:3: command: must be a list of arguments"),
+            "{err}"
+        );
+        assert!(
+            err.contains(r#"write `["php", "bin/console", "app:x"]`"#),
+            "{err}"
+        );
+        let err = parse_err("database = \"q.sqlite\"\n[callbacks.x]\ncommand = 7\n");
+        assert!(err.contains("an array of strings"), "{err}");
+    }
+
+    #[test]
+    fn group_names_a_group_of_the_system() {
+        let config = parse_ok("database = \"q.sqlite\"\ngroup = \"0\"\n");
+        assert_eq!(config.sharing.group().map(|group| group.gid), Some(0));
+        assert_eq!(
+            parse_ok("database = \"q.sqlite\"\n").sharing,
+            Sharing::private()
+        );
+        let err = parse_err("database = \"q.sqlite\"\ngroup = \"no-such-group-xyz\"\n");
+        assert!(
+            err.contains("group: there is no group `no-such-group-xyz`"),
+            "{err}"
+        );
+        let err = parse_err("database = \"q.sqlite\"\ngroup = \"a b\"\n");
+        assert!(err.contains("must be the name of a Unix group"), "{err}");
+    }
+
+    #[test]
     fn database_is_a_path_or_a_url_never_mistaken_for_the_other() {
         for (text, path) in [
             ("var/q.sqlite", "/etc/bgq/var/q.sqlite"),
@@ -898,7 +992,10 @@ mod tests {
             config.database,
             Database::Sqlite(PathBuf::from("/etc/bgq/var/q.sqlite"))
         );
-        assert_eq!(config.lock_folder, LockFolder::private_default());
+        assert_eq!(
+            config.lock_folder,
+            LockFolder::private_default(&Sharing::private())
+        );
         assert!(config.lock_folder.is_private());
         assert_eq!(config.queue, "general");
         assert_eq!(config.concurrency, 4);

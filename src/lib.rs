@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let config = config::load(cli.config.as_deref())?;
+    coord::share::set(config.sharing.clone());
     let style = term::Style::for_stdout(cli.color);
     match cli.command {
         Command::Publish(args) => commands::publish::run(&config, &args),

@@ -177,6 +177,9 @@ pub fn prepare(
         job.serial_group.as_deref(),
     );
     set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
+    if let Some(bgq) = bgq_binary() {
+        command.env("BGQ_BIN", bgq);
+    }
     Ok(Prepared {
         command,
         program: program.clone(),
@@ -273,6 +276,13 @@ fn missing_interpreter(program: &str, working_dir: &Path, err: &std::io::Error) 
     }
     let interpreter = interpreter(&working_dir.join(program))?;
     (!Path::new(&interpreter).exists()).then_some(interpreter)
+}
+
+/// This bgq's own executable, for callbacks that publish follow-up jobs (`BGQ_BIN`): cron's
+/// PATH rarely holds it. Read once; `None` if the system cannot say.
+fn bgq_binary() -> Option<&'static Path> {
+    static BIN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::current_exe().ok()).as_deref()
 }
 
 /// The interpreter the `#!` line of the file at `path` names, if it has one.

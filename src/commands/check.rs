@@ -2,13 +2,14 @@
 //! Each problem is one line; exit 1 when there is any. It never creates the database.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::statfs::statfs;
 use nix::unistd::{AccessFlags, access};
 
 use crate::config::{Config, Database};
+use crate::coord::trust::user_name;
 
 /// Runs `bgq check`.
 pub fn run(config: &Config) -> anyhow::Result<()> {
@@ -40,6 +41,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         problems.push(format!("notify: {problem}"));
     }
     problems.extend(folder_problems(config));
+    problems.extend(access_problems(config));
     let mut database = "not created yet";
     let untrusted = match &config.database {
         Database::Sqlite(database_file) => {
@@ -50,7 +52,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(problem) = &untrusted {
         problems.push(problem.clone());
         database = "not opened";
-    } else if let Some(store) = crate::store::open_existing(&config.database)? {
+    } else if let Some(store) = open_existing(config, &mut problems) {
         database = "ok";
         let known: Vec<&str> = config.callbacks.keys().map(String::as_str).collect();
         for (queue, callback, count) in store.waiting_callbacks_not_in(&known)? {
@@ -83,6 +85,87 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// The queue's store if it exists and this user can open it; a problem line when it cannot.
+fn open_existing(
+    config: &Config,
+    problems: &mut Vec<String>,
+) -> Option<Box<dyn crate::store::Store>> {
+    match crate::store::open_existing(&config.database) {
+        Ok(store) => store,
+        Err(err) => {
+            problems.push(format!("{err:#}"));
+            None
+        }
+    }
+}
+
+/// What this user may not do to the files the queue shares with its other users: the
+/// config's `group` it lacks, the database and its companions it cannot open for writing, the
+/// lock files it cannot open.
+fn access_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sharing = &config.sharing;
+    let me = user_name(nix::unistd::Uid::effective().as_raw());
+    if let Some(group) = sharing.group()
+        && !sharing.process_has_group()
+    {
+        problems.push(format!(
+            "user {me} is not in group {} (the config's `group`): it cannot use the queue's shared files; run `usermod -aG {} {me}`, then log in again or restart its service",
+            group.name, group.name
+        ));
+    }
+    let mut files = Vec::new();
+    if let Database::Sqlite(database) = &config.database {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = database.as_os_str().to_owned();
+            name.push(suffix);
+            files.push((PathBuf::from(name), "the database file"));
+        }
+        if let Some(folder) = database.parent()
+            && let Some(group) = sharing.group()
+            && let Ok(meta) = std::fs::metadata(folder)
+            && (meta.gid() != group.gid || meta.mode() & 0o2070 != 0o2070)
+        {
+            problems.push(format!(
+                "the database folder {} is not shared with group {} (group {}, mode {:04o}): the write-ahead log the queue's users make there must get the group; run `chgrp {} {} && chmod 2770 {}`",
+                folder.display(),
+                group.name,
+                crate::coord::share::group_name(meta.gid()),
+                meta.mode() & 0o7777,
+                group.name,
+                folder.display(),
+                folder.display()
+            ));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(config.lock_folder.path()) {
+        let mut locks: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("bgq-") && name.ends_with(".lock"))
+            })
+            .collect();
+        locks.sort();
+        files.extend(locks.into_iter().map(|path| (path, "the lock file")));
+    }
+    for (path, what) in files {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && access(&path, AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+            problems.push(format!(
+                "user {me} cannot open {what} {} for writing: {}",
+                path.display(),
+                sharing.denied(&path, Some(&meta), false)
+            ));
+        }
+    }
+    problems
+}
+
 /// Why `argv` cannot be started, if it cannot.
 fn command_problem(argv: &[String], path_var: Option<&str>) -> Option<String> {
     let Some(program) = argv.first() else {
@@ -111,6 +194,13 @@ fn command_problem(argv: &[String], path_var: Option<&str>) -> Option<String> {
     if !is_executable(&path) {
         return Some(format!("command {} is not executable", path.display()));
     }
+    if has_crlf_shebang(&path) {
+        return Some(format!(
+            "command {} has Windows (CRLF) line endings: its `#!` line names an interpreter ending in a carriage return, which the system cannot find; convert it with `sed -i 's/\\r$//' {}` (or dos2unix)",
+            path.display(),
+            path.display()
+        ));
+    }
     if let Some(interpreter) = crate::runner::interpreter(&path)
         && !Path::new(&interpreter).exists()
     {
@@ -120,6 +210,22 @@ fn command_problem(argv: &[String], path_var: Option<&str>) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether the file at `path` starts with a `#!` line that ends in `\r\n`: the kernel takes
+/// the carriage return for part of the interpreter's name.
+fn has_crlf_shebang(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let Ok(count) = std::fs::File::open(path).and_then(|mut file| file.read(&mut head)) else {
+        return false;
+    };
+    let head = &head[..count];
+    head.starts_with(b"#!")
+        && head
+            .iter()
+            .position(|b| *b == b'\n')
+            .is_some_and(|end| end > 0 && head[end - 1] == b'\r')
 }
 
 /// Whether we may execute the file at `path`.
@@ -173,10 +279,21 @@ fn folder_problems(config: &Config) -> Vec<String> {
     else {
         return problems;
     };
-    if !is_writable(folder) {
+    let wanted = database_file.parent().unwrap_or(folder);
+    let me = user_name(nix::unistd::Uid::effective().as_raw());
+    if !is_writable(folder) && folder != wanted {
         problems.push(format!(
-            "the database folder {} is not writable",
+            "the database folder {} does not exist, and user {me} cannot create it: {} is not writable",
+            wanted.display(),
             folder.display()
+        ));
+    } else if !is_writable(folder) {
+        problems.push(format!(
+            "the database folder {} is not writable by user {me}: {}",
+            folder.display(),
+            config
+                .sharing
+                .denied(folder, std::fs::metadata(folder).ok().as_ref(), true)
         ));
     } else if let Some(kind) = network_filesystem(folder) {
         problems.push(format!(
@@ -216,6 +333,18 @@ fn network_kind(magic: u64) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_with_crlf_line_endings_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = dir.path().join("job.sh");
+        std::fs::write(&script, "#!/bin/sh\r\nexit 0\r\n").expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let problem = command_problem(&[script.display().to_string()], None).expect("problem");
+        assert!(problem.contains("CRLF"), "{problem}");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\r\n").expect("write");
+        assert_eq!(command_problem(&[script.display().to_string()], None), None);
+    }
 
     #[test]
     fn network_filesystems_are_named_and_local_ones_are_not() {

@@ -65,7 +65,9 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
     let lock_path = config
         .lock_folder
         .process_lock_path(store.identity(), queue);
-    let Some(lock) = acquire(&config.lock_folder, &lock_path, args, &stop, verbose)? else {
+    let acquired = acquire(&config.lock_folder, &lock_path, args, &stop, verbose);
+    let acquired = acquired.inspect_err(|err| record_failure(&mut *store, queue, args, err));
+    let Some(lock) = acquired? else {
         if verbose {
             crate::diagnostic!(
                 "bgq: another `process` of queue `{queue}` holds {}; exiting",
@@ -196,6 +198,22 @@ fn acquire(
             said = true;
         }
         std::thread::sleep(if args.watch { TICK } else { LOCK_RETRY });
+    }
+}
+
+/// Records a run that could not take its lock (a lock file another user left, say), so that
+/// `stats` and `status` show its error: a run `publish --process` started has no stderr anyone
+/// reads. Best effort: the error itself is what the caller reports.
+fn record_failure(store: &mut dyn Store, queue: &str, args: &ProcessArgs, err: &anyhow::Error) {
+    let me = i32::try_from(std::process::id())
+        .ok()
+        .and_then(process_group::identify);
+    let Some(me) = me else {
+        return;
+    };
+    let now = now_millis();
+    if let Ok(run) = store.begin_run(queue, &me, now, args.watch) {
+        let _ = store.end_run(run, now_millis(), 0, 0, Some(&format!("{err:#}")));
     }
 }
 

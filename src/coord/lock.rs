@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use fs2::FileExt;
 
+use crate::coord::share::{self, Sharing};
 use crate::coord::trust::{self, Role};
 
 /// The folder that holds the lock files.
@@ -34,11 +35,16 @@ impl LockFolder {
         }
     }
 
-    /// bgq's private folder for the user it runs as, used when the config names none.
-    pub fn private_default() -> LockFolder {
-        let uid = nix::unistd::Uid::effective();
+    /// bgq's private folder for the user it runs as, used when the config names none; with
+    /// the config's `group`, the folder of that group's users (`bgq-gGID`), which all of them
+    /// must find.
+    pub fn private_default(sharing: &Sharing) -> LockFolder {
+        let name = match sharing.group() {
+            Some(group) => format!("bgq-g{}", group.gid),
+            None => format!("bgq-{}", nix::unistd::Uid::effective()),
+        };
         LockFolder {
-            path: std::env::temp_dir().join(format!("bgq-{uid}")),
+            path: std::env::temp_dir().join(name),
             private: true,
         }
     }
@@ -64,22 +70,30 @@ impl LockFolder {
         lock_path(&self.path, &["clear", database])
     }
 
-    /// Creates the folder when missing (mode 0700), then refuses it unless it can be trusted.
+    /// Creates the folder when missing (mode 0700, or 2770 and the config's `group`), then
+    /// refuses it unless it can be trusted.
     pub fn prepare(&self) -> anyhow::Result<()> {
-        let builder = {
-            let mut builder = fs::DirBuilder::new();
+        let sharing = share::current();
+        if self.private {
             // The private folder is made in a shared one, which must exist: making parents
             // there would leave folders another user might have made first.
-            builder.recursive(!self.private).mode(0o700);
-            builder
-        };
-        match builder.create(&self.path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => {
-                return Err(anyhow::Error::new(err)
-                    .context(format!("cannot create lock folder {}", self.path.display())));
+            match fs::DirBuilder::new()
+                .mode(sharing.folder_mode())
+                .create(&self.path)
+            {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("cannot create lock folder {}", self.path.display())));
+                }
             }
+            // Ours (or root's to mend): given to the group however it was made.
+            if fs::symlink_metadata(&self.path).is_ok_and(|meta| meta.is_dir()) {
+                sharing.adopt_folder(&self.path, "lock folder")?;
+            }
+        } else {
+            sharing.create_folder(&self.path, "lock folder")?;
         }
         if !self.verify()? {
             bail!(
@@ -116,6 +130,25 @@ impl LockFolder {
         if !meta.is_dir() {
             bail!("lock folder {shown} is not a folder");
         }
+        if self.private
+            && let Some(group) = share::current().group()
+        {
+            // The group's folder: any of its users may have made it, and it must be theirs.
+            if let Some(problem) = trust::distrust(&self.path, &meta, Role::LockFolder) {
+                bail!(problem);
+            }
+            let mode = meta.mode() & 0o7777;
+            if meta.gid() != group.gid || mode & 0o077 != 0o070 {
+                bail!(
+                    "lock folder {shown} is not shared with group {} (group {}, mode {mode:04o}): the queue's lock folder must be group {} and mode 2770; run `chgrp {} {shown} && chmod 2770 {shown}`",
+                    group.name,
+                    share::group_name(meta.gid()),
+                    group.name,
+                    group.name
+                );
+            }
+            return Ok(true);
+        }
         if self.private {
             let me = nix::unistd::Uid::effective().as_raw();
             if meta.uid() != me {
@@ -148,11 +181,12 @@ impl Lock {
     /// Takes the lock at `path` in `folder` without waiting; `None` when another process holds
     /// it.
     ///
-    /// The folder is made and checked first; the file is created mode 0600 if missing. A
-    /// symlink, anything but a regular file, or a file someone else could have written is
-    /// refused, and left untouched.
+    /// The folder is made and checked first; the file is created mode 0600 (0660 and the
+    /// config's `group`) if missing. A symlink, anything but a regular file, or a file someone
+    /// else could have written is refused, and left untouched.
     pub fn try_acquire(folder: &LockFolder, path: &Path) -> anyhow::Result<Option<Lock>> {
         folder.prepare()?;
+        let sharing = share::current();
         let file = open_trusted(
             path,
             OpenOptions::new()
@@ -160,8 +194,9 @@ impl Lock {
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o600),
+                .mode(sharing.file_mode()),
         )?;
+        sharing.adopt_file(&file, path, "lock file")?;
         match file.try_lock_exclusive() {
             Ok(()) => Ok(Some(Lock { file })),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
@@ -191,14 +226,11 @@ pub fn open_trusted(path: &Path, options: &mut OpenOptions) -> anyhow::Result<Fi
             if err.raw_os_error() == Some(libc::ELOOP) || is_symlink {
                 return anyhow::anyhow!("lock file {shown} is a symlink: refusing to follow it");
             }
-            if err.kind() == std::io::ErrorKind::PermissionDenied
-                && let Ok(meta) = fs::symlink_metadata(path)
-            {
+            if err.kind() == std::io::ErrorKind::PermissionDenied {
+                let meta = fs::symlink_metadata(path).ok();
                 return anyhow::anyhow!(
-                    "cannot open lock file {shown}: it belongs to {} (mode {:04o}) and bgq runs as {}; remove it, or run bgq as its owner",
-                    trust::user_name(meta.uid()),
-                    meta.mode() & 0o7777,
-                    trust::user_name(nix::unistd::Uid::effective().as_raw())
+                    "cannot open lock file {shown}: {}",
+                    share::current().denied(path, meta.as_ref(), false)
                 );
             }
             anyhow::Error::new(err).context(format!("cannot open lock file {shown}"))
@@ -293,6 +325,18 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).expect("chmod");
         let err = Lock::try_acquire(&folder_in(dir.path()), &path).expect_err("refused");
         assert!(err.to_string().contains("writable by every user"), "{err}");
+    }
+
+    #[test]
+    fn a_named_folder_is_made_with_its_parents_and_privately_by_default() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = folder_in(&dir.path().join("run/locks"));
+        folder.prepare().expect("made");
+        let mode = fs::metadata(folder.path())
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 
     #[test]

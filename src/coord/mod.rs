@@ -15,6 +15,7 @@ pub mod guard;
 pub mod lock;
 pub mod process_group;
 pub mod running_log;
+pub mod share;
 pub mod trust;
 
 use process_group::ProcessRecord;

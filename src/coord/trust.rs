@@ -5,9 +5,11 @@
 //! where SQLite writes beside it. Someone who can write any of them can stop a queue silently or
 //! make bgq kill, read or write with its rights (root's, under a root crontab). So each is
 //! trusted only when:
-//! - its owner is the user bgq runs as, or root;
+//! - its owner is the user bgq runs as, root, or (with the config's `group`) a member of that
+//!   group, one of the queue's users;
 //! - no other user can write it: not writable by everyone, and writable by its group only when
-//!   that group is its owner's own (a user-private group, as Debian and Fedora make them);
+//!   that group is its owner's own (a user-private group, as Debian and Fedora make them) or
+//!   the config's `group` (see `share`);
 //! - for a file, it has a single link (another name for it could be anyone's).
 
 use std::fs::Metadata;
@@ -15,6 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::coord::share::{self, Sharing, group_name};
 
 /// What a checked path is to bgq, for the messages that refuse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,16 +58,28 @@ impl Role {
 
 /// Why `path` is not trusted, in one line with its owner and the fix; `None` when it is.
 pub fn distrust(path: &Path, meta: &Metadata, role: Role) -> Option<String> {
+    distrust_as(path, meta, role, share::current())
+}
+
+/// [`distrust`] under the sharing policy `sharing`.
+fn distrust_as(path: &Path, meta: &Metadata, role: Role, sharing: &Sharing) -> Option<String> {
     let me = Uid::effective().as_raw();
     let owner = meta.uid();
     let mode = meta.mode() & 0o7777;
     let what = role.name();
     let shown = path.display();
-    let reason = if owner != me && owner != 0 {
+    let reason = if owner != me && owner != 0 && !sharing.is_member(owner) {
+        let members = sharing
+            .group()
+            .map(|group| format!(" nor by a member of group {}", group.name))
+            .unwrap_or_default();
         let trusted = if me == 0 {
-            "root, the user bgq runs as".to_owned()
+            format!("root, the user bgq runs as,{members}")
         } else {
-            format!("{}, the user bgq runs as, nor by root", user_name(me))
+            format!(
+                "{}, the user bgq runs as, nor by root{members}",
+                user_name(me)
+            )
         };
         format!(
             "{what} {shown} is owned by {}, not by {trusted}",
@@ -74,7 +90,10 @@ pub fn distrust(path: &Path, meta: &Metadata, role: Role) -> Option<String> {
             "{what} {shown} is writable by every user (mode {mode:04o}, owner {})",
             user_name(owner)
         )
-    } else if mode & 0o020 != 0 && !is_private_group(meta.gid(), owner) {
+    } else if mode & 0o020 != 0
+        && !sharing.is_shared_gid(meta.gid())
+        && !is_private_group(meta.gid(), owner)
+    {
         format!(
             "{what} {shown} is writable by group {}, which is not private to its owner {} (mode {mode:04o})",
             group_name(meta.gid()),
@@ -151,13 +170,6 @@ pub fn user_name(uid: u32) -> String {
     }
 }
 
-fn group_name(gid: u32) -> String {
-    match Group::from_gid(Gid::from_raw(gid)) {
-        Ok(Some(group)) => group.name,
-        _ => format!("gid {gid}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +227,30 @@ mod tests {
             database_folder_problem(&dir.path().join("plain.sqlite")),
             None
         );
+    }
+
+    #[test]
+    fn a_folder_of_the_shared_group_is_trusted_and_of_another_group_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o2770)).expect("chmod");
+        let meta = fs::symlink_metadata(dir.path()).expect("metadata");
+        let gid = meta.gid();
+        let shared = Sharing::with_group(&gid.to_string()).expect("group");
+        assert_eq!(
+            distrust_as(dir.path(), &meta, Role::LockFolder, &shared),
+            None
+        );
+        // Root's group is never a user-private one of the user that owns this folder, unless
+        // that user is root: then it is (root's own), and the refusal is beside the point.
+        if !Uid::effective().is_root() || !is_private_group(gid, meta.uid()) {
+            let why = distrust_as(dir.path(), &meta, Role::LockFolder, &Sharing::private())
+                .expect("refused");
+            assert!(why.contains("writable by group"), "{why}");
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o2777)).expect("chmod");
+        let meta = fs::symlink_metadata(dir.path()).expect("metadata");
+        let why = distrust_as(dir.path(), &meta, Role::LockFolder, &shared).expect("refused");
+        assert!(why.contains("writable by every user"), "{why}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod retries;
 mod retry_cancel;
 mod serial_failure;
 mod serial_groups;
+mod shared_users;
 mod show_explain;
 mod signals;
 mod stats_status;

@@ -12,7 +12,7 @@ mod export;
 mod wake;
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,39 @@ pub struct SqliteStore {
     data_version: Option<i64>,
 }
 
+/// The files SQLite keeps beside the database at `path`: its write-ahead log and its
+/// shared-memory index.
+fn companions(path: &Path) -> [(PathBuf, &'static str); 2] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [
+        (with("-wal"), "write-ahead log"),
+        (with("-shm"), "shared-memory file"),
+    ]
+}
+
+/// A refused open of `path` as the one line that says who was refused and what to change.
+fn denied(err: std::io::Error, path: &Path) -> anyhow::Error {
+    if err.kind() != std::io::ErrorKind::PermissionDenied {
+        return err.into();
+    }
+    let sharing = crate::coord::share::current();
+    if let Ok(meta) = fs::metadata(path) {
+        return anyhow::anyhow!(sharing.denied(path, Some(&meta), false));
+    }
+    // Not there, and its folder does not let us make it.
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    let meta = fs::metadata(folder).ok();
+    anyhow::anyhow!(
+        "cannot create it in {}: {}",
+        folder.display(),
+        sharing.denied(folder, meta.as_ref(), true)
+    )
+}
+
 /// The file every commit to the database at `canonical` (its path with symlinks resolved, as
 /// SQLite resolves them) writes: SQLite's write-ahead log, for watching the database.
 pub fn write_log_path(canonical: &Path) -> PathBuf {
@@ -103,12 +136,9 @@ impl SqliteStore {
     }
 
     fn open_inner(path: &Path, durability: Durability) -> anyhow::Result<SqliteStore> {
+        let sharing = crate::coord::share::current();
         if let Some(folder) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(folder)
-                .with_context(|| format!("cannot create folder {}", folder.display()))?;
+            sharing.create_folder(folder, "database folder")?;
         }
         if let Some(problem) = crate::coord::trust::database_folder_problem(path) {
             bail!(problem);
@@ -116,14 +146,31 @@ impl SqliteStore {
         if path.is_dir() {
             bail!("it is a directory");
         }
-        // Create the file ourselves so that it is 0600 from the start; SQLite gives its WAL and
-        // shared-memory files the same mode.
-        fs::OpenOptions::new()
+        // Create the file ourselves so that it is 0600 (0660 and the config's group) from the
+        // start; SQLite gives its WAL and shared-memory files the same mode, and as root their
+        // owner and group too.
+        let file = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+            .mode(sharing.file_mode())
+            .open(path)
+            .map_err(|err| denied(err, path))?;
+        sharing.adopt_file(&file, path, "database")?;
+        for (companion, what) in companions(path) {
+            // One another user left that we cannot open: SQLite would only say "unable to open
+            // database file", or fall back to reading.
+            if fs::symlink_metadata(&companion).is_ok() {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&companion)
+                    .map_err(|err| denied(err, &companion))
+                    .with_context(|| format!("its {what} {}", companion.display()))?;
+            }
+        }
         let mut conn = Connection::open(path)?;
         conn.busy_handler(Some(wait_for_lock))?;
         // Without the query planner stability guarantee, SQLite re-prepares the claim statement
@@ -155,6 +202,11 @@ impl SqliteStore {
             Durability::Relaxed => "NORMAL",
         };
         store.conn.pragma_update(None, "synchronous", synchronous)?;
+        // Made by SQLite as this user, in a folder that may not give them the group: shared
+        // now, before another of the queue's users needs them.
+        for (companion, what) in companions(path) {
+            sharing.adopt_existing_file(&companion, what)?;
+        }
         Ok(store)
     }
 
