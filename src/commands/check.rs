@@ -272,19 +272,32 @@ fn folder_problems(config: &Config) -> Vec<String> {
     let Database::Sqlite(database_file) = &config.database else {
         return problems;
     };
+    // The nearest path that exists on the way to it: the folder itself, or where bgq would
+    // start making it.
     let Some(folder) = database_file
         .ancestors()
         .skip(1)
-        .find(|folder| folder.is_dir())
+        .find(|folder| std::fs::metadata(folder).is_ok())
     else {
         return problems;
     };
     let wanted = database_file.parent().unwrap_or(folder);
     let me = user_name(nix::unistd::Uid::effective().as_raw());
-    if !is_writable(folder) && folder != wanted {
+    if folder != wanted && !folder.is_dir() {
+        problems.push(format!(
+            "the database folder {} does not exist, and bgq cannot create it: {} is not a folder",
+            wanted.display(),
+            folder.display()
+        ));
+    } else if folder != wanted && !is_writable(folder) {
         problems.push(format!(
             "the database folder {} does not exist, and user {me} cannot create it: {} is not writable",
             wanted.display(),
+            folder.display()
+        ));
+    } else if !folder.is_dir() {
+        problems.push(format!(
+            "the database folder {} is not a folder",
             folder.display()
         ));
     } else if !is_writable(folder) {

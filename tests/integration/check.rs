@@ -5,7 +5,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{SQLITE_FILE, TestEnv, TestResult, callback_toml, describe, toml_str};
+use crate::support::{
+    SQLITE_FILE, TestEnv, TestResult, callback_toml, describe, sqlite_only, toml_str,
+};
 
 /// Runs `bgq check`; returns (exit code, stdout lines), failing on a panic.
 fn check(env: &TestEnv) -> TestResult<(i32, Vec<String>)> {
@@ -112,6 +114,77 @@ fn a_script_with_a_missing_interpreter_is_a_problem() -> TestResult {
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
     env.write_config(&callback_toml("mailer", &script, ""))?;
     expect_one_problem(&env, &["mailer"])
+}
+
+/// A script saved with Windows line endings (`#!/bin/sh\r`) cannot start: the kernel looks for
+/// an interpreter named `/bin/sh\r`. check says so in one line, with the fix.
+#[test]
+fn a_script_with_crlf_line_endings_is_a_problem() -> TestResult {
+    let env = TestEnv::new("")?;
+    let script = env.path("mailer.sh");
+    fs::write(&script, "#!/bin/sh\r\nexit 0\r\n")?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    env.write_config(&callback_toml("mailer", &script, ""))?;
+    expect_one_problem(
+        &env,
+        &[
+            "callback `mailer`",
+            &script.display().to_string(),
+            "Windows (CRLF) line endings",
+            "dos2unix",
+        ],
+    )?;
+    // And it is right: the callback cannot start.
+    assert!(
+        std::process::Command::new(&script).status().is_err(),
+        "a CRLF script started"
+    );
+    Ok(())
+}
+
+/// A database folder that is missing and cannot be made is named itself, with the folder that
+/// stops bgq from making it (not the parent alone, as if it were the database's folder).
+#[test]
+fn a_missing_database_folder_is_named_with_the_parent_that_stops_it() -> TestResult {
+    if !sqlite_only()? {
+        return Ok(());
+    }
+    let env = TestEnv::new("")?;
+    let parent = env.path("app");
+    fs::create_dir(&parent)?;
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o555))?;
+    // Root writes anywhere: make the folder's parent a file, which nobody can make folders in.
+    let blocked = if nix_is_root() {
+        let file = parent.join("file");
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755))?;
+        fs::write(&file, "")?;
+        file
+    } else {
+        parent.clone()
+    };
+    let missing = blocked.join("var");
+    env.write_raw_config(&format!(
+        "database = {}\ntemp_dir = {}\n{}",
+        toml_str(&missing.join("bgq.sqlite").display().to_string()),
+        toml_str(&env.path("locks").display().to_string()),
+        good_callback(&env, "mailer", "")?
+    ))?;
+    expect_one_problem(
+        &env,
+        &[
+            &format!("the database folder {} does not exist", missing.display()),
+            &format!("{} is not", blocked.display()),
+        ],
+    )?;
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
 /// A `working_dir` that is missing, or is a file, is a problem naming the path.

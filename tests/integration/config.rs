@@ -335,6 +335,23 @@ fn invalid_values_are_refused() -> TestResult {
     )
 }
 
+/// A `command` written as one string (as a crontab line would be) is refused with the list it
+/// stands for, ready to paste; a `group` the system lacks is refused with how to make it.
+#[test]
+fn a_command_string_is_shown_as_a_list_and_an_unknown_group_is_named() -> TestResult {
+    let base = "database = \"bgq.sqlite\"\n";
+    refused(
+        &format!("{base}[callbacks.cb]\ncommand = \"php bin/console app:send-email\"\n"),
+        Some(3),
+        r#"command: must be a list of arguments, not one string (bgq runs it without a shell): write `["php", "bin/console", "app:send-email"]`"#,
+    )?;
+    refused(
+        &format!("{base}group = \"no-such-group-xyz\"\n{TRUE_CALLBACK}"),
+        None,
+        "group: there is no group `no-such-group-xyz` on this system: create it (`groupadd no-such-group-xyz`)",
+    )
+}
+
 /// A duration of the config becomes a due time (retry delays) or a deadline (timeouts): beyond
 /// 100 years one is refused, as on the command line, rather than overflowing a time.
 #[test]
@@ -411,6 +428,7 @@ fn example_config_mentions_every_setting() -> TestResult {
     for key in [
         "database",
         "temp_dir",
+        "group",
         "queue",
         "concurrency",
         "notify_on_attempts",
