@@ -328,6 +328,16 @@ mod tests {
     }
 
     #[test]
+    fn the_default_folder_is_the_users_own_or_the_groups() {
+        let own = LockFolder::private_default(&Sharing::private());
+        let uid = nix::unistd::Uid::effective();
+        assert!(own.path().ends_with(format!("bgq-{uid}")), "{own:?}");
+        let shared = LockFolder::private_default(&Sharing::with_group("0").expect("group 0"));
+        assert!(shared.path().ends_with("bgq-g0"), "{shared:?}");
+        assert!(shared.is_private());
+    }
+
+    #[test]
     fn a_named_folder_is_made_with_its_parents_and_privately_by_default() {
         let dir = tempfile::tempdir().expect("temp dir");
         let folder = folder_in(&dir.path().join("run/locks"));
