@@ -186,4 +186,14 @@ CREATE TABLE broken_callbacks (
     PRIMARY KEY (queue, callback)
 ) WITHOUT ROWID;
 
+-- Version 5: jobs that `clear --state` deleted without their having FINISHED (PERMANENTLY_FAILED or
+-- CANCELLED). A gone job otherwise counts as FINISHED for `--after` (only FINISHED jobs were ever
+-- cleared before); one listed here never finishes, so the jobs waiting for it keep waiting, and
+-- `status` reports them.
+CREATE TABLE cleared_unfinished (
+    id         INTEGER PRIMARY KEY,
+    state      TEXT    NOT NULL,
+    cleared_at INTEGER NOT NULL
+);
+
 PRAGMA user_version = 5;

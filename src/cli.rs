@@ -46,7 +46,7 @@ pub enum Command {
     Process(ProcessArgs),
     /// Show jobs, newest first
     List(ListArgs),
-    /// Delete FINISHED jobs; prints how many
+    /// Delete FINISHED jobs (or, with --state, failed or cancelled ones); prints how many
     Clear(ClearArgs),
     /// Show one job: every field, its parameters and the output of its last run
     Show(ShowArgs),
@@ -54,6 +54,10 @@ pub enum Command {
     Retry(RetryArgs),
     /// Stop jobs from running (and, with --kill, a running one)
     Cancel(CancelArgs),
+    /// Start no more jobs of a queue or callback (all: every queue, every callback)
+    Pause(PauseArgs),
+    /// Lift `bgq pause`: the paused jobs run again
+    Resume(PauseArgs),
     /// Counts per queue and state, recent outcomes and the last `process` run
     Stats(StatsArgs),
     /// Say in one line why a job is not running now
@@ -194,14 +198,43 @@ pub struct RetryArgs {
 
 /// `bgq cancel`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(false))]
 pub struct CancelArgs {
     /// Job ids
-    #[arg(value_name = "ID", required = true, value_parser = job_id)]
+    #[arg(value_name = "ID", value_parser = job_id, group = "which")]
     pub ids: Vec<i64>,
+
+    /// Every job in this state (repeatable), instead of ids
+    #[arg(long, value_name = "S", group = "which")]
+    pub state: Vec<String>,
+
+    /// With --state: only jobs of this callback
+    #[arg(long, value_name = "C", requires = "state")]
+    pub callback: Option<String>,
+
+    /// With --state: only jobs of this queue
+    #[arg(long, value_name = "Q", requires = "state")]
+    pub queue: Option<String>,
+
+    /// Print what would change, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 
     /// Also cancel running jobs, stopping their callbacks
     #[arg(long)]
     pub kill: bool,
+}
+
+/// `bgq pause` and `bgq resume`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Only this queue [default: every queue]
+    #[arg(long, value_name = "Q", value_parser = non_empty)]
+    pub queue: Option<String>,
+
+    /// Only this callback [default: every callback]
+    #[arg(long, value_name = "C", value_parser = non_empty)]
+    pub callback: Option<String>,
 }
 
 /// `bgq stats`.
@@ -337,9 +370,21 @@ pub struct ListArgs {
 /// `bgq clear`.
 #[derive(Debug, Args)]
 pub struct ClearArgs {
-    /// Delete only jobs finished more than DAYS days ago [default: all finished jobs]
-    #[arg(value_name = "DAYS")]
+    /// Delete only jobs that entered their state more than DAYS days ago (`14` or `14d`) [default: all]
+    #[arg(value_name = "DAYS", value_parser = days)]
     pub days: Option<u32>,
+
+    /// Delete jobs in this state (repeatable): FINISHED, PERMANENTLY_FAILED or CANCELLED [default: FINISHED]
+    #[arg(long, value_name = "S")]
+    pub state: Vec<String>,
+}
+
+/// A number of days: `14` or `14d`.
+fn days(text: &str) -> Result<u32, String> {
+    text.strip_suffix('d')
+        .unwrap_or(text)
+        .parse::<u32>()
+        .map_err(|_| "DAYS is a whole number of days, such as 14 or 14d".to_owned())
 }
 
 /// `--state`: one of the job states, in any case; completions offer them.

@@ -43,6 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(args) => commands::show::run(&config, &args),
         Command::Retry(args) => commands::retry::run(&config, &args),
         Command::Cancel(args) => commands::cancel::run(&config, &args),
+        Command::Pause(args) => commands::pause::pause(&config, &args),
+        Command::Resume(args) => commands::pause::resume(&config, &args),
         Command::Stats(args) => commands::stats::run(&config, &args, &style),
         Command::Explain(args) => commands::explain::run(&config, &args),
         Command::Status(args) => commands::status::run(&config, &args),

@@ -1,5 +1,6 @@
-//! `bgq cancel ID...`: jobs that have not started never run; a running one is stopped only
-//! with `--kill`.
+//! `bgq cancel ID...` (or `--state S` with `--queue`, `--callback`, as `retry` selects): jobs
+//! that have not started never run; a running one is stopped only with `--kill`. Jobs left
+//! waiting (`--after`) for a cancelled one are named on stderr: they will never run.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crate::error::usage;
 use crate::escape;
 use crate::human::when;
 use crate::job::{JobState, now_millis};
-use crate::store::{Change, Durability, JobBrief, Selection, Store};
+use crate::store::{Change, Durability, JobBrief, Store};
 
 /// How long to wait for a stopped callback group to be gone after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -30,11 +31,26 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Runs `bgq cancel`.
 pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
     let now = now_millis();
+    let states = super::retry::parse_states(&args.state, |state| match state {
+        JobState::Finished | JobState::Cancelled => {
+            Some(format!("a {state} job cannot be cancelled"))
+        }
+        JobState::Processing if !args.kill => Some(format!(
+            "--state {state}: running jobs are cancelled only with --kill, which stops their callbacks"
+        )),
+        _ => None,
+    })?;
+    let selection = super::retry::selection(
+        &args.ids,
+        &states,
+        args.queue.as_deref(),
+        args.callback.as_deref(),
+    );
     let mut store = crate::store::open(&config.database, Durability::Full)?;
     let changed = store.change(
-        &Selection::Ids(&args.ids),
+        &selection,
         &Change::Cancel { now },
-        false,
+        args.dry_run,
         &mut |job: &JobBrief| match job.state {
             JobState::Finished => Err(usage(format!(
                 "job {} is FINISHED; there is nothing to cancel",
@@ -52,6 +68,22 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         },
     )?;
     let mut out = std::io::stdout().lock();
+    if args.dry_run {
+        for (job, applied) in &changed {
+            if *applied {
+                writeln!(
+                    out,
+                    "would cancel job {} ({}): {} -> CANCELLED",
+                    job.id,
+                    escape::line(&job.callback),
+                    job.state
+                )?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        return warn_dependents(&*store, &changed, true);
+    }
     for (job, applied) in &changed {
         if !applied {
             let already = if job.state == JobState::Processing {
@@ -80,6 +112,50 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         };
         writeln!(out, "{line}")?;
         out.flush()?;
+    }
+    drop(out);
+    warn_dependents(&*store, &changed, false)
+}
+
+/// Beyond this many, the jobs left waiting are counted, not listed.
+const DEPENDENTS_LISTED: usize = 10;
+
+/// Says on stderr which jobs wait (`--after`) for the jobs `changed` cancels (or would): they
+/// will never run unless the cancelled job is retried.
+fn warn_dependents(
+    store: &dyn Store,
+    changed: &[(JobBrief, bool)],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let cancelled: Vec<i64> = changed
+        .iter()
+        .filter(|(_, applied)| *applied)
+        .map(|(job, _)| job.id)
+        .collect();
+    if cancelled.is_empty() {
+        return Ok(());
+    }
+    // Those cancelled too are not left waiting.
+    let waiting: Vec<(i64, i64)> = store
+        .dependents_of(&cancelled)?
+        .into_iter()
+        .filter(|(child, _)| !cancelled.contains(child))
+        .collect();
+    let is = if dry_run { "would be" } else { "are" };
+    if waiting.len() > DEPENDENTS_LISTED {
+        let mut children: Vec<i64> = waiting.iter().map(|(child, _)| *child).collect();
+        children.dedup();
+        crate::diagnostic!(
+            "bgq: warning: {} job(s) wait (--after) for jobs that {is} CANCELLED and will never run (`bgq status` lists them); cancel them too, or retry the jobs they wait for",
+            children.len()
+        );
+        return Ok(());
+    }
+    for (child, parent) in waiting {
+        crate::diagnostic!(
+            "bgq: warning: job {child} waits (--after) for job {parent}, which {}: it will never run; cancel it too (`bgq cancel {child}`), or `bgq retry {parent}`",
+            if dry_run { "would be CANCELLED" } else { "is CANCELLED" }
+        );
     }
     Ok(())
 }

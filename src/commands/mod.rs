@@ -7,6 +7,7 @@ pub(crate) mod explain;
 pub(crate) mod generate;
 pub(crate) mod list;
 pub(crate) mod migrate;
+pub(crate) mod pause;
 pub(crate) mod process;
 pub mod publish;
 pub(crate) mod retry;

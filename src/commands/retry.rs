@@ -22,26 +22,16 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
             "--json and --raw replace the parameters of exactly one job: give one ID",
         ));
     }
-    let states = args
-        .state
-        .iter()
-        .map(|state| {
-            let state = state.parse::<JobState>()?;
-            if matches!(state, JobState::Finished | JobState::Processing) {
-                return Err(usage(format!("a {state} job cannot be retried")));
-            }
-            Ok(state)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let selection = if args.ids.is_empty() {
-        Selection::Matching {
-            states: &states,
-            queue: args.queue.as_deref(),
-            callback: args.callback.as_deref(),
-        }
-    } else {
-        Selection::Ids(&args.ids)
-    };
+    let states = parse_states(&args.state, |state| {
+        matches!(state, JobState::Finished | JobState::Processing)
+            .then(|| format!("a {state} job cannot be retried"))
+    })?;
+    let selection = selection(
+        &args.ids,
+        &states,
+        args.queue.as_deref(),
+        args.callback.as_deref(),
+    );
     let new_parameters = payload.is_some();
     let change = Change::Retry {
         now: now_millis(),
@@ -96,4 +86,41 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The states of a bulk command's `--state` options, each passed to `refuse`, which says why
+/// the command cannot take jobs in that state (a usage error), if it cannot.
+pub(super) fn parse_states(
+    states: &[String],
+    refuse: impl Fn(JobState) -> Option<String>,
+) -> anyhow::Result<Vec<JobState>> {
+    states
+        .iter()
+        .map(|state| {
+            let state = state.parse::<JobState>()?;
+            match refuse(state) {
+                Some(why) => Err(usage(why)),
+                None => Ok(state),
+            }
+        })
+        .collect()
+}
+
+/// The jobs a bulk command (`retry`, `cancel`) names: `ids`, or when there are none every job
+/// in one of `states`, of `queue` and `callback` when given.
+pub(super) fn selection<'a>(
+    ids: &'a [i64],
+    states: &'a [JobState],
+    queue: Option<&'a str>,
+    callback: Option<&'a str>,
+) -> Selection<'a> {
+    if ids.is_empty() {
+        Selection::Matching {
+            states,
+            queue,
+            callback,
+        }
+    } else {
+        Selection::Ids(ids)
+    }
 }

@@ -239,15 +239,51 @@ pub trait Store {
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.
     fn unfinished_identifiers(&self, filter: &ListFilter) -> anyhow::Result<Vec<String>>;
 
-    /// Deletes the FINISHED jobs that finished before `cutoff` among the next `batch` FINISHED
-    /// jobs after id `after`, in one short transaction; returns how many, and the id to continue
-    /// after (`None` when none are left).
+    /// Deletes the jobs in `state` (FINISHED, PERMANENTLY_FAILED or CANCELLED) that entered it
+    /// before `cutoff` among the next `batch` jobs in that state after id `after`, in one short
+    /// transaction; returns how many, and the id to continue after (`None` when none are left).
+    /// A job deleted without having FINISHED is remembered as such (`after` reports its state),
+    /// so that jobs published `--after` it keep waiting instead of counting it FINISHED.
     fn clear_batch(
         &mut self,
+        state: JobState,
         cutoff: Millis,
         after: i64,
         batch: usize,
     ) -> anyhow::Result<(usize, Option<i64>)>;
+
+    /// Pauses `queue` (`None`: every queue) for `callback` (`None`: every callback) from `now`:
+    /// no claim takes a job it covers until it is lifted. False when that exact pause was
+    /// already there (it is left as it was).
+    fn pause(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+        now: Millis,
+    ) -> anyhow::Result<bool>;
+
+    /// Lifts the pauses of `queue` and `callback` (`None`: of any), waking the `--watch` runs;
+    /// returns those it lifted.
+    fn resume(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+    ) -> anyhow::Result<Vec<Pause>>;
+
+    /// Every pause in force, oldest first.
+    fn pauses(&self) -> anyhow::Result<Vec<Pause>>;
+
+    /// Runs of jobs counted since the queue began (never decremented, not even by `clear`):
+    /// (queue, callback, outcome as `run_outcome` names it, total), in that order.
+    fn run_totals(&self) -> anyhow::Result<Vec<(String, String, String, u64)>>;
+
+    /// Jobs waiting for an `--after` job that will never finish (PERMANENTLY_FAILED,
+    /// CANCELLED, or deleted by `clear` in one of those states), oldest first: each with one
+    /// such parent.
+    fn stuck_after(&self) -> anyhow::Result<Vec<StuckAfter>>;
+
+    /// The jobs waiting (`--after`) for any of `parents`, oldest first.
+    fn dependents_of(&self, parents: &[i64]) -> anyhow::Result<Vec<(i64, i64)>>;
 
     /// Everything stored about job `id`, if it exists.
     fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>>;
@@ -263,7 +299,7 @@ pub trait Store {
     ) -> anyhow::Result<GroupFacts>;
 
     /// The jobs job `id` was published `--after`, with their states (`None`: deleted by
-    /// `clear`, so it had FINISHED).
+    /// `clear` having FINISHED; one deleted in another state keeps that state here).
     fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>>;
 
     /// The `process` run numbered `run`, if it is still recorded.
@@ -310,6 +346,71 @@ pub trait Store {
 
     /// Deletes notices that were sent.
     fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()>;
+}
+
+/// A pause of `bgq pause`: no run claims the jobs it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// The queue paused (`None`: every queue).
+    pub queue: Option<String>,
+    /// The callback paused (`None`: every callback).
+    pub callback: Option<String>,
+    /// Since when.
+    pub since: Millis,
+}
+
+impl Pause {
+    /// Whether it holds jobs of `callback` in `queue`.
+    pub fn covers(&self, queue: &str, callback: &str) -> bool {
+        self.queue.as_deref().is_none_or(|paused| paused == queue)
+            && self.callback.as_deref().is_none_or(|paused| paused == callback)
+    }
+
+    /// The command that lifts it.
+    pub fn resume_command(&self) -> String {
+        let mut command = "bgq resume".to_owned();
+        if let Some(queue) = &self.queue {
+            command.push_str(&format!(" --queue {}", crate::escape::line(queue)));
+        }
+        if let Some(callback) = &self.callback {
+            command.push_str(&format!(" --callback {}", crate::escape::line(callback)));
+        }
+        command
+    }
+}
+
+/// The first of `pauses` that holds jobs of `callback` in `queue`.
+pub fn paused<'a>(pauses: &'a [Pause], queue: &str, callback: &str) -> Option<&'a Pause> {
+    pauses.iter().find(|pause| pause.covers(queue, callback))
+}
+
+/// How a stored run of a job counts in `run_totals`: the state it ended in, in lower case, or
+/// `cancelled` for a run `bgq cancel --kill` ended.
+pub fn run_outcome(state: JobState) -> &'static str {
+    match state {
+        JobState::Finished => "finished",
+        JobState::TemporarilyFailed => "temporarily_failed",
+        JobState::Waiting => "waiting",
+        JobState::PermanentlyFailed => "permanently_failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Ready => "ready",
+        JobState::Processing => "processing",
+    }
+}
+
+/// A job waiting for an `--after` job that will never finish (see `Store::stuck_after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckAfter {
+    /// The waiting job.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// The job it waits for.
+    pub parent: i64,
+    /// That job's state (PERMANENTLY_FAILED or CANCELLED).
+    pub parent_state: JobState,
+    /// Whether `clear` deleted that job.
+    pub parent_gone: bool,
 }
 
 /// A job `claim` marked PROCESSING for this run.

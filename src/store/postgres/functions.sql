@@ -64,7 +64,15 @@ DECLARE
     v_running  integer;
     v_claimed  integer := 0;
     v_count    integer := coalesce(cardinality(p_callbacks), 0);
+    v_paused   text[];
 BEGIN
+    -- Paused callbacks (`bgq pause`; '' for every callback) claim nothing: one look at the
+    -- tiny pauses table, in this statement's snapshot.
+    SELECT coalesce(array_agg(p.callback), '{}') INTO v_paused FROM pauses p
+        WHERE p.queue = '' OR p.queue = p_queue;
+    IF '' = ANY (v_paused) THEN
+        RETURN;
+    END IF;
     -- Callbacks limited across the fleet: one claimer at a time counts and claims them, and
     -- it counts after the lock, so it sees every claim committed before. Locked in name order,
     -- against deadlocks between claimers.
@@ -82,7 +90,7 @@ BEGIN
     END IF;
     v_allowed := '{}';
     FOR v_index IN 1..v_count LOOP
-        IF v_left[v_index] <> 0 THEN
+        IF v_left[v_index] <> 0 AND NOT p_callbacks[v_index] = ANY (v_paused) THEN
             v_allowed := v_allowed || p_callbacks[v_index];
         END IF;
     END LOOP;
@@ -242,9 +250,14 @@ CREATE OR REPLACE FUNCTION settle(p_ids bigint[], p_states text[], p_run_ats big
     LANGUAGE plpgsql SET search_path FROM CURRENT
     AS $$
 DECLARE
-    v_index integer;
-    v_queue text;
-    v_freed text[];
+    v_index    integer;
+    v_queue    text;
+    v_callback text;
+    v_freed    text[];
+    -- Runs stored, for run_totals: counted in one statement at the end.
+    v_queues   text[] := '{}';
+    v_names    text[] := '{}';
+    v_outcomes text[] := '{}';
 BEGIN
     FOR v_index IN 1..coalesce(cardinality(p_ids), 0) LOOP
         v_queue := NULL;
@@ -258,19 +271,27 @@ BEGIN
             WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING'
               AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
               AND (NOT j.cancel_requested OR p_states[v_index] = 'FINISHED')
-            RETURNING j.queue INTO v_queue;
+            RETURNING j.queue, j.callback INTO v_queue, v_callback;
         IF v_queue IS NULL THEN
             UPDATE jobs j SET state = 'CANCELLED', due = false, cancel_requested = false,
                     output = p_outputs[v_index], state_changed_at = p_ended_at[v_index]
                 WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING' AND j.cancel_requested
                   AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
-                RETURNING j.queue INTO v_queue;
+                RETURNING j.queue, j.callback INTO v_queue, v_callback;
+            IF v_queue IS NOT NULL THEN
+                v_queues := v_queues || v_queue;
+                v_names := v_names || v_callback;
+                v_outcomes := v_outcomes || 'cancelled'::text;
+            END IF;
             id := p_ids[v_index];
             outcome := CASE WHEN v_queue IS NULL THEN 'stale' ELSE 'cancelled' END;
             queue := v_queue;
             RETURN NEXT;
             CONTINUE;
         END IF;
+        v_queues := v_queues || v_queue;
+        v_names := v_names || v_callback;
+        v_outcomes := v_outcomes || lower(p_states[v_index]);
         -- Most jobs have no dependents: one probe of dependencies_after decides.
         IF p_states[v_index] = 'FINISHED'
            AND EXISTS (SELECT 1 FROM dependencies d WHERE d.after_id = p_ids[v_index]) THEN
@@ -284,13 +305,17 @@ BEGIN
                   AND j.blocked_by > 0
                 ORDER BY j.id FOR UPDATE;
             -- Recount the unfinished parents of the waiting jobs (a parent that is gone was
-            -- cleared, so it had FINISHED); those that reach 0 are due from now, not from when
-            -- they were published. Driven by the indexes of dependencies, whatever the
-            -- statistics say.
+            -- cleared having FINISHED, unless cleared_unfinished has it); those that reach 0 are
+            -- due from now, not from when they were published. Driven by the indexes of
+            -- dependencies, whatever the statistics say.
             WITH counted AS (
                 SELECT d.job_id,
-                       (SELECT count(*) FROM dependencies d2 JOIN jobs p ON p.id = d2.after_id
-                        WHERE d2.job_id = d.job_id AND p.state <> 'FINISHED')::integer
+                       (SELECT count(*) FROM dependencies d2 LEFT JOIN jobs p ON p.id = d2.after_id
+                        WHERE d2.job_id = d.job_id
+                          AND (p.state <> 'FINISHED'
+                               OR (p.id IS NULL AND EXISTS (
+                                   SELECT 1 FROM cleared_unfinished c
+                                   WHERE c.id = d2.after_id))))::integer
                            AS unfinished
                 FROM dependencies d WHERE d.after_id = p_ids[v_index]
             ), recounted AS (
@@ -317,6 +342,15 @@ BEGIN
         queue := v_queue;
         RETURN NEXT;
     END LOOP;
+    -- Monotonic counters for `stats --prometheus`, in the transaction of the outcomes they
+    -- count: one statement for the whole turn.
+    IF cardinality(v_queues) > 0 THEN
+        INSERT INTO run_totals AS t (queue, callback, outcome, total)
+            SELECT r.q, r.c, r.o, count(*)
+            FROM unnest(v_queues, v_names, v_outcomes) AS r (q, c, o)
+            GROUP BY r.q, r.c, r.o
+            ON CONFLICT (queue, callback, outcome) DO UPDATE SET total = t.total + excluded.total;
+    END IF;
 END
 $$;
 

@@ -36,8 +36,8 @@ use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
     Applied, Change, ClaimRequest, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail,
-    ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store,
-    Tally,
+    ListFilter, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
+    Store, StuckAfter, Tally,
 };
 
 pub use connect::{Purpose, connect};
@@ -49,7 +49,7 @@ const UPGRADES: &[(i64, &str)] = &[(5, include_str!("upgrades/v5.sql"))];
 /// The schema's functions, applied to a new schema and whenever its revision is older.
 const FUNCTIONS: &str = include_str!("functions.sql");
 /// The revision of functions.sql, in `meta.functions`: 2 added settle() and settle_and_claim().
-const FUNCTIONS_REVISION: i64 = 2;
+const FUNCTIONS_REVISION: i64 = 3;
 /// The schema version this binary writes: the same numbers as SQLite's.
 pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
 /// How long per-minute outcome counts are kept for `stats`.
@@ -319,6 +319,9 @@ impl PostgresStore {
                             waiting_for.push((*parent, state));
                         }
                     }
+                    None if let Some(state) = cleared_unfinished(&mut tx, &schema, *parent)? => {
+                        waiting_for.push((*parent, state));
+                    }
                     None if *parent <= cleared_up_to => {}
                     None => {
                         return Err(crate::error::usage(format!(
@@ -509,6 +512,31 @@ fn notify_queues(
         &[(&queues, Type::TEXT_ARRAY)],
     )?;
     Ok(())
+}
+
+/// The state job `id` was deleted in by `clear --state`, if it was.
+fn cleared_unfinished(
+    client: &mut impl GenericClient,
+    schema: &str,
+    id: i64,
+) -> anyhow::Result<Option<JobState>> {
+    client
+        .query_typed_opt(
+            &in_schema(schema, "SELECT state FROM @.cleared_unfinished WHERE id = $1"),
+            &[(&id, Type::INT8)],
+        )?
+        .map(|row| parse_state(row.get(0)))
+        .transpose()
+}
+
+fn read_pause(row: &Row) -> Pause {
+    let queue: String = row.get(0);
+    let callback: String = row.get(1);
+    Pause {
+        queue: (!queue.is_empty()).then_some(queue),
+        callback: (!callback.is_empty()).then_some(callback),
+        since: row.get(2),
+    }
 }
 
 /// The newest job with `job`'s identifier in its queue that is not FINISHED.
@@ -1214,6 +1242,7 @@ impl Store for PostgresStore {
 
     fn clear_batch(
         &mut self,
+        state: JobState,
         cutoff: Millis,
         after: i64,
         batch: usize,
@@ -1226,10 +1255,14 @@ impl Store for PostgresStore {
                 .query_typed_opt(
                     &in_schema(
                         &schema,
-                        "SELECT id FROM @.jobs WHERE state = 'FINISHED' AND id > $1
+                        "SELECT id FROM @.jobs WHERE state = $3 AND id > $1
                          ORDER BY id LIMIT 1 OFFSET $2",
                     ),
-                    &[(&after, Type::INT8), (&offset, Type::INT8)],
+                    &[
+                        (&after, Type::INT8),
+                        (&offset, Type::INT8),
+                        (&state.as_str(), Type::TEXT),
+                    ],
                 )?
                 .map(|row| row.get(0));
             let upper_id = upper.unwrap_or(i64::MAX);
@@ -1237,10 +1270,18 @@ impl Store for PostgresStore {
             let deleted = tx.query_typed(
                 &in_schema(
                     &schema,
+                    // A job deleted without having FINISHED is remembered, in the same
+                    // statement: a gone job otherwise counts as FINISHED for `--after`.
                     "WITH gone AS (
                          DELETE FROM @.jobs
-                         WHERE state = 'FINISHED' AND id > $2 AND id <= $3 AND finished_at < $1
-                         RETURNING id),
+                         WHERE state = $4 AND id > $2 AND id <= $3
+                           AND CASE WHEN $4 = 'FINISHED' THEN finished_at ELSE state_changed_at END
+                               < $1
+                         RETURNING id, state),
+                     remembered AS (
+                         INSERT INTO @.cleared_unfinished (id, state, cleared_at)
+                         SELECT id, state, $5 FROM gone WHERE state <> 'FINISHED'
+                         ON CONFLICT (id) DO UPDATE SET state = excluded.state),
                      deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone))
                      SELECT count(*), max(id) FROM gone",
                 ),
@@ -1248,6 +1289,8 @@ impl Store for PostgresStore {
                     (&cutoff, Type::INT8),
                     (&after, Type::INT8),
                     (&upper_id, Type::INT8),
+                    (&state.as_str(), Type::TEXT),
+                    (&crate::job::now_millis(), Type::INT8),
                 ],
             )?;
             let count = deleted.first().map_or(0, |row| read_count(row, 0));
@@ -1265,7 +1308,138 @@ impl Store for PostgresStore {
             tx.commit()?;
             Ok((usize::try_from(count).unwrap_or(usize::MAX), upper))
         })();
-        self.in_database(|| "delete finished jobs".to_owned(), result)
+        self.in_database(|| format!("delete {state} jobs"), result)
+    }
+
+    fn pause(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
+        let sql = self.sql(
+            "INSERT INTO @.pauses (queue, callback, paused_at) VALUES ($1, $2, $3)
+             ON CONFLICT (queue, callback) DO NOTHING",
+        );
+        let result = self
+            .reader()
+            .execute_typed(
+                &sql,
+                &[
+                    (&queue.unwrap_or(""), Type::TEXT),
+                    (&callback.unwrap_or(""), Type::TEXT),
+                    (&now, Type::INT8),
+                ],
+            )
+            .map(|added| added > 0)
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "pause".to_owned(), result)
+    }
+
+    fn resume(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+    ) -> anyhow::Result<Vec<Pause>> {
+        let schema = self.schema.clone();
+        let result = (|| -> anyhow::Result<Vec<Pause>> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let rows = tx.query_typed(
+                &in_schema(
+                    &schema,
+                    "DELETE FROM @.pauses
+                     WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR callback = $2)
+                     RETURNING queue, callback, paused_at",
+                ),
+                &[(&queue, Type::TEXT), (&callback, Type::TEXT)],
+            )?;
+            let mut lifted: Vec<Pause> = rows.iter().map(read_pause).collect();
+            lifted.sort_by_key(|pause| pause.since);
+            if !lifted.is_empty() {
+                // `--watch` runs sleep until told: the jobs they left are due at once.
+                notify_queues(&mut tx, &schema, &[queue.unwrap_or("")])?;
+            }
+            tx.commit()?;
+            Ok(lifted)
+        })();
+        self.in_database(|| "resume".to_owned(), result)
+    }
+
+    fn pauses(&self) -> anyhow::Result<Vec<Pause>> {
+        let sql = self.sql(
+            "SELECT queue, callback, paused_at FROM @.pauses ORDER BY paused_at, queue, callback",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[])
+            .map(|rows| rows.iter().map(read_pause).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "read pauses".to_owned(), result)
+    }
+
+    fn run_totals(&self) -> anyhow::Result<Vec<(String, String, String, u64)>> {
+        let sql = self.sql(
+            "SELECT queue, callback, outcome, total FROM @.run_totals
+             ORDER BY queue, callback, outcome",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[])
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| (row.get(0), row.get(1), row.get(2), read_count(row, 3)))
+                    .collect()
+            })
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "read run totals".to_owned(), result)
+    }
+
+    fn stuck_after(&self) -> anyhow::Result<Vec<StuckAfter>> {
+        let sql = self.sql(
+            "SELECT j.id, j.queue, d.after_id, p.state, false
+             FROM @.jobs p JOIN @.dependencies d ON d.after_id = p.id
+             JOIN @.jobs j ON j.id = d.job_id
+             WHERE p.state IN ('PERMANENTLY_FAILED', 'CANCELLED')
+               AND j.state = 'READY' AND j.blocked_by > 0
+             UNION ALL
+             SELECT j.id, j.queue, d.after_id, c.state, true
+             FROM @.cleared_unfinished c JOIN @.dependencies d ON d.after_id = c.id
+             JOIN @.jobs j ON j.id = d.job_id
+             WHERE j.state = 'READY' AND j.blocked_by > 0
+             ORDER BY 1, 3",
+        );
+        let result = (|| -> anyhow::Result<Vec<StuckAfter>> {
+            let rows = self.reader().query_typed(&sql, &[])?;
+            let mut stuck = rows
+                .iter()
+                .map(|row| {
+                    Ok(StuckAfter {
+                        id: row.get(0),
+                        queue: row.get(1),
+                        parent: row.get(2),
+                        parent_state: parse_state(row.get(3))?,
+                        parent_gone: row.get(4),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            stuck.dedup_by_key(|job| job.id);
+            Ok(stuck)
+        })();
+        self.in_database(|| "read jobs waiting for failed jobs".to_owned(), result)
+    }
+
+    fn dependents_of(&self, parents: &[i64]) -> anyhow::Result<Vec<(i64, i64)>> {
+        let sql = self.sql(
+            "SELECT d.job_id, d.after_id FROM @.dependencies d JOIN @.jobs j ON j.id = d.job_id
+             WHERE d.after_id = ANY ($1) AND j.state = 'READY' AND j.blocked_by > 0
+             ORDER BY 1, 2",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&parents, Type::INT8_ARRAY)])
+            .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "read waiting jobs".to_owned(), result)
     }
 
     fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
@@ -1337,7 +1511,9 @@ impl Store for PostgresStore {
 
     fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
         let sql = self.sql(
-            "SELECT d.after_id, p.state FROM @.dependencies d LEFT JOIN @.jobs p ON p.id = d.after_id
+            "SELECT d.after_id, coalesce(p.state, c.state) FROM @.dependencies d
+             LEFT JOIN @.jobs p ON p.id = d.after_id
+             LEFT JOIN @.cleared_unfinished c ON c.id = d.after_id
              WHERE d.job_id = $1 ORDER BY d.after_id",
         );
         let result = (|| -> anyhow::Result<Vec<(i64, Option<JobState>)>> {

@@ -173,3 +173,13 @@ CREATE TABLE broken_callbacks (
     run_id   bigint  NOT NULL,
     PRIMARY KEY (queue, callback)
 );
+
+-- Version 5: jobs that `clear --state` deleted without their having FINISHED (PERMANENTLY_FAILED or
+-- CANCELLED). A gone job otherwise counts as FINISHED for `--after` (only FINISHED jobs were ever
+-- cleared before); one listed here never finishes, so the jobs waiting for it keep waiting, and
+-- `status` reports them.
+CREATE TABLE cleared_unfinished (
+    id         bigint  PRIMARY KEY,
+    state      text    NOT NULL,
+    cleared_at bigint  NOT NULL
+);

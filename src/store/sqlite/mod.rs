@@ -26,12 +26,24 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
+    Pause, StuckAfter,
     Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
     JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
     Store, Tally,
 };
 
 pub use export::SqliteExport;
+
+/// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3.
+macro_rules! end_cancel_sql {
+    () => {
+        "UPDATE jobs SET state = 'CANCELLED', due = 0, cancel_requested = 0,
+        output = ?2, state_changed_at = ?3
+    WHERE id = ?1 AND state = 'PROCESSING' AND cancel_requested = 1
+      AND claimed_run = ?4 AND attempts = ?5"
+    };
+}
+const END_CANCEL_SQL: &str = end_cancel_sql!();
 
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../../../schema.sql");
@@ -283,6 +295,10 @@ impl SqliteStore {
                 .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
                 .query_row([parent], |row| read_state(row, 0))
                 .optional()?;
+            let state = match state {
+                Some(state) => Some(state),
+                None => cleared_unfinished(&tx, *parent)?,
+            };
             match state {
                 Some(JobState::Finished) => {}
                 Some(state) => waiting_for.push((*parent, state)),
@@ -588,6 +604,14 @@ impl Store for SqliteStore {
                 write_tally_to(tally, &tx)?;
             }
             let mut capacity = claim.callbacks.to_vec();
+            // Paused callbacks claim nothing, read in this transaction: a pause committed before
+            // it is obeyed, one committed after it finds the claimed jobs running.
+            let paused = paused_callbacks(&tx, claim.queue)?;
+            if paused.iter().any(String::is_empty) {
+                capacity.clear();
+            } else {
+                capacity.retain(|(name, _)| !paused.iter().any(|paused| paused == name));
+            }
             let mut claimed = Vec::new();
             while claimed.len() < claim.limit {
                 let allowed: Vec<&str> = capacity
@@ -791,6 +815,7 @@ impl Store for SqliteStore {
 
     fn clear_batch(
         &mut self,
+        state: JobState,
         cutoff: Millis,
         after: i64,
         batch: usize,
@@ -802,7 +827,11 @@ impl Store for SqliteStore {
                 .conn
                 .prepare_cached(CLEAR_UPPER_SQL)?
                 .query_row(
-                    params![after, i64::try_from(batch.saturating_sub(1)).unwrap_or(0)],
+                    params![
+                        after,
+                        i64::try_from(batch.saturating_sub(1)).unwrap_or(0),
+                        state.as_str()
+                    ],
                     |row| row.get(0),
                 )
                 .optional()?;
@@ -810,9 +839,25 @@ impl Store for SqliteStore {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let upper_id = upper.unwrap_or(i64::MAX);
-            let deleted = tx
-                .prepare_cached(CLEAR_SQL)?
-                .execute(params![cutoff, after, upper_id])?;
+            let deleted = if state == JobState::Finished {
+                tx.prepare_cached(CLEAR_SQL)?
+                    .execute(params![cutoff, after, upper_id])?
+            } else {
+                // Remembered first: a gone job would otherwise count as FINISHED for `--after`.
+                tx.prepare_cached(CLEAR_REMEMBER_SQL)?.execute(params![
+                    cutoff,
+                    after,
+                    upper_id,
+                    state.as_str(),
+                    crate::job::now_millis()
+                ])?;
+                tx.prepare_cached(CLEAR_UNFINISHED_SQL)?.execute(params![
+                    cutoff,
+                    after,
+                    upper_id,
+                    state.as_str()
+                ])?
+            };
             if deleted > 0 {
                 // The `--after` records of the deleted jobs: a range of the primary key.
                 tx.prepare_cached(
@@ -824,7 +869,129 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok((deleted, upper))
         })();
-        in_database(&self.path, || "delete finished jobs".to_owned(), result)
+        in_database(
+            &self.path,
+            || format!("delete {state} jobs"),
+            result,
+        )
+    }
+
+    fn pause(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
+        let result = (|| -> anyhow::Result<bool> {
+            let added = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO pauses (queue, callback, paused_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (queue, callback) DO NOTHING",
+                )?
+                .execute(params![queue.unwrap_or(""), callback.unwrap_or(""), now])?;
+            Ok(added > 0)
+        })();
+        in_database(&self.path, || "pause".to_owned(), result)
+    }
+
+    fn resume(
+        &mut self,
+        queue: Option<&str>,
+        callback: Option<&str>,
+    ) -> anyhow::Result<Vec<Pause>> {
+        let result = (|| -> anyhow::Result<Vec<Pause>> {
+            let mut stmt = self.conn.prepare_cached(
+                "DELETE FROM pauses WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR callback = ?2)
+                 RETURNING queue, callback, paused_at",
+            )?;
+            let rows = stmt.query_map(params![queue, callback], read_pause)?;
+            let mut lifted: Vec<Pause> = rows.collect::<Result<_, _>>()?;
+            lifted.sort_by_key(|pause| pause.since);
+            Ok(lifted)
+        })();
+        in_database(&self.path, || "resume".to_owned(), result)
+    }
+
+    fn pauses(&self) -> anyhow::Result<Vec<Pause>> {
+        let result = (|| -> anyhow::Result<Vec<Pause>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT queue, callback, paused_at FROM pauses ORDER BY paused_at, queue, callback",
+            )?;
+            let rows = stmt.query_map([], read_pause)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "read pauses".to_owned(), result)
+    }
+
+    fn run_totals(&self) -> anyhow::Result<Vec<(String, String, String, u64)>> {
+        let result = (|| -> anyhow::Result<Vec<(String, String, String, u64)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT queue, callback, outcome, total FROM run_totals
+                 ORDER BY queue, callback, outcome",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, read_count(row, 3)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "read run totals".to_owned(), result)
+    }
+
+    fn stuck_after(&self) -> anyhow::Result<Vec<StuckAfter>> {
+        let result = (|| -> anyhow::Result<Vec<StuckAfter>> {
+            // From the parents that never finish (few, by jobs_state and the tombstones) to the
+            // jobs waiting for them, by dependencies_after.
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT j.id, j.queue, d.after_id, p.state, 0
+                 FROM jobs p INDEXED BY jobs_state
+                 JOIN dependencies d ON d.after_id = p.id JOIN jobs j ON j.id = d.job_id
+                 WHERE p.state IN ('PERMANENTLY_FAILED', 'CANCELLED')
+                   AND j.state = 'READY' AND j.blocked_by > 0
+                 UNION ALL
+                 SELECT j.id, j.queue, d.after_id, c.state, 1
+                 FROM cleared_unfinished c
+                 JOIN dependencies d ON d.after_id = c.id JOIN jobs j ON j.id = d.job_id
+                 WHERE j.state = 'READY' AND j.blocked_by > 0
+                 ORDER BY 1, 3",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(StuckAfter {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    parent: row.get(2)?,
+                    parent_state: read_state(row, 3)?,
+                    parent_gone: row.get(4)?,
+                })
+            })?;
+            let mut stuck: Vec<StuckAfter> = rows.collect::<Result<_, _>>()?;
+            stuck.dedup_by_key(|job| job.id);
+            Ok(stuck)
+        })();
+        in_database(
+            &self.path,
+            || "read jobs waiting for failed jobs".to_owned(),
+            result,
+        )
+    }
+
+    fn dependents_of(&self, parents: &[i64]) -> anyhow::Result<Vec<(i64, i64)>> {
+        let result = (|| -> anyhow::Result<Vec<(i64, i64)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT d.job_id, d.after_id FROM dependencies d JOIN jobs j ON j.id = d.job_id
+                 WHERE d.after_id = ?1 AND j.state = 'READY' AND j.blocked_by > 0",
+            )?;
+            let mut found = Vec::new();
+            for parent in parents {
+                let rows = stmt.query_map([parent], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                for row in rows {
+                    found.push(row?);
+                }
+            }
+            found.sort_unstable();
+            Ok(found)
+        })();
+        in_database(&self.path, || "read waiting jobs".to_owned(), result)
     }
 
     fn detail(&self, id: i64) -> anyhow::Result<Option<JobDetail>> {
@@ -921,7 +1088,8 @@ impl Store for SqliteStore {
     fn after(&self, id: i64) -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
         let result = (|| -> anyhow::Result<Vec<(i64, Option<JobState>)>> {
             let mut stmt = self.conn.prepare(
-            "SELECT d.after_id, p.state FROM dependencies d LEFT JOIN jobs p ON p.id = d.after_id
+            "SELECT d.after_id, coalesce(p.state, c.state) FROM dependencies d
+             LEFT JOIN jobs p ON p.id = d.after_id LEFT JOIN cleared_unfinished c ON c.id = d.after_id
              WHERE d.job_id = ?1 ORDER BY d.after_id",
         )?;
             let rows = stmt.query_map([id], |row| {
@@ -1165,14 +1333,14 @@ fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result
 /// through anyway (FINISHED is the truth; a retry would repeat it).
 fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::Result<Applied> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
-    let queue: Option<String> = conn
+    let stored: Option<(String, String)> = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
                     attempts = attempts - ?5, output = ?6, finished_at = ?7,
                     notified = notified OR ?8, state_changed_at = ?9, cancel_requested = 0
              WHERE id = ?1 AND state = 'PROCESSING' AND claimed_run = ?10 AND attempts = ?11
                AND (cancel_requested = 0 OR ?2 = 'FINISHED')
-             RETURNING queue",
+             RETURNING queue, callback",
         )?
         .query_row(
             params![
@@ -1188,26 +1356,33 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
                 done.fence.run,
                 done.fence.attempt
             ],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    let Some(queue) = queue else {
-        let cancelled = conn.prepare_cached(END_CANCEL_SQL)?.execute(params![
-            done.id,
-            done.output,
-            done.ended_at,
-            done.fence.run,
-            done.fence.attempt
-        ])?;
+    let Some((queue, callback)) = stored else {
+        let cancelled: Option<(String, String)> = conn
+            .prepare_cached(concat!(end_cancel_sql!(), " RETURNING queue, callback"))?
+            .query_row(
+                params![
+                    done.id,
+                    done.output,
+                    done.ended_at,
+                    done.fence.run,
+                    done.fence.attempt
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
         // Otherwise no longer ours (recovered meanwhile, maybe claimed again): not a word of
         // this run may reach the job, not even its output.
-        return Ok(if cancelled > 0 {
-            Applied::Cancelled
-        } else {
-            Applied::Stale
-        });
+        let Some((queue, callback)) = cancelled else {
+            return Ok(Applied::Stale);
+        };
+        count_run(conn, &queue, &callback, JobState::Cancelled)?;
+        return Ok(Applied::Cancelled);
     };
     tally.count(&queue, done.ended_at, done.state);
+    count_run(conn, &queue, &callback, done.state)?;
     if done.state == JobState::Finished && conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])? > 0
     {
         // Due from now, not from when it was published: `status` must not call it late.
@@ -1233,6 +1408,47 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
         ])?;
     }
     Ok(Applied::Stored)
+}
+
+/// Counts one run of a job in `run_totals`, in the transaction that stores its outcome.
+fn count_run(
+    conn: &Connection,
+    queue: &str,
+    callback: &str,
+    state: JobState,
+) -> anyhow::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO run_totals (queue, callback, outcome, total) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (queue, callback, outcome) DO UPDATE SET total = total + 1",
+    )?
+    .execute(params![queue, callback, super::run_outcome(state)])?;
+    Ok(())
+}
+
+/// The callbacks paused in `queue` ('' for every callback).
+fn paused_callbacks(conn: &Connection, queue: &str) -> anyhow::Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT callback FROM pauses WHERE queue = '' OR queue = ?1")?;
+    let rows = stmt.query_map([queue], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The state job `id` was deleted in by `clear --state`, if it was.
+fn cleared_unfinished(conn: &Connection, id: i64) -> anyhow::Result<Option<JobState>> {
+    Ok(conn
+        .prepare_cached("SELECT state FROM cleared_unfinished WHERE id = ?1")?
+        .query_row([id], |row| read_state(row, 0))
+        .optional()?)
+}
+
+fn read_pause(row: &Row<'_>) -> rusqlite::Result<Pause> {
+    let queue: String = row.get(0)?;
+    let callback: String = row.get(1)?;
+    Ok(Pause {
+        queue: (!queue.is_empty()).then_some(queue),
+        callback: (!callback.is_empty()).then_some(callback),
+        since: row.get(2)?,
+    })
 }
 
 fn claim_one(
@@ -1362,11 +1578,13 @@ fn unfinished_with_identifier(
 }
 
 /// After job ?1 FINISHED: recounts the unfinished `--after` jobs of the jobs waiting for it (a
-/// job `clear` deleted had FINISHED). Counting again, not subtracting one, keeps the count right
-/// however often a job finishes.
+/// job `clear` deleted had FINISHED, unless it is in cleared_unfinished). Counting again, not
+/// subtracting one, keeps the count right however often a job finishes.
 const UNBLOCK_SQL: &str = "UPDATE jobs SET blocked_by = (
-        SELECT count(*) FROM dependencies d JOIN jobs p ON p.id = d.after_id
-        WHERE d.job_id = jobs.id AND p.state != 'FINISHED')
+        SELECT count(*) FROM dependencies d LEFT JOIN jobs p ON p.id = d.after_id
+        WHERE d.job_id = jobs.id
+          AND (p.state != 'FINISHED' OR (p.id IS NULL
+               AND EXISTS (SELECT 1 FROM cleared_unfinished c WHERE c.id = d.after_id))))
     WHERE id IN (SELECT job_id FROM dependencies WHERE after_id = ?1) AND blocked_by > 0";
 
 /// Moves jobs whose time has come into the claim path (?1 queue, ?2 run, ?3 now).
@@ -1375,15 +1593,10 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
       AND state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING')
       AND run_at <= ?3 AND claimed_run < ?2";
 
-/// The id of the `?2 + 1`-th FINISHED job after id ?1: where a `clear` batch ends.
+/// The id of the `?2 + 1`-th job in state ?3 after id ?1: where a `clear` batch ends.
 const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
-    WHERE state = 'FINISHED' AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
+    WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
 
-/// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3.
-const END_CANCEL_SQL: &str = "UPDATE jobs SET state = 'CANCELLED', due = 0, cancel_requested = 0,
-        output = ?2, state_changed_at = ?3
-    WHERE id = ?1 AND state = 'PROCESSING' AND cancel_requested = 1
-      AND claimed_run = ?4 AND attempts = ?5";
 
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
@@ -1455,6 +1668,24 @@ macro_rules! state_changed_at {
     };
 }
 const STATE_CHANGED_AT: &str = state_changed_at!();
+
+/// Remembers the jobs in state ?4 with ids in (?2, ?3] that entered it before ?1, about to be
+/// deleted, as cleared at ?5.
+const CLEAR_REMEMBER_SQL: &str = concat!(
+    "INSERT OR REPLACE INTO cleared_unfinished (id, state, cleared_at)
+    SELECT id, state, ?5 FROM jobs INDEXED BY jobs_state
+    WHERE state = ?4 AND id > ?2 AND id <= ?3 AND ",
+    state_changed_at!(),
+    " < ?1"
+);
+
+/// Deletes the jobs in state ?4 (not FINISHED) with ids in (?2, ?3] that entered it before ?1.
+const CLEAR_UNFINISHED_SQL: &str = concat!(
+    "DELETE FROM jobs INDEXED BY jobs_state
+    WHERE state = ?4 AND id > ?2 AND id <= ?3 AND ",
+    state_changed_at!(),
+    " < ?1"
+);
 
 /// The columns of a `JobRecord`.
 const RECORD_COLUMNS: &str = concat!(
