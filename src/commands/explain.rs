@@ -82,6 +82,14 @@ fn explain(
             config.path.display()
         ));
     }
+    if let Some(held) =
+        super::pause::holding(&store.pauses()?, &job.queue, &job.callback)
+    {
+        return Ok(format!(
+            "is {held}; it stays {} and spends no attempt meanwhile",
+            job.state
+        ));
+    }
     // A parent that needs an operator says more than one that will finish by itself.
     let parent = detail
         .waits_for()

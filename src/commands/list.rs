@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::escape;
 use crate::human::relative;
 use crate::job::{JobRecord, JobState, Millis, now_millis};
-use crate::store::{Durability, ListFilter};
+use crate::store::{Durability, ListFilter, Pause, paused};
 use crate::table::{Cell, Column, Table};
 use crate::term::{Paint, Style};
 
@@ -58,7 +58,12 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
                 writeln!(out, "{}", serde_json::to_string(job)?)?;
             }
         } else {
-            out.write_all(table(&jobs, now_millis()).render(style).as_bytes())?;
+            let pauses = store.pauses()?;
+            out.write_all(
+                table(&jobs, &pauses, now_millis())
+                    .render(style)
+                    .as_bytes(),
+            )?;
         }
         if cut {
             // On stderr, so that stdout stays the jobs alone for a script, table or JSON.
@@ -115,13 +120,23 @@ const COLUMNS: [Column; 9] = [
 ];
 
 /// The jobs as a table; its cells show control characters in names escaped.
-fn table(jobs: &[JobRecord], now: Millis) -> Table {
+fn table(jobs: &[JobRecord], pauses: &[Pause], now: Millis) -> Table {
     let mut table = Table::new(&COLUMNS);
     let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
     for job in jobs {
+        // A job that wants to run but that `bgq pause` holds says so: `READY (paused)`.
+        let held = matches!(
+            job.state,
+            JobState::Ready | JobState::TemporarilyFailed | JobState::Waiting
+        ) && paused(pauses, &job.queue, &job.callback).is_some();
+        let state = if held {
+            format!("{} (paused)", job.state)
+        } else {
+            job.state.as_str().to_owned()
+        };
         table.push(vec![
             Cell::new(job.id.to_string()),
-            Cell::painted(job.state.as_str(), state_paint(job.state)),
+            Cell::painted(state, state_paint(job.state)),
             Cell::new(job.queue.clone()),
             Cell::new(job.callback.clone()),
             Cell::new(job.attempts.to_string()),
@@ -205,7 +220,7 @@ mod tests {
 
     #[test]
     fn table_aligns_columns_under_the_header() {
-        let text = table(&[job(JobState::Ready, 0, None)], 180_000).render(&Style::plain());
+        let text = table(&[job(JobState::Ready, 0, None)], &[], 180_000).render(&Style::plain());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(
@@ -225,7 +240,7 @@ mod tests {
             identifier: Some("sync\n42".to_owned()),
             ..job(JobState::Ready, 0, None)
         };
-        let text = table(&[job], 180_000).render(&Style::plain());
+        let text = table(&[job], &[], 180_000).render(&Style::plain());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(

@@ -13,7 +13,7 @@ use crate::cli::StatsArgs;
 use crate::config::Config;
 use crate::human::{count, relative, span};
 use crate::job::{JobState, Millis, format_utc, now_millis};
-use crate::store::{Durability, RunInfo, Store};
+use crate::store::{Durability, Pause, RunInfo, Store};
 use crate::table::{Cell, Column, Table};
 use crate::term::Style;
 
@@ -76,14 +76,41 @@ pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<(
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
     let queues = gather(config, &*store, now)?;
+    let pauses = store.pauses()?;
     let text = if args.json {
-        format!("{}\n", to_json(&queues, now))
+        let mut value = to_json(&queues, now);
+        value["pauses"] = pauses
+            .iter()
+            .map(|pause| {
+                json!({
+                    "queue": pause.queue,
+                    "callback": pause.callback,
+                    "since": format_utc(pause.since),
+                })
+            })
+            .collect();
+        format!("{value}\n")
     } else if args.prometheus {
-        to_prometheus(&queues, now)
-    } else if args.output.is_some() {
-        to_tables(&queues, now, &Style::plain())
+        let mut text = to_prometheus(&queues, now);
+        text.push_str(&totals_to_prometheus(&store.run_totals()?, &pauses));
+        text
     } else {
-        to_tables(&queues, now, style)
+        let style = if args.output.is_some() {
+            &Style::plain()
+        } else {
+            style
+        };
+        let mut text = to_tables(&queues, now, style);
+        for pause in &pauses {
+            let _ = writeln!(
+                text,
+                "paused: {} since {}; `{}` lifts it",
+                super::pause::described(pause.queue.as_deref(), pause.callback.as_deref()),
+                relative(pause.since, now),
+                pause.resume_command()
+            );
+        }
+        text
     };
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes()),
@@ -299,6 +326,40 @@ fn to_prometheus(queues: &BTreeMap<String, QueueStats>, now: Millis) -> String {
                 .collect()
         }),
     );
+    text
+}
+
+/// The counters of runs since the queue began (`run_totals`), which Prometheus can `rate()`,
+/// and which pauses are in force.
+fn totals_to_prometheus(totals: &[(String, String, String, u64)], pauses: &[Pause]) -> String {
+    let mut text = String::new();
+    let name = "bgq_job_runs_total";
+    let _ = writeln!(
+        text,
+        "# HELP {name} Runs of jobs that ended since the queue began, by queue, callback and outcome.\n# TYPE {name} counter"
+    );
+    for (queue, callback, outcome, total) in totals {
+        let _ = writeln!(
+            text,
+            "{name}{{queue=\"{}\",callback=\"{}\",outcome=\"{}\"}} {total}",
+            label(queue),
+            label(callback),
+            label(outcome)
+        );
+    }
+    let name = "bgq_paused";
+    let _ = writeln!(
+        text,
+        "# HELP {name} 1 for each pause in force (`bgq pause`); an empty label stands for every queue or callback.\n# TYPE {name} gauge"
+    );
+    for pause in pauses {
+        let _ = writeln!(
+            text,
+            "{name}{{queue=\"{}\",callback=\"{}\"}} 1",
+            label(pause.queue.as_deref().unwrap_or("")),
+            label(pause.callback.as_deref().unwrap_or(""))
+        );
+    }
     text
 }
 

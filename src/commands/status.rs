@@ -50,6 +50,41 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
             writeln!(out, "stale: queue `{shown}`: {problem}")?;
         }
     }
+    // Pauses are an operator's choice, said but not counted unhealthy (their jobs still go
+    // stale by `--stale-after`); jobs that wait for a job that will never finish need one.
+    for pause in store.pauses()? {
+        writeln!(
+            out,
+            "paused: {} since {}; `{}` lifts it",
+            super::pause::described(pause.queue.as_deref(), pause.callback.as_deref()),
+            when(pause.since, now),
+            pause.resume_command()
+        )?;
+    }
+    for stuck in store.stuck_after()? {
+        if !queues.contains(&stuck.queue) {
+            continue;
+        }
+        healthy = false;
+        let gone = if stuck.parent_gone {
+            ", and was deleted by `bgq clear`"
+        } else {
+            ""
+        };
+        let fix = if stuck.parent_gone {
+            format!("`bgq cancel {}`", stuck.id)
+        } else {
+            format!("`bgq retry {}` or `bgq cancel {}`", stuck.parent, stuck.id)
+        };
+        writeln!(
+            out,
+            "stuck: queue `{}`: job {} waits (--after) for job {}, which is {}{gone}: it will never run; {fix}",
+            escape::line(&stuck.queue),
+            stuck.id,
+            stuck.parent,
+            stuck.parent_state
+        )?;
+    }
     out.flush()?;
     if healthy {
         Ok(())

@@ -25,6 +25,7 @@ mod locking;
 mod lost_output;
 mod migrate;
 mod on_demand;
+mod operate;
 mod pgbouncer;
 mod postgres_connect;
 mod postgres_sql;
