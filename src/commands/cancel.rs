@@ -154,7 +154,11 @@ fn warn_dependents(
     for (child, parent) in waiting {
         crate::diagnostic!(
             "bgq: warning: job {child} waits (--after) for job {parent}, which {}: it will never run; cancel it too (`bgq cancel {child}`), or `bgq retry {parent}`",
-            if dry_run { "would be CANCELLED" } else { "is CANCELLED" }
+            if dry_run {
+                "would be CANCELLED"
+            } else {
+                "is CANCELLED"
+            }
         );
     }
     Ok(())

@@ -82,9 +82,7 @@ fn explain(
             config.path.display()
         ));
     }
-    if let Some(held) =
-        super::pause::holding(&store.pauses()?, &job.queue, &job.callback)
-    {
+    if let Some(held) = super::pause::holding(&store.pauses()?, &job.queue, &job.callback) {
         return Ok(format!(
             "is {held}; it stays {} and spends no attempt meanwhile",
             job.state

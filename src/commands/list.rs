@@ -59,11 +59,7 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
             }
         } else {
             let pauses = store.pauses()?;
-            out.write_all(
-                table(&jobs, &pauses, now_millis())
-                    .render(style)
-                    .as_bytes(),
-            )?;
+            out.write_all(table(&jobs, &pauses, now_millis()).render(style).as_bytes())?;
         }
         if cut {
             // On stderr, so that stdout stays the jobs alone for a script, table or JSON.

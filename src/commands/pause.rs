@@ -52,7 +52,10 @@ pub fn resume(config: &Config, args: &PauseArgs) -> anyhow::Result<()> {
         let left = store.pauses()?;
         let still = left.iter().find(|pause| {
             pause.queue.as_deref().is_none_or(|q| Some(q) == queue)
-                && pause.callback.as_deref().is_none_or(|c| Some(c) == callback)
+                && pause
+                    .callback
+                    .as_deref()
+                    .is_none_or(|c| Some(c) == callback)
         });
         if let Some(pause) = still {
             writeln!(
@@ -94,7 +97,9 @@ fn resume_command(queue: Option<&str>, callback: Option<&str>) -> String {
 
 /// The `bgq pause` that made `pause`.
 fn pause_command(pause: &Pause) -> String {
-    pause.resume_command().replacen("bgq resume", "bgq pause", 1)
+    pause
+        .resume_command()
+        .replacen("bgq resume", "bgq pause", 1)
 }
 
 /// How a job held by `pauses` is described by the read commands (`list`, `explain`, `stats`,

@@ -28,8 +28,8 @@ use crate::job::{JobState, Millis, NewJob, Payload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::group_hold;
 use crate::store::{
-    Applied, Change, ClaimRequest, ClaimedJob, Completion, Fence, JobBrief, ListFilter, Published,
-    Schedule, Selection, Store, Tally,
+    Applied, Change, ClaimRequest, ClaimedJob, Completion, Fence, JobBrief, ListFilter, Pause,
+    Published, Schedule, Selection, Store, Tally,
 };
 
 /// Defines, in the module that invokes it, a module `conformance` with one `#[test]` per
@@ -63,6 +63,9 @@ macro_rules! conformance_suite {
             the_read_side_sees_what_is_stored,
             a_shifted_schedule_makes_delayed_jobs_due_sooner,
             claims_agree_with_the_group_rule,
+            paused_jobs_are_not_claimed_until_resumed,
+            a_job_cleared_unfinished_keeps_its_dependents_waiting,
+            runs_are_totalled_per_callback_and_outcome,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -1006,7 +1009,9 @@ pub(crate) fn clear_deletes_only_jobs_finished_before_the_cutoff(store: &mut dyn
     let mut after = Some(0);
     for _ in 0..=ids.len() {
         let Some(from) = after else { break };
-        let (count, next) = store.clear_batch(2500, from, 1).expect("clear");
+        let (count, next) = store
+            .clear_batch(JobState::Finished, 2500, from, 1)
+            .expect("clear");
         assert!(count <= 1, "a batch of one deleted {count}");
         assert!(
             next.is_none_or(|next| next > from),
@@ -1104,7 +1109,9 @@ pub(crate) fn notices_wait_with_their_outcome_until_deleted(store: &mut dyn Stor
         (ids[1], NoticeKind::Recovered)
     );
 
-    let (deleted, _) = store.clear_batch(2000, 0, 100).expect("clear");
+    let (deleted, _) = store
+        .clear_batch(JobState::Finished, 2000, 0, 100)
+        .expect("clear");
     assert_eq!(deleted, 1);
     let notices = store.pending_notices("general").expect("read");
     assert_eq!(notices.len(), 2);
@@ -1541,4 +1548,175 @@ pub(crate) fn claims_agree_with_the_group_rule(store: &mut dyn Store) {
             }
         }
     }
+}
+
+pub(crate) fn paused_jobs_are_not_claimed_until_resumed(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("b", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    assert!(store.pause(None, Some("a"), 1000).expect("pause"));
+    assert!(
+        !store.pause(None, Some("a"), 1001).expect("pause"),
+        "already paused"
+    );
+    let claimed = claim(store, "general", run, 1000, &["a", "b"]).expect("claim");
+    assert_eq!(claimed.map(|job| job.id), Some(ids[1]), "b is not paused");
+    assert!(
+        claim(store, "general", run, 1000, &["a", "b"])
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(
+        store.record(ids[0]).expect("read").expect("kept").attempts,
+        0,
+        "a paused job spends no attempt"
+    );
+    // Every queue, every callback.
+    assert!(store.pause(None, None, 1002).expect("pause"));
+    assert_eq!(
+        store.resume(None, Some("a")).expect("resume"),
+        [Pause {
+            queue: None,
+            callback: Some("a".to_owned()),
+            since: 1000
+        }]
+    );
+    assert!(
+        claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .is_none()
+    );
+    // A queue's pause holds that queue only.
+    assert_eq!(store.resume(None, None).expect("resume").len(), 1);
+    assert!(store.pause(Some("other"), None, 1003).expect("pause"));
+    assert!(
+        super::paused(&store.pauses().expect("pauses"), "other", "a").is_some()
+            && super::paused(&store.pauses().expect("pauses"), "general", "a").is_none()
+    );
+    let claimed = claim(store, "general", run, 1000, &["a"]).expect("claim");
+    assert_eq!(claimed.map(|job| job.id), Some(ids[0]));
+    assert!(
+        store
+            .resume(Some("general"), None)
+            .expect("resume")
+            .is_empty()
+    );
+}
+
+pub(crate) fn a_job_cleared_unfinished_keeps_its_dependents_waiting(store: &mut dyn Store) {
+    let parents = publish(store, &[job("a", None), job("a", None)], 1000).expect("publish");
+    let waits_for = |store: &mut dyn Store, after: Vec<i64>| match store
+        .publish_with(
+            &[job("a", None)],
+            &Schedule {
+                after,
+                ..Schedule::default()
+            },
+            1000,
+        )
+        .expect("publish")
+    {
+        Published::Stored { ids, waiting_for } => (ids[0], waiting_for),
+        Published::Existing { .. } => panic!("not unique"),
+    };
+    let (child, _) = waits_for(store, parents.clone());
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    claim(store, "general", run, 1000, &["a"]).expect("claim");
+    finish(store, parents[0], JobState::PermanentlyFailed, 1100);
+    let (count, _) = store
+        .clear_batch(JobState::PermanentlyFailed, 2000, 0, 100)
+        .expect("clear");
+    assert_eq!(count, 1);
+    assert!(store.record(parents[0]).expect("read").is_none());
+    assert_eq!(
+        store.after(child).expect("after"),
+        [
+            (parents[0], Some(JobState::PermanentlyFailed)),
+            (parents[1], Some(JobState::Ready))
+        ]
+    );
+    // The other parent finishing recounts: the cleared one still counts as unfinished.
+    claim(store, "general", run, 1200, &["a"]).expect("claim");
+    finish(store, parents[1], JobState::Finished, 1300);
+    store.promote_due("general", None, 1400).expect("promote");
+    assert!(
+        claim(store, "general", run, 1400, &["a"])
+            .expect("claim")
+            .is_none(),
+        "the child of a cleared failed job was freed"
+    );
+    // Published after the clear, a job waits for it as for the failed job.
+    let (_, waiting_for) = waits_for(store, vec![parents[0]]);
+    assert_eq!(waiting_for, [(parents[0], JobState::PermanentlyFailed)]);
+    let stuck = store.stuck_after().expect("stuck");
+    assert_eq!(
+        stuck
+            .first()
+            .map(|job| (job.id, job.parent, job.parent_gone)),
+        Some((child, parents[0], true))
+    );
+    assert_eq!(
+        store
+            .dependents_of(&[parents[0]])
+            .expect("dependents")
+            .len(),
+        2
+    );
+}
+
+pub(crate) fn runs_are_totalled_per_callback_and_outcome(store: &mut dyn Store) {
+    let ids = publish(
+        store,
+        &[job("a", None), job("a", None), job("b", None)],
+        1000,
+    )
+    .expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(store, "general", run, 1000, &["a", "b"])
+        .expect("claim")
+        .expect("job");
+    // Through settle_and_claim, the drain's path, with no tally written.
+    let callbacks = [("a", usize::MAX), ("b", usize::MAX)];
+    let request = ClaimRequest {
+        queue: "general",
+        run,
+        now: 1100,
+        limit: 2,
+        callbacks: &callbacks,
+        limits: &[],
+        blocking: &[],
+    };
+    let settled = store
+        .settle_and_claim(
+            &[ended(first.id, first.fence, JobState::Finished, 1100, b"")],
+            &request,
+            &mut Tally::default(),
+            false,
+        )
+        .expect("settle");
+    assert_eq!(settled.claimed.len(), 2);
+    finish(store, ids[1], JobState::Finished, 1200);
+    finish(store, ids[2], JobState::PermanentlyFailed, 1200);
+    let totals = |store: &dyn Store| store.run_totals().expect("totals");
+    let expected = vec![
+        (
+            "general".to_owned(),
+            "a".to_owned(),
+            "finished".to_owned(),
+            2,
+        ),
+        (
+            "general".to_owned(),
+            "b".to_owned(),
+            "permanently_failed".to_owned(),
+            1,
+        ),
+    ];
+    assert_eq!(totals(store), expected);
+    store
+        .clear_batch(JobState::Finished, i64::MAX, 0, 100)
+        .expect("clear");
+    store
+        .clear_batch(JobState::PermanentlyFailed, i64::MAX, 0, 100)
+        .expect("clear");
+    assert_eq!(totals(store), expected, "clear never decrements");
 }

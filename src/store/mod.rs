@@ -264,11 +264,8 @@ pub trait Store {
 
     /// Lifts the pauses of `queue` and `callback` (`None`: of any), waking the `--watch` runs;
     /// returns those it lifted.
-    fn resume(
-        &mut self,
-        queue: Option<&str>,
-        callback: Option<&str>,
-    ) -> anyhow::Result<Vec<Pause>>;
+    fn resume(&mut self, queue: Option<&str>, callback: Option<&str>)
+    -> anyhow::Result<Vec<Pause>>;
 
     /// Every pause in force, oldest first.
     fn pauses(&self) -> anyhow::Result<Vec<Pause>>;
@@ -363,7 +360,10 @@ impl Pause {
     /// Whether it holds jobs of `callback` in `queue`.
     pub fn covers(&self, queue: &str, callback: &str) -> bool {
         self.queue.as_deref().is_none_or(|paused| paused == queue)
-            && self.callback.as_deref().is_none_or(|paused| paused == callback)
+            && self
+                .callback
+                .as_deref()
+                .is_none_or(|paused| paused == callback)
     }
 
     /// The command that lifts it.

@@ -16,14 +16,23 @@ use crate::support::{
 fn env() -> TestResult<TestEnv> {
     env_with_callbacks(
         "",
-        &[("ok", "cat > /dev/null"), ("other", "cat > /dev/null"), ("bad", "exit 1")],
+        &[
+            ("ok", "cat > /dev/null"),
+            ("other", "cat > /dev/null"),
+            ("bad", "exit 1"),
+        ],
     )
 }
 
 /// Runs `bgq ARGS`, asserts exit `code`, returns (stdout, stderr).
 fn run(env: &TestEnv, args: &[&str], code: i32) -> TestResult<(String, String)> {
     let out = env.bgq().args(args).output()?;
-    assert_eq!(out.status.code(), Some(code), "bgq {args:?}: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "bgq {args:?}: {}",
+        describe(&out)
+    );
     Ok((
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -86,7 +95,11 @@ fn pausing_everything_or_a_queue_holds_every_callback_of_it() -> TestResult {
     assert_eq!(env.state(elsewhere)?, "READY");
     run(&env, &["pause"], 0)?;
     env.process(&[])?;
-    assert_eq!(env.state(general)?, "READY", "pause with no option holds every queue");
+    assert_eq!(
+        env.state(general)?,
+        "READY",
+        "pause with no option holds every queue"
+    );
     // Lifting the queue's pause leaves the pause of everything, and says so.
     let (out, _) = run(&env, &["resume", "--queue", "other"], 0)?;
     assert_eq!(
@@ -165,7 +178,16 @@ fn cancel_takes_retrys_filters_and_dry_run() -> TestResult {
     let other = env.publish("other", "{}")?;
     let (out, _) = run(
         &env,
-        &["cancel", "--state", "READY", "--callback", "ok", "--queue", "general", "--dry-run"],
+        &[
+            "cancel",
+            "--state",
+            "READY",
+            "--callback",
+            "ok",
+            "--queue",
+            "general",
+            "--dry-run",
+        ],
         0,
     )?;
     assert_eq!(
@@ -177,7 +199,15 @@ fn cancel_takes_retrys_filters_and_dry_run() -> TestResult {
     assert_eq!(env.state(first)?, "READY", "--dry-run changes nothing");
     run(
         &env,
-        &["cancel", "--state", "READY", "--callback", "ok", "--queue", "general"],
+        &[
+            "cancel",
+            "--state",
+            "READY",
+            "--callback",
+            "ok",
+            "--queue",
+            "general",
+        ],
         0,
     )?;
     assert_eq!(env.state(first)?, "CANCELLED");
@@ -233,14 +263,23 @@ fn clear_state_deletes_exactly_the_states_given_and_takes_14d() -> TestResult {
         .bgq_at("+15d")
         .args(["clear", "--state", "PERMANENTLY_FAILED", "14d"])
         .output()?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        describe(&out)
+    );
     let left: Vec<i64> = env
         .jobs()?
         .iter()
         .filter_map(|job| job["id"].as_i64())
         .collect();
     assert_eq!(left, [finished, cancelled, ready]);
-    let (out, _) = run(&env, &["clear", "--state", "CANCELLED", "--state", "FINISHED"], 0)?;
+    let (out, _) = run(
+        &env,
+        &["clear", "--state", "CANCELLED", "--state", "FINISHED"],
+        0,
+    )?;
     assert_eq!(out, "2\n");
     let (out, _) = run(&env, &["clear"], 0)?;
     assert_eq!(out, "0\n");
@@ -290,14 +329,23 @@ fn a_second_parent_finishing_does_not_free_a_job_whose_first_was_cleared_failed(
     let child = env.publish_with(
         "ok",
         "{}",
-        &["--after", &failed.to_string(), "--after", &second.to_string()],
+        &[
+            "--after",
+            &failed.to_string(),
+            "--after",
+            &second.to_string(),
+        ],
     )?;
     run(&env, &["clear", "--state", "PERMANENTLY_FAILED"], 0)?;
     run(&env, &["resume"], 0)?;
     env.process(&[])?;
     assert_eq!(env.state(second)?, "FINISHED");
     env.process(&[])?;
-    assert_eq!(env.state(child)?, "READY", "the cleared failed parent never finished");
+    assert_eq!(
+        env.state(child)?,
+        "READY",
+        "the cleared failed parent never finished"
+    );
     Ok(())
 }
 
@@ -319,7 +367,8 @@ fn prometheus_counters_grow_across_runs_and_survive_clear() -> TestResult {
     env.process(&[])?;
     let (text, _) = run(&env, &["stats", "--prometheus"], 0)?;
     assert!(
-        text.contains("# HELP bgq_job_runs_total ") && text.contains("# TYPE bgq_job_runs_total counter"),
+        text.contains("# HELP bgq_job_runs_total ")
+            && text.contains("# TYPE bgq_job_runs_total counter"),
         "{text}"
     );
     assert_eq!(total(&text, "ok", "finished"), Some(1), "{text}");
@@ -332,7 +381,10 @@ fn prometheus_counters_grow_across_runs_and_survive_clear() -> TestResult {
     let (text, _) = run(&env, &["stats", "--prometheus"], 0)?;
     assert_eq!(total(&text, "ok", "finished"), Some(2), "{text}");
     assert_eq!(total(&text, "bad", "permanently_failed"), Some(1), "{text}");
-    assert!(text.contains("bgq_paused{queue=\"\",callback=\"ok\"} 1"), "{text}");
+    assert!(
+        text.contains("bgq_paused{queue=\"\",callback=\"ok\"} 1"),
+        "{text}"
+    );
     promtool_check(&env, &text)
 }
 

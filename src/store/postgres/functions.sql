@@ -349,7 +349,9 @@ BEGIN
             SELECT r.q, r.c, r.o, count(*)
             FROM unnest(v_queues, v_names, v_outcomes) AS r (q, c, o)
             GROUP BY r.q, r.c, r.o
-            ON CONFLICT (queue, callback, outcome) DO UPDATE SET total = t.total + excluded.total;
+            -- By the constraint's name: the OUT columns of this function shadow column names.
+            ON CONFLICT ON CONSTRAINT run_totals_pkey
+            DO UPDATE SET total = t.total + excluded.total;
     END IF;
 END
 $$;

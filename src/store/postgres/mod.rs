@@ -522,7 +522,10 @@ fn cleared_unfinished(
 ) -> anyhow::Result<Option<JobState>> {
     client
         .query_typed_opt(
-            &in_schema(schema, "SELECT state FROM @.cleared_unfinished WHERE id = $1"),
+            &in_schema(
+                schema,
+                "SELECT state FROM @.cleared_unfinished WHERE id = $1",
+            ),
             &[(&id, Type::INT8)],
         )?
         .map(|row| parse_state(row.get(0)))

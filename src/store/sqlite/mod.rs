@@ -26,10 +26,9 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Pause, StuckAfter,
     Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
-    JobDetail, ListFilter, Orphan, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
-    Store, Tally,
+    JobDetail, ListFilter, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Selection,
+    Settled, Store, StuckAfter, Tally,
 };
 
 pub use export::SqliteExport;
@@ -869,11 +868,7 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok((deleted, upper))
         })();
-        in_database(
-            &self.path,
-            || format!("delete {state} jobs"),
-            result,
-        )
+        in_database(&self.path, || format!("delete {state} jobs"), result)
     }
 
     fn pause(
@@ -1596,7 +1591,6 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
 /// The id of the `?2 + 1`-th job in state ?3 after id ?1: where a `clear` batch ends.
 const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
     WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
-
 
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
