@@ -120,7 +120,9 @@ fn pausing_everything_or_a_queue_holds_every_callback_of_it() -> TestResult {
 #[test]
 fn a_watch_run_stops_starting_a_paused_callback_and_resumes_without_restart() -> TestResult {
     let env = env()?;
-    let watcher: Spawned = env.spawn(&["process", "--watch"])?;
+    // A poll too slow for this test: the resume must wake the watcher (the database's change
+    // counter on SQLite, NOTIFY on PostgreSQL).
+    let watcher: Spawned = env.spawn(&["process", "--watch", "--poll", "1m"])?;
     wait_for_watcher(&env)?;
     run(&env, &["pause", "--callback", "ok"], 0)?;
     let held = env.publish("ok", "{}")?;
