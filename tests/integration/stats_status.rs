@@ -395,6 +395,8 @@ fn stats_prometheus_is_valid_text_format() -> TestResult {
         "bgq_job_runs",
         "bgq_last_run_start_timestamp_seconds",
         "bgq_last_run_ok",
+        "bgq_job_runs_total",
+        "bgq_paused",
     ];
     for metric in metrics {
         for kind in ["HELP", "TYPE"] {
@@ -409,6 +411,11 @@ fn stats_prometheus_is_valid_text_format() -> TestResult {
             "{metric} is a gauge:\n{text}"
         );
     }
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE bgq_job_runs_total counter"),
+        "bgq_job_runs_total is a counter:\n{text}"
+    );
     for (name, _, _) in &all {
         assert!(metrics.contains(&name.as_str()), "unknown metric {name}");
     }
