@@ -203,6 +203,10 @@ fn recount_query(store: &PostgresStore, schema: &str) -> String {
         .replace("FROM dependencies", &format!("FROM {schema}.dependencies"))
         .replace("JOIN jobs", &format!("JOIN {schema}.jobs"))
         .replace("UPDATE jobs", &format!("UPDATE {schema}.jobs"))
+        .replace(
+            "FROM cleared_unfinished",
+            &format!("FROM {schema}.cleared_unfinished"),
+        )
 }
 
 #[test]
