@@ -1,6 +1,7 @@
 //! `bgq status`: a health check for monitoring. Exit 0 when every queue checked is healthy; 1
 //! with one line per problem when `process` has not run, a run has held the lock, or a due job
-//! has waited longer than `--stale-after`.
+//! has waited longer than `--stale-after`, or a job waits (`--after`) for one that will never
+//! finish. Pauses in force are said, not counted unhealthy.
 
 use std::io::Write;
 
@@ -53,6 +54,13 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     // Pauses are an operator's choice, said but not counted unhealthy (their jobs still go
     // stale by `--stale-after`); jobs that wait for a job that will never finish need one.
     for pause in store.pauses()? {
+        if pause
+            .queue
+            .as_ref()
+            .is_some_and(|queue| !queues.contains(queue))
+        {
+            continue;
+        }
         writeln!(
             out,
             "paused: {} since {}; `{}` lifts it",
