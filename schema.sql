@@ -43,7 +43,12 @@ CREATE TABLE jobs (
     is_unique     INTEGER NOT NULL DEFAULT 0,
     -- Version 4. 1 while `bgq cancel --kill` stops the job's callback: the job stays PROCESSING,
     -- holding its serial group, until its run sees the callback end and stores it CANCELLED.
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    -- Version 5. The job as it was before its last claim (state, started_at, state_changed_at):
+    -- a callback that cannot be started puts it back as it was (SPEC section 5).
+    before_claim_state      TEXT,
+    before_claim_started_at INTEGER,
+    before_claim_changed_at INTEGER
 );
 
 -- The claim path: runnable jobs of a queue, highest priority first, then oldest first. (Named

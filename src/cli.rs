@@ -325,10 +325,24 @@ pub struct ProcessArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse, requires = "watch")]
     pub max_memory: Option<u64>,
 
+    /// Write a line per job start and end to stderr: text (as -v does) or json (one JSON
+    /// object per line, each with the job's id)
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
     /// Started by `publish --process`: wait briefly for a busy lock, leave stderr notices to
     /// the next run
     #[arg(long, hide = true, conflicts_with = "watch")]
     pub on_demand: bool,
+}
+
+/// How `process` writes its activity log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, as -v writes them
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 /// `bgq list`.

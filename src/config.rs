@@ -51,6 +51,8 @@ pub struct Config {
     pub notify: Option<Vec<String>>,
     /// In `process --watch`, how long a WAITING job waits before it runs again.
     pub waiting_delay: Duration,
+    /// How many attempts of each job its history keeps, the newest (`bgq show`); 0: none.
+    pub history: u32,
     /// Whether every `publish` starts a detached `process` for its queue.
     pub process_on_publish: bool,
     /// The largest parameters (`--json`, `--raw`, a `--jsonl` line) `publish` takes, in bytes.
@@ -240,6 +242,7 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
             .waiting_delay
             .map_or(Duration::from_secs(60), |delay| delay.0),
         process_on_publish: raw.process_on_publish.unwrap_or(false),
+        history: raw.history.map_or(DEFAULT_HISTORY, |history| history.0),
         max_payload: raw.max_payload.map_or(DEFAULT_MAX_PAYLOAD, |size| size.0),
         callbacks,
     })
@@ -268,6 +271,7 @@ struct RawConfig {
     notify_on_attempts: Option<Count>,
     notify: Option<CommandLine>,
     waiting_delay: Option<ConfigDuration>,
+    history: Option<History>,
     process_on_publish: Option<bool>,
     max_payload: Option<MaxPayload>,
     retry: Option<RawRetry>,
@@ -324,6 +328,26 @@ impl<'de> Deserialize<'de> for Count {
             Ok(count) if (1..=u32::MAX as usize).contains(&count) => Ok(Count(count)),
             _ => Err(serde::de::Error::custom(format!(
                 "must be a whole number of at least 1, got {value}"
+            ))),
+        }
+    }
+}
+
+/// How many attempts of each job are kept unless `history` says otherwise.
+pub const DEFAULT_HISTORY: u32 = 10;
+/// The most `history` may keep: each attempt keeps its output tail.
+const MAX_HISTORY: u32 = 1000;
+
+/// `history`: how many attempts of a job are kept, from 0 (none) to [`MAX_HISTORY`].
+struct History(u32);
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(deserializer)?;
+        match u32::try_from(value) {
+            Ok(count) if count <= MAX_HISTORY => Ok(History(count)),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be a whole number from 0 to {MAX_HISTORY}, got {value}"
             ))),
         }
     }

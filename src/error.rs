@@ -43,8 +43,9 @@ fn is_stored_but_unprinted(err: &anyhow::Error) -> bool {
         || err.chain().any(|cause| cause.is::<StoredButUnprinted>())
 }
 
-/// A check (`status`, `check`) that ran and printed its findings, which are not good: exit 1
-/// with no error line, since the findings already say why.
+/// A check (`status`, `check`) that ran and printed its findings, which are not good, or a
+/// `process` run that already said on stderr what kept it from its work (a callback that could
+/// not be started): exit 1 with no error line, since the findings already say why.
 #[derive(Debug)]
 pub struct Unhealthy;
 

@@ -47,6 +47,18 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// How long something ran, to the millisecond under a second and to a tenth of a second under a
+/// minute: `120ms`, `4.2s`, `3m 07s`, `2h 05m`.
+pub fn elapsed(millis: Millis) -> String {
+    let millis = millis.max(0);
+    match millis {
+        0..1000 => format!("{millis}ms"),
+        1000..60_000 => format!("{:.1}s", millis as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m {:02}s", millis / 60_000, millis / 1000 % 60),
+        _ => format!("{}h {:02}m", millis / 3_600_000, millis / 60_000 % 60),
+    }
+}
+
 /// Local time, how far from now, and UTC: `2026-11-23 10:01:02 +01:00 (3 min ago), 2026-11-23T09:01:02.123Z`.
 pub fn full_time(millis: Millis, now: Millis) -> String {
     format!(
@@ -65,6 +77,15 @@ pub fn when(millis: Millis, now: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elapsed_times_keep_the_precision_that_matters() {
+        assert_eq!(elapsed(0), "0ms");
+        assert_eq!(elapsed(120), "120ms");
+        assert_eq!(elapsed(4_240), "4.2s");
+        assert_eq!(elapsed(187_000), "3m 07s");
+        assert_eq!(elapsed(7_500_000), "2h 05m");
+    }
 
     #[test]
     fn relative_times_use_the_largest_whole_unit() {

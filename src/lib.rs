@@ -4,6 +4,7 @@
 //! `queue`. Commands hold no SQL; `store` holds no policy (see ARCHITECTURE.md).
 #![warn(missing_docs)]
 
+pub(crate) mod activity;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -57,6 +57,12 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// The name of signal `number` (`SIGKILL`), or its number when it has none.
+pub fn signal_name(number: i32) -> String {
+    Signal::try_from(number)
+        .map_or_else(|_| number.to_string(), |signal| signal.as_str().to_owned())
+}
+
 /// Asks a callback's waiter, from another thread, to stop the callback as a timeout does:
 /// SIGTERM to its group, SIGKILL after `kill_grace`, and what is left of the group killed
 /// before its end is reported. An eventfd, so that the waiter sleeps in poll(2) meanwhile.

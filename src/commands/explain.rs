@@ -46,8 +46,14 @@ fn explain(
             ));
         }
         JobState::PermanentlyFailed => {
+            // The reason its last kept attempt ended: `exit code 3`, `timed out`.
+            let reason = detail
+                .runs
+                .last()
+                .map(|run| format!(" ({})", super::show::how_it_ended(&run.ended)))
+                .unwrap_or_default();
             return Ok(format!(
-                "failed permanently at {since} after {} attempt(s); only `bgq retry {}` runs it again",
+                "failed permanently at {since} after {} attempt(s){reason}; only `bgq retry {}` runs it again",
                 job.attempts, job.id
             ));
         }
@@ -128,10 +134,27 @@ fn explain(
             None => {}
         }
     }
+    if let Some(broken) = store
+        .broken_callbacks()?
+        .into_iter()
+        .find(|broken| broken.queue == job.queue && broken.callback == job.callback)
+    {
+        return Ok(format!(
+            "waits: its callback `{}` could not be started since {} ({}); fix the deployment and the next run starts it, spending no attempt",
+            escape::line(&job.callback),
+            when(broken.since, now),
+            escape::line(&broken.reason)
+        ));
+    }
     if job.run_at > now {
         return Ok(if job.state == JobState::TemporarilyFailed {
+            let reason = detail
+                .runs
+                .last()
+                .map(|run| format!(" ({})", super::show::how_it_ended(&run.ended)))
+                .unwrap_or_default();
             format!(
-                "is in backoff until {} after attempt {} failed",
+                "is in backoff until {} after attempt {} failed{reason}",
                 when(job.run_at, now),
                 job.attempts
             )

@@ -6,7 +6,7 @@
 //! outcome before that slot starts another job. One thread per running callback only waits for
 //! it (see `runner`), so a crash re-runs at most the jobs that were running.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::activity::{Activity, JobEvent};
 use crate::cli::ProcessArgs;
 use crate::config::Config;
 use crate::coord::Liveness;
@@ -119,6 +120,9 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         on_demand: args.on_demand,
         groups: RunningGroups::default(),
         guard: None,
+        activity: Activity::new(verbose, args.log_format),
+        broken: HashMap::new(),
+        marked: HashSet::new(),
     };
     if worker.store.spans_hosts() {
         worker.guard = Some(Guard::start()?);
@@ -151,12 +155,23 @@ pub fn run(config: &Config, args: &ProcessArgs, verbose: bool) -> anyhow::Result
         deadline: args.max_time.map(|max| Instant::now() + max),
         max_memory: args.max_memory,
     };
-    let result = worker.work(&limits, &stop);
+    let mut result = worker.work(&limits, &stop);
     if result.is_err() && worker.store.spans_hosts() {
         // Our jobs may be recovered on another host once we are gone: their callbacks go first.
         kill_groups(&worker.groups);
     }
-    let error = result.as_ref().err().map(|err| format!("{err:#}"));
+    let mut error = result.as_ref().err().map(|err| format!("{err:#}"));
+    if result.is_ok() && !worker.broken.is_empty() {
+        // Said on stderr when it happened: the run's record says why it exits 1.
+        let mut broken: Vec<String> = worker
+            .broken
+            .iter()
+            .map(|(callback, broken)| format!("callback `{callback}`: {}", broken.reason))
+            .collect();
+        broken.sort();
+        error = Some(broken.join("; "));
+        result = Err(crate::error::Unhealthy.into());
+    }
     // Best effort when the run failed: the error is what the user must see.
     let ended = worker.store.end_run(
         run,
@@ -258,8 +273,13 @@ struct Limits {
 
 /// What a waiter thread tells the main loop about a callback.
 enum Event {
-    /// It runs in this process group.
-    Started { id: i64, group: ProcessRecord },
+    /// It runs, in this process group if it could be identified.
+    Started {
+        id: i64,
+        group: Option<ProcessRecord>,
+    },
+    /// It could not be started: a deployment problem, not the job's (SPEC section 5).
+    NotStarted { id: i64, why: String },
     /// It ended (or could not start).
     Finished {
         id: i64,
@@ -308,20 +328,14 @@ impl Waiters {
                         let Ok((id, prepared)) = next else { return };
                         let event = match Prepared::spawn(prepared) {
                             Ok(started) => {
-                                if let Some(group) = started.group() {
-                                    let group = group.clone();
-                                    if finished.send(Event::Started { id, group }).is_err() {
-                                        return;
-                                    }
+                                let group = started.group().cloned();
+                                if finished.send(Event::Started { id, group }).is_err() {
+                                    return;
                                 }
                                 let (exit, output) = started.finish();
                                 Event::Finished { id, exit, output }
                             }
-                            Err(why) => Event::Finished {
-                                id,
-                                exit: Exit::NotStarted(why),
-                                output: Vec::new(),
-                            },
+                            Err(why) => Event::NotStarted { id, why },
                         };
                         if finished.send(event).is_err() {
                             return;
@@ -374,6 +388,22 @@ struct Worker<'a> {
     groups: RunningGroups,
     /// Kills the callbacks if this run dies (a queue shared by hosts: see `coord::guard`).
     guard: Option<Guard>,
+    /// Where job starts and ends are logged (`-v`, `--log-format`).
+    activity: Activity,
+    /// Callbacks this run could not start, by name: it claims no more of their jobs (a watch
+    /// run tries again every poll).
+    broken: HashMap<String, Broken>,
+    /// Callbacks of this queue marked broken in the database (by this run or an earlier one):
+    /// the mark goes when this run starts one.
+    marked: HashSet<String>,
+}
+
+/// A callback this run could not start.
+struct Broken {
+    /// Why, as said on stderr.
+    reason: String,
+    /// When a job of it last failed to start.
+    at: Instant,
 }
 
 /// Process groups of running callbacks, by job id.
@@ -401,11 +431,14 @@ struct Running {
     /// Stops the callback when `bgq cancel --kill` marks the job.
     stop: StopHandle,
     stop_requested: bool,
+    /// When it was handed to its waiter, for the activity log's duration.
+    since: Instant,
 }
 
 impl Worker<'_> {
     /// The run's work under the lock: recovery, every due job, then the digest of notices.
     fn work(&mut self, limits: &Limits, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.read_broken_marks()?;
         self.recover_orphans()?;
         self.warn_unknown_callbacks()?;
         if let Some(poll) = self.watch_poll {
@@ -608,7 +641,7 @@ impl Worker<'_> {
                 let left = callback
                     .concurrency
                     .map_or(usize::MAX, |limit| limit.saturating_sub(running));
-                (name.as_str(), left)
+                (name.as_str(), if self.held_back(name) { 0 } else { left })
             })
             .collect();
         let limits: Vec<Option<usize>> = self
@@ -679,7 +712,15 @@ impl Worker<'_> {
                     }
                     prepared.push((job, ready));
                 }
-                Err(why) => self.settle(&job, Exit::NotStarted(why), Vec::new(), false),
+                Err(why) => {
+                    self.settle(
+                        &job,
+                        Exit::NotStarted(why),
+                        Vec::new(),
+                        false,
+                        Duration::ZERO,
+                    );
+                }
             }
         }
         let pipes: Vec<(i64, u64)> = prepared
@@ -703,6 +744,7 @@ impl Worker<'_> {
                     group: None,
                     stop,
                     stop_requested: false,
+                    since: Instant::now(),
                 },
             );
             self.waiters.run(id, ready, self.running.len())?;
@@ -712,7 +754,8 @@ impl Worker<'_> {
 
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Started { id, group } => self.record_group(id, group),
+            Event::Started { id, group } => self.callback_started(id, group),
+            Event::NotStarted { id, why } => self.not_started(id, &why),
             Event::Finished { id, exit, output } => self.finish_running(id, exit, output),
             Event::DatabaseWritten => Ok(()),
         }
@@ -738,12 +781,19 @@ impl Worker<'_> {
     }
 
     fn finish_running(&mut self, id: i64, exit: Exit, output: Vec<u8>) -> anyhow::Result<()> {
-        let Some(Running {
+        let Running {
             job,
             stop_requested,
+            since,
             ..
-        }) = self.running.remove(&id)
-        else {
+        } = self.take_running(id)?;
+        self.settle(&job, exit, output, stop_requested, since.elapsed());
+        Ok(())
+    }
+
+    /// Forgets the running job `id`, whose callback ended or could not start.
+    fn take_running(&mut self, id: i64) -> anyhow::Result<Running> {
+        let Some(running) = self.running.remove(&id) else {
             bail!("a callback of job {id} ended that was not running");
         };
         if let Some(pgid) = lock_groups(&self.groups).remove(&id)
@@ -753,10 +803,96 @@ impl Worker<'_> {
                 .remove(pgid)
                 .context("cannot tell the callbacks' guard of a callback's end")?;
         }
-        if let Some(count) = self.running_per_callback.get_mut(&job.callback) {
+        if let Some(count) = self.running_per_callback.get_mut(&running.job.callback) {
             *count = count.saturating_sub(1);
         }
-        self.settle(&job, exit, output, stop_requested);
+        Ok(running)
+    }
+
+    /// The callback of a claimed job started: it is logged, its process group recorded, and a
+    /// broken mark of its callback deleted.
+    fn callback_started(&mut self, id: i64, group: Option<ProcessRecord>) -> anyhow::Result<()> {
+        if let Some(group) = group {
+            self.record_group(id, group)?;
+        }
+        let Some(running) = self.running.get(&id) else {
+            return Ok(());
+        };
+        let job = &running.job;
+        self.activity.start(&job_event(job), now_millis());
+        if !self.marked.contains(&job.callback) && !self.broken.contains_key(&job.callback) {
+            return Ok(());
+        }
+        let callback = job.callback.clone();
+        self.store.callback_started(self.queue, &callback)?;
+        self.marked.remove(&callback);
+        if self.broken.remove(&callback).is_some() {
+            crate::diagnostic!(
+                "bgq: callback `{}` of queue `{}` starts again",
+                escape::line(&callback),
+                escape::line(self.queue)
+            );
+        }
+        Ok(())
+    }
+
+    /// The callback of claimed job `id` could not be started (`why`): a deployment problem, not
+    /// the job's (SPEC section 5). The job goes back as it was, spending no attempt; this run
+    /// starts no more jobs of that callback (a watch run tries again after a poll interval);
+    /// stderr hears of it once per run; the run exits 1; `status` reports the callback.
+    fn not_started(&mut self, id: i64, why: &str) -> anyhow::Result<()> {
+        let Running { job, .. } = self.take_running(id)?;
+        // Not a job this run started.
+        self.started = self.started.saturating_sub(1);
+        let now = now_millis();
+        if !self.store.unclaim(id, job.fence, why, now)? {
+            warn_stale(id, job.fence);
+        }
+        self.marked.insert(job.callback.clone());
+        self.activity.not_started(&job_event(&job), why, now);
+        let first = !self.broken.contains_key(&job.callback);
+        self.broken.insert(
+            job.callback.clone(),
+            Broken {
+                reason: why.to_owned(),
+                at: Instant::now(),
+            },
+        );
+        if first {
+            let retry = match self.watch_poll {
+                Some(poll) => format!(
+                    "this run tries again every {} and says when it starts",
+                    crate::duration::format(poll)
+                ),
+                None => "this run starts no more of them".to_owned(),
+            };
+            crate::diagnostic!(
+                "bgq: error: callback `{}` of queue `{}` cannot be started: {why}; its jobs stay as they were, spending no attempt (job {id} put back); {retry}",
+                escape::line(&job.callback),
+                escape::line(self.queue)
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether jobs of `callback` wait for now because it could not be started: for the rest
+    /// of a cron run, until the next poll of a watch run.
+    fn held_back(&self, callback: &str) -> bool {
+        self.broken.get(callback).is_some_and(|broken| {
+            self.watch_poll
+                .is_none_or(|poll| broken.at.elapsed() < poll)
+        })
+    }
+
+    /// Reads which callbacks of this queue are marked broken.
+    fn read_broken_marks(&mut self) -> anyhow::Result<()> {
+        self.marked = self
+            .store
+            .broken_callbacks()?
+            .into_iter()
+            .filter(|broken| broken.queue == self.queue)
+            .map(|broken| broken.callback)
+            .collect();
         Ok(())
     }
 
@@ -781,7 +917,14 @@ impl Worker<'_> {
     /// Decides how a run ended; the result is committed with the next claim. A callback
     /// `stopped` for `bgq cancel --kill` that did not exit 0 leaves its job CANCELLED, neither a
     /// failure nor a notice.
-    fn settle(&mut self, job: &ClaimedJob, exit: Exit, mut output: Vec<u8>, stopped: bool) {
+    fn settle(
+        &mut self,
+        job: &ClaimedJob,
+        exit: Exit,
+        mut output: Vec<u8>,
+        stopped: bool,
+        ran: Duration,
+    ) {
         let now = now_millis();
         let end = if stopped {
             RunEnd::Stopped(&exit)
@@ -798,6 +941,14 @@ impl Worker<'_> {
             &self.rules(&job.callback),
             now,
             random_spread(job.id),
+        );
+        let ended = outcome::attempt_end(end, transition.state);
+        self.activity.end(
+            &job_event(job),
+            &ended,
+            transition.state,
+            Millis::try_from(ran.as_millis()).unwrap_or(Millis::MAX),
+            now,
         );
         let cancelled = transition.state == JobState::Cancelled;
         if cancelled {
@@ -819,6 +970,8 @@ impl Worker<'_> {
             ended_at: now,
             notified: transition.notified_now,
             notice: transition.notice,
+            ended,
+            history: self.config.history,
         });
     }
 
@@ -1019,6 +1172,7 @@ impl Worker<'_> {
         let notice = transition
             .notice
             .unwrap_or((NoticeKind::Orphan, format!("recovered: {report}")));
+        let ended = outcome::attempt_end(RunEnd::Lost, transition.state);
         let applied = self.store.complete(&Completion {
             id: orphan.id,
             fence: orphan.fence,
@@ -1030,7 +1184,18 @@ impl Worker<'_> {
             ended_at: now,
             notified: transition.notified_now,
             notice: Some(notice),
+            ended,
+            history: self.config.history,
         })?;
+        if applied == Applied::Stored {
+            let job = JobEvent {
+                id: orphan.id,
+                queue: self.queue,
+                callback: &orphan.callback,
+                attempt: orphan.fence.attempt,
+            };
+            self.activity.end(&job, &ended, transition.state, 0, now);
+        }
         match applied {
             Applied::Stored if shared => say(),
             // Another host recovered it first.
@@ -1053,6 +1218,16 @@ impl Worker<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// What the activity log says of `job`.
+fn job_event(job: &ClaimedJob) -> JobEvent<'_> {
+    JobEvent {
+        id: job.id,
+        queue: &job.queue,
+        callback: &job.callback,
+        attempt: job.attempts,
     }
 }
 

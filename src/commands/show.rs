@@ -1,4 +1,5 @@
-//! `bgq show ID`: one job, whole: every field, its parameters and its last output.
+//! `bgq show ID`: one job, whole: every field, its parameters, its kept attempts (SPEC section
+//! 12) and its last output.
 
 use std::io::Write;
 
@@ -6,10 +7,14 @@ use crate::cli::ShowArgs;
 use crate::config::Config;
 use crate::error::usage;
 use crate::escape;
-use crate::human::full_time;
+use crate::human::{elapsed, full_time, when};
 use crate::job::{JobState, JsonView, PayloadView, StoredPayload, format_utc, now_millis};
 use crate::notify::NoticeKind;
-use crate::store::{Durability, JobDetail, Store};
+use crate::runner::signal_name;
+use crate::store::{AttemptEnd, AttemptOutcome, AttemptRecord, Durability, JobDetail, Store};
+
+/// Lines of each attempt's output tail that the text form shows (`--json` has all of it).
+const ATTEMPT_OUTPUT_LINES: usize = 5;
 
 /// Bytes of a raw payload shown in hex.
 const HEX_PREVIEW: usize = 64;
@@ -76,6 +81,8 @@ fn write_json(detail: &JobDetail, out: &mut impl Write) -> anyhow::Result<()> {
         Ok(PayloadView::Raw(bytes)) => Parameters::Base64(Base64(bytes)),
         Err(why) => Parameters::Error(why),
     };
+    let runs: Vec<serde_json::Value> = detail.runs.iter().map(run_json).collect();
+    object.insert("runs".into(), runs.into());
     let shown = Shown {
         fields: object,
         parameters,
@@ -83,6 +90,67 @@ fn write_json(detail: &JobDetail, out: &mut impl Write) -> anyhow::Result<()> {
     };
     serde_json::to_writer(out, &shown)?;
     Ok(())
+}
+
+/// One kept attempt as `show --json` has it in `runs`.
+fn run_json(run: &AttemptRecord) -> serde_json::Value {
+    serde_json::json!({
+        "attempt": run.attempt,
+        "run": run.run,
+        "started_at": format_utc(run.started_at),
+        "ended_at": format_utc(run.ended_at),
+        "duration_ms": (run.ended_at - run.started_at).max(0),
+        "outcome": run.ended.outcome.as_str(),
+        "exit_code": run.ended.exit_code,
+        "signal": run.ended.signal.map(signal_name),
+        "output": String::from_utf8_lossy(&run.output),
+    })
+}
+
+/// How an attempt ended, in words: `exit code 3: failed permanently`, `timed out`.
+pub fn how_it_ended(ended: &AttemptEnd) -> String {
+    let exit = match (ended.exit_code, ended.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {}", signal_name(signal)),
+        (None, None) => "no exit status".to_owned(),
+    };
+    match ended.outcome {
+        AttemptOutcome::Finished => format!("{exit}: finished"),
+        AttemptOutcome::TemporarilyFailed => format!("{exit}: temporarily failed"),
+        AttemptOutcome::Waiting => format!("{exit}: waiting"),
+        AttemptOutcome::PermanentlyFailed => format!("{exit}: failed permanently"),
+        AttemptOutcome::Timeout => "timed out (its process group was killed)".to_owned(),
+        AttemptOutcome::Cancelled => format!("cancelled by `bgq cancel --kill` ({exit})"),
+        AttemptOutcome::Recovered => "recovered after a crash (its `process` run died)".to_owned(),
+    }
+}
+
+/// The kept attempts, oldest first, each with the end of its output.
+fn describe_runs(detail: &JobDetail, now: i64) -> String {
+    if detail.runs.is_empty() {
+        return "attempts kept: none\n".to_owned();
+    }
+    let mut text = format!("attempts kept ({}, oldest first):\n", detail.runs.len());
+    for run in &detail.runs {
+        text.push_str(&format!(
+            "  attempt {} (run {}): started {}, ran {}, {}\n",
+            run.attempt,
+            run.run,
+            when(run.started_at, now),
+            elapsed(run.ended_at - run.started_at),
+            how_it_ended(&run.ended)
+        ));
+        let output = String::from_utf8_lossy(&run.output);
+        let lines: Vec<&str> = output.lines().collect();
+        let skipped = lines.len().saturating_sub(ATTEMPT_OUTPUT_LINES);
+        if skipped > 0 {
+            text.push_str(&format!("    ({skipped} earlier line(s) of output)\n"));
+        }
+        for line in &lines[skipped..] {
+            text.push_str(&format!("    | {}\n", escape::line(line)));
+        }
+    }
+    text
 }
 
 /// `show --json`: the fields, then the parameters, then the output.
@@ -237,6 +305,7 @@ fn describe(config: &Config, detail: &JobDetail, pending: &[NoticeKind], now: i6
         }
         Err(why) => text.push_str(&format!("parameters: unreadable: {}\n", name(why))),
     }
+    text.push_str(&describe_runs(detail, now));
     if detail.output.is_empty() {
         text.push_str("output of the last run: none\n");
     } else {

@@ -1,7 +1,8 @@
 //! `bgq status`: a health check for monitoring. Exit 0 when every queue checked is healthy; 1
-//! with one line per problem when `process` has not run, a run has held the lock, or a due job
-//! has waited longer than `--stale-after`, or a job waits (`--after`) for one that will never
-//! finish. Pauses in force are said, not counted unhealthy.
+//! with one line per problem when `process` has not run, a run has held the lock, a due job
+//! has waited longer than `--stale-after`, a callback could not be started (until a run starts
+//! it again), or a job waits (`--after`) for one that will never finish. Pauses in force are
+//! said, not counted unhealthy.
 
 use std::io::Write;
 
@@ -24,6 +25,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         args.queue.clone()
     };
     let due_jobs = store.due_jobs(now)?;
+    let broken = store.broken_callbacks()?;
     let mut healthy = true;
     let mut out = std::io::stdout().lock();
     for queue in &queues {
@@ -32,7 +34,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         let problems = problems(last_run.as_ref(), due, now, stale_after);
         // A monitor reads one line per problem; a queue name must not make two (or a command).
         let shown = escape::line(queue);
-        if problems.is_empty() {
+        let callbacks_broken = broken.iter().any(|broken| &broken.queue == queue);
+        if problems.is_empty() && !callbacks_broken {
             let count = due.map_or(0, |due| due.count);
             let runs = match last_run {
                 Some(run) if watching(&run) => format!(
@@ -49,6 +52,16 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         for problem in &problems {
             healthy = false;
             writeln!(out, "stale: queue `{shown}`: {problem}")?;
+        }
+        for broken in broken.iter().filter(|broken| &broken.queue == queue) {
+            healthy = false;
+            writeln!(
+                out,
+                "broken: queue `{shown}`: callback `{}` cannot be started since {}: {}; its jobs wait, spending no attempt, until a run starts it",
+                escape::line(&broken.callback),
+                when(broken.since, now),
+                escape::line(&broken.reason)
+            )?;
         }
     }
     // Pauses are an operator's choice, said but not counted unhealthy (their jobs still go

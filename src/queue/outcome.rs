@@ -8,6 +8,7 @@ use crate::job::{JobState, Millis};
 use crate::notify::NoticeKind;
 use crate::queue::backoff::{Retry, RetryPolicy};
 use crate::runner::Exit;
+use crate::store::{AttemptEnd, AttemptOutcome};
 
 /// What a callback's exit means for its job (SPEC section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,33 @@ impl Transition {
             notice: None,
             notified_now: false,
         }
+    }
+}
+
+/// How a run that ended so (`end`), leaving its job in `state`, is kept in the job's history.
+pub fn attempt_end(end: RunEnd<'_>, state: JobState) -> AttemptEnd {
+    let exit = match end {
+        RunEnd::Exited(exit) | RunEnd::Stopped(exit) => Some(exit),
+        RunEnd::Lost => None,
+    };
+    let (exit_code, signal) = match exit {
+        Some(Exit::Code(code)) => (Some(*code), None),
+        Some(Exit::Signal(signal)) => (None, Some(*signal)),
+        _ => (None, None),
+    };
+    let outcome = match (end, state) {
+        (RunEnd::Lost, _) => AttemptOutcome::Recovered,
+        (_, JobState::Cancelled) => AttemptOutcome::Cancelled,
+        _ if matches!(exit, Some(Exit::TimedOut(_))) => AttemptOutcome::Timeout,
+        (_, JobState::Finished) => AttemptOutcome::Finished,
+        (_, JobState::Waiting) => AttemptOutcome::Waiting,
+        (_, JobState::TemporarilyFailed) => AttemptOutcome::TemporarilyFailed,
+        _ => AttemptOutcome::PermanentlyFailed,
+    };
+    AttemptEnd {
+        outcome,
+        exit_code,
+        signal,
     }
 }
 
@@ -240,6 +268,101 @@ mod tests {
     static EXIT_255: Exit = Exit::Code(255);
     static KILLED: Exit = Exit::Signal(9);
     static TIMED_OUT: Exit = Exit::TimedOut(Duration::from_secs(60));
+
+    #[test]
+    fn each_end_of_a_run_is_kept_in_the_history_as_what_it_was() {
+        use AttemptOutcome as O;
+        let cases = [
+            (
+                RunEnd::Exited(&OK),
+                JobState::Finished,
+                O::Finished,
+                Some(0),
+                None,
+            ),
+            (
+                RunEnd::Exited(&TEMPFAIL),
+                JobState::TemporarilyFailed,
+                O::TemporarilyFailed,
+                Some(75),
+                None,
+            ),
+            (
+                RunEnd::Exited(&TEMPFAIL),
+                JobState::PermanentlyFailed,
+                O::PermanentlyFailed,
+                Some(75),
+                None,
+            ),
+            (
+                RunEnd::Exited(&WAIT),
+                JobState::Waiting,
+                O::Waiting,
+                Some(76),
+                None,
+            ),
+            (
+                RunEnd::Exited(&TWO),
+                JobState::PermanentlyFailed,
+                O::PermanentlyFailed,
+                Some(2),
+                None,
+            ),
+            (
+                RunEnd::Exited(&KILLED),
+                JobState::PermanentlyFailed,
+                O::PermanentlyFailed,
+                None,
+                Some(9),
+            ),
+            (
+                RunEnd::Exited(&TIMED_OUT),
+                JobState::TemporarilyFailed,
+                O::Timeout,
+                None,
+                None,
+            ),
+            (
+                RunEnd::Exited(&TIMED_OUT),
+                JobState::PermanentlyFailed,
+                O::Timeout,
+                None,
+                None,
+            ),
+            (
+                RunEnd::Stopped(&KILLED),
+                JobState::Cancelled,
+                O::Cancelled,
+                None,
+                Some(9),
+            ),
+            (
+                RunEnd::Stopped(&OK),
+                JobState::Finished,
+                O::Finished,
+                Some(0),
+                None,
+            ),
+            (
+                RunEnd::Lost,
+                JobState::TemporarilyFailed,
+                O::Recovered,
+                None,
+                None,
+            ),
+        ];
+        for (end, state, outcome, exit_code, signal) in cases {
+            assert_eq!(
+                attempt_end(end, state),
+                AttemptEnd {
+                    outcome,
+                    exit_code,
+                    signal
+                },
+                "{end:?} → {state:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_end_of_a_run_leads_where_the_spec_says() {

@@ -28,8 +28,8 @@ use crate::job::{JobState, Millis, NewJob, Payload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::group_hold;
 use crate::store::{
-    Applied, Change, ClaimRequest, ClaimedJob, Completion, Fence, JobBrief, ListFilter, Pause,
-    Published, Schedule, Selection, Store, Tally,
+    Applied, AttemptEnd, AttemptOutcome, Change, ClaimRequest, ClaimedJob, Completion, Fence,
+    JobBrief, ListFilter, Pause, Published, Schedule, Selection, Store, Tally,
 };
 
 /// Defines, in the module that invokes it, a module `conformance` with one `#[test]` per
@@ -66,6 +66,10 @@ macro_rules! conformance_suite {
             paused_jobs_are_not_claimed_until_resumed,
             a_job_cleared_unfinished_keeps_its_dependents_waiting,
             runs_are_totalled_per_callback_and_outcome,
+            each_stored_run_adds_to_a_bounded_history_oldest_first,
+            a_cancelled_run_is_kept_as_cancelled_and_a_stale_one_not_at_all,
+            a_job_whose_callback_cannot_start_is_put_back_as_it_was,
+            a_put_back_job_marked_for_cancelling_becomes_cancelled,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -182,8 +186,26 @@ pub(crate) fn finish(store: &mut dyn Store, id: i64, state: JobState, at: Millis
             ended_at: at,
             notified: false,
             notice: None,
+            ended: end_of(state),
+            history: 10,
         })
         .expect("complete");
+}
+
+/// How a run that left its job in `state` ended, as a callback's exit would have it.
+pub(crate) fn end_of(state: JobState) -> AttemptEnd {
+    let (outcome, exit_code) = match state {
+        JobState::Finished => (AttemptOutcome::Finished, Some(0)),
+        JobState::TemporarilyFailed => (AttemptOutcome::TemporarilyFailed, Some(75)),
+        JobState::Waiting => (AttemptOutcome::Waiting, Some(76)),
+        JobState::Cancelled => (AttemptOutcome::Cancelled, None),
+        _ => (AttemptOutcome::PermanentlyFailed, Some(1)),
+    };
+    AttemptEnd {
+        outcome,
+        exit_code,
+        signal: None,
+    }
 }
 
 /// Whether job `id` carries the mark of `bgq cancel --kill`.
@@ -226,6 +248,8 @@ pub(crate) fn ended(
         ended_at: at,
         notified: false,
         notice: None,
+        ended: end_of(state),
+        history: 10,
     }
 }
 
@@ -283,6 +307,8 @@ pub(crate) fn serial_group_holds_younger_jobs_until_the_older_one_ends(store: &m
             ended_at: 1001,
             notified: false,
             notice: None,
+            ended: end_of(JobState::PermanentlyFailed),
+            history: 10,
         })
         .expect("complete");
     let next = claim(store, "general", run, 1001, &["a"])
@@ -347,6 +373,8 @@ pub(crate) fn a_failed_job_waits_for_a_later_run_even_when_due(store: &mut dyn S
             ended_at: 1000,
             notified: false,
             notice: None,
+            ended: end_of(JobState::TemporarilyFailed),
+            history: 10,
         })
         .expect("complete");
     assert_eq!(
@@ -1719,4 +1747,267 @@ pub(crate) fn runs_are_totalled_per_callback_and_outcome(store: &mut dyn Store) 
         .clear_batch(JobState::PermanentlyFailed, i64::MAX, 0, 100)
         .expect("clear");
     assert_eq!(totals(store), expected, "clear never decrements");
+}
+
+pub(crate) fn each_stored_run_adds_to_a_bounded_history_oldest_first(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None)], 1000).expect("publish");
+    let mut runs = Vec::new();
+    for turn in 0..4i64 {
+        let at = 2000 + turn * 1000;
+        let run = store.begin_run("general", &me(), at, true).expect("run");
+        runs.push(run);
+        store.promote_due("general", None, at).expect("promote");
+        let claimed = claim(store, "general", run, at, &["a"])
+            .expect("claim")
+            .expect("job");
+        let mut done = ended(
+            ids[0],
+            claimed.fence,
+            JobState::TemporarilyFailed,
+            at,
+            format!("turn {turn}").as_bytes(),
+        );
+        done.ended_at = at + 250;
+        done.history = 3;
+        assert_eq!(store.complete(&done).expect("complete"), Applied::Stored);
+    }
+    let detail = store.detail(ids[0]).expect("read").expect("kept");
+    let kept: Vec<(u32, i64, i64, i64, Vec<u8>)> = detail
+        .runs
+        .iter()
+        .map(|run| {
+            (
+                run.attempt,
+                run.run,
+                run.started_at,
+                run.ended_at,
+                run.output.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (2, runs[1], 3000, 3250, b"turn 1".to_vec()),
+            (3, runs[2], 4000, 4250, b"turn 2".to_vec()),
+            (4, runs[3], 5000, 5250, b"turn 3".to_vec()),
+        ],
+        "the newest three, oldest first"
+    );
+    assert!(
+        detail
+            .runs
+            .iter()
+            .all(|run| run.ended == end_of(JobState::TemporarilyFailed))
+    );
+    // A retry keeps the history; history = 0 adds nothing.
+    store
+        .change(
+            &Selection::Ids(&ids),
+            &Change::Retry {
+                now: 6000,
+                payload: None,
+            },
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    assert_eq!(
+        store
+            .detail(ids[0])
+            .expect("read")
+            .expect("kept")
+            .runs
+            .len(),
+        3
+    );
+    let run = store.begin_run("general", &me(), 7000, true).expect("run");
+    store.promote_due("general", None, 7000).expect("promote");
+    let claimed = claim(store, "general", run, 7000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let mut done = ended(ids[0], claimed.fence, JobState::Finished, 7100, b"");
+    done.ended = end_of(JobState::Finished);
+    done.history = 0;
+    store.complete(&done).expect("complete");
+    assert_eq!(
+        store
+            .detail(ids[0])
+            .expect("read")
+            .expect("kept")
+            .runs
+            .len(),
+        3
+    );
+}
+
+pub(crate) fn a_cancelled_run_is_kept_as_cancelled_and_a_stale_one_not_at_all(
+    store: &mut dyn Store,
+) {
+    let ids = publish(store, &[job("a", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    cancel(store, ids[0], 1100);
+    // The callback was stopped and died of SIGTERM: the decision said PERMANENTLY_FAILED, the
+    // mark makes it CANCELLED, and so does its history.
+    let mut done = ended(
+        ids[0],
+        claimed.fence,
+        JobState::PermanentlyFailed,
+        1200,
+        b"bye",
+    );
+    done.ended = AttemptEnd {
+        outcome: AttemptOutcome::PermanentlyFailed,
+        exit_code: None,
+        signal: Some(15),
+    };
+    assert_eq!(store.complete(&done).expect("complete"), Applied::Cancelled);
+    // A late word under the same fence: stale, no row.
+    assert_eq!(store.complete(&done).expect("complete"), Applied::Stale);
+    let detail = store.detail(ids[0]).expect("read").expect("kept");
+    assert_eq!(detail.record.state, JobState::Cancelled);
+    assert_eq!(detail.runs.len(), 1);
+    assert_eq!(
+        detail.runs[0].ended,
+        AttemptEnd {
+            outcome: AttemptOutcome::Cancelled,
+            exit_code: None,
+            signal: Some(15),
+        }
+    );
+    assert_eq!(detail.runs[0].started_at, 1000);
+}
+
+pub(crate) fn a_job_whose_callback_cannot_start_is_put_back_as_it_was(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None), job("b", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    // A first run that failed: TEMPORARILY_FAILED since 1500, due again at 2000.
+    let first = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    let mut failed = ended(
+        ids[0],
+        first.fence,
+        JobState::TemporarilyFailed,
+        2000,
+        b"once",
+    );
+    failed.ended_at = 1500;
+    store.complete(&failed).expect("complete");
+    let before = store.detail(ids[0]).expect("read").expect("kept");
+    let later = store.begin_run("general", &me(), 3000, false).expect("run");
+    let claimed = claim(store, "general", later, 3000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!((claimed.id, claimed.attempts), (ids[0], 2));
+    assert!(
+        store
+            .unclaim(ids[0], claimed.fence, "cannot start `x`: gone", 3001)
+            .expect("unclaim")
+    );
+    let after = store.detail(ids[0]).expect("read").expect("kept");
+    assert_eq!(after.record.state, JobState::TemporarilyFailed);
+    assert_eq!(after.record.attempts, 1, "no attempt spent");
+    assert_eq!(after.record.started_at, before.record.started_at);
+    assert_eq!(
+        after.record.state_changed_at,
+        before.record.state_changed_at
+    );
+    assert_eq!(after.record.run_at, before.record.run_at);
+    assert_eq!(after.runs.len(), 1, "no attempt recorded");
+    let broken = store.broken_callbacks().expect("broken");
+    assert_eq!(broken.len(), 1);
+    assert_eq!(
+        (
+            broken[0].queue.as_str(),
+            broken[0].callback.as_str(),
+            broken[0].since,
+            broken[0].run
+        ),
+        ("general", "a", 3001, later)
+    );
+    assert_eq!(broken[0].reason, "cannot start `x`: gone");
+    // A fence that no longer holds the job changes nothing.
+    assert!(
+        !store
+            .unclaim(ids[0], claimed.fence, "again", 3002)
+            .expect("unclaim")
+    );
+    // Due at once, for any run: claimed again with the same attempt number.
+    let again = store.begin_run("general", &me(), 4000, false).expect("run");
+    let retried = claim(store, "general", again, 4000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!((retried.id, retried.attempts), (ids[0], 2));
+    assert!(
+        store
+            .unclaim(ids[0], retried.fence, "still gone", 4001)
+            .expect("unclaim")
+    );
+    let broken = store.broken_callbacks().expect("broken");
+    assert_eq!(
+        (
+            broken.len(),
+            broken[0].since,
+            broken[0].run,
+            broken[0].reason.as_str()
+        ),
+        (1, 3001, again, "still gone"),
+        "an older mark keeps its since"
+    );
+    // A job never run before goes back READY, with no start time.
+    let fresh = claim(store, "general", again, 4100, &["b"])
+        .expect("claim")
+        .expect("job");
+    assert!(
+        store
+            .unclaim(ids[1], fresh.fence, "no b", 4101)
+            .expect("unclaim")
+    );
+    let b = store.detail(ids[1]).expect("read").expect("kept");
+    assert_eq!(
+        (b.record.state, b.record.attempts, b.record.started_at),
+        (JobState::Ready, 0, None)
+    );
+    assert_eq!(b.record.state_changed_at, 1000);
+    store.callback_started("general", "a").expect("started");
+    let broken = store.broken_callbacks().expect("broken");
+    assert_eq!(
+        broken
+            .iter()
+            .map(|b| b.callback.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+}
+
+pub(crate) fn a_put_back_job_marked_for_cancelling_becomes_cancelled(store: &mut dyn Store) {
+    let ids = publish(store, &[job("a", None)], 1000).expect("publish");
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let claimed = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    cancel(store, ids[0], 1100);
+    assert!(
+        store
+            .unclaim(ids[0], claimed.fence, "cannot start", 1200)
+            .expect("unclaim")
+    );
+    let detail = store.detail(ids[0]).expect("read").expect("kept");
+    assert_eq!(
+        (
+            detail.record.state,
+            detail.record.attempts,
+            detail.cancel_requested
+        ),
+        (JobState::Cancelled, 0, false)
+    );
+    assert!(
+        claim(store, "general", run, 1300, &["a"])
+            .expect("claim")
+            .is_none()
+    );
 }

@@ -176,8 +176,8 @@ pub trait Store {
     /// since the last call: a cheap check that reads no table.
     fn changed_elsewhere(&mut self) -> anyhow::Result<bool>;
 
-    /// In one transaction: stores how the runs in `done` ended (counting them in `tally`, which
-    /// is written too when `write_tally`), then claims up to `claim.limit` jobs (oldest first,
+    /// In one transaction: stores how the runs in `done` ended as `complete` does (counting them
+    /// in `tally`, which is written too when `write_tally`), then claims up to `claim.limit` jobs (oldest first,
     /// serial groups free, within each callback's capacity) and marks them PROCESSING for
     /// `claim.run`.
     ///
@@ -201,10 +201,26 @@ pub trait Store {
     /// Moves the due times of `queue`'s waiting jobs `by` milliseconds earlier; returns how many.
     fn shift_schedule(&mut self, queue: &str, by: Millis) -> anyhow::Result<usize>;
 
-    /// Stores how a run of a job ended, with its notice and its count for `stats`, if its fence
+    /// Stores how a run of a job ended, with its notice, its count for `stats` and a row in the
+    /// job's history of attempts (whose oldest rows beyond `done.history` go), if its fence
     /// still holds the job. A job marked by `bgq cancel --kill` whose run did not FINISH ends
     /// CANCELLED instead; under a fence that no longer holds the job nothing changes.
     fn complete(&mut self, done: &Completion) -> anyhow::Result<Applied>;
+
+    /// Puts back job `id`, whose callback could not be started under claim `fence` (SPEC
+    /// section 5: a deployment problem, not the job's): it is again as it was before the claim
+    /// (state, attempts, times), due at once, and no attempt is recorded; a job that `bgq
+    /// cancel --kill` marked meanwhile becomes CANCELLED instead. In the same transaction,
+    /// marks its callback broken in its queue for `run` with `reason` (an older mark keeps its
+    /// `since`). False, and nothing changed, when `fence` no longer holds the job.
+    fn unclaim(&mut self, id: i64, fence: Fence, reason: &str, now: Millis)
+    -> anyhow::Result<bool>;
+
+    /// The callbacks marked broken, by queue and callback.
+    fn broken_callbacks(&self) -> anyhow::Result<Vec<BrokenCallback>>;
+
+    /// Deletes the broken mark of `callback` in `queue`: a run started it.
+    fn callback_started(&mut self, queue: &str, callback: &str) -> anyhow::Result<()>;
 
     /// Writes the counts `tally` holds (see `settle_and_claim`) and empties it.
     fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()>;
@@ -483,6 +499,102 @@ pub struct Completion {
     pub notified: bool,
     /// A notice to store with the new state, sent with the run's digest.
     pub notice: Option<(NoticeKind, String)>,
+    /// How the run ended, for the job's history of attempts.
+    pub ended: AttemptEnd,
+    /// How many attempts of the job its history keeps (the newest; 0: none).
+    pub history: u32,
+}
+
+/// How one run of a job ended, as its history keeps it (table `attempts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptEnd {
+    /// What it came to.
+    pub outcome: AttemptOutcome,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// What a run of a job came to (the values of `attempts.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Exit 0.
+    Finished,
+    /// Exit 75.
+    TemporarilyFailed,
+    /// Exit 76.
+    Waiting,
+    /// Any other exit, or a signal.
+    PermanentlyFailed,
+    /// It ran past its timeout and was killed.
+    Timeout,
+    /// It was stopped by `bgq cancel --kill`.
+    Cancelled,
+    /// The `process` running it died; recovered by a later run.
+    Recovered,
+}
+
+impl AttemptOutcome {
+    /// Its name in the database and in `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Finished => "finished",
+            AttemptOutcome::TemporarilyFailed => "temporarily_failed",
+            AttemptOutcome::Waiting => "waiting",
+            AttemptOutcome::PermanentlyFailed => "permanently_failed",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Recovered => "recovered",
+        }
+    }
+
+    /// The outcome named `text` (see `as_str`).
+    pub fn parse(text: &str) -> Option<AttemptOutcome> {
+        [
+            AttemptOutcome::Finished,
+            AttemptOutcome::TemporarilyFailed,
+            AttemptOutcome::Waiting,
+            AttemptOutcome::PermanentlyFailed,
+            AttemptOutcome::Timeout,
+            AttemptOutcome::Cancelled,
+            AttemptOutcome::Recovered,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == text)
+    }
+}
+
+/// One kept attempt of a job (`bgq show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// BGQ_ATTEMPT of the run.
+    pub attempt: u32,
+    /// The `process` run that ran it.
+    pub run: i64,
+    /// When it was started.
+    pub started_at: Millis,
+    /// When it ended (or was found dead).
+    pub ended_at: Millis,
+    /// How it ended.
+    pub ended: AttemptEnd,
+    /// Tail of what it printed.
+    pub output: Vec<u8>,
+}
+
+/// A callback whose command could not be started (`bgq status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenCallback {
+    /// Queue of the run that could not start it.
+    pub queue: String,
+    /// Callback name.
+    pub callback: String,
+    /// Why, in one line.
+    pub reason: String,
+    /// Since when (the first failure since it last started).
+    pub since: Millis,
+    /// The run that last failed to start it.
+    pub run: i64,
 }
 
 /// What `Store::settle_and_claim` did.
@@ -545,6 +657,8 @@ pub struct JobDetail {
     pub claimed_run: i64,
     /// Whether `bgq cancel --kill` is stopping its callback (it is still PROCESSING).
     pub cancel_requested: bool,
+    /// Its kept attempts, oldest first.
+    pub runs: Vec<AttemptRecord>,
     /// The jobs it runs after (`publish --after`), with their states (`None`: deleted by
     /// `clear`, so it had FINISHED).
     pub after: Vec<(i64, Option<JobState>)>,

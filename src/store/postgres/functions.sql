@@ -118,7 +118,9 @@ BEGIN
         EXIT WHEN v_id IS NULL;
         IF v_group IS NULL THEN
             RETURN QUERY
-            UPDATE jobs j SET state = 'PROCESSING', due = false, attempts = j.attempts + 1,
+            UPDATE jobs j SET before_claim_state = j.state, before_claim_started_at = j.started_at,
+                    before_claim_changed_at = j.state_changed_at,
+                    state = 'PROCESSING', due = false, attempts = j.attempts + 1,
                     started_at = p_now, state_changed_at = p_now, claimed_run = p_run,
                     cancel_requested = false
                 WHERE j.id = v_id
@@ -127,7 +129,9 @@ BEGIN
         ELSE
             BEGIN
                 RETURN QUERY
-                UPDATE jobs j SET state = 'PROCESSING', due = false, attempts = j.attempts + 1,
+                UPDATE jobs j SET before_claim_state = j.state, before_claim_started_at = j.started_at,
+                    before_claim_changed_at = j.state_changed_at,
+                    state = 'PROCESSING', due = false, attempts = j.attempts + 1,
                         started_at = p_now, state_changed_at = p_now, claimed_run = p_run,
                         cancel_requested = false
                     WHERE j.id = v_id
@@ -236,16 +240,45 @@ CREATE OR REPLACE FUNCTION publish_raw(callback text, payload bytea, queue text 
                            NULL::json, queue, serial_group, identifier, run_at, priority,
                            is_unique) $$;
 
+-- Adds a run of job p_job to its history of attempts (table attempts) and deletes the rows older
+-- than its newest p_keep (none kept when p_keep is 0): one probe of attempts_job past them, so
+-- the cost of a run does not grow with the history.
+CREATE OR REPLACE FUNCTION record_attempt(p_job bigint, p_attempt integer, p_run bigint,
+                                          p_started_at bigint, p_ended_at bigint,
+                                          p_outcome text, p_exit_code integer, p_signal integer,
+                                          p_output bytea, p_keep integer)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    IF p_keep <= 0 THEN
+        RETURN;
+    END IF;
+    INSERT INTO attempts (job_id, attempt, run_id, started_at, ended_at, outcome, exit_code,
+                          signal, output)
+        VALUES (p_job, p_attempt, p_run, coalesce(p_started_at, p_ended_at), p_ended_at,
+                p_outcome, p_exit_code, p_signal, p_output);
+    DELETE FROM attempts a
+        WHERE a.job_id = p_job AND a.id <= (SELECT o.id FROM attempts o WHERE o.job_id = p_job
+                                            ORDER BY o.id DESC LIMIT 1 OFFSET p_keep);
+END
+$$;
+
 -- Stores how runs of p_run ended (one element of each array per run) and returns, per run, its
 -- job's queue and the outcome: 'stored'; 'cancelled' (asked to stop by `bgq cancel --kill`, it
 -- ends CANCELLED); 'stale' (the claim p_fence_runs/p_attempts no longer holds the job: a late
--- completion changes nothing). The rules are the SQLite backend's `complete`.
+-- completion changes nothing). The rules are the SQLite backend's `complete`. Each run that
+-- is stored or cancelled adds a row to its job's history (record_attempt(): p_run_outcomes,
+-- p_exit_codes, p_signals, keeping the newest p_history rows of each job), and counts in
+-- run_totals.
 CREATE OR REPLACE FUNCTION settle(p_ids bigint[], p_states text[], p_run_ats bigint[],
                                   p_due boolean[], p_uncount integer[], p_outputs bytea[],
                                   p_ended_at bigint[], p_notified boolean[],
                                   p_fence_runs bigint[], p_attempts integer[],
                                   p_notice_kinds text[], p_notice_reasons text[],
-                                  p_created_by bigint[])
+                                  p_created_by bigint[], p_run_outcomes text[],
+                                  p_exit_codes integer[], p_signals integer[],
+                                  p_history integer[])
     RETURNS TABLE (id bigint, outcome text, queue text)
     LANGUAGE plpgsql SET search_path FROM CURRENT
     AS $$
@@ -253,6 +286,7 @@ DECLARE
     v_index    integer;
     v_queue    text;
     v_callback text;
+    v_started  bigint;
     v_freed    text[];
     -- Runs stored, for run_totals: counted in one statement at the end.
     v_queues   text[] := '{}';
@@ -271,17 +305,21 @@ BEGIN
             WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING'
               AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
               AND (NOT j.cancel_requested OR p_states[v_index] = 'FINISHED')
-            RETURNING j.queue, j.callback INTO v_queue, v_callback;
+            RETURNING j.queue, j.callback, j.started_at INTO v_queue, v_callback, v_started;
         IF v_queue IS NULL THEN
             UPDATE jobs j SET state = 'CANCELLED', due = false, cancel_requested = false,
                     output = p_outputs[v_index], state_changed_at = p_ended_at[v_index]
                 WHERE j.id = p_ids[v_index] AND j.state = 'PROCESSING' AND j.cancel_requested
                   AND j.claimed_run = p_fence_runs[v_index] AND j.attempts = p_attempts[v_index]
-                RETURNING j.queue, j.callback INTO v_queue, v_callback;
+                RETURNING j.queue, j.callback, j.started_at INTO v_queue, v_callback, v_started;
             IF v_queue IS NOT NULL THEN
                 v_queues := v_queues || v_queue;
                 v_names := v_names || v_callback;
                 v_outcomes := v_outcomes || 'cancelled'::text;
+                PERFORM record_attempt(p_ids[v_index], p_attempts[v_index],
+                                       p_fence_runs[v_index], v_started, p_ended_at[v_index],
+                                       'cancelled', p_exit_codes[v_index], p_signals[v_index],
+                                       p_outputs[v_index], p_history[v_index]);
             END IF;
             id := p_ids[v_index];
             outcome := CASE WHEN v_queue IS NULL THEN 'stale' ELSE 'cancelled' END;
@@ -292,6 +330,10 @@ BEGIN
         v_queues := v_queues || v_queue;
         v_names := v_names || v_callback;
         v_outcomes := v_outcomes || lower(p_states[v_index]);
+        PERFORM record_attempt(p_ids[v_index], p_attempts[v_index], p_fence_runs[v_index],
+                               v_started, p_ended_at[v_index], p_run_outcomes[v_index],
+                               p_exit_codes[v_index], p_signals[v_index], p_outputs[v_index],
+                               p_history[v_index]);
         -- Most jobs have no dependents: one probe of dependencies_after decides.
         IF p_states[v_index] = 'FINISHED'
            AND EXISTS (SELECT 1 FROM dependencies d WHERE d.after_id = p_ids[v_index]) THEN
@@ -365,6 +407,8 @@ CREATE OR REPLACE FUNCTION settle_and_claim(p_ids bigint[], p_states text[], p_r
                                             p_notified boolean[], p_fence_runs bigint[],
                                             p_attempts integer[], p_notice_kinds text[],
                                             p_notice_reasons text[], p_created_by bigint[],
+                                            p_run_outcomes text[], p_exit_codes integer[],
+                                            p_signals integer[], p_history integer[],
                                             p_queue text, p_run bigint, p_now bigint,
                                             p_limit integer, p_callbacks text[],
                                             p_left integer[], p_fleet_limit integer[],
@@ -381,7 +425,7 @@ BEGIN
                NULL::integer, NULL::text, NULL::text, NULL::boolean
             FROM settle(p_ids, p_states, p_run_ats, p_due, p_uncount, p_outputs, p_ended_at,
                         p_notified, p_fence_runs, p_attempts, p_notice_kinds, p_notice_reasons,
-                        p_created_by) s;
+                        p_created_by, p_run_outcomes, p_exit_codes, p_signals, p_history) s;
     END IF;
     IF p_limit > 0 THEN
         RETURN QUERY

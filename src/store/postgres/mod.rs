@@ -35,9 +35,9 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Applied, Change, ClaimRequest, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail,
-    ListFilter, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Selection, Settled,
-    Store, StuckAfter, Tally,
+    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BrokenCallback, Change, ClaimRequest,
+    Completion, DueJobs, Durability, Fence, JobBrief, JobDetail, ListFilter, Orphan, Pause,
+    PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store, StuckAfter, Tally,
 };
 
 pub use connect::{Purpose, connect};
@@ -48,7 +48,9 @@ const SCHEMA: &str = include_str!("schema.sql");
 const UPGRADES: &[(i64, &str)] = &[(5, include_str!("upgrades/v5.sql"))];
 /// The schema's functions, applied to a new schema and whenever its revision is older.
 const FUNCTIONS: &str = include_str!("functions.sql");
-/// The revision of functions.sql, in `meta.functions`: 2 added settle() and settle_and_claim().
+/// The revision of functions.sql, in `meta.functions`: 2 added settle() and settle_and_claim();
+/// 3 keeps the job before its claim (for a callback that cannot start), the history of attempts,
+/// run totals, and leaves paused callbacks unclaimed.
 const FUNCTIONS_REVISION: i64 = 3;
 /// The schema version this binary writes: the same numbers as SQLite's.
 pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
@@ -669,6 +671,35 @@ impl PostgresStore {
         })
     }
 
+    /// The kept attempts of job `id`, oldest first.
+    fn attempts_of(&self, id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
+        let sql = self.sql(
+            "SELECT attempt, run_id, started_at, ended_at, outcome, exit_code, signal, output
+             FROM @.attempts WHERE job_id = $1 ORDER BY id",
+        );
+        let rows = self.reader().query_typed(&sql, &[(&id, Type::INT8)])?;
+        rows.iter()
+            .map(|row| {
+                let outcome: &str = row.get(4);
+                let output: Option<Vec<u8>> = row.get(7);
+                Ok(AttemptRecord {
+                    attempt: read_u32(row, 0),
+                    run: row.get(1),
+                    started_at: row.get(2),
+                    ended_at: row.get(3),
+                    ended: AttemptEnd {
+                        outcome: AttemptOutcome::parse(outcome).with_context(|| {
+                            format!("job {id} has an attempt of unknown outcome {outcome:?}")
+                        })?,
+                        exit_code: row.get(5),
+                        signal: row.get(6),
+                    },
+                    output: output.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     fn reader_self(&self) -> &Self {
         self
     }
@@ -1152,6 +1183,86 @@ impl Store for PostgresStore {
         self.in_database(|| format!("store the outcome of job {}", done.id), result)
     }
 
+    fn unclaim(
+        &mut self,
+        id: i64,
+        fence: Fence,
+        reason: &str,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
+        // One statement, so one transaction: the job put back and its callback marked.
+        let sql = self.sql(
+            "WITH job AS (
+                 UPDATE @.jobs SET
+                     state = CASE WHEN cancel_requested THEN 'CANCELLED'
+                                  ELSE coalesce(before_claim_state, 'READY') END,
+                     due = NOT cancel_requested, attempts = attempts - 1,
+                     started_at = before_claim_started_at,
+                     state_changed_at = CASE WHEN cancel_requested THEN $4
+                                             ELSE coalesce(before_claim_changed_at, $4) END,
+                     cancel_requested = false
+                 WHERE id = $1 AND state = 'PROCESSING' AND claimed_run = $2 AND attempts = $3
+                 RETURNING queue, callback)
+             INSERT INTO @.broken_callbacks (queue, callback, reason, since, run_id)
+             SELECT queue, callback, $5, $4, $2 FROM job
+             ON CONFLICT (queue, callback) DO UPDATE SET
+                 reason = excluded.reason, run_id = excluded.run_id
+             RETURNING 1",
+        );
+        let attempt = i32::try_from(fence.attempt).unwrap_or(i32::MAX);
+        let result = self
+            .reader()
+            .query_typed(
+                &sql,
+                &[
+                    (&id, Type::INT8),
+                    (&fence.run, Type::INT8),
+                    (&attempt, Type::INT4),
+                    (&now, Type::INT8),
+                    (&reason, Type::TEXT),
+                ],
+            )
+            .map(|rows| !rows.is_empty())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("put back job {id}"), result)
+    }
+
+    fn broken_callbacks(&self) -> anyhow::Result<Vec<BrokenCallback>> {
+        let sql = self.sql(
+            "SELECT queue, callback, reason, since, run_id FROM @.broken_callbacks
+             ORDER BY queue, callback",
+        );
+        let result = self
+            .reader()
+            .query_typed(&sql, &[])
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| BrokenCallback {
+                        queue: row.get(0),
+                        callback: row.get(1),
+                        reason: row.get(2),
+                        since: row.get(3),
+                        run: row.get(4),
+                    })
+                    .collect()
+            })
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "read broken callbacks".to_owned(), result)
+    }
+
+    fn callback_started(&mut self, queue: &str, callback: &str) -> anyhow::Result<()> {
+        let sql = self.sql("DELETE FROM @.broken_callbacks WHERE queue = $1 AND callback = $2");
+        let result = self
+            .reader()
+            .execute_typed(&sql, &[(&queue, Type::TEXT), (&callback, Type::TEXT)])
+            .map(|_| ())
+            .map_err(anyhow::Error::from);
+        self.in_database(
+            || format!("clear the broken mark of callback `{callback}`"),
+            result,
+        )
+    }
+
     fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
         let schema = self.schema.clone();
         let result = write_tally_to(tally, &mut *self.reader(), &schema);
@@ -1286,6 +1397,7 @@ impl Store for PostgresStore {
                          SELECT id, state, $5 FROM gone WHERE state <> 'FINISHED'
                          ON CONFLICT (id) DO UPDATE SET state = excluded.state),
                      deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone))
+                     history AS (DELETE FROM @.attempts WHERE job_id IN (SELECT id FROM gone))
                      SELECT count(*), max(id) FROM gone",
                 ),
                 &[
@@ -1463,6 +1575,7 @@ impl Store for PostgresStore {
                 notified: row.get(17),
                 claimed_run: row.get(18),
                 cancel_requested: row.get(19),
+                runs: self.attempts_of(id)?,
                 after: self.after(id)?,
             }))
         })();

@@ -45,6 +45,10 @@ CREATE TABLE jobs (
     blocked_by       integer NOT NULL DEFAULT 0,
     is_unique        boolean NOT NULL DEFAULT false,
     cancel_requested boolean NOT NULL DEFAULT false,
+    -- The job as it was before its last claim (see schema.sql).
+    before_claim_state      text,
+    before_claim_started_at bigint,
+    before_claim_changed_at bigint,
     CHECK (payload IS NOT NULL OR params_json IS NOT NULL)
 );
 

@@ -12,6 +12,9 @@ use super::{Param, in_schema, read_u32, stored_payload};
 use crate::job::{JobState, Payload};
 use crate::store::{Applied, ClaimRequest, ClaimedJob, Completion, Fence, Settled, Tally};
 
+/// How many parameters settle() takes.
+const OUTCOME_PARAMS: usize = 17;
+
 /// settle()'s parameters: one element of each array per completion.
 struct Outcomes<'a> {
     ids: Vec<i64>,
@@ -27,6 +30,10 @@ struct Outcomes<'a> {
     notice_kinds: Vec<Option<&'static str>>,
     notice_reasons: Vec<Option<&'a str>>,
     created_by: Vec<i64>,
+    run_outcomes: Vec<&'static str>,
+    exit_codes: Vec<Option<i32>>,
+    signals: Vec<Option<i32>>,
+    history: Vec<i32>,
 }
 
 impl<'a> Outcomes<'a> {
@@ -62,10 +69,20 @@ impl<'a> Outcomes<'a> {
                 .iter()
                 .map(|done| created_by.unwrap_or(done.fence.run))
                 .collect(),
+            run_outcomes: done
+                .iter()
+                .map(|done| done.ended.outcome.as_str())
+                .collect(),
+            exit_codes: done.iter().map(|done| done.ended.exit_code).collect(),
+            signals: done.iter().map(|done| done.ended.signal).collect(),
+            history: done
+                .iter()
+                .map(|done| i32::try_from(done.history).unwrap_or(i32::MAX))
+                .collect(),
         }
     }
 
-    fn params(&self) -> [Param<'_>; 13] {
+    fn params(&self) -> [Param<'_>; OUTCOME_PARAMS] {
         [
             (&self.ids, Type::INT8_ARRAY),
             (&self.states, Type::TEXT_ARRAY),
@@ -80,6 +97,10 @@ impl<'a> Outcomes<'a> {
             (&self.notice_kinds, Type::TEXT_ARRAY),
             (&self.notice_reasons, Type::TEXT_ARRAY),
             (&self.created_by, Type::INT8_ARRAY),
+            (&self.run_outcomes, Type::TEXT_ARRAY),
+            (&self.exit_codes, Type::INT4_ARRAY),
+            (&self.signals, Type::INT4_ARRAY),
+            (&self.history, Type::INT4_ARRAY),
         ]
     }
 }
@@ -221,7 +242,7 @@ pub(super) fn settle_one(
     created_by: Option<i64>,
 ) -> anyhow::Result<Applied> {
     let outcomes = Outcomes::new(std::slice::from_ref(done), created_by);
-    let placeholders: Vec<String> = (1..=13).map(|n| format!("${n}")).collect();
+    let placeholders: Vec<String> = (1..=OUTCOME_PARAMS).map(|n| format!("${n}")).collect();
     let sql = in_schema(
         schema,
         &format!(

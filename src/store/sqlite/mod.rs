@@ -26,9 +26,10 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Applied, Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief,
-    JobDetail, ListFilter, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Selection,
-    Settled, Store, StuckAfter, Tally,
+    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BrokenCallback, Change, ClaimRequest,
+    ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail, ListFilter, Orphan,
+    Pause, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store, StuckAfter,
+    Tally,
 };
 
 pub use export::SqliteExport;
@@ -704,6 +705,73 @@ impl Store for SqliteStore {
         )
     }
 
+    fn unclaim(
+        &mut self,
+        id: i64,
+        fence: Fence,
+        reason: &str,
+        now: Millis,
+    ) -> anyhow::Result<bool> {
+        let result = (|| -> anyhow::Result<bool> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let job: Option<(String, String)> = tx
+                .prepare_cached(UNCLAIM_SQL)?
+                .query_row(params![id, fence.run, fence.attempt, now], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            let Some((queue, callback)) = job else {
+                return Ok(false);
+            };
+            tx.prepare_cached(
+                "INSERT INTO broken_callbacks (queue, callback, reason, since, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (queue, callback) DO UPDATE SET
+                     reason = excluded.reason, run_id = excluded.run_id",
+            )?
+            .execute(params![queue, callback, reason, now, fence.run])?;
+            tx.commit()?;
+            Ok(true)
+        })();
+        in_database(&self.path, || format!("put back job {id}"), result)
+    }
+
+    fn broken_callbacks(&self) -> anyhow::Result<Vec<BrokenCallback>> {
+        let result = (|| -> anyhow::Result<Vec<BrokenCallback>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT queue, callback, reason, since, run_id FROM broken_callbacks
+                 ORDER BY queue, callback",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(BrokenCallback {
+                    queue: row.get(0)?,
+                    callback: row.get(1)?,
+                    reason: row.get(2)?,
+                    since: row.get(3)?,
+                    run: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "read broken callbacks".to_owned(), result)
+    }
+
+    fn callback_started(&mut self, queue: &str, callback: &str) -> anyhow::Result<()> {
+        let result = (|| -> anyhow::Result<()> {
+            self.conn
+                .prepare_cached("DELETE FROM broken_callbacks WHERE queue = ?1 AND callback = ?2")?
+                .execute(params![queue, callback])?;
+            Ok(())
+        })();
+        in_database(
+            &self.path,
+            || format!("clear the broken mark of callback `{callback}`"),
+            result,
+        )
+    }
+
     fn write_tally(&mut self, tally: &mut Tally) -> anyhow::Result<()> {
         let result = (|| -> anyhow::Result<()> {
             if tally.is_empty() {
@@ -864,6 +932,12 @@ impl Store for SqliteStore {
                    AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = dependencies.job_id)",
                 )?
                 .execute(params![after, upper_id])?;
+                // Their history: a range of attempts_job.
+                tx.prepare_cached(
+                    "DELETE FROM attempts WHERE job_id > ?1 AND job_id <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = attempts.job_id)",
+                )?
+                .execute(params![after, upper_id])?;
             }
             tx.commit()?;
             Ok((deleted, upper))
@@ -1006,12 +1080,14 @@ impl Store for SqliteStore {
                         notified: row.get(16)?,
                         claimed_run: row.get(17)?,
                         cancel_requested: row.get(18)?,
+                        runs: Vec::new(),
                         after: Vec::new(),
                     })
                 })
                 .optional()?
                 .map(|mut detail| {
                     detail.after = self.after(id)?;
+                    detail.runs = attempts_of(&self.conn, id)?;
                     Ok(detail)
                 })
                 .transpose()
@@ -1328,14 +1404,14 @@ fn prune_outcomes(conn: &Connection, queue: &str, now: Millis) -> anyhow::Result
 /// through anyway (FINISHED is the truth; a retry would repeat it).
 fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::Result<Applied> {
     let finished_at = (done.state == JobState::Finished).then_some(done.ended_at);
-    let stored: Option<(String, String)> = conn
+    let stored: Option<(String, String, Option<Millis>)> = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?2, run_at = ?3, due = ?4,
                     attempts = attempts - ?5, output = ?6, finished_at = ?7,
                     notified = notified OR ?8, state_changed_at = ?9, cancel_requested = 0
              WHERE id = ?1 AND state = 'PROCESSING' AND claimed_run = ?10 AND attempts = ?11
                AND (cancel_requested = 0 OR ?2 = 'FINISHED')
-             RETURNING queue, callback",
+             RETURNING queue, callback, started_at",
         )?
         .query_row(
             params![
@@ -1351,12 +1427,15 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
                 done.fence.run,
                 done.fence.attempt
             ],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
-    let Some((queue, callback)) = stored else {
-        let cancelled: Option<(String, String)> = conn
-            .prepare_cached(concat!(end_cancel_sql!(), " RETURNING queue, callback"))?
+    let Some((queue, callback, started_at)) = stored else {
+        let cancelled: Option<(String, String, Option<Millis>)> = conn
+            .prepare_cached(concat!(
+                end_cancel_sql!(),
+                " RETURNING queue, callback, started_at"
+            ))?
             .query_row(
                 params![
                     done.id,
@@ -1365,17 +1444,23 @@ fn complete(conn: &Connection, done: &Completion, tally: &mut Tally) -> anyhow::
                     done.fence.run,
                     done.fence.attempt
                 ],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
         // Otherwise no longer ours (recovered meanwhile, maybe claimed again): not a word of
         // this run may reach the job, not even its output.
-        let Some((queue, callback)) = cancelled else {
+        let Some((queue, callback, started_at)) = cancelled else {
             return Ok(Applied::Stale);
         };
         count_run(conn, &queue, &callback, JobState::Cancelled)?;
+        let ended = AttemptEnd {
+            outcome: AttemptOutcome::Cancelled,
+            ..done.ended
+        };
+        record_attempt(conn, done, ended, started_at)?;
         return Ok(Applied::Cancelled);
     };
+    record_attempt(conn, done, done.ended, started_at)?;
     tally.count(&queue, done.ended_at, done.state);
     count_run(conn, &queue, &callback, done.state)?;
     if done.state == JobState::Finished && conn.prepare_cached(UNBLOCK_SQL)?.execute([done.id])? > 0
@@ -1444,6 +1529,76 @@ fn read_pause(row: &Row<'_>) -> rusqlite::Result<Pause> {
         callback: (!callback.is_empty()).then_some(callback),
         since: row.get(2)?,
     })
+}
+
+/// Adds the run `done` ended (`ended`, started at `started_at`) to its job's history, and
+/// deletes what is older than the newest `done.history` rows: one index probe past them
+/// (attempts_job), so the cost per run does not grow with the history.
+fn record_attempt(
+    conn: &Connection,
+    done: &Completion,
+    ended: AttemptEnd,
+    started_at: Option<Millis>,
+) -> anyhow::Result<()> {
+    if done.history == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO attempts (job_id, attempt, run_id, started_at, ended_at, outcome, exit_code,
+                               signal, output)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        done.id,
+        done.fence.attempt,
+        done.fence.run,
+        started_at.unwrap_or(done.ended_at),
+        done.ended_at,
+        ended.outcome.as_str(),
+        ended.exit_code,
+        ended.signal,
+        done.output
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM attempts WHERE job_id = ?1 AND id <= (
+             SELECT id FROM attempts WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![done.id, done.history])?;
+    Ok(())
+}
+
+/// The kept attempts of job `id`, oldest first.
+fn attempts_of(conn: &Connection, id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attempt, run_id, started_at, ended_at, outcome, exit_code, signal, output
+         FROM attempts WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id], |row| {
+        let outcome: String = row.get(4)?;
+        let output: Option<Vec<u8>> = row.get(7)?;
+        Ok((
+            AttemptRecord {
+                attempt: row.get(0)?,
+                run: row.get(1)?,
+                started_at: row.get(2)?,
+                ended_at: row.get(3)?,
+                ended: AttemptEnd {
+                    outcome: AttemptOutcome::Finished,
+                    exit_code: row.get(5)?,
+                    signal: row.get(6)?,
+                },
+                output: output.unwrap_or_default(),
+            },
+            outcome,
+        ))
+    })?;
+    rows.map(|row| {
+        let (mut record, outcome) = row?;
+        record.ended.outcome = AttemptOutcome::parse(&outcome)
+            .with_context(|| format!("job {id} has an attempt of unknown outcome {outcome:?}"))?;
+        Ok(record)
+    })
+    .collect()
 }
 
 fn claim_one(
@@ -1592,6 +1747,19 @@ const PROMOTE_SQL: &str = "UPDATE jobs SET due = 1
 const CLEAR_UPPER_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_state
     WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT 1 OFFSET ?2";
 
+/// Puts back job ?1, claimed by run ?2 as attempt ?3, whose callback could not be started (at
+/// ?4): as it was before the claim, due at once; CANCELLED if `bgq cancel --kill` marked it.
+const UNCLAIM_SQL: &str = "UPDATE jobs SET
+        state = CASE WHEN cancel_requested = 1 THEN 'CANCELLED'
+                     ELSE coalesce(before_claim_state, 'READY') END,
+        due = 1 - cancel_requested, attempts = attempts - 1,
+        started_at = before_claim_started_at,
+        state_changed_at = CASE WHEN cancel_requested = 1 THEN ?4
+                                ELSE coalesce(before_claim_changed_at, ?4) END,
+        cancel_requested = 0
+    WHERE id = ?1 AND state = 'PROCESSING' AND claimed_run = ?2 AND attempts = ?3
+    RETURNING queue, callback";
+
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
     WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
@@ -1621,7 +1789,9 @@ fn claim_sql(callbacks: usize, blocking: usize) -> String {
         )
     };
     format!(
-        "UPDATE jobs SET state = 'PROCESSING', due = 0, attempts = attempts + 1,
+        "UPDATE jobs SET before_claim_state = state, before_claim_started_at = started_at,
+                before_claim_changed_at = state_changed_at,
+                state = 'PROCESSING', due = 0, attempts = attempts + 1,
                 started_at = ?3, state_changed_at = ?3, claimed_run = ?2, cancel_requested = 0
          WHERE id = (
              SELECT j.id FROM jobs j INDEXED BY jobs_ready

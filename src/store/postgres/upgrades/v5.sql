@@ -1,6 +1,12 @@
--- Upgrades a version-4 schema to version 5 (see schema.sql beside the folder): new tables only.
+-- Upgrades a version-4 schema to version 5 (see schema.sql beside the folder): new tables and columns only.
 -- Applied with search_path set to bgq's schema, in one transaction with the version change, under
 -- the upgrade lock.
+
+-- the job as it was before its last claim (see schema.sql); columns without a default rewrite
+-- no row.
+ALTER TABLE jobs ADD COLUMN before_claim_state text;
+ALTER TABLE jobs ADD COLUMN before_claim_started_at bigint;
+ALTER TABLE jobs ADD COLUMN before_claim_changed_at bigint;
 
 -- every kept attempt of a job, oldest first, for `bgq show` (a setting bounds how many
 -- are kept per job; `clear` deletes them with their job). A callback that could not start is not

@@ -1,6 +1,12 @@
 -- Upgrades a version-4 database to version 5: the history of attempts, pauses, monotonic run
--- counters and broken callbacks (see schema.sql). New tables only: no row is rewritten. Applied in
+-- counters and broken callbacks (see schema.sql). New tables and columns only: no row is rewritten. Applied in
 -- one transaction with the version change.
+
+-- the job as it was before its last claim (state, started_at, state_changed_at): a callback
+-- that cannot be started puts it back as it was. Added columns with no default rewrite no row.
+ALTER TABLE jobs ADD COLUMN before_claim_state TEXT;
+ALTER TABLE jobs ADD COLUMN before_claim_started_at INTEGER;
+ALTER TABLE jobs ADD COLUMN before_claim_changed_at INTEGER;
 
 -- every kept attempt of a job, oldest first, for `bgq show` (a setting bounds how many
 -- are kept per job; `clear` deletes them with their job). A callback that could not start is not
