@@ -1,6 +1,6 @@
 //! Callbacks that flood their output, close stdin at once, leave a child holding their output open,
-//! or look for the job's data in every command line on the machine. (`protocol.rs` covers missing
-//! and non-executable commands, an unread 1 MiB stdin and the output tail; `retries.rs` a callback
+//! or look for the job's data in every command line on the machine. (`broken_callbacks.rs` covers missing
+//! and non-executable commands; `protocol.rs` an unread 1 MiB stdin and the output tail; `retries.rs` a callback
 //! that ignores SIGTERM.)
 
 use std::fs;
@@ -257,7 +257,7 @@ fn job_data_never_appears_in_any_command_line() -> TestResult {
 }
 
 #[test]
-fn commands_that_cannot_run_fail_permanently_naming_their_path() -> TestResult {
+fn commands_that_cannot_run_leave_their_jobs_as_they_were_naming_their_path() -> TestResult {
     let env = TestEnv::new("")?;
     let plain = env.path("plain.txt");
     fs::write(&plain, "not a program\n")?;
@@ -278,16 +278,17 @@ fn commands_that_cannot_run_fail_permanently_naming_their_path() -> TestResult {
         .map(|(name, _)| env.publish(name, "{}"))
         .collect::<TestResult<Vec<i64>>>()?;
     let (code, stdout, stderr) = env.process_output(&[])?;
-    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
     for ((name, path), id) in commands.iter().zip(ids) {
-        assert_eq!(env.state(id)?, "PERMANENTLY_FAILED", "{name}");
-        let notice = stderr
+        assert_eq!(env.state(id)?, "READY", "{name}");
+        assert_eq!(env.job(id)?["attempts"], 0, "{name}");
+        let line = stderr
             .lines()
-            .find(|line| line.starts_with(&format!("bgq: notice: job {id} ({name})")))
-            .ok_or_else(|| format!("no notice for {name}: {stderr}"))?;
+            .find(|line| line.starts_with(&format!("bgq: error: callback `{name}` ")))
+            .ok_or_else(|| format!("no error line for {name}: {stderr}"))?;
         assert!(
-            notice.contains(&path.display().to_string()),
-            "the notice names {}: {notice}",
+            line.contains(&path.display().to_string()),
+            "the line names {}: {line}",
             path.display()
         );
     }

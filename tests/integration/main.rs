@@ -1,7 +1,9 @@
 //! One integration-test binary: each module covers one behaviour, and is named after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod activity_log;
 mod bad_input;
+mod broken_callbacks;
 mod cancel_kill;
 mod check;
 mod clear;
@@ -17,6 +19,7 @@ mod digest;
 mod disk_trouble;
 mod durability;
 mod fleet;
+mod history;
 mod hostile_callbacks;
 mod hostile_input;
 mod human_output;
