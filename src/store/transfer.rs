@@ -1,5 +1,6 @@
 //! What crosses from one backend to another when `bgq migrate` copies a queue: one plain row
-//! per stored row of every table (jobs, dependencies, runs, outcome counts, notices), read by a
+//! per stored row of every table (jobs, dependencies, runs, outcome counts, notices, the history
+//! of attempts), read by a
 //! [`Source`] in id order and written by the target backend, and the [`Census`] both sides are
 //! counted into, so that a copy is committed only when the target holds exactly what the source
 //! sent.
@@ -128,6 +129,31 @@ pub struct NoticeRow {
     pub created_at: i64,
 }
 
+/// One kept attempt of a job (table `attempts`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttemptRow {
+    /// Row number (oldest first within a job).
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// BGQ_ATTEMPT of the run.
+    pub attempt: i64,
+    /// The `process` run that ran it.
+    pub run_id: i64,
+    /// When it started.
+    pub started_at: i64,
+    /// When it ended.
+    pub ended_at: i64,
+    /// How it ended (finished, timeout, ...).
+    pub outcome: String,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i64>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i64>,
+    /// Tail of its output.
+    pub output: Option<Vec<u8>>,
+}
+
 /// Where rows come from, each table in id (or key) order, all from one consistent snapshot.
 /// Each method hands every row to `each` and stops at its first error.
 pub trait Source {
@@ -149,6 +175,11 @@ pub trait Source {
     fn notices(
         &mut self,
         each: &mut dyn FnMut(NoticeRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+    /// Every kept attempt.
+    fn attempts(
+        &mut self,
+        each: &mut dyn FnMut(AttemptRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>;
     /// The highest job id ever handed out, those of jobs `clear` deleted included (0: none):
     /// ids are never reused, and an `--after` id up to it that names no job had FINISHED.
@@ -173,6 +204,8 @@ pub struct Census {
     pub outcomes: u64,
     /// Notices.
     pub notices: u64,
+    /// Kept attempts.
+    pub attempts: u64,
     /// The highest job id (0: none).
     pub max_job_id: i64,
     /// The highest run number (0: none).
@@ -236,6 +269,12 @@ impl Census {
         self.mix("notices", row);
     }
 
+    /// Counts a kept attempt.
+    pub fn add_attempt(&mut self, row: &AttemptRow) {
+        self.attempts += 1;
+        self.mix("attempts", row);
+    }
+
     /// How `other` (what the target holds) differs from this (what was sent), in words; empty
     /// when they are equal.
     pub fn differences(&self, other: &Census) -> Vec<String> {
@@ -271,6 +310,11 @@ impl Census {
             "notices",
             self.notices.to_string(),
             other.notices.to_string(),
+        );
+        compare(
+            "attempts",
+            self.attempts.to_string(),
+            other.attempts.to_string(),
         );
         compare(
             "highest job id",

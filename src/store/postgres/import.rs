@@ -18,7 +18,7 @@ use postgres::types::{ToSql, Type};
 
 use super::{PostgresStore, in_schema};
 use crate::store::transfer::{
-    Census, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source,
+    AttemptRow, Census, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source,
 };
 
 /// Rows per statement, at most.
@@ -35,6 +35,8 @@ struct Before {
     run_offset: i64,
     /// The highest notice number in the schema: copied notices are numbered after it.
     notice_offset: i64,
+    /// The highest attempt row number in the schema: copied attempts are numbered after it.
+    attempt_offset: i64,
     /// Outcome counts already there, which copied counts of the same minute add to.
     outcomes: BTreeMap<(String, i64), [i64; 3]>,
 }
@@ -65,9 +67,10 @@ impl PostgresStore {
             copy.runs(source, &mut sent)?;
             let sent_outcomes = copy.outcomes(source, &mut sent)?;
             copy.notices(source, &mut sent)?;
+            let last_attempt = copy.attempts(source, &mut sent)?;
             let last_job = source.last_job_id()?.max(sent.max_job_id);
             let last_run = source.last_run_id()?.max(sent.max_run_id);
-            copy.sequences(last_job, last_run, sent.max_notice_id)?;
+            copy.sequences(last_job, last_run, sent.max_notice_id, last_attempt)?;
             let stored = copy.census(&sent_outcomes)?;
             let differences = sent.differences(&stored);
             if !differences.is_empty() {
@@ -99,14 +102,18 @@ fn prepare(tx: &mut Transaction<'_>, schema: &str, target: &str) -> anyhow::Resu
     // EXCLUSIVE: readers (`list`, `stats`) go on; a publish or a claim waits for the commit, so
     // no id is handed out, and no job stored, behind the copy's back.
     tx.batch_execute(&q(
-        "LOCK TABLE @.meta, @.jobs, @.dependencies, @.runs, @.outcomes, @.notices IN EXCLUSIVE MODE",
+        "LOCK TABLE @.meta, @.jobs, @.dependencies, @.runs, @.outcomes, @.notices, @.attempts
+         IN EXCLUSIVE MODE",
     ))
-    .with_context(|| format!("cannot lock {target} for the copy (is a `process` or `publish` busy with it?)"))?;
+    .with_context(|| {
+        format!("cannot lock {target} for the copy (is a `process` or `publish` busy with it?)")
+    })?;
     let row = tx.query_typed_one(
         &q(
             "SELECT (SELECT count(*) FROM @.jobs), (SELECT count(*) FROM @.dependencies),
                    (SELECT coalesce(max(id), 0) FROM @.runs),
-                   (SELECT coalesce(max(id), 0) FROM @.notices)",
+                   (SELECT coalesce(max(id), 0) FROM @.notices),
+                   (SELECT coalesce(max(id), 0) FROM @.attempts)",
         ),
         &[],
     )?;
@@ -141,6 +148,7 @@ fn prepare(tx: &mut Transaction<'_>, schema: &str, target: &str) -> anyhow::Resu
     Ok(Before {
         run_offset: row.get(2),
         notice_offset: row.get(3),
+        attempt_offset: row.get(4),
         outcomes,
     })
 }
@@ -477,16 +485,77 @@ impl Copy<'_, '_> {
         Ok(())
     }
 
+    /// Copies the kept attempts, numbered after those already there, their runs as the runs
+    /// were numbered; returns the highest row number sent (0: none).
+    fn attempts(&mut self, source: &mut dyn Source, sent: &mut Census) -> anyhow::Result<i64> {
+        let mut rows = Vec::new();
+        source.attempts(&mut |row| {
+            sent.add_attempt(&row);
+            rows.push(row);
+            Ok(())
+        })?;
+        let (offset, run_offset) = (self.before.attempt_offset, self.before.run_offset);
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let ids: Vec<i64> = chunk.iter().map(|row| row.id + offset).collect();
+            let jobs: Vec<i64> = chunk.iter().map(|row| row.job_id).collect();
+            let attempts: Vec<i64> = chunk.iter().map(|row| row.attempt).collect();
+            let runs: Vec<i64> = chunk
+                .iter()
+                .map(|row| shifted(row.run_id, run_offset))
+                .collect();
+            let started: Vec<i64> = chunk.iter().map(|row| row.started_at).collect();
+            let ended: Vec<i64> = chunk.iter().map(|row| row.ended_at).collect();
+            let outcomes: Vec<&str> = chunk.iter().map(|row| row.outcome.as_str()).collect();
+            let exits: Vec<Option<i64>> = chunk.iter().map(|row| row.exit_code).collect();
+            let signals: Vec<Option<i64>> = chunk.iter().map(|row| row.signal).collect();
+            let outputs: Vec<Option<&[u8]>> =
+                chunk.iter().map(|row| row.output.as_deref()).collect();
+            let sql = self.q(
+                "INSERT INTO @.attempts (id, job_id, attempt, run_id, started_at, ended_at,
+                                         outcome, exit_code, signal, output)
+                 OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]::integer[],
+                                      $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                                      $8::bigint[]::integer[], $9::bigint[]::integer[],
+                                      $10::bytea[])",
+            );
+            self.tx.execute_typed(
+                &sql,
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&jobs, Type::INT8_ARRAY),
+                    (&attempts, Type::INT8_ARRAY),
+                    (&runs, Type::INT8_ARRAY),
+                    (&started, Type::INT8_ARRAY),
+                    (&ended, Type::INT8_ARRAY),
+                    (&outcomes, Type::TEXT_ARRAY),
+                    (&exits, Type::INT8_ARRAY),
+                    (&signals, Type::INT8_ARRAY),
+                    (&outputs, Type::BYTEA_ARRAY),
+                ],
+            )?;
+        }
+        Ok(rows.iter().map(|row| row.id).max().unwrap_or(0))
+    }
+
     /// Moves each sequence past the highest id the source handed out, never back, and records
     /// that every job id up to the source's last that names no job had FINISHED (and was
     /// cleared), as the source's AUTOINCREMENT counter said.
-    fn sequences(&mut self, last_job: i64, last_run: i64, last_notice: i64) -> anyhow::Result<()> {
+    fn sequences(
+        &mut self,
+        last_job: i64,
+        last_run: i64,
+        last_notice: i64,
+        last_attempt: i64,
+    ) -> anyhow::Result<()> {
         let offset_run = shifted(last_run, self.before.run_offset);
         let offset_notice = shifted(last_notice, self.before.notice_offset);
+        let offset_attempt = shifted(last_attempt, self.before.attempt_offset);
         for (table, last) in [
             ("jobs", last_job),
             ("runs", offset_run),
             ("notices", offset_notice),
+            ("attempts", offset_attempt),
         ] {
             let table = format!("{}.{table}", self.schema);
             let sequence: Option<String> = self
@@ -618,6 +687,29 @@ impl Copy<'_, '_> {
                 finished: now[0] - before[0],
                 temporarily_failed: now[1] - before[1],
                 permanently_failed: now[2] - before[2],
+            });
+        }
+        let sql = self.q(
+            "SELECT id, job_id, attempt::bigint, run_id, started_at, ended_at, outcome,
+                    exit_code::bigint, signal::bigint, output
+             FROM @.attempts WHERE id > $1",
+        );
+        let attempt_offset = self.before.attempt_offset;
+        for row in self
+            .tx
+            .query_typed(&sql, &[(&attempt_offset, Type::INT8)])?
+        {
+            stored.add_attempt(&AttemptRow {
+                id: row.get::<_, i64>(0) - attempt_offset,
+                job_id: row.get(1),
+                attempt: row.get(2),
+                run_id: unshifted(row.get(3), run_offset),
+                started_at: row.get(4),
+                ended_at: row.get(5),
+                outcome: row.get(6),
+                exit_code: row.get(7),
+                signal: row.get(8),
+                output: row.get(9),
             });
         }
         let sql = self.q("SELECT id, queue, job_id, kind, reason, output, created_at

@@ -11,7 +11,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::{BUSY_TIMEOUT, SCHEMA_VERSION};
 use crate::coord::process_group::ProcessRecord;
-use crate::store::transfer::{DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source};
+use crate::store::transfer::{
+    AttemptRow, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source,
+};
 
 /// A SQLite queue opened for reading only.
 pub struct SqliteExport {
@@ -267,6 +269,32 @@ impl Source for SqliteExport {
                     reason: row.get(4)?,
                     output: row.get(5)?,
                     created_at: row.get(6)?,
+                })
+            },
+            each,
+        )
+    }
+
+    fn attempts(
+        &mut self,
+        each: &mut dyn FnMut(AttemptRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.stream(
+            "SELECT id, job_id, attempt, run_id, started_at, ended_at, outcome, exit_code, signal,
+                    output
+             FROM attempts ORDER BY id",
+            |row| {
+                Ok(AttemptRow {
+                    id: row.get(0)?,
+                    job_id: row.get(1)?,
+                    attempt: row.get(2)?,
+                    run_id: row.get(3)?,
+                    started_at: row.get(4)?,
+                    ended_at: row.get(5)?,
+                    outcome: row.get(6)?,
+                    exit_code: row.get(7)?,
+                    signal: row.get(8)?,
+                    output: row.get(9)?,
                 })
             },
             each,
