@@ -316,7 +316,7 @@ fn show_prints_every_field_of_a_job_that_never_ran() -> TestResult {
         "none yet (one after 5 failed attempts)"
     );
 
-    let (head, body) = section(&out, "parameters (", "output of the last run")?;
+    let (head, body) = section(&out, "parameters (", "attempts kept")?;
     let size = between(head, "parameters (JSON, ", " bytes):")?;
     assert!(size.parse::<usize>().is_ok(), "a byte count: {head:?}");
     let expected = [
@@ -402,7 +402,7 @@ fn show_previews_a_raw_payload_as_a_hexdump() -> TestResult {
     let short_id = publish_raw(&env, "cb", "short.bin", &short)?;
 
     let out = show(&env, long_id)?;
-    let (head, body) = section(&out, "parameters (", "output of the last run")?;
+    let (head, body) = section(&out, "parameters (", "attempts kept")?;
     assert_eq!(head, "parameters (raw, 100 bytes):");
     assert_eq!(
         body.len(),
@@ -416,7 +416,7 @@ fn show_previews_a_raw_payload_as_a_hexdump() -> TestResult {
     assert_eq!(body[4], "... 36 more bytes");
 
     let out = show(&env, short_id)?;
-    let (head, body) = section(&out, "parameters (", "output of the last run")?;
+    let (head, body) = section(&out, "parameters (", "attempts kept")?;
     assert_eq!(head, "parameters (raw, 10 bytes):");
     assert_eq!(body.len(), 1, "one line, no `more bytes`: {body:?}");
     assert_eq!(parse_hex_line(body[0])?, hexdump_line(0, &short));
@@ -627,7 +627,12 @@ fn explain_a_finished_and_a_permanently_failed_job() -> TestResult {
     let (at, count) = rest
         .split_once(" after 1 attempt")
         .ok_or_else(|| format!("no `after 1 attempt` in {line:?}"))?;
-    assert!(count.is_empty() || count == "(s)", "{line:?}");
+    // Then how its last attempt ended.
+    assert_eq!(
+        count.trim_start_matches("(s)"),
+        " (exit code 1: failed permanently)",
+        "{line:?}"
+    );
     near(local_and_relative(at)?.0, Utc::now(), "failed at")?;
     Ok(())
 }
@@ -644,7 +649,7 @@ fn explain_a_job_in_backoff() -> TestResult {
     let until = between(
         &line,
         &format!("job {id} is in backoff until "),
-        " after attempt 1 failed",
+        " after attempt 1 failed (exit code 75: temporarily failed)",
     )?;
     let (time, relative) = local_and_relative(until)?;
     assert!(relative.starts_with("in "), "in the future: {line:?}");
