@@ -933,11 +933,8 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![after, upper_id])?;
                 // Their history: a range of attempts_job.
-                tx.prepare_cached(
-                    "DELETE FROM attempts WHERE job_id > ?1 AND job_id <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = attempts.job_id)",
-                )?
-                .execute(params![after, upper_id])?;
+                tx.prepare_cached(CLEAR_ATTEMPTS_SQL)?
+                    .execute(params![after, upper_id])?;
             }
             tx.commit()?;
             Ok((deleted, upper))
@@ -1559,11 +1556,8 @@ fn record_attempt(
         ended.signal,
         done.output
     ])?;
-    conn.prepare_cached(
-        "DELETE FROM attempts WHERE job_id = ?1 AND id <= (
-             SELECT id FROM attempts WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-    )?
-    .execute(params![done.id, done.history])?;
+    conn.prepare_cached(PRUNE_ATTEMPTS_SQL)?
+        .execute(params![done.id, done.history])?;
     Ok(())
 }
 
@@ -1759,6 +1753,14 @@ const UNCLAIM_SQL: &str = "UPDATE jobs SET
         cancel_requested = 0
     WHERE id = ?1 AND state = 'PROCESSING' AND claimed_run = ?2 AND attempts = ?3
     RETURNING queue, callback";
+
+/// Deletes the attempts of job ?1 older than its newest ?2.
+const PRUNE_ATTEMPTS_SQL: &str = "DELETE FROM attempts WHERE job_id = ?1 AND id <= (
+        SELECT id FROM attempts WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+
+/// Deletes the attempts of the jobs with ids in (?1, ?2] that are gone (`clear`).
+const CLEAR_ATTEMPTS_SQL: &str = "DELETE FROM attempts WHERE job_id > ?1 AND job_id <= ?2
+    AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = attempts.job_id)";
 
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
@@ -2330,6 +2332,48 @@ mod tests {
             upper.contains("COVERING INDEX jobs_state (state=? AND id>?)"),
             "{upper}"
         );
+        // The history's bound costs one probe of attempts_job per run, however long the table.
+        let prune = plan(&store, PRUNE_ATTEMPTS_SQL);
+        assert!(prune.contains("attempts_job (job_id=?"), "{prune}");
+        assert!(!prune.contains("SCAN"), "{prune}");
+        let history = plan(&store, CLEAR_ATTEMPTS_SQL);
+        assert!(
+            history.contains("attempts_job (job_id>? AND job_id<?)"),
+            "{history}"
+        );
+    }
+
+    /// `clear` deletes the history of the jobs it deletes, and only theirs.
+    #[test]
+    fn clear_deletes_the_history_with_its_jobs() {
+        let (_dir, mut store) = store();
+        let ids = publish(&mut store, &[job("a", None), job("a", None)], 1000).expect("publish");
+        let run = store.begin_run("general", &me(), 1000, false).expect("run");
+        for (id, state) in ids
+            .iter()
+            .zip([JobState::Finished, JobState::PermanentlyFailed])
+        {
+            let claimed = claim(&mut store, "general", run, 1000, &["a"])
+                .expect("claim")
+                .expect("job");
+            assert_eq!(claimed.id, *id);
+            let mut done = crate::store::conformance::ended(*id, claimed.fence, state, 1000, b"");
+            done.ended = crate::store::conformance::end_of(state);
+            store.complete(&done).expect("complete");
+        }
+        let rows = |store: &SqliteStore| -> Vec<i64> {
+            let mut stmt = store
+                .conn
+                .prepare("SELECT job_id FROM attempts")
+                .expect("sql");
+            stmt.query_map([], |row| row.get(0))
+                .expect("read")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        assert_eq!(rows(&store), ids);
+        assert_eq!(store.clear_batch(5000, 0, 100).expect("clear").0, 1);
+        assert_eq!(rows(&store), [ids[1]]);
     }
 
     /// SQLite's own: the query plans of its listing statements.
