@@ -194,7 +194,13 @@ fn cancel_running(
             // No run will see the callback end. (When this finds nothing to end, a `process`
             // run recovered the job meanwhile, which ends it CANCELLED too.)
             let output = format!("bgq: cancelled with --kill; {}\n", stopped.said);
-            store.end_cancel(job.id, job.fence(), output.as_bytes(), now_millis())?;
+            store.end_cancel(
+                job.id,
+                job.fence(),
+                output.as_bytes(),
+                now_millis(),
+                config.history,
+            )?;
         }
         state = settled_state(store, job.id, SETTLE_WAIT)?;
         stop = Some((stopped, live_runner.is_some()));

@@ -1130,7 +1130,7 @@ impl Worker<'_> {
             );
             let output = format!("bgq: {why}; {group}\n").into_bytes();
             self.store
-                .end_cancel(orphan.id, orphan.fence, &output, now)?;
+                .end_cancel(orphan.id, orphan.fence, &output, now, self.config.history)?;
             return Ok(());
         }
         let attempted = Attempted {

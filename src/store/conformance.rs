@@ -716,7 +716,7 @@ pub(crate) fn a_late_outcome_of_a_recovered_claim_changes_nothing(store: &mut dy
     cancel(store, id, 3000);
     assert!(
         !store
-            .end_cancel(id, old.fence, b"late\n", 3000)
+            .end_cancel(id, old.fence, b"late\n", 3000, 10)
             .expect("end")
     );
     let detail = store.detail(id).expect("read").expect("kept");
@@ -744,7 +744,7 @@ pub(crate) fn end_cancel_ends_only_a_running_job_marked_for_cancelling(store: &m
     cancel(store, ids[0], 2000);
     assert!(
         !store
-            .end_cancel(ids[1], fence_of(store, ids[1]), b"", 2000)
+            .end_cancel(ids[1], fence_of(store, ids[1]), b"", 2000, 10)
             .expect("end")
     );
     assert_eq!(
@@ -753,17 +753,58 @@ pub(crate) fn end_cancel_ends_only_a_running_job_marked_for_cancelling(store: &m
     );
     assert!(
         store
-            .end_cancel(ids[0], fence_of(store, ids[0]), b"stopped\n", 2000)
+            .end_cancel(ids[0], fence_of(store, ids[0]), b"stopped\n", 2000, 10)
             .expect("end")
     );
     let detail = store.detail(ids[0]).expect("read").expect("kept");
     assert_eq!(detail.record.state, JobState::Cancelled);
     assert_eq!(detail.output, b"stopped\n");
+    let kept: Vec<(u32, i64, i64, AttemptOutcome, Vec<u8>)> = detail
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.attempt,
+                r.started_at,
+                r.ended_at,
+                r.ended.outcome,
+                r.output.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [(
+            1,
+            1000,
+            2000,
+            AttemptOutcome::Cancelled,
+            b"stopped\n".to_vec()
+        )],
+        "its history has the cancelled run"
+    );
     assert!(
         !store
-            .end_cancel(ids[0], fence_of(store, ids[0]), b"", 2000)
+            .end_cancel(ids[0], fence_of(store, ids[0]), b"", 2000, 10)
             .expect("end"),
         "once"
+    );
+    assert_eq!(
+        store
+            .detail(ids[0])
+            .expect("read")
+            .expect("kept")
+            .runs
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .detail(ids[1])
+            .expect("read")
+            .expect("kept")
+            .runs
+            .is_empty()
     );
 }
 
@@ -830,7 +871,7 @@ pub(crate) fn orphans_are_the_running_jobs_of_their_queue(store: &mut dyn Store)
     assert!(orphan.cancel_requested);
     assert!(
         store
-            .end_cancel(ids[0], orphan.fence, b"gone\n", 3000)
+            .end_cancel(ids[0], orphan.fence, b"gone\n", 3000, 10)
             .expect("end")
     );
     assert!(store.orphans("general").expect("orphans").is_empty());

@@ -242,14 +242,16 @@ pub trait Store {
     fn cancels_requested(&self, queue: &str, run: i64) -> anyhow::Result<Vec<i64>>;
 
     /// Ends the cancel of running job `id` whose run is gone (no run will see its callback
-    /// end): it becomes CANCELLED, keeping `output`. False when `fence` no longer holds it or
-    /// no cancel is requested.
+    /// end): it becomes CANCELLED, keeping `output`, and its history gains a `cancelled` row
+    /// (keeping the newest `history`). False when `fence` no longer holds it or no cancel is
+    /// requested.
     fn end_cancel(
         &mut self,
         id: i64,
         fence: Fence,
         output: &[u8],
         now: Millis,
+        history: u32,
     ) -> anyhow::Result<bool>;
 
     /// Identifiers that still have a job in any state but FINISHED, among those of `filter`.

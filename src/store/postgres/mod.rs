@@ -721,15 +721,22 @@ fn end_cancel(
     fence: Fence,
     output: &[u8],
     now: Millis,
+    history: u32,
 ) -> anyhow::Result<bool> {
     let attempt = i32::try_from(fence.attempt).unwrap_or(i32::MAX);
-    let changed = client.execute_typed(
+    let history = i32::try_from(history).unwrap_or(i32::MAX);
+    // One statement, so one transaction: the job ended and its history's row.
+    let changed = client.query_typed(
         &in_schema(
             schema,
-            "UPDATE @.jobs SET state = 'CANCELLED', due = false, cancel_requested = false,
-                    output = $2, state_changed_at = $3
-             WHERE id = $1 AND state = 'PROCESSING' AND cancel_requested
-               AND claimed_run = $4 AND attempts = $5",
+            "WITH job AS (
+                 UPDATE @.jobs SET state = 'CANCELLED', due = false, cancel_requested = false,
+                        output = $2, state_changed_at = $3
+                 WHERE id = $1 AND state = 'PROCESSING' AND cancel_requested
+                   AND claimed_run = $4 AND attempts = $5
+                 RETURNING started_at)
+             SELECT @.record_attempt($1, $5, $4, started_at, $3, 'cancelled', NULL, NULL, $2, $6)::text
+             FROM job",
         ),
         &[
             (&id, Type::INT8),
@@ -737,9 +744,10 @@ fn end_cancel(
             (&now, Type::INT8),
             (&fence.run, Type::INT8),
             (&attempt, Type::INT4),
+            (&history, Type::INT4),
         ],
     )?;
-    Ok(changed > 0)
+    Ok(!changed.is_empty())
 }
 
 /// Writes the counts `tally` holds and empties it.
@@ -1333,9 +1341,18 @@ impl Store for PostgresStore {
         fence: Fence,
         output: &[u8],
         now: Millis,
+        history: u32,
     ) -> anyhow::Result<bool> {
         let schema = self.schema.clone();
-        let result = end_cancel(&mut *self.reader(), &schema, id, fence, output, now);
+        let result = end_cancel(
+            &mut *self.reader(),
+            &schema,
+            id,
+            fence,
+            output,
+            now,
+            history,
+        );
         self.in_database(|| format!("cancel job {id}"), result)
     }
 

@@ -34,7 +34,8 @@ use crate::store::{
 
 pub use export::SqliteExport;
 
-/// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3.
+/// Ends running job ?1, asked to stop by `bgq cancel --kill`, as CANCELLED with output ?2 at ?3,
+/// if run ?4 holds it as attempt ?5.
 macro_rules! end_cancel_sql {
     () => {
         "UPDATE jobs SET state = 'CANCELLED', due = 0, cancel_requested = 0,
@@ -43,7 +44,8 @@ macro_rules! end_cancel_sql {
       AND claimed_run = ?4 AND attempts = ?5"
     };
 }
-const END_CANCEL_SQL: &str = end_cancel_sql!();
+/// `end_cancel_sql!`, returning when its run started.
+const END_CANCEL_SQL: &str = concat!(end_cancel_sql!(), " RETURNING started_at");
 
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../../../schema.sql");
@@ -852,16 +854,37 @@ impl Store for SqliteStore {
         fence: Fence,
         output: &[u8],
         now: Millis,
+        history: u32,
     ) -> anyhow::Result<bool> {
         let result = (|| -> anyhow::Result<bool> {
-            let changed = self.conn.prepare_cached(END_CANCEL_SQL)?.execute(params![
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let started_at: Option<Option<Millis>> = tx
+                .prepare_cached(END_CANCEL_SQL)?
+                .query_row(params![id, output, now, fence.run, fence.attempt], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            let Some(started_at) = started_at else {
+                return Ok(false);
+            };
+            let ended = AttemptEnd {
+                outcome: AttemptOutcome::Cancelled,
+                exit_code: None,
+                signal: None,
+            };
+            let run = Ran {
                 id,
+                fence,
+                started_at,
+                ended_at: now,
                 output,
-                now,
-                fence.run,
-                fence.attempt
-            ])?;
-            Ok(changed > 0)
+                history,
+            };
+            insert_attempt(&tx, &run, ended)?;
+            tx.commit()?;
+            Ok(true)
         })();
         in_database(&self.path, || format!("cancel job {id}"), result)
     }
@@ -1537,7 +1560,30 @@ fn record_attempt(
     ended: AttemptEnd,
     started_at: Option<Millis>,
 ) -> anyhow::Result<()> {
-    if done.history == 0 {
+    let run = Ran {
+        id: done.id,
+        fence: done.fence,
+        started_at,
+        ended_at: done.ended_at,
+        output: &done.output,
+        history: done.history,
+    };
+    insert_attempt(conn, &run, ended)
+}
+
+/// One run of a job, as its history keeps it.
+struct Ran<'a> {
+    id: i64,
+    fence: Fence,
+    started_at: Option<Millis>,
+    ended_at: Millis,
+    output: &'a [u8],
+    history: u32,
+}
+
+/// Adds `run`, which ended as `ended`, to its job's history (see `record_attempt`).
+fn insert_attempt(conn: &Connection, run: &Ran<'_>, ended: AttemptEnd) -> anyhow::Result<()> {
+    if run.history == 0 {
         return Ok(());
     }
     conn.prepare_cached(
@@ -1546,18 +1592,18 @@ fn record_attempt(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        done.id,
-        done.fence.attempt,
-        done.fence.run,
-        started_at.unwrap_or(done.ended_at),
-        done.ended_at,
+        run.id,
+        run.fence.attempt,
+        run.fence.run,
+        run.started_at.unwrap_or(run.ended_at),
+        run.ended_at,
         ended.outcome.as_str(),
         ended.exit_code,
         ended.signal,
-        done.output
+        run.output
     ])?;
     conn.prepare_cached(PRUNE_ATTEMPTS_SQL)?
-        .execute(params![done.id, done.history])?;
+        .execute(params![run.id, run.history])?;
     Ok(())
 }
 
@@ -2372,7 +2418,13 @@ mod tests {
                 .expect("rows")
         };
         assert_eq!(rows(&store), ids);
-        assert_eq!(store.clear_batch(5000, 0, 100).expect("clear").0, 1);
+        assert_eq!(
+            store
+                .clear_batch(JobState::Finished, 5000, 0, 100)
+                .expect("clear")
+                .0,
+            1
+        );
         assert_eq!(rows(&store), [ids[1]]);
     }
 
