@@ -1413,7 +1413,7 @@ impl Store for PostgresStore {
                          INSERT INTO @.cleared_unfinished (id, state, cleared_at)
                          SELECT id, state, $5 FROM gone WHERE state <> 'FINISHED'
                          ON CONFLICT (id) DO UPDATE SET state = excluded.state),
-                     deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone))
+                     deps AS (DELETE FROM @.dependencies WHERE job_id IN (SELECT id FROM gone)),
                      history AS (DELETE FROM @.attempts WHERE job_id IN (SELECT id FROM gone))
                      SELECT count(*), max(id) FROM gone",
                 ),
