@@ -154,6 +154,39 @@ pub struct AttemptRow {
     pub output: Option<Vec<u8>>,
 }
 
+/// A row of the small tables that hold what operators and runs decided about a queue rather
+/// than jobs: pauses, run totals, jobs `clear` deleted unfinished, broken callbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StateRow {
+    /// A pause in force ('' for every queue or callback).
+    Pause {
+        queue: String,
+        callback: String,
+        paused_at: i64,
+    },
+    /// Runs counted since the queue began, for one callback and outcome.
+    RunTotal {
+        queue: String,
+        callback: String,
+        outcome: String,
+        total: i64,
+    },
+    /// A job `clear` deleted without its having FINISHED, which `--after` must not count done.
+    ClearedUnfinished {
+        id: i64,
+        state: String,
+        cleared_at: i64,
+    },
+    /// A callback a run could not start.
+    BrokenCallback {
+        queue: String,
+        callback: String,
+        reason: String,
+        since: i64,
+        run_id: i64,
+    },
+}
+
 /// Where rows come from, each table in id (or key) order, all from one consistent snapshot.
 /// Each method hands every row to `each` and stops at its first error.
 pub trait Source {
@@ -181,6 +214,11 @@ pub trait Source {
         &mut self,
         each: &mut dyn FnMut(AttemptRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>;
+    /// Every row of the small tables of `StateRow`.
+    fn state_rows(
+        &mut self,
+        each: &mut dyn FnMut(StateRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
     /// The highest job id ever handed out, those of jobs `clear` deleted included (0: none):
     /// ids are never reused, and an `--after` id up to it that names no job had FINISHED.
     fn last_job_id(&mut self) -> anyhow::Result<i64>;
@@ -206,6 +244,8 @@ pub struct Census {
     pub notices: u64,
     /// Kept attempts.
     pub attempts: u64,
+    /// Rows of pauses, run totals, jobs cleared unfinished and broken callbacks.
+    pub state_rows: u64,
     /// The highest job id (0: none).
     pub max_job_id: i64,
     /// The highest run number (0: none).
@@ -275,6 +315,12 @@ impl Census {
         self.mix("attempts", row);
     }
 
+    /// Counts a row of the small tables.
+    pub fn add_state_row(&mut self, row: &StateRow) {
+        self.state_rows += 1;
+        self.mix("state", row);
+    }
+
     /// How `other` (what the target holds) differs from this (what was sent), in words; empty
     /// when they are equal.
     pub fn differences(&self, other: &Census) -> Vec<String> {
@@ -315,6 +361,11 @@ impl Census {
             "attempts",
             self.attempts.to_string(),
             other.attempts.to_string(),
+        );
+        compare(
+            "pauses, run totals, cleared jobs and broken callbacks",
+            self.state_rows.to_string(),
+            other.state_rows.to_string(),
         );
         compare(
             "highest job id",

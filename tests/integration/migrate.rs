@@ -403,3 +403,75 @@ fn runs_already_recorded_in_the_schema_are_kept_and_the_copied_ones_numbered_aft
     );
     Ok(())
 }
+
+#[test]
+fn pauses_run_totals_and_a_cleared_failed_parent_are_copied() -> TestResult {
+    let Some(schema) = postgres_beside_sqlite()? else {
+        return Ok(());
+    };
+    let env = TestEnv::new("")?;
+    let ok = env.script("ok.sh", "exit 0")?;
+    let fail = env.script("fail.sh", "exit 1")?;
+    let settings = format!(
+        "{}{}",
+        callback_toml("ok", &ok, ""),
+        callback_toml("fail", &fail, "")
+    );
+    env.write_config(&settings)?;
+    let parent = env.publish("fail", "{}")?;
+    env.bgq().args(["process"]).assert().success();
+    env.bgq()
+        .args(["clear", "--state", "PERMANENTLY_FAILED"])
+        .assert()
+        .success();
+    // Published after its parent failed and was cleared: it must keep waiting after the move.
+    let child = ok_stdout(env.bgq().args([
+        "publish",
+        "ok",
+        "--json",
+        "{}",
+        "--after",
+        &parent.to_string(),
+    ]))?;
+    env.publish("ok", "{}")?;
+    env.bgq().args(["process"]).assert().success();
+    env.bgq()
+        .args(["pause", "--callback", "ok"])
+        .assert()
+        .success();
+    let totals = |cmd: &mut Command| -> TestResult<Vec<String>> {
+        Ok(ok_stdout(cmd.args(["stats", "--prometheus"]))?
+            .lines()
+            .filter(|line| {
+                line.starts_with("bgq_job_runs_total{") || line.starts_with("bgq_paused{")
+            })
+            .map(str::to_owned)
+            .collect())
+    };
+    let before = totals(&mut env.bgq())?;
+    assert!(before.len() >= 3, "{before:?}");
+
+    let out = migrate(&env, &schema)?;
+    assert!(out.status.success(), "{}", describe(&out));
+    write_postgres_config(&env, &schema, &settings)?;
+    assert_eq!(totals(&mut on_postgres(&env))?, before);
+    ok_stdout(on_postgres(&env).args(["resume"]))?;
+    let explained = ok_stdout(on_postgres(&env).args(["explain", child.trim()]))?;
+    assert!(explained.contains(&format!("job {parent}")), "{explained}");
+    ok_stdout(on_postgres(&env).args(["process"]))?;
+    let state = ok_stdout(on_postgres(&env).args(["list", "--json", "--limit", "0"]))?;
+    let child_row: Vec<Value> = state
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let child_state = child_row
+        .iter()
+        .find(|row| row["id"].as_i64() == child.trim().parse().ok())
+        .map(|row| row["state"].clone());
+    assert_eq!(
+        child_state,
+        Some(Value::from("READY")),
+        "the child of a cleared failed parent must still wait: {state}"
+    );
+    Ok(())
+}

@@ -18,7 +18,7 @@ use postgres::types::{ToSql, Type};
 
 use super::{PostgresStore, in_schema};
 use crate::store::transfer::{
-    AttemptRow, Census, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source,
+    AttemptRow, Census, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source, StateRow,
 };
 
 /// Rows per statement, at most.
@@ -68,6 +68,7 @@ impl PostgresStore {
             let sent_outcomes = copy.outcomes(source, &mut sent)?;
             copy.notices(source, &mut sent)?;
             let last_attempt = copy.attempts(source, &mut sent)?;
+            copy.state_rows(source, &mut sent)?;
             let last_job = source.last_job_id()?.max(sent.max_job_id);
             let last_run = source.last_run_id()?.max(sent.max_run_id);
             copy.sequences(last_job, last_run, sent.max_notice_id, last_attempt)?;
@@ -102,7 +103,8 @@ fn prepare(tx: &mut Transaction<'_>, schema: &str, target: &str) -> anyhow::Resu
     // EXCLUSIVE: readers (`list`, `stats`) go on; a publish or a claim waits for the commit, so
     // no id is handed out, and no job stored, behind the copy's back.
     tx.batch_execute(&q(
-        "LOCK TABLE @.meta, @.jobs, @.dependencies, @.runs, @.outcomes, @.notices, @.attempts
+        "LOCK TABLE @.meta, @.jobs, @.dependencies, @.runs, @.outcomes, @.notices, @.attempts,
+                   @.pauses, @.run_totals, @.cleared_unfinished, @.broken_callbacks
          IN EXCLUSIVE MODE",
     ))
     .with_context(|| {
@@ -113,7 +115,10 @@ fn prepare(tx: &mut Transaction<'_>, schema: &str, target: &str) -> anyhow::Resu
             "SELECT (SELECT count(*) FROM @.jobs), (SELECT count(*) FROM @.dependencies),
                    (SELECT coalesce(max(id), 0) FROM @.runs),
                    (SELECT coalesce(max(id), 0) FROM @.notices),
-                   (SELECT coalesce(max(id), 0) FROM @.attempts)",
+                   (SELECT coalesce(max(id), 0) FROM @.attempts),
+                   (SELECT count(*) FROM @.pauses) + (SELECT count(*) FROM @.run_totals)
+                   + (SELECT count(*) FROM @.cleared_unfinished)
+                   + (SELECT count(*) FROM @.broken_callbacks)",
         ),
         &[],
     )?;
@@ -122,6 +127,12 @@ fn prepare(tx: &mut Transaction<'_>, schema: &str, target: &str) -> anyhow::Resu
         return Err(refusal(format!(
             "{target} already holds {jobs} job{}: bgq migrate copies only into a schema without jobs; nothing was changed (choose another with --schema)",
             if jobs == 1 { "" } else { "s" }
+        )));
+    }
+    let state_rows: i64 = row.get(5);
+    if state_rows > 0 {
+        return Err(refusal(format!(
+            "{target} holds no jobs but {state_rows} rows of pauses, run totals, cleared jobs or broken callbacks: bgq migrate copies only into a schema without them; nothing was changed (choose another with --schema)"
         )));
     }
     if dependencies > 0 {
@@ -538,6 +549,87 @@ impl Copy<'_, '_> {
         Ok(rows.iter().map(|row| row.id).max().unwrap_or(0))
     }
 
+    /// Copies the rows of pauses, run totals, jobs cleared unfinished and broken callbacks (a
+    /// few; the schema had none), a broken callback's run as the runs were numbered.
+    fn state_rows(&mut self, source: &mut dyn Source, sent: &mut Census) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        source.state_rows(&mut |row| {
+            sent.add_state_row(&row);
+            rows.push(row);
+            Ok(())
+        })?;
+        let run_offset = self.before.run_offset;
+        let runs: Vec<i64> = rows
+            .iter()
+            .map(|row| match row {
+                StateRow::BrokenCallback { run_id, .. } => shifted(*run_id, run_offset),
+                _ => 0,
+            })
+            .collect();
+        for (row, run) in rows.iter().zip(&runs) {
+            let (sql, params): (&str, Vec<Param<'_>>) = match row {
+                StateRow::Pause {
+                    queue,
+                    callback,
+                    paused_at,
+                } => (
+                    "INSERT INTO @.pauses (queue, callback, paused_at) VALUES ($1, $2, $3)",
+                    vec![
+                        (queue, Type::TEXT),
+                        (callback, Type::TEXT),
+                        (paused_at, Type::INT8),
+                    ],
+                ),
+                StateRow::RunTotal {
+                    queue,
+                    callback,
+                    outcome,
+                    total,
+                } => (
+                    "INSERT INTO @.run_totals (queue, callback, outcome, total)
+                     VALUES ($1, $2, $3, $4)",
+                    vec![
+                        (queue, Type::TEXT),
+                        (callback, Type::TEXT),
+                        (outcome, Type::TEXT),
+                        (total, Type::INT8),
+                    ],
+                ),
+                StateRow::ClearedUnfinished {
+                    id,
+                    state,
+                    cleared_at,
+                } => (
+                    "INSERT INTO @.cleared_unfinished (id, state, cleared_at) VALUES ($1, $2, $3)",
+                    vec![
+                        (id, Type::INT8),
+                        (state, Type::TEXT),
+                        (cleared_at, Type::INT8),
+                    ],
+                ),
+                StateRow::BrokenCallback {
+                    queue,
+                    callback,
+                    reason,
+                    since,
+                    ..
+                } => (
+                    "INSERT INTO @.broken_callbacks (queue, callback, reason, since, run_id)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        (queue, Type::TEXT),
+                        (callback, Type::TEXT),
+                        (reason, Type::TEXT),
+                        (since, Type::INT8),
+                        (run, Type::INT8),
+                    ],
+                ),
+            };
+            self.tx.execute_typed(&self.q(sql), &params)?;
+        }
+        Ok(())
+    }
+
     /// Moves each sequence past the highest id the source handed out, never back, and records
     /// that every job id up to the source's last that names no job had FINISHED (and was
     /// cleared), as the source's AUTOINCREMENT counter said.
@@ -710,6 +802,49 @@ impl Copy<'_, '_> {
                 exit_code: row.get(7),
                 signal: row.get(8),
                 output: row.get(9),
+            });
+        }
+        for row in self.tx.query_typed(
+            &self.q("SELECT queue, callback, paused_at FROM @.pauses"),
+            &[],
+        )? {
+            stored.add_state_row(&StateRow::Pause {
+                queue: row.get(0),
+                callback: row.get(1),
+                paused_at: row.get(2),
+            });
+        }
+        for row in self.tx.query_typed(
+            &self.q("SELECT queue, callback, outcome, total FROM @.run_totals"),
+            &[],
+        )? {
+            stored.add_state_row(&StateRow::RunTotal {
+                queue: row.get(0),
+                callback: row.get(1),
+                outcome: row.get(2),
+                total: row.get(3),
+            });
+        }
+        for row in self.tx.query_typed(
+            &self.q("SELECT id, state, cleared_at FROM @.cleared_unfinished"),
+            &[],
+        )? {
+            stored.add_state_row(&StateRow::ClearedUnfinished {
+                id: row.get(0),
+                state: row.get(1),
+                cleared_at: row.get(2),
+            });
+        }
+        for row in self.tx.query_typed(
+            &self.q("SELECT queue, callback, reason, since, run_id FROM @.broken_callbacks"),
+            &[],
+        )? {
+            stored.add_state_row(&StateRow::BrokenCallback {
+                queue: row.get(0),
+                callback: row.get(1),
+                reason: row.get(2),
+                since: row.get(3),
+                run_id: unshifted(row.get(4), run_offset),
             });
         }
         let sql = self.q("SELECT id, queue, job_id, kind, reason, output, created_at

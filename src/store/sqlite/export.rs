@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::{BUSY_TIMEOUT, SCHEMA_VERSION};
 use crate::coord::process_group::ProcessRecord;
 use crate::store::transfer::{
-    AttemptRow, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source,
+    AttemptRow, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source, StateRow,
 };
 
 /// A SQLite queue opened for reading only.
@@ -295,6 +295,61 @@ impl Source for SqliteExport {
                     exit_code: row.get(7)?,
                     signal: row.get(8)?,
                     output: row.get(9)?,
+                })
+            },
+            each,
+        )
+    }
+
+    fn state_rows(
+        &mut self,
+        each: &mut dyn FnMut(StateRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.stream(
+            "SELECT queue, callback, paused_at FROM pauses ORDER BY queue, callback",
+            |row| {
+                Ok(StateRow::Pause {
+                    queue: row.get(0)?,
+                    callback: row.get(1)?,
+                    paused_at: row.get(2)?,
+                })
+            },
+            each,
+        )?;
+        self.stream(
+            "SELECT queue, callback, outcome, total FROM run_totals
+             ORDER BY queue, callback, outcome",
+            |row| {
+                Ok(StateRow::RunTotal {
+                    queue: row.get(0)?,
+                    callback: row.get(1)?,
+                    outcome: row.get(2)?,
+                    total: row.get(3)?,
+                })
+            },
+            each,
+        )?;
+        self.stream(
+            "SELECT id, state, cleared_at FROM cleared_unfinished ORDER BY id",
+            |row| {
+                Ok(StateRow::ClearedUnfinished {
+                    id: row.get(0)?,
+                    state: row.get(1)?,
+                    cleared_at: row.get(2)?,
+                })
+            },
+            each,
+        )?;
+        self.stream(
+            "SELECT queue, callback, reason, since, run_id FROM broken_callbacks
+             ORDER BY queue, callback",
+            |row| {
+                Ok(StateRow::BrokenCallback {
+                    queue: row.get(0)?,
+                    callback: row.get(1)?,
+                    reason: row.get(2)?,
+                    since: row.get(3)?,
+                    run_id: row.get(4)?,
                 })
             },
             each,
