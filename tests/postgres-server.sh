@@ -7,7 +7,8 @@
 #                                        session is ended, as in a real restart)
 #
 # It uses Debian's packages (/usr/lib/postgresql/<version>/bin, the newest there) or initdb and
-# pg_ctl from PATH. PostgreSQL refuses to run as root, so under root the server runs as the
+# pg_ctl from PATH; BGQ_TEST_POSTGRES_BIN=DIR names another server's bin folder (an older major
+# version, say; psql then comes from PATH when DIR has none). PostgreSQL refuses to run as root, so under root the server runs as the
 # `postgres` user (made by Debian's package), else as `nobody`. It listens on 127.0.0.1 on the
 # first free port from 54400, trusts local connections and does not fsync: it holds nothing
 # worth keeping. Exits 1 with a one-line reason when no PostgreSQL is installed.
@@ -23,8 +24,9 @@ usage() { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
 action=$1
 dir=$2
 
-bin=""
-for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+bin=${BGQ_TEST_POSTGRES_BIN:-}
+[ -z "$bin" ] || [ -x "$bin/initdb" ] || { echo "$0: BGQ_TEST_POSTGRES_BIN=$bin holds no initdb" >&2; exit 1; }
+[ -n "$bin" ] || for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
     if [ -x "$candidate/initdb" ]; then bin=$candidate; break; fi
 done
 if [ -z "$bin" ] && command -v initdb >/dev/null 2>&1; then
@@ -74,10 +76,12 @@ start)
     cat "$dir/hba.head" "$dir/data/pg_hba.conf" >"$dir/hba.conf"
     [ ${#as_owner[@]} -eq 0 ] || chown "$owner" "$dir/hba.conf"
     "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=400 -c hba_file=$dir/hba.conf $tls_options" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=400 -c password_encryption=scram-sha-256 -c hba_file=$dir/hba.conf $tls_options" \
         start >/dev/null ||
         { echo "$0: the server did not start, see $dir/server.log" >&2; exit 1; }
-    "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    psql=$bin/psql
+    [ -x "$psql" ] || psql=psql
+    "$psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "CREATE ROLE bgq_test LOGIN" -c "CREATE DATABASE bgq_test OWNER bgq_test" \
         -c "CREATE ROLE bgq_pw LOGIN PASSWORD 'bgq-secret' IN ROLE bgq_test" \
         -c "CREATE ROLE bgq_tls LOGIN IN ROLE bgq_test" >/dev/null

@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::support::{TestEnv, TestResult, callback_toml, send_signal, toml_str, wait_for};
 
 /// A script body that records its BGQ_ATTEMPT in `seen` and exits 0.
@@ -228,7 +230,20 @@ fn a_watcher_keeps_running_other_callbacks_and_retries_a_broken_one_each_poll() 
     wait_for("the other callback runs", Duration::from_secs(20), || {
         env.state(healthy).is_ok_and(|state| state == "FINISHED")
     })?;
-    assert_eq!(env.job(broken)?["attempts"], 0);
+    // Each poll claims the job and puts it back when the start fails: read it between two.
+    let mut between_polls = Value::Null;
+    wait_for("the broken job read between polls", Duration::from_secs(20), || {
+        env.job(broken).is_ok_and(|job| {
+            let settled = job["state"] != "PROCESSING";
+            between_polls = job;
+            settled
+        })
+    })?;
+    assert_eq!(
+        (&between_polls["state"], &between_polls["attempts"]),
+        (&Value::from("READY"), &Value::from(0)),
+        "{between_polls}"
+    );
     write_script(&script, &recording(&seen), 0o755)?;
     wait_for("the mended callback runs", Duration::from_secs(20), || {
         env.state(broken).is_ok_and(|state| state == "FINISHED")
