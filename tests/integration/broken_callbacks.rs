@@ -232,13 +232,17 @@ fn a_watcher_keeps_running_other_callbacks_and_retries_a_broken_one_each_poll() 
     })?;
     // Each poll claims the job and puts it back when the start fails: read it between two.
     let mut between_polls = Value::Null;
-    wait_for("the broken job read between polls", Duration::from_secs(20), || {
-        env.job(broken).is_ok_and(|job| {
-            let settled = job["state"] != "PROCESSING";
-            between_polls = job;
-            settled
-        })
-    })?;
+    wait_for(
+        "the broken job read between polls",
+        Duration::from_secs(20),
+        || {
+            env.job(broken).is_ok_and(|job| {
+                let settled = job["state"] != "PROCESSING";
+                between_polls = job;
+                settled
+            })
+        },
+    )?;
     assert_eq!(
         (&between_polls["state"], &between_polls["attempts"]),
         (&Value::from("READY"), &Value::from(0)),
