@@ -55,6 +55,8 @@ pub struct Config {
     pub history: u32,
     /// Whether every `publish` starts a detached `process` for its queue.
     pub process_on_publish: bool,
+    /// What a printed id promises: `durability` (SQLite; PostgreSQL's server decides its own).
+    pub durability: PublishDurability,
     /// The largest parameters (`--json`, `--raw`, a `--jsonl` line) `publish` takes, in bytes.
     pub max_payload: u64,
     /// Callbacks by name.
@@ -80,6 +82,18 @@ pub struct Callback {
     pub retry: RetryPolicy,
     /// What a PERMANENTLY_FAILED job of this callback does to its serial group.
     pub serial_failure: SerialFailure,
+}
+
+/// The `durability` setting: what a published job survives once its id is printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishDurability {
+    /// A power cut: the commit is on the disk before the id is printed.
+    #[default]
+    Full,
+    /// A crash of any process, not a power cut or a kernel crash: the commit is in the
+    /// operating system's cache when the id is printed.
+    Normal,
 }
 
 /// What a PERMANENTLY_FAILED job does to its serial group.
@@ -242,6 +256,7 @@ fn resolve(raw: RawConfig, path: &Path, folder: &Path) -> anyhow::Result<Config>
             .waiting_delay
             .map_or(Duration::from_secs(60), |delay| delay.0),
         process_on_publish: raw.process_on_publish.unwrap_or(false),
+        durability: raw.durability.unwrap_or_default(),
         history: raw.history.map_or(DEFAULT_HISTORY, |history| history.0),
         max_payload: raw.max_payload.map_or(DEFAULT_MAX_PAYLOAD, |size| size.0),
         callbacks,
@@ -273,6 +288,7 @@ struct RawConfig {
     waiting_delay: Option<ConfigDuration>,
     history: Option<History>,
     process_on_publish: Option<bool>,
+    durability: Option<PublishDurability>,
     max_payload: Option<MaxPayload>,
     retry: Option<RawRetry>,
     schema: Option<SchemaName>,
@@ -1033,7 +1049,31 @@ mod tests {
         assert_eq!(callback.serial_failure, SerialFailure::Skip);
         assert_eq!(config.waiting_delay, Duration::from_secs(60));
         assert!(!config.process_on_publish);
+        assert_eq!(config.durability, PublishDurability::Full);
         assert!(config.blocking_callbacks().is_empty());
+    }
+
+    #[test]
+    fn durability_is_full_or_normal() {
+        let with = |value: &str| {
+            format!("database = \"d\"\ndurability = {value}\n[callbacks.a]\ncommand = [\"x\"]\n")
+        };
+        assert_eq!(
+            parse_ok(&with("\"normal\"")).durability,
+            PublishDurability::Normal
+        );
+        assert_eq!(
+            parse_ok(&with("\"full\"")).durability,
+            PublishDurability::Full
+        );
+        let err = parse_err(&with("\"fast\""));
+        assert!(
+            err.contains(":2: durability: unknown variant `fast`, expected `full` or `normal`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
+        let err = parse_err(&with("true"));
+        assert!(err.contains(":2: durability: "), "{err}");
     }
 
     #[test]

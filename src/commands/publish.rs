@@ -9,7 +9,7 @@ use std::process::Stdio;
 use anyhow::Context;
 
 use crate::cli::PublishArgs;
-use crate::config::Config;
+use crate::config::{Config, PublishDurability};
 use crate::duration;
 use crate::error::{StoredButUnprinted, usage};
 use crate::escape;
@@ -66,7 +66,11 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         after: args.after.clone(),
         unique: args.unique,
     };
-    let mut store = crate::store::open(&config.database, Durability::Full)?;
+    let durability = match config.durability {
+        PublishDurability::Full => Durability::Full,
+        PublishDurability::Normal => Durability::Relaxed,
+    };
+    let mut store = crate::store::open(&config.database, durability)?;
     let published = store.publish_with(&jobs, &schedule, now)?;
     drop(store);
     match published {

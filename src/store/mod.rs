@@ -51,8 +51,9 @@ use crate::queue::eligibility::GroupFacts;
 pub enum Durability {
     /// Every commit survives a power cut (`synchronous = FULL`): publish.
     Full,
-    /// Commits survive a crash of bgq; a power cut may undo the latest ones, which at worst
-    /// re-runs a job (`synchronous = NORMAL` in WAL mode): process.
+    /// Commits survive a crash of bgq; a power cut may undo the latest ones
+    /// (`synchronous = NORMAL` in WAL mode): process, where that at worst re-runs a job, and
+    /// publish under `durability = "normal"`, where it loses the newest jobs.
     Relaxed,
 }
 

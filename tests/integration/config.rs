@@ -332,6 +332,11 @@ fn invalid_values_are_refused() -> TestResult {
         &format!("{base}max_payload = \"lots\"\n{TRUE_CALLBACK}"),
         Some(2),
         "max_payload: invalid size `lots`",
+    )?;
+    refused(
+        &format!("{base}durability = \"fast\"\n{TRUE_CALLBACK}"),
+        Some(2),
+        "durability: unknown variant `fast`, expected `full` or `normal`",
     )
 }
 
@@ -434,6 +439,7 @@ fn example_config_mentions_every_setting() -> TestResult {
         "notify_on_attempts",
         "notify",
         "max_payload",
+        "durability",
         "[retry]",
         "delay",
         "multiplier",
