@@ -85,8 +85,9 @@ fn published_jobs_live_in_the_wal_and_the_db_with_its_wal_holds_them_all() -> Te
     env.write_config(&callback_toml("cb", &cb, ""))?;
     let first = env.publish("cb", "{\"n\":0}")?;
 
-    // While a connection stays open, no closing `bgq` is the last one, so none checkpoints: the
-    // commits stay in the -wal, as after a kill -9 between commit and checkpoint.
+    // No closing `bgq` folds the -wal into the database (the log is kept between commands; a
+    // reader held open changes nothing): the commits stay in the -wal, as after a kill -9
+    // between commit and checkpoint.
     let reader = rusqlite::Connection::open(&db)?;
     let count: i64 = reader.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?;
     assert_eq!(count, 1);
@@ -96,8 +97,8 @@ fn published_jobs_live_in_the_wal_and_the_db_with_its_wal_holds_them_all() -> Te
     }
     assert_eq!(
         ids_without_wal(&env, &db, "READY")?,
-        [first],
-        "the later publishes are in the -wal only (not yet checkpointed)"
+        Vec::<i64>::new(),
+        "every publish is in the -wal only (not yet checkpointed)"
     );
 
     let config = copy_db_and_wal(&env, &db, &env.path("copy"))?;
@@ -185,5 +186,145 @@ fn outcomes_committed_before_a_kill_9_survive_in_the_wal() -> TestResult {
         .collect::<Result<_, _>>()?;
     ran.sort_unstable();
     assert_eq!(ran, quick_ids, "finished jobs did not run again");
+    Ok(())
+}
+
+/// How many fsync/fdatasync calls one `bgq publish` of `env` makes, by strace; `None` where
+/// strace is not installed.
+fn syncs_of_one_publish(env: &TestEnv) -> TestResult<Option<usize>> {
+    let log = env.path("publish.strace");
+    let traced = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_bgq"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(["publish", "cb", "--json", "{}"])
+        .output();
+    match traced {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err.into()),
+        Ok(out) if !out.status.success() => {
+            return Err(format!("publish under strace: {}", describe(&out)).into());
+        }
+        Ok(_) => {}
+    }
+    let syncs = read_lines(&log)
+        .iter()
+        .filter(|line| line.contains("sync("))
+        .count();
+    Ok(Some(syncs))
+}
+
+/// `durability = "normal"`: publish and process work as ever, on every backend; on SQLite a
+/// publish then leaves its commit to the operating system (no sync), where the default syncs
+/// the write-ahead log once.
+#[test]
+fn durability_normal_publishes_without_a_sync_and_the_jobs_run() -> TestResult {
+    let env = TestEnv::new("")?;
+    let cb = env.script("cb.sh", "exit 0")?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    let durable = env.publish("cb", "{}")?;
+    let full_syncs = if env.on_sqlite() {
+        syncs_of_one_publish(&env)?
+    } else {
+        None
+    };
+    env.write_config(&format!(
+        "durability = \"normal\"\n{}",
+        callback_toml("cb", &cb, "")
+    ))?;
+    let relaxed = env.publish("cb", "{}")?;
+    assert!(relaxed > durable);
+    if env.on_sqlite()
+        && let Some(normal_syncs) = syncs_of_one_publish(&env)?
+    {
+        assert_eq!(
+            full_syncs,
+            Some(1),
+            "a durable publish syncs its commit once"
+        );
+        assert_eq!(
+            normal_syncs, 0,
+            "a publish with durability = \"normal\" syncs nothing"
+        );
+    }
+    env.process(&[])?;
+    for job in env.jobs()? {
+        assert_eq!(job["state"], "FINISHED", "{job}");
+    }
+    assert_eq!(env.jobs()?.len(), if env.on_sqlite() { 4 } else { 2 });
+    Ok(())
+}
+
+/// The write-ahead log stays beside the database between commands (a publish does not fold it
+/// in and remove it), and stays bounded: a publish that made it large is followed by a
+/// checkpoint, and the log is cut back when it starts again.
+#[test]
+fn the_wal_is_kept_between_commands_and_cut_back_after_a_large_commit() -> TestResult {
+    let env = TestEnv::new("")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
+    let cb = env.script("cb.sh", "exit 0")?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let wal_size = || fs::metadata(&wal).map(|meta| meta.len());
+    env.publish("cb", "{}")?;
+    assert!(wal_size()? > 0, "the -wal is kept after a publish");
+
+    let lines: String = (0..40_000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let file = env.path("many.jsonl");
+    fs::write(&file, lines)?;
+    let out = env
+        .bgq()
+        .args(["publish", "cb", "--jsonl"])
+        .arg(&file)
+        .output()?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let grown = wal_size()?;
+    assert!(
+        grown > 4 << 20,
+        "one large commit grows the -wal ({grown} bytes)"
+    );
+    for n in 0..3 {
+        env.publish("cb", &format!("{{\"after\":{n}}}"))?;
+    }
+    let cut = wal_size()?;
+    assert!(
+        cut <= 1 << 20,
+        "the -wal is cut back to 1 MiB once it starts again: {cut} bytes, from {grown}"
+    );
+    let jobs = env.bgq().args(["stats", "--json"]).output()?;
+    assert!(jobs.status.success(), "{}", describe(&jobs));
+    assert!(
+        ids_without_wal(&env, &db, "READY")?.len() > 40_000,
+        "the large commit was folded into the database"
+    );
+    Ok(())
+}
+
+/// A database as an older bgq left it: its last connection folded the -wal in and removed it
+/// (no -wal, no -shm). It opens in place and keeps its jobs and ids.
+#[test]
+fn a_database_without_its_wal_as_an_older_bgq_left_it_opens_in_place() -> TestResult {
+    let env = TestEnv::new("")?;
+    let Some(db) = env.sqlite_file() else {
+        return Ok(());
+    };
+    let cb = env.script("cb.sh", "exit 0")?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    let first = env.publish("cb", "{}")?;
+    // SQLite's default close, as the older bgq did it: checkpoint, then remove the -wal.
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get::<_, i64>(0))?;
+    drop(conn);
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    assert!(!wal.exists(), "the old layout has no -wal");
+    let second = env.publish("cb", "{}")?;
+    assert_eq!(second, first + 1);
+    env.process(&[])?;
+    assert_eq!(env.state(first)?, "FINISHED");
+    assert_eq!(env.state(second)?, "FINISHED");
     Ok(())
 }

@@ -142,9 +142,11 @@ fn a_queue_in_every_state_reads_and_runs_the_same_on_postgresql() -> TestResult 
         .collect::<TestResult<_>>()?;
     let file = env.path("bgq.sqlite");
     let original = bytes(&file)?;
-    // A twin of the source, to see in what order SQLite would have run the jobs.
+    // A twin of the source, to see in what order SQLite would have run the jobs: the file
+    // and its write-ahead log, which bgq keeps between commands.
     let twin = TestEnv::new(&settings)?;
     fs::copy(&file, twin.path("bgq.sqlite"))?;
+    fs::copy(env.path("bgq.sqlite-wal"), twin.path("bgq.sqlite-wal"))?;
 
     let out = migrate(&env, &schema)?;
     assert!(out.status.success(), "migrate: {}", describe(&out));
