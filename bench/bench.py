@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Measures bgq against the reference of each target of the throughput issue, in one run.
+"""Measures bgq against the reference of each target of the throughput issue (targets 1-7) and
+of issue 17 (17.1-17.3: one publish against one dd, end to end against task-spooler), in one run.
 
 Called by bench/run.sh after the release build and the installs; usable alone:
 
@@ -211,14 +212,15 @@ class Bench:
         os.makedirs(path)
         return path
 
-    def config(self, folder, command=("/bin/true",), concurrency=2):
+    def config(self, folder, command=("/bin/true",), concurrency=2, durability=None):
         """bgq.toml in folder: database and lock files inside it, one callback `cb`."""
         argv = ", ".join(json.dumps(part) for part in command)
         with open(os.path.join(folder, "bgq.toml"), "w") as out:
             out.write(
                 'database = "db.sqlite"\n'
                 'temp_dir = "."\n'
-                f"concurrency = {concurrency}\n"
+                + (f'durability = "{durability}"\n' if durability else "")
+                + f"concurrency = {concurrency}\n"
                 "[callbacks.cb]\n"
                 f"command = [{argv}]\n"
             )
@@ -809,12 +811,118 @@ class Bench:
             log.close()
         return enq, drain
 
+    # -- issue 17 ------------------------------------------------------------------------------
+
+    def loop_time(self, argv, n):
+        """Seconds for one shell to run argv n times in a row, each its own process; the
+        shell's fork and exec are in the figure, as they are in the reference's."""
+        script = 'for i in $(seq "$1"); do "${@:2}" >/dev/null || exit 1; done'
+        return timed(["bash", "-c", script, "loop", str(n), *map(str, argv)])
+
+    def publish_vs_dd(self, key, durability, dsync):
+        """300 publishes (each its own process) against 300 dd appends of 100 bytes."""
+        n = self.args.t2_publishes
+        dd_flags = "append,dsync" if dsync else "append"
+        bgq_t, ref_t = [], []
+        for rep in range(self.args.reps):
+            def run_bgq():
+                folder = self.config(self.fresh(f"t{key}"), durability=durability)
+                argv = self.bgq(folder, "publish", "cb", "--json", '{"n":1}')
+                check_run(argv)  # creates the database; not timed
+                bgq_t.append(self.loop_time(argv, n))
+                if count_rows(self.db(folder)) != n + 1:
+                    raise RuntimeError("a publish was lost")
+
+            def run_ref():
+                folder = self.fresh(f"t{key}-dd")
+                target = os.path.join(folder, "F")
+                check_run(["dd", "if=/dev/zero", f"of={target}", "bs=100", "count=1",
+                           f"oflag={dd_flags}", "conv=notrunc", "status=none"])
+                ref_t.append(self.loop_time(
+                    ["dd", "if=/dev/zero", f"of={target}", "bs=100", "count=1",
+                     f"oflag={dd_flags}", "conv=notrunc", "status=none"], n))
+                if os.path.getsize(target) != 100 * (n + 1):
+                    raise RuntimeError("dd did not append every time")
+
+            for step in ((run_bgq, run_ref) if rep % 2 == 0 else (run_ref, run_bgq)):
+                step()
+            self.note(f"rep {rep + 1}: bgq {bgq_t[-1]:.3f} s, dd {ref_t[-1]:.3f} s")
+        self.raw[f"t{key}"] = {"bgq_s": bgq_t, "dd_s": ref_t}
+        return bgq_t, ref_t, n, dd_flags
+
+    def target17_1(self):
+        """Issue 17.1: 300 durable publishes, each its own process, against 300 `dd
+        oflag=append,dsync` of 100 bytes."""
+        bgq_t, ref_t, n, flags = self.publish_vs_dd("17.1", None, True)
+        ratio = paired_ratio(bgq_t, ref_t)
+        syncs = self.raw["t17.1_syncs"] = self.count_syncs()
+        fsyncs = f", {syncs['bgq']} fsync/fdatasync per publish" if syncs else ""
+        self.row("17.1", f"{n} × durable publish (one process each{fsyncs})",
+                 f"{median(bgq_t) / n * 1000:.2f} ms/publish",
+                 f"{median(ref_t) / n * 1000:.2f} ms/append (`dd oflag={flags} conv=notrunc`)",
+                 f"{ratio:.2f}", "≤ 1.50 (stretch 1.25)", ratio <= 1.50)
+
+    def target17_3(self):
+        """Issue 17.3: 300 publishes with durability = "normal" against 300 `dd oflag=append`
+        (no sync) of 100 bytes."""
+        bgq_t, ref_t, n, flags = self.publish_vs_dd("17.3", "normal", False)
+        ratio = paired_ratio(bgq_t, ref_t)
+        self.row("17.3", f'{n} × publish, durability = "normal"',
+                 f"{median(bgq_t) / n * 1000:.2f} ms/publish",
+                 f"{median(ref_t) / n * 1000:.2f} ms/append (`dd oflag={flags} conv=notrunc`)",
+                 f"{ratio:.2f}", "≤ 1.20", ratio <= 1.20)
+
+    def target17_2(self):
+        """Issue 17.2: 1,000 jobs published one command at a time while `process --watch`
+        (concurrency 2) runs them, until the last is FINISHED, against task-spooler."""
+        n = self.args.t7_jobs
+        bgq_t, tsp_t = [], []
+        for rep in range(self.args.reps):
+            def run_bgq():
+                bgq_t.append(self.t17_2_bgq(n))
+
+            def run_tsp():
+                enq, drain = self.t7_tsp(n)
+                tsp_t.append(enq + drain)
+
+            for step in ((run_bgq, run_tsp) if rep % 2 == 0 else (run_tsp, run_bgq)):
+                step()
+            self.note(f"rep {rep + 1}: bgq {bgq_t[-1]:.2f} s, task-spooler {tsp_t[-1]:.2f} s")
+        self.raw["t17.2"] = {"bgq_s": bgq_t, "tsp_s": tsp_t}
+        b, t, ratio = median(bgq_t), median(tsp_t), paired_ratio(bgq_t, tsp_t)
+        self.row("17.2", f"{n:,} publishes while process --watch runs them, to the last FINISHED",
+                 f"{b:.2f} s", f"{t:.2f} s (task-spooler `tsp -S 2`, {n:,} `tsp` calls)",
+                 f"{ratio:.2f}", "< 1.00", ratio < 1.0)
+
+    def t17_2_bgq(self, n):
+        if not shutil.which("tsp"):
+            raise Skip("tsp (task-spooler) not installed")
+        folder = self.config(self.fresh("t17.2-bgq"))
+        check_run(self.bgq(folder, "list"))  # creates the database, as a deployment has it
+        watcher = subprocess.Popen(self.bgq(folder, "process", "--watch"), stderr=subprocess.PIPE)
+        try:
+            start = now()
+            for i in range(n):
+                check_run(self.bgq(folder, "publish", "cb", "--json", f'{{"n":{i}}}'))
+            deadline = now() + self.args.t7_timeout
+            while count_rows(self.db(folder), "state = 'FINISHED'") < n:
+                if watcher.poll() is not None or now() > deadline:
+                    raise RuntimeError("process --watch did not finish every job")
+                time.sleep(0.002)
+            return now() - start
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            _, err = watcher.communicate(timeout=60)
+            if watcher.returncode != 0:
+                raise RuntimeError(f"process --watch exited {watcher.returncode}: {err.decode()[-300:]}")
+
     # -- run -----------------------------------------------------------------------------------
 
     def run(self):
         targets = {
             "1": self.target1, "2": self.target2, "3": self.target3, "4": self.target4,
             "5": self.target5, "6": self.target6, "7": self.target7,
+            "17.1": self.target17_1, "17.2": self.target17_2, "17.3": self.target17_3,
         }
         chosen = self.args.only.split(",") if self.args.only else list(targets)
         self.wait_budget = self.args.wait_idle
