@@ -62,6 +62,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Say in one line why a job is not running now
     Explain(ExplainArgs),
+    /// Batches: jobs with a job to run when all of them have ended
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Health check for monitoring: exit 1 when `process` or the queue is stale
     Status(StatusArgs),
     /// Check the config against this machine and the queue
@@ -137,9 +140,90 @@ pub struct PublishArgs {
     #[arg(long, requires = "identifier", conflicts_with = "jsonl")]
     pub unique: bool,
 
+    /// Add the jobs to batch ID (`bgq batch new`); after its seal only its running jobs may
+    #[arg(long, value_name = "ID", value_parser = batch_id)]
+    pub batch: Option<i64>,
+
     /// Start a detached `bgq process` for the queue right away [config: process_on_publish]
     #[arg(long)]
     pub process: bool,
+}
+
+/// `bgq batch`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Open a batch; prints its id (add jobs with `bgq publish --batch ID`)
+    New(BatchNewArgs),
+    /// No more jobs from outside: the batch completes once its jobs have all ended
+    Seal(BatchIdArg),
+    /// One batch: its jobs per state, progress, times and callbacks
+    Show(BatchShowArgs),
+    /// The batches, newest first
+    List(BatchListArgs),
+}
+
+/// `bgq batch new`.
+#[derive(Debug, Args)]
+pub struct BatchNewArgs {
+    /// Queue of its completion jobs [default: `queue` from the config]
+    #[arg(long, value_name = "Q", value_parser = non_empty)]
+    pub queue: Option<String>,
+
+    /// Callback to publish when every job has ended (whatever the outcome)
+    #[arg(long, value_name = "CALLBACK", value_parser = CallbackName, hide_possible_values = true)]
+    pub on_complete: Option<String>,
+
+    /// JSON given to the on-complete job as `params` (text, @FILE or -)
+    #[arg(long, value_name = "JSON", requires = "on_complete")]
+    pub on_complete_json: Option<String>,
+
+    /// Callback to publish when every job FINISHED
+    #[arg(long, value_name = "CALLBACK", value_parser = CallbackName, hide_possible_values = true)]
+    pub on_success: Option<String>,
+
+    /// JSON given to the on-success job as `params` (text, @FILE or -)
+    #[arg(long, value_name = "JSON", requires = "on_success")]
+    pub on_success_json: Option<String>,
+
+    /// Free text, passed to the completion jobs
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+/// A batch id.
+#[derive(Debug, Args)]
+pub struct BatchIdArg {
+    /// Batch id
+    #[arg(value_name = "ID", value_parser = batch_id)]
+    pub id: i64,
+}
+
+/// `bgq batch show`.
+#[derive(Debug, Args)]
+pub struct BatchShowArgs {
+    /// Batch id
+    #[arg(value_name = "ID", value_parser = batch_id)]
+    pub id: i64,
+
+    /// One JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bgq batch list`.
+#[derive(Debug, Args)]
+pub struct BatchListArgs {
+    /// Only batches not complete yet
+    #[arg(long)]
+    pub open: bool,
+
+    /// Show at most N batches
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: u64,
+
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Replacement parameters for `bgq retry`, read as `publish` reads them.
@@ -187,6 +271,10 @@ pub struct RetryArgs {
     #[arg(long, value_name = "Q", requires = "state")]
     pub queue: Option<String>,
 
+    /// Every PERMANENTLY_FAILED or CANCELLED job of batch ID, instead of ids
+    #[arg(long, value_name = "ID", group = "which", value_parser = batch_id)]
+    pub batch: Option<i64>,
+
     /// Print what would change, change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -215,6 +303,10 @@ pub struct CancelArgs {
     /// With --state: only jobs of this queue
     #[arg(long, value_name = "Q", requires = "state")]
     pub queue: Option<String>,
+
+    /// Every job of batch ID that has not started (with --kill, the running ones too)
+    #[arg(long, value_name = "ID", group = "which", value_parser = batch_id)]
+    pub batch: Option<i64>,
 
     /// Print what would change, change nothing
     #[arg(long)]
@@ -364,6 +456,10 @@ pub struct ListArgs {
     #[arg(long, value_name = "I")]
     pub identifier: Vec<String>,
 
+    /// Only jobs of this batch
+    #[arg(long, value_name = "ID", value_parser = batch_id)]
+    pub batch: Option<i64>,
+
     /// Show at most N jobs; 0 shows them all
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: u64,
@@ -441,6 +537,13 @@ fn job_id(text: &str) -> Result<i64, String> {
     match text.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),
         _ => Err("a job id is a positive integer".to_owned()),
+    }
+}
+
+fn batch_id(text: &str) -> Result<i64, String> {
+    match text.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err("a batch id is a positive integer".to_owned()),
     }
 }
 

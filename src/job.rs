@@ -562,6 +562,9 @@ pub struct JobRecord {
     /// How many of the jobs it was published `--after` have not FINISHED yet.
     #[serde(skip)]
     pub blocked_by: i64,
+    /// The batch it belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
 }
 
 /// Milliseconds since the Unix epoch, as stored.

@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => commands::pause::resume(&config, &args),
         Command::Stats(args) => commands::stats::run(&config, &args, &style),
         Command::Explain(args) => commands::explain::run(&config, &args),
+        Command::Batch(command) => commands::batch::run(&config, &command),
         Command::Status(args) => commands::status::run(&config, &args),
         Command::Check => commands::check::run(&config),
         Command::Migrate(args) => commands::migrate::run(&config, &args),

@@ -183,6 +183,8 @@ pub fn prepare(
         job.serial_group.as_deref(),
     );
     set_or_remove(&mut command, "BGQ_IDENTIFIER", job.identifier.as_deref());
+    let batch = job.batch.map(|batch| batch.to_string());
+    set_or_remove(&mut command, "BGQ_BATCH_ID", batch.as_deref());
     if let Some(bgq) = bgq_binary() {
         command.env("BGQ_BIN", bgq);
     }

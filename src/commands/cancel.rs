@@ -40,13 +40,32 @@ pub fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<()> {
         )),
         _ => None,
     })?;
+    // --batch: the members that have not ended (with --kill, the running ones too).
+    let states = match args.batch {
+        Some(_) => {
+            let mut unstarted = vec![
+                JobState::Ready,
+                JobState::TemporarilyFailed,
+                JobState::Waiting,
+            ];
+            if args.kill {
+                unstarted.push(JobState::Processing);
+            }
+            unstarted
+        }
+        None => states,
+    };
     let selection = super::retry::selection(
         &args.ids,
         &states,
         args.queue.as_deref(),
         args.callback.as_deref(),
+        args.batch,
     );
     let mut store = crate::store::open(&config.database, Durability::Full)?;
+    if let Some(batch) = args.batch {
+        super::batch::existing(&*store, batch)?;
+    }
     let changed = store.change(
         &selection,
         &Change::Cancel { now },

@@ -22,6 +22,7 @@ pub fn run(config: &Config, args: &ListArgs, style: &Style) -> anyhow::Result<()
         queue: args.queue.clone(),
         callback: args.callback.clone(),
         identifiers: args.identifier.clone(),
+        batch: args.batch,
     };
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

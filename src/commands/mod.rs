@@ -1,5 +1,6 @@
 //! One module per command; each exposes `run(config, args)`.
 
+pub(crate) mod batch;
 pub(crate) mod cancel;
 pub(crate) mod check;
 pub(crate) mod clear;

@@ -14,7 +14,7 @@ use crate::duration;
 use crate::error::{StoredButUnprinted, usage};
 use crate::escape;
 use crate::job::{JobState, Millis, NewJob, Payload, now_millis};
-use crate::store::{Durability, Published, Schedule};
+use crate::store::{BatchTarget, Durability, Published, Schedule};
 
 /// Runs `bgq publish`.
 pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
@@ -65,6 +65,14 @@ pub fn run(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
         priority: args.priority,
         after: args.after.clone(),
         unique: args.unique,
+        batch: args.batch.map(|id| BatchTarget {
+            id,
+            // A running job of the batch may add to it after the seal (SPEC section 11); the
+            // store checks that this job is one.
+            publisher: std::env::var("BGQ_JOB_ID")
+                .ok()
+                .and_then(|job| job.parse().ok()),
+        }),
     };
     let durability = match config.durability {
         PublishDurability::Full => Durability::Full,

@@ -26,11 +26,17 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
         matches!(state, JobState::Finished | JobState::Processing)
             .then(|| format!("a {state} job cannot be retried"))
     })?;
+    // --batch: the members that ended without finishing.
+    let states = match args.batch {
+        Some(_) => vec![JobState::PermanentlyFailed, JobState::Cancelled],
+        None => states,
+    };
     let selection = selection(
         &args.ids,
         &states,
         args.queue.as_deref(),
         args.callback.as_deref(),
+        args.batch,
     );
     let new_parameters = payload.is_some();
     let change = Change::Retry {
@@ -38,6 +44,9 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
         payload,
     };
     let mut store = crate::store::open(&config.database, Durability::Full)?;
+    if let Some(batch) = args.batch {
+        super::batch::existing(&*store, batch)?;
+    }
     let changed = store.change(
         &selection,
         &change,
@@ -85,6 +94,35 @@ pub fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    drop(out);
+    if !args.dry_run {
+        say_batches_stay_complete(&*store, &changed)?;
+    }
+    Ok(())
+}
+
+/// Says on stderr, once per batch, that the retried members of a batch that already completed
+/// reopen nothing: its completion jobs ran, and will not run again (SPEC section 11).
+fn say_batches_stay_complete(
+    store: &dyn crate::store::Store,
+    changed: &[(JobBrief, bool)],
+) -> anyhow::Result<()> {
+    let mut batches: Vec<i64> = changed
+        .iter()
+        .filter(|(_, applied)| *applied)
+        .filter_map(|(job, _)| job.batch)
+        .collect();
+    batches.sort_unstable();
+    batches.dedup();
+    for id in batches {
+        if let Some(batch) = store.batch(id)?
+            && batch.completed_at.is_some()
+        {
+            crate::diagnostic!(
+                "bgq: note: batch {id} is already complete: retrying its jobs reopens nothing, and its completion jobs do not run again"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -107,18 +145,20 @@ pub(super) fn parse_states(
 }
 
 /// The jobs a bulk command (`retry`, `cancel`) names: `ids`, or when there are none every job
-/// in one of `states`, of `queue` and `callback` when given.
+/// in one of `states`, of `queue`, `callback` and `batch` when given.
 pub(super) fn selection<'a>(
     ids: &'a [i64],
     states: &'a [JobState],
     queue: Option<&'a str>,
     callback: Option<&'a str>,
+    batch: Option<i64>,
 ) -> Selection<'a> {
     if ids.is_empty() {
         Selection::Matching {
             states,
             queue,
             callback,
+            batch,
         }
     } else {
         Selection::Ids(ids)

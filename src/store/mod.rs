@@ -362,6 +362,101 @@ pub trait Store {
 
     /// Deletes notices that were sent.
     fn delete_notices(&mut self, ids: &[i64]) -> anyhow::Result<()>;
+
+    /// Opens a batch (SPEC section 11) and returns its id, increasing like job ids.
+    fn new_batch(&mut self, batch: &NewBatch, now: Millis) -> anyhow::Result<i64>;
+
+    /// Seals batch `id`: from now on only its running members add jobs to it. When none of its
+    /// jobs is unfinished it completes in the same transaction (its completion jobs are
+    /// published). An unknown batch is a usage error.
+    fn seal_batch(&mut self, id: i64, now: Millis) -> anyhow::Result<Sealed>;
+
+    /// Batch `id` as it is now, if it exists.
+    fn batch(&self, id: i64) -> anyhow::Result<Option<BatchInfo>>;
+
+    /// The batches, newest first, at most `limit`; only those not complete when `open_only`.
+    fn batches(&self, open_only: bool, limit: usize) -> anyhow::Result<Vec<BatchInfo>>;
+
+    /// The batch whose completion published job `id`, if one did.
+    fn batch_completed_by(&self, id: i64) -> anyhow::Result<Option<BatchInfo>>;
+
+    /// Deletes the complete batches none of whose jobs is left (`clear` deleted them all);
+    /// returns how many.
+    fn prune_batches(&mut self) -> anyhow::Result<usize>;
+}
+
+/// A batch to open (`bgq batch new`).
+#[derive(Debug, Clone, Default)]
+pub struct NewBatch {
+    /// The queue of its completion jobs.
+    pub queue: String,
+    /// Free text, passed to its completion jobs.
+    pub description: Option<String>,
+    /// Callback published when it completes, with its `params` as compact JSON text.
+    pub on_complete: Option<(String, Option<String>)>,
+    /// Callback published when it completes with every job FINISHED, with its `params`.
+    pub on_success: Option<(String, Option<String>)>,
+}
+
+/// What `Store::seal_batch` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealed {
+    /// Sealed now; `complete` when no job of it was unfinished, so it completed too.
+    Now {
+        /// Whether it completed in the same transaction.
+        complete: bool,
+    },
+    /// It was sealed before: nothing changed.
+    Already,
+}
+
+/// A batch as `bgq batch show` and `list` see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Batch id.
+    pub id: i64,
+    /// The queue of its completion jobs.
+    pub queue: String,
+    /// Its description, if given.
+    pub description: Option<String>,
+    /// Its on-complete callback and `params` (JSON text).
+    pub on_complete: Option<(String, Option<String>)>,
+    /// Its on-success callback and `params` (JSON text).
+    pub on_success: Option<(String, Option<String>)>,
+    /// When it was opened.
+    pub created_at: Millis,
+    /// When it was sealed, if it was.
+    pub sealed_at: Option<Millis>,
+    /// When it completed, if it did.
+    pub completed_at: Option<Millis>,
+    /// The jobs its completion published (on-complete, on-success).
+    pub complete_job: Option<i64>,
+    /// The on-success job its completion published.
+    pub success_job: Option<i64>,
+    /// Its jobs READY, PROCESSING, TEMPORARILY_FAILED or WAITING.
+    pub unfinished: u64,
+    /// Its jobs FINISHED.
+    pub finished: u64,
+    /// Its jobs PERMANENTLY_FAILED.
+    pub failed: u64,
+    /// Its jobs CANCELLED.
+    pub cancelled: u64,
+}
+
+impl BatchInfo {
+    /// Every job it ever had (jobs deleted by `clear` keep counting).
+    pub fn total(&self) -> u64 {
+        self.unfinished + self.finished + self.failed + self.cancelled
+    }
+}
+
+/// The batch a publish adds its jobs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTarget {
+    /// Batch id.
+    pub id: i64,
+    /// The job publishing, from `BGQ_JOB_ID`: a PROCESSING member may add to a sealed batch.
+    pub publisher: Option<i64>,
 }
 
 /// A pause of `bgq pause`: no run claims the jobs it covers.
@@ -453,6 +548,8 @@ pub struct ClaimedJob {
     pub notified: bool,
     /// This claim of it.
     pub fence: Fence,
+    /// Its batch, if any (`BGQ_BATCH_ID`).
+    pub batch: Option<i64>,
 }
 
 /// A job left PROCESSING by a `process` run that died.
@@ -643,6 +740,8 @@ pub struct ListFilter {
     pub callback: Option<String>,
     /// Any of these identifiers (all when empty).
     pub identifiers: Vec<String>,
+    /// Only jobs of this batch.
+    pub batch: Option<i64>,
 }
 
 /// Everything stored about one job, for `bgq show` and `bgq explain`.
@@ -778,6 +877,8 @@ pub struct JobBrief {
     pub attempts: u32,
     /// Whether `bgq cancel --kill` is stopping it (it is PROCESSING).
     pub cancel_requested: bool,
+    /// Its batch, if any.
+    pub batch: Option<i64>,
 }
 
 impl JobBrief {
@@ -803,6 +904,8 @@ pub enum Selection<'a> {
         queue: Option<&'a str>,
         /// Only this callback.
         callback: Option<&'a str>,
+        /// Only jobs of this batch.
+        batch: Option<i64>,
     },
 }
 
@@ -852,6 +955,8 @@ pub struct Schedule {
     pub after: Vec<i64>,
     /// Store nothing while a job with the same identifier is unfinished in the queue.
     pub unique: bool,
+    /// The batch the jobs join, if any.
+    pub batch: Option<BatchTarget>,
 }
 
 /// What `Store::publish_with` did.

@@ -36,6 +36,14 @@ CREATE OR REPLACE FUNCTION run_session(p_run bigint, OUT held boolean, OUT silen
                      FROM runs r WHERE r.id = p_run), 0)
     $$;
 
+-- Revision 4 added batch_id to what claim() and settle_and_claim() return: a function's result
+-- type cannot be replaced in place. (A binary of schema version 5 refuses a version-6 schema,
+-- so no older caller is left.)
+DROP FUNCTION IF EXISTS settle_and_claim(bigint[], text[], bigint[], boolean[], integer[], bytea[],
+    bigint[], boolean[], bigint[], integer[], text[], text[], bigint[], text[], integer[],
+    integer[], integer[], text, bigint, bigint, integer, text[], integer[], integer[], text[]);
+DROP FUNCTION IF EXISTS claim(text, bigint, bigint, integer, text[], integer[], integer[], text[]);
+
 -- Claims up to p_limit due jobs of queue p_queue for run p_run at time p_now, in one round
 -- trip: highest priority first, then oldest; within what p_left allows per callback of
 -- p_callbacks (-1: no limit of this run) and, for callbacks with a `concurrency` of their own
@@ -47,7 +55,8 @@ CREATE OR REPLACE FUNCTION claim(p_queue text, p_run bigint, p_now bigint, p_lim
                       p_callbacks text[], p_left integer[], p_fleet_limit integer[],
                       p_blocking text[])
     RETURNS TABLE (id bigint, queue text, callback text, payload bytea, params_json text,
-                   attempts integer, serial_group text, identifier text, notified boolean)
+                   attempts integer, serial_group text, identifier text, notified boolean,
+                   batch_id bigint)
     LANGUAGE plpgsql SET search_path FROM CURRENT
     AS $$
 -- Written for few statements per claimed job (each costs the server an executor start): the
@@ -125,7 +134,7 @@ BEGIN
                     cancel_requested = false
                 WHERE j.id = v_id
                 RETURNING j.id, j.queue, j.callback, j.payload, j.params_json::text, j.attempts,
-                          j.serial_group, j.identifier, j.notified;
+                          j.serial_group, j.identifier, j.notified, j.batch_id;
         ELSE
             BEGIN
                 RETURN QUERY
@@ -136,7 +145,7 @@ BEGIN
                         cancel_requested = false
                     WHERE j.id = v_id
                     RETURNING j.id, j.queue, j.callback, j.payload, j.params_json::text,
-                              j.attempts, j.serial_group, j.identifier, j.notified;
+                              j.attempts, j.serial_group, j.identifier, j.notified, j.batch_id;
             EXCEPTION WHEN unique_violation THEN
                 -- Another host's claim of this group committed after our snapshot: leave it.
                 v_skipped := v_skipped || v_id;
@@ -293,6 +302,14 @@ DECLARE
     v_names    text[] := '{}';
     v_outcomes text[] := '{}';
 BEGIN
+    -- The batches of these jobs, locked in id order before any member changes: each outcome
+    -- updates its batch's row (batch_member_changed()), and two runs settling members of two
+    -- batches in opposite orders would otherwise deadlock. One probe of the primary key per
+    -- job; nothing is locked for jobs of no batch.
+    PERFORM 1 FROM batches b
+        WHERE b.id IN (SELECT j.batch_id FROM jobs j
+                       WHERE j.id = ANY (p_ids) AND j.batch_id IS NOT NULL)
+        ORDER BY b.id FOR UPDATE;
     FOR v_index IN 1..coalesce(cardinality(p_ids), 0) LOOP
         v_queue := NULL;
         UPDATE jobs j SET state = p_states[v_index], run_at = p_run_ats[v_index],
@@ -415,14 +432,14 @@ CREATE OR REPLACE FUNCTION settle_and_claim(p_ids bigint[], p_states text[], p_r
                                             p_blocking text[])
     RETURNS TABLE (kind text, id bigint, queue text, outcome text, callback text,
                    payload bytea, params_json text, attempts integer, serial_group text,
-                   identifier text, notified boolean)
+                   identifier text, notified boolean, batch_id bigint)
     LANGUAGE plpgsql SET search_path FROM CURRENT
     AS $$
 BEGIN
     IF cardinality(p_ids) > 0 THEN
         RETURN QUERY
         SELECT 'settled'::text, s.id, s.queue, s.outcome, NULL::text, NULL::bytea, NULL::text,
-               NULL::integer, NULL::text, NULL::text, NULL::boolean
+               NULL::integer, NULL::text, NULL::text, NULL::boolean, NULL::bigint
             FROM settle(p_ids, p_states, p_run_ats, p_due, p_uncount, p_outputs, p_ended_at,
                         p_notified, p_fence_runs, p_attempts, p_notice_kinds, p_notice_reasons,
                         p_created_by, p_run_outcomes, p_exit_codes, p_signals, p_history) s;
@@ -430,9 +447,101 @@ BEGIN
     IF p_limit > 0 THEN
         RETURN QUERY
         SELECT 'claimed'::text, c.id, c.queue, NULL::text, c.callback, c.payload, c.params_json,
-               c.attempts, c.serial_group, c.identifier, c.notified
+               c.attempts, c.serial_group, c.identifier, c.notified, c.batch_id
             FROM claim(p_queue, p_run, p_now, p_limit, p_callbacks, p_left, p_fleet_limit,
                        p_blocking) c;
     END IF;
 END
 $$;
+
+-- The summary a completion job of batch p_batch gets on stdin (SPEC section 11): its counts per
+-- final state, the members that did not FINISH (read once, through jobs_batch), and p_params.
+CREATE OR REPLACE FUNCTION batch_summary(p_batch batches, p_params json, p_failed boolean)
+    RETURNS json
+    LANGUAGE sql STABLE SET search_path FROM CURRENT
+    AS $$
+    SELECT json_build_object(
+        'batch', p_batch.id, 'description', p_batch.description,
+        'counts', json_build_object('FINISHED', p_batch.finished,
+                                    'PERMANENTLY_FAILED', p_batch.failed,
+                                    'CANCELLED', p_batch.cancelled),
+        'unfinished_ids', CASE WHEN p_failed THEN
+            (SELECT coalesce(json_agg(m.id ORDER BY m.id), '[]'::json) FROM jobs m
+             WHERE m.batch_id = p_batch.id AND m.state <> 'FINISHED')
+            ELSE '[]'::json END,
+        'params', p_params)
+    $$;
+
+-- Keeps a batch's counters as its members come and move into or out of a final state (the
+-- triggers below fire for nothing else): one update of the batch's row, in the transaction of
+-- the change, whichever path made it (an outcome, a cancel, a retry, a recovery).
+CREATE OR REPLACE FUNCTION batch_member_changed() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE batches b SET unfinished = b.unfinished + 1 WHERE b.id = NEW.batch_id;
+        RETURN NULL;
+    END IF;
+    UPDATE batches b SET
+        unfinished = b.unfinished
+            + (NEW.state NOT IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED'))::integer
+            - (OLD.state NOT IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED'))::integer,
+        finished = b.finished + (NEW.state = 'FINISHED')::integer
+            - (OLD.state = 'FINISHED')::integer,
+        failed = b.failed + (NEW.state = 'PERMANENTLY_FAILED')::integer
+            - (OLD.state = 'PERMANENTLY_FAILED')::integer,
+        cancelled = b.cancelled + (NEW.state = 'CANCELLED')::integer
+            - (OLD.state = 'CANCELLED')::integer,
+        changed_at = NEW.state_changed_at
+        WHERE b.id = NEW.batch_id;
+    RETURN NULL;
+END
+$$;
+
+-- Completes a sealed batch with no unfinished member (its last member ended, or it was sealed
+-- so): publishes its completion jobs in the same transaction, once, as completed_at records.
+-- The batch's row is locked by the update that fired it, so concurrent outcomes of its members
+-- on other hosts wait, and see completed_at when they go on.
+CREATE OR REPLACE FUNCTION batch_complete() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+DECLARE
+    v_complete bigint;
+    v_success  bigint;
+    v_failed   boolean := NEW.failed > 0 OR NEW.cancelled > 0;
+BEGIN
+    IF NEW.on_complete IS NOT NULL THEN
+        INSERT INTO jobs (queue, callback, params_json, created_at, run_at, state_changed_at)
+            VALUES (NEW.queue, NEW.on_complete, batch_summary(NEW, NEW.on_complete_params, v_failed),
+                    NEW.changed_at, NEW.changed_at, NEW.changed_at)
+            RETURNING jobs.id INTO v_complete;
+    END IF;
+    IF NEW.on_success IS NOT NULL AND NOT v_failed THEN
+        INSERT INTO jobs (queue, callback, params_json, created_at, run_at, state_changed_at)
+            VALUES (NEW.queue, NEW.on_success, batch_summary(NEW, NEW.on_success_params, false),
+                    NEW.changed_at, NEW.changed_at, NEW.changed_at)
+            RETURNING jobs.id INTO v_success;
+    END IF;
+    UPDATE batches b SET completed_at = NEW.changed_at, complete_job = v_complete,
+            success_job = v_success
+        WHERE b.id = NEW.id;
+    IF v_complete IS NOT NULL OR v_success IS NOT NULL THEN
+        PERFORM pg_notify(wake_channel(), NEW.queue);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER jobs_batch_insert AFTER INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL)
+    EXECUTE FUNCTION batch_member_changed();
+CREATE OR REPLACE TRIGGER jobs_batch_state AFTER UPDATE OF state ON jobs
+    FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL AND NEW.state <> OLD.state
+                       AND (NEW.state IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED')
+                            OR OLD.state IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED')))
+    EXECUTE FUNCTION batch_member_changed();
+CREATE OR REPLACE TRIGGER batches_complete AFTER UPDATE OF unfinished, sealed_at ON batches
+    FOR EACH ROW WHEN (NEW.unfinished = 0 AND NEW.sealed_at IS NOT NULL
+                       AND NEW.completed_at IS NULL)
+    EXECUTE FUNCTION batch_complete();

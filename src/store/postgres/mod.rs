@@ -35,9 +35,10 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BrokenCallback, Change, ClaimRequest,
-    Completion, DueJobs, Durability, Fence, JobBrief, JobDetail, ListFilter, Orphan, Pause,
-    PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store, StuckAfter, Tally,
+    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BatchInfo, BatchTarget, BrokenCallback,
+    Change, ClaimRequest, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail, ListFilter,
+    NewBatch, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Sealed, Selection,
+    Settled, Store, StuckAfter, Tally,
 };
 
 pub use connect::{Purpose, connect};
@@ -45,13 +46,17 @@ pub use connect::{Purpose, connect};
 /// The canonical tables, applied to a new schema.
 const SCHEMA: &str = include_str!("schema.sql");
 /// The upgrade of a schema from the version before each to it, in order.
-const UPGRADES: &[(i64, &str)] = &[(5, include_str!("upgrades/v5.sql"))];
+const UPGRADES: &[(i64, &str)] = &[
+    (5, include_str!("upgrades/v5.sql")),
+    (6, include_str!("upgrades/v6.sql")),
+];
 /// The schema's functions, applied to a new schema and whenever its revision is older.
 const FUNCTIONS: &str = include_str!("functions.sql");
 /// The revision of functions.sql, in `meta.functions`: 2 added settle() and settle_and_claim();
 /// 3 keeps the job before its claim (for a callback that cannot start), the history of attempts,
-/// run totals, and leaves paused callbacks unclaimed.
-const FUNCTIONS_REVISION: i64 = 3;
+/// run totals, and leaves paused callbacks unclaimed; 4 keeps batches (their counters and
+/// completion, by triggers) and claims return the job's batch.
+const FUNCTIONS_REVISION: i64 = 4;
 /// The schema version this binary writes: the same numbers as SQLite's.
 pub const SCHEMA_VERSION: i64 = crate::store::sqlite::SCHEMA_VERSION;
 /// How long per-minute outcome counts are kept for `stats`.
@@ -289,7 +294,12 @@ impl PostgresStore {
         groups.dedup();
         // The common publish (no --after, no serial group, not unique, one chunk) is one
         // statement in autocommit: one round trip after the connection's start.
-        if after.is_empty() && groups.is_empty() && !schedule.unique && jobs.len() <= INSERT_CHUNK {
+        if after.is_empty()
+            && groups.is_empty()
+            && !schedule.unique
+            && schedule.batch.is_none()
+            && jobs.len() <= INSERT_CHUNK
+        {
             let due = schedule.run_at <= now;
             let client = self.client.get_mut();
             let ids = insert_jobs(client, &schema, jobs, schedule, now, 0, due)?;
@@ -299,6 +309,9 @@ impl PostgresStore {
             });
         }
         let mut tx = self.client.get_mut().transaction()?;
+        if let Some(batch) = schedule.batch {
+            check_batch_open(&mut tx, &schema, batch, &identity)?;
+        }
         let mut waiting_for = Vec::new();
         if !after.is_empty() {
             let cleared_up_to: i64 = tx
@@ -469,8 +482,8 @@ fn insert_jobs(
         "WITH ins AS (
              INSERT INTO @.jobs (queue, callback, payload, serial_group, identifier,
                                  created_at, run_at, state_changed_at, priority,
-                                 blocked_by, is_unique, due)
-             SELECT q, c, p, g, i, $6, $7, $6, $8, $9, $10, $11
+                                 blocked_by, is_unique, due, batch_id)
+             SELECT q, c, p, g, i, $6, $7, $6, $8, $9, $10, $11, $12
              FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
                   WITH ORDINALITY AS t (q, c, p, g, i, n)
              ORDER BY n
@@ -495,6 +508,7 @@ fn insert_jobs(
             (&blocked_by, Type::INT4),
             (&schedule.unique, Type::BOOL),
             (&due, Type::BOOL),
+            (&schedule.batch.map(|batch| batch.id), Type::INT8),
         ],
     )?;
     Ok(rows.iter().map(|row| row.get::<_, i64>(0)).collect())
@@ -597,7 +611,8 @@ fn read_u32(row: &Row, index: usize) -> u32 {
 /// The columns of a `JobRecord`.
 const RECORD_COLUMNS: &str = "id, queue, callback, state, attempts, serial_group, identifier,
      created_at, run_at, started_at, finished_at,
-     coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at), priority, blocked_by";
+     coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at), priority, blocked_by,
+     batch_id";
 
 /// A `JobRecord` from the `RECORD_COLUMNS` starting at column `first`.
 fn read_record_at(row: &Row, first: usize) -> anyhow::Result<JobRecord> {
@@ -616,6 +631,7 @@ fn read_record_at(row: &Row, first: usize) -> anyhow::Result<JobRecord> {
         state_changed_at: row.get(first + 11),
         priority: row.get(first + 12),
         blocked_by: i64::from(row.get::<_, i32>(first + 13)),
+        batch: row.get(first + 14),
     })
 }
 
@@ -816,6 +832,7 @@ struct Filter {
     queue: Option<String>,
     callback: Option<String>,
     identifiers: Vec<String>,
+    batch: Option<i64>,
 }
 
 impl Filter {
@@ -833,6 +850,7 @@ impl Filter {
         add(filter.queue.is_some(), " AND queue = #");
         add(filter.callback.is_some(), " AND callback = #");
         add(!filter.identifiers.is_empty(), " AND identifier = ANY (#)");
+        add(filter.batch.is_some(), " AND batch_id = #");
         Filter {
             sql,
             states: filter
@@ -843,6 +861,7 @@ impl Filter {
             queue: filter.queue.clone(),
             callback: filter.callback.clone(),
             identifiers: filter.identifiers.clone(),
+            batch: filter.batch,
         }
     }
 
@@ -860,6 +879,9 @@ impl Filter {
         }
         if !self.identifiers.is_empty() {
             params.push((&self.identifiers, Type::TEXT_ARRAY));
+        }
+        if let Some(batch) = &self.batch {
+            params.push((batch, Type::INT8));
         }
         params
     }
@@ -1584,14 +1606,14 @@ impl Store for PostgresStore {
             let Some(row) = self.reader().query_typed_opt(&sql, &[(&id, Type::INT8)])? else {
                 return Ok(None);
             };
-            let output: Option<Vec<u8>> = row.get(16);
+            let output: Option<Vec<u8>> = row.get(17);
             Ok(Some(JobDetail {
                 record: read_record_at(&row, 0)?,
-                payload: stored_payload(row.get(14), row.get(15)).and_then(StoredPayload::new),
+                payload: stored_payload(row.get(15), row.get(16)).and_then(StoredPayload::new),
                 output: output.unwrap_or_default(),
-                notified: row.get(17),
-                claimed_run: row.get(18),
-                cancel_requested: row.get(19),
+                notified: row.get(18),
+                claimed_run: row.get(19),
+                cancel_requested: row.get(20),
                 runs: self.attempts_of(id)?,
                 after: self.after(id)?,
             }))
@@ -1873,6 +1895,199 @@ impl Store for PostgresStore {
             .map_err(anyhow::Error::from);
         self.in_database(|| "delete sent notices".to_owned(), result)
     }
+
+    fn new_batch(&mut self, batch: &NewBatch, now: Millis) -> anyhow::Result<i64> {
+        let sql = self.sql(
+            "INSERT INTO @.batches (queue, description, on_complete, on_complete_params,
+                                    on_success, on_success_params, created_at, changed_at)
+             VALUES ($1, $2, $3, $4::json, $5, $6::json, $7, $7) RETURNING id",
+        );
+        let (on_complete, complete_params) = split_callback(&batch.on_complete);
+        let (on_success, success_params) = split_callback(&batch.on_success);
+        let result = self
+            .client
+            .get_mut()
+            .query_typed_one(
+                &sql,
+                &[
+                    (&batch.queue, Type::TEXT),
+                    (&batch.description, Type::TEXT),
+                    (&on_complete, Type::TEXT),
+                    (&complete_params, Type::TEXT),
+                    (&on_success, Type::TEXT),
+                    (&success_params, Type::TEXT),
+                    (&now, Type::INT8),
+                ],
+            )
+            .map(|row| row.get::<_, i64>(0))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "open a batch".to_owned(), result)
+    }
+
+    fn seal_batch(&mut self, id: i64, now: Millis) -> anyhow::Result<Sealed> {
+        let schema = self.schema.clone();
+        let identity = self.identity.clone();
+        let result = (|| -> anyhow::Result<Sealed> {
+            let mut tx = self.client.get_mut().transaction()?;
+            let found = tx.query_typed_opt(
+                &in_schema(
+                    &schema,
+                    "SELECT sealed_at FROM @.batches WHERE id = $1 FOR UPDATE",
+                ),
+                &[(&id, Type::INT8)],
+            )?;
+            match found.map(|row| row.get::<_, Option<i64>>(0)) {
+                None => {
+                    return Err(crate::error::usage(format!("no batch {id} in {identity}")));
+                }
+                Some(Some(_)) => return Ok(Sealed::Already),
+                Some(None) => {}
+            }
+            // The trigger batches_complete completes it here when nothing is unfinished.
+            tx.execute_typed(
+                &in_schema(
+                    &schema,
+                    "UPDATE @.batches SET sealed_at = $2, changed_at = $2 WHERE id = $1",
+                ),
+                &[(&id, Type::INT8), (&now, Type::INT8)],
+            )?;
+            let complete: bool = tx
+                .query_typed_one(
+                    &in_schema(
+                        &schema,
+                        "SELECT completed_at IS NOT NULL FROM @.batches WHERE id = $1",
+                    ),
+                    &[(&id, Type::INT8)],
+                )?
+                .get(0);
+            tx.commit()?;
+            Ok(Sealed::Now { complete })
+        })();
+        self.in_database(|| format!("seal batch {id}"), result)
+    }
+
+    fn batch(&self, id: i64) -> anyhow::Result<Option<BatchInfo>> {
+        let sql = self.sql(&format!(
+            "SELECT {BATCH_COLUMNS} FROM @.batches WHERE id = $1"
+        ));
+        let result = self
+            .reader()
+            .query_typed_opt(&sql, &[(&id, Type::INT8)])
+            .map(|row| row.map(|row| read_batch(&row)))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("read batch {id}"), result)
+    }
+
+    fn batches(&self, open_only: bool, limit: usize) -> anyhow::Result<Vec<BatchInfo>> {
+        let condition = if open_only {
+            "WHERE completed_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = self.sql(&format!(
+            "SELECT {BATCH_COLUMNS} FROM @.batches {condition} ORDER BY id DESC LIMIT $1"
+        ));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let result = self
+            .reader()
+            .query_typed(&sql, &[(&limit, Type::INT8)])
+            .map(|rows| rows.iter().map(read_batch).collect())
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "read the batches".to_owned(), result)
+    }
+
+    fn batch_completed_by(&self, id: i64) -> anyhow::Result<Option<BatchInfo>> {
+        // Completion jobs are few and batches a small table: no index for this.
+        let sql = self.sql(&format!(
+            "SELECT {BATCH_COLUMNS} FROM @.batches WHERE complete_job = $1 OR success_job = $1"
+        ));
+        let result = self
+            .reader()
+            .query_typed_opt(&sql, &[(&id, Type::INT8)])
+            .map(|row| row.map(|row| read_batch(&row)))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| format!("read the batch of job {id}"), result)
+    }
+
+    fn prune_batches(&mut self) -> anyhow::Result<usize> {
+        let sql = self.sql(
+            "DELETE FROM @.batches b WHERE b.completed_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM @.jobs j WHERE j.batch_id = b.id)",
+        );
+        let result = self
+            .client
+            .get_mut()
+            .execute_typed(&sql, &[])
+            .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
+            .map_err(anyhow::Error::from);
+        self.in_database(|| "prune complete batches".to_owned(), result)
+    }
+}
+
+/// A batch's callback and its `params`, as two columns.
+fn split_callback(callback: &Option<(String, Option<String>)>) -> (Option<&str>, Option<&str>) {
+    match callback {
+        Some((name, params)) => (Some(name.as_str()), params.as_deref()),
+        None => (None, None),
+    }
+}
+
+/// The columns `read_batch` reads.
+const BATCH_COLUMNS: &str = "id, queue, description, on_complete, on_complete_params::text,
+    on_success, on_success_params::text, created_at, sealed_at, completed_at, complete_job,
+    success_job, unfinished, finished, failed, cancelled";
+
+/// A `BatchInfo` from the `BATCH_COLUMNS`.
+fn read_batch(row: &Row) -> BatchInfo {
+    let callback = |name: Option<String>, params: Option<String>| name.map(|name| (name, params));
+    BatchInfo {
+        id: row.get(0),
+        queue: row.get(1),
+        description: row.get(2),
+        on_complete: callback(row.get(3), row.get(4)),
+        on_success: callback(row.get(5), row.get(6)),
+        created_at: row.get(7),
+        sealed_at: row.get(8),
+        completed_at: row.get(9),
+        complete_job: row.get(10),
+        success_job: row.get(11),
+        unfinished: read_count(row, 12),
+        finished: read_count(row, 13),
+        failed: read_count(row, 14),
+        cancelled: read_count(row, 15),
+    }
+}
+
+/// Refuses (a usage error, so nothing is stored) a publish into `batch` unless it is open to
+/// this publisher: it exists, has not completed, and is not sealed, or the publisher is one of
+/// its running jobs (SPEC section 11). The batch's row stays locked to the commit, so a seal
+/// or completion cannot slip in between.
+fn check_batch_open(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &str,
+    batch: BatchTarget,
+    identity: &str,
+) -> anyhow::Result<()> {
+    let found = tx.query_typed_opt(
+        &in_schema(
+            schema,
+            "SELECT sealed_at IS NOT NULL, completed_at IS NOT NULL,
+                    EXISTS (SELECT 1 FROM @.jobs j WHERE j.id = $2 AND j.batch_id = b.id
+                              AND j.state = 'PROCESSING')
+             FROM @.batches b WHERE b.id = $1 FOR UPDATE",
+        ),
+        &[(&batch.id, Type::INT8), (&batch.publisher, Type::INT8)],
+    )?;
+    let refusal = match found.map(|row| (row.get(0), row.get(1), row.get(2))) {
+        None => format!("--batch: no batch {} in {identity}", batch.id),
+        Some((_, true, _)) => format!("--batch: batch {} is complete", batch.id),
+        Some((true, false, false)) => format!(
+            "--batch: batch {} is sealed: only its running jobs add to it",
+            batch.id
+        ),
+        Some(_) => return Ok(()),
+    };
+    Err(crate::error::usage(refusal))
 }
 
 /// The jobs of `selection`, oldest first, locked for the change; an unknown id is a usage error.
@@ -1884,7 +2099,7 @@ fn select_briefs(
 ) -> anyhow::Result<Vec<JobBrief>> {
     let columns = "id, queue, callback, state,
         coalesce(nullif(state_changed_at, 0), finished_at, started_at, created_at),
-        claimed_run, cancel_requested, attempts";
+        claimed_run, cancel_requested, attempts, batch_id";
     let read = |row: &Row| -> anyhow::Result<JobBrief> {
         Ok(JobBrief {
             id: row.get(0),
@@ -1895,6 +2110,7 @@ fn select_briefs(
             claimed_run: row.get(5),
             cancel_requested: row.get(6),
             attempts: read_u32(row, 7),
+            batch: row.get(8),
         })
     };
     let rows = match selection {
@@ -1902,6 +2118,16 @@ fn select_briefs(
             let mut ids = ids.to_vec();
             ids.sort_unstable();
             ids.dedup();
+            // Their batches first: see below.
+            tx.query_typed(
+                &in_schema(
+                    schema,
+                    "SELECT 1 FROM @.batches WHERE id IN (
+                         SELECT batch_id FROM @.jobs WHERE id = ANY ($1))
+                     ORDER BY id FOR UPDATE",
+                ),
+                &[(&ids, Type::INT8_ARRAY)],
+            )?;
             let rows = tx.query_typed(
                 &in_schema(
                     schema,
@@ -1925,14 +2151,30 @@ fn select_briefs(
             states,
             queue,
             callback,
+            batch,
         } => {
             let filter = ListFilter {
                 states: states.to_vec(),
                 queue: queue.map(str::to_owned),
                 callback: callback.map(str::to_owned),
                 identifiers: Vec::new(),
+                batch: *batch,
             };
             let conditions = Filter::new(&filter, 1);
+            // Their batches first, in id order, as settle() locks them: a change of a member
+            // updates its batch's row, and settle() locks the batch before its jobs.
+            tx.query_typed(
+                &in_schema(
+                    schema,
+                    &format!(
+                        "SELECT 1 FROM @.batches WHERE id IN (
+                             SELECT batch_id FROM @.jobs WHERE batch_id IS NOT NULL {})
+                         ORDER BY id FOR UPDATE",
+                        conditions.sql
+                    ),
+                ),
+                &conditions.params(),
+            )?;
             let sql = in_schema(
                 schema,
                 &format!(

@@ -291,5 +291,6 @@ fn claimed(row: &postgres::Row, run: i64) -> ClaimedJob {
             run,
             attempt: attempts,
         },
+        batch: row.get(11),
     }
 }

@@ -31,10 +31,10 @@ use crate::job::{JobRecord, JobState, Millis, NewJob, Payload, StoredPayload};
 use crate::notify::NoticeKind;
 use crate::queue::eligibility::GroupFacts;
 use crate::store::{
-    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BrokenCallback, Change, ClaimRequest,
-    ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail, ListFilter, Orphan,
-    Pause, PendingNotice, Published, RunInfo, Schedule, Selection, Settled, Store, StuckAfter,
-    Tally,
+    Applied, AttemptEnd, AttemptOutcome, AttemptRecord, BatchInfo, BatchTarget, BrokenCallback,
+    Change, ClaimRequest, ClaimedJob, Completion, DueJobs, Durability, Fence, JobBrief, JobDetail,
+    ListFilter, NewBatch, Orphan, Pause, PendingNotice, Published, RunInfo, Schedule, Sealed,
+    Selection, Settled, Store, StuckAfter, Tally,
 };
 
 pub use export::SqliteExport;
@@ -55,7 +55,7 @@ const END_CANCEL_SQL: &str = concat!(end_cancel_sql!(), " RETURNING started_at")
 /// The canonical schema, applied to a new database.
 const SCHEMA: &str = include_str!("../../../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// The steps from each older version to the next: (version reached, SQL).
 const UPGRADES: [(i64, &str); 4] = [
     (2, include_str!("upgrades/v2.sql")),
@@ -243,6 +243,7 @@ impl SqliteStore {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
+        register_functions(&conn)?;
         let identity = fs::canonicalize(path)
             .with_context(|| format!("cannot resolve {}", path.display()))?
             .to_string_lossy()
@@ -410,19 +411,24 @@ impl SqliteStore {
         let blocked_by = i64::try_from(waiting_for.len()).unwrap_or(i64::MAX);
         let due = blocked_by == 0 && schedule.run_at <= now;
         let run_at = schedule.run_at.max(now);
-        let shared: [&dyn rusqlite::ToSql; 6] = [
+        if let Some(batch) = schedule.batch {
+            check_batch_open(&tx, batch, &self.path)?;
+        }
+        let batch_id = schedule.batch.map(|batch| batch.id);
+        let shared: [&dyn rusqlite::ToSql; 7] = [
             &now,
             &run_at,
             &schedule.priority,
             &blocked_by,
             &schedule.unique,
             &due,
+            &batch_id,
         ];
         let mut ids = Vec::with_capacity(jobs.len());
         // Many rows per statement: a statement's fixed cost (and AUTOINCREMENT's bookkeeping)
         // is paid once per chunk instead of once per job.
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(6 + chunk.len() * 5);
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(7 + chunk.len() * 5);
             values.extend(shared);
             for job in chunk {
                 values.extend([
@@ -1179,15 +1185,15 @@ impl Store for SqliteStore {
             );
             self.conn
                 .query_row(&sql, [id], |row| {
-                    let payload: Vec<u8> = row.get(14)?;
-                    let output: Option<Vec<u8>> = row.get(15)?;
+                    let payload: Vec<u8> = row.get(15)?;
+                    let output: Option<Vec<u8>> = row.get(16)?;
                     Ok(JobDetail {
                         record: read_record(row)?,
                         payload: StoredPayload::new(payload),
                         output: output.unwrap_or_default(),
-                        notified: row.get(16)?,
-                        claimed_run: row.get(17)?,
-                        cancel_requested: row.get(18)?,
+                        notified: row.get(17)?,
+                        claimed_run: row.get(18)?,
+                        cancel_requested: row.get(19)?,
                         runs: Vec::new(),
                         after: Vec::new(),
                     })
@@ -1482,6 +1488,215 @@ impl Store for SqliteStore {
         })();
         in_database(&self.path, || "delete sent notices".to_owned(), result)
     }
+
+    fn new_batch(&mut self, batch: &NewBatch, now: Millis) -> anyhow::Result<i64> {
+        let result = (|| -> anyhow::Result<i64> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (on_complete, complete_params) = split_callback(&batch.on_complete);
+            let (on_success, success_params) = split_callback(&batch.on_success);
+            let id = tx.query_row(
+                "INSERT INTO batches (queue, description, on_complete, on_complete_params,
+                                      on_success, on_success_params, created_at, changed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                params![
+                    batch.queue,
+                    batch.description,
+                    on_complete,
+                    complete_params,
+                    on_success,
+                    success_params,
+                    now
+                ],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        in_database(&self.path, || "open a batch".to_owned(), result)
+    }
+
+    fn seal_batch(&mut self, id: i64, now: Millis) -> anyhow::Result<Sealed> {
+        let result = (|| -> anyhow::Result<Sealed> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sealed: Option<Option<Millis>> = tx
+                .query_row("SELECT sealed_at FROM batches WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            match sealed {
+                None => {
+                    return Err(crate::error::usage(format!(
+                        "no batch {id} in {}",
+                        self.path.display()
+                    )));
+                }
+                Some(Some(_)) => return Ok(Sealed::Already),
+                Some(None) => {}
+            }
+            // The trigger batches_complete completes it here when nothing is unfinished.
+            tx.execute(
+                "UPDATE batches SET sealed_at = ?2, changed_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            let complete: bool = tx.query_row(
+                "SELECT completed_at IS NOT NULL FROM batches WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(Sealed::Now { complete })
+        })();
+        in_database(&self.path, || format!("seal batch {id}"), result)
+    }
+
+    fn batch(&self, id: i64) -> anyhow::Result<Option<BatchInfo>> {
+        let result = (|| -> anyhow::Result<Option<BatchInfo>> {
+            Ok(self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"
+                ))?
+                .query_row([id], read_batch)
+                .optional()?)
+        })();
+        in_database(&self.path, || format!("read batch {id}"), result)
+    }
+
+    fn batches(&self, open_only: bool, limit: usize) -> anyhow::Result<Vec<BatchInfo>> {
+        let result = (|| -> anyhow::Result<Vec<BatchInfo>> {
+            let condition = if open_only {
+                "INDEXED BY batches_open WHERE completed_at IS NULL"
+            } else {
+                ""
+            };
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {BATCH_COLUMNS} FROM batches {condition} ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map([limit], read_batch)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })();
+        in_database(&self.path, || "read the batches".to_owned(), result)
+    }
+
+    fn batch_completed_by(&self, id: i64) -> anyhow::Result<Option<BatchInfo>> {
+        let result = (|| -> anyhow::Result<Option<BatchInfo>> {
+            // Completion jobs are few and batches a small table: no index for this.
+            Ok(self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {BATCH_COLUMNS} FROM batches
+                     WHERE complete_job = ?1 OR success_job = ?1"
+                ))?
+                .query_row([id], read_batch)
+                .optional()?)
+        })();
+        in_database(&self.path, || format!("read the batch of job {id}"), result)
+    }
+
+    fn prune_batches(&mut self) -> anyhow::Result<usize> {
+        let result = (|| -> anyhow::Result<usize> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let pruned = tx.execute(
+                "DELETE FROM batches WHERE completed_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j INDEXED BY jobs_batch
+                                   WHERE j.batch_id = batches.id)",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(pruned)
+        })();
+        in_database(&self.path, || "prune complete batches".to_owned(), result)
+    }
+}
+
+/// A batch's callback and its `params`, as two columns.
+fn split_callback(callback: &Option<(String, Option<String>)>) -> (Option<&str>, Option<&str>) {
+    match callback {
+        Some((name, params)) => (Some(name.as_str()), params.as_deref()),
+        None => (None, None),
+    }
+}
+
+/// The columns `read_batch` reads.
+const BATCH_COLUMNS: &str = "id, queue, description, on_complete, on_complete_params, on_success,
+    on_success_params, created_at, sealed_at, completed_at, complete_job, success_job,
+    unfinished, finished, failed, cancelled";
+
+/// A `BatchInfo` from the `BATCH_COLUMNS`.
+fn read_batch(row: &Row<'_>) -> rusqlite::Result<BatchInfo> {
+    let callback = |name: Option<String>, params: Option<String>| name.map(|name| (name, params));
+    Ok(BatchInfo {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        description: row.get(2)?,
+        on_complete: callback(row.get(3)?, row.get(4)?),
+        on_success: callback(row.get(5)?, row.get(6)?),
+        created_at: row.get(7)?,
+        sealed_at: row.get(8)?,
+        completed_at: row.get(9)?,
+        complete_job: row.get(10)?,
+        success_job: row.get(11)?,
+        unfinished: read_count(row, 12)?,
+        finished: read_count(row, 13)?,
+        failed: read_count(row, 14)?,
+        cancelled: read_count(row, 15)?,
+    })
+}
+
+/// Refuses (a usage error, so nothing is stored) a publish into `batch` unless it is open to
+/// this publisher: it exists, has not completed, and is not sealed, or the publisher is one of
+/// its running jobs (SPEC section 11).
+fn check_batch_open(conn: &Connection, batch: BatchTarget, database: &Path) -> anyhow::Result<()> {
+    let found: Option<(Option<Millis>, Option<Millis>)> = conn
+        .prepare_cached("SELECT sealed_at, completed_at FROM batches WHERE id = ?1")?
+        .query_row([batch.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let member_running = || -> anyhow::Result<bool> {
+        let Some(publisher) = batch.publisher else {
+            return Ok(false);
+        };
+        Ok(conn
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND batch_id = ?2 AND state = 'PROCESSING'",
+            )?
+            .query_row([publisher, batch.id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    };
+    let refusal = match found {
+        None => format!("--batch: no batch {} in {}", batch.id, database.display()),
+        Some((_, Some(_))) => format!("--batch: batch {} is complete", batch.id),
+        Some((Some(_), None)) if !member_running()? => format!(
+            "--batch: batch {} is sealed: only its running jobs add to it",
+            batch.id
+        ),
+        Some(_) => return Ok(()),
+    };
+    Err(crate::error::usage(refusal))
+}
+
+/// Registers the SQL functions bgq's triggers call: `bgq_json_payload(text)`, the MessagePack
+/// of a JSON text as `publish` stores it (the completion jobs of batches).
+fn register_functions(conn: &Connection) -> anyhow::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "bgq_json_payload",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let text: String = ctx.get(0)?;
+            crate::job::json_to_msgpack(&mut serde_json::Deserializer::from_str(&text))
+                .map_err(|err| rusqlite::Error::UserFunctionError(Box::new(err)))
+        },
+    )?;
+    Ok(())
 }
 
 /// Writes the counts `tally` holds and empties it.
@@ -1762,6 +1977,7 @@ fn claim_one(
                     run: claim.run,
                     attempt: row.get(4)?,
                 },
+                batch: row.get(8)?,
             })
         })
         .optional()?;
@@ -1814,14 +2030,14 @@ fn is_busy(err: &anyhow::Error) -> bool {
 /// Jobs inserted by one statement.
 const INSERT_CHUNK: usize = 100;
 
-/// An INSERT of `rows` jobs: six values shared by all (?1 now, ?2 run_at, ?3 priority,
-/// ?4 blocked_by, ?5 is_unique, ?6 due), then five per job.
+/// An INSERT of `rows` jobs: seven values shared by all (?1 now, ?2 run_at, ?3 priority,
+/// ?4 blocked_by, ?5 is_unique, ?6 due, ?7 batch_id), then five per job.
 fn insert_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|row| {
-            let first = 7 + row * 5;
+            let first = 8 + row * 5;
             format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?2, ?1, ?3, ?4, ?5, ?6)",
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?2, ?1, ?3, ?4, ?5, ?6, ?7)",
                 first,
                 first + 1,
                 first + 2,
@@ -1832,7 +2048,7 @@ fn insert_sql(rows: usize) -> String {
         .collect();
     format!(
         "INSERT INTO jobs (queue, callback, payload, serial_group, identifier, created_at, run_at,
-                           state_changed_at, priority, blocked_by, is_unique, due)
+                           state_changed_at, priority, blocked_by, is_unique, due, batch_id)
          VALUES {}",
         values.join(", ")
     )
@@ -1939,7 +2155,8 @@ fn claim_sql(callbacks: usize, blocking: usize) -> String {
                      AND o.state IN ('READY', 'PROCESSING', 'TEMPORARILY_FAILED', 'WAITING')
                      AND (o.id < j.id OR o.state = 'PROCESSING')) {failed}))
              ORDER BY j.priority DESC, j.id LIMIT 1)
-         RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified",
+         RETURNING id, queue, callback, payload, attempts, serial_group, identifier, notified,
+                   batch_id",
         callbacks = list(callbacks)
     )
 }
@@ -1992,7 +2209,7 @@ const RECORD_COLUMNS: &str = concat!(
     "id, queue, callback, state, attempts, serial_group, identifier,
      created_at, run_at, started_at, finished_at, ",
     state_changed_at!(),
-    " AS state_changed_at, priority, blocked_by"
+    " AS state_changed_at, priority, blocked_by, batch_id"
 );
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
@@ -2016,6 +2233,7 @@ fn read_record_at(row: &Row<'_>, first: usize) -> rusqlite::Result<JobRecord> {
         state_changed_at: row.get(first + 11)?,
         priority: row.get(first + 12)?,
         blocked_by: row.get(first + 13)?,
+        batch: row.get(first + 14)?,
     })
 }
 
@@ -2073,10 +2291,12 @@ fn select_briefs(
             claimed_run: row.get(5)?,
             cancel_requested: row.get(6)?,
             attempts: row.get(7)?,
+            batch: row.get(8)?,
         })
     };
     let columns = format!(
-        "id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run, cancel_requested, attempts"
+        "id, queue, callback, state, {STATE_CHANGED_AT}, claimed_run, cancel_requested, attempts,
+         batch_id"
     );
     match selection {
         Selection::Ids(ids) => {
@@ -2103,12 +2323,14 @@ fn select_briefs(
             states,
             queue,
             callback,
+            batch,
         } => {
             let filter = ListFilter {
                 states: states.to_vec(),
                 queue: queue.map(str::to_owned),
                 callback: callback.map(str::to_owned),
                 identifiers: Vec::new(),
+                batch: *batch,
             };
             let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut values = Vec::new();
@@ -2239,6 +2461,10 @@ fn push_filter(sql: &mut String, values: &mut Vec<String>, filter: &ListFilter) 
     any_of(sql, "queue", filter.queue.iter().cloned().collect());
     any_of(sql, "callback", filter.callback.iter().cloned().collect());
     any_of(sql, "identifier", filter.identifiers.clone());
+    if let Some(batch) = filter.batch {
+        sql.push_str(" AND batch_id = ?");
+        values.push(batch.to_string());
+    }
 }
 
 /// SQLite's own tests: its schema file and upgrades, its query plans, what only its columns
