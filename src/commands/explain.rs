@@ -17,11 +17,47 @@ const CRON_LATE: Millis = 2 * 60 * 1000;
 pub fn run(config: &Config, args: &ExplainArgs) -> anyhow::Result<()> {
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let detail = super::show::find(&*store, args.id)?;
-    let line = explain(config, &*store, &detail, now_millis())?;
+    let mut line = explain(config, &*store, &detail, now_millis())?;
+    line.push_str(&batch_context(&*store, &detail)?);
     let mut out = std::io::stdout().lock();
     writeln!(out, "job {} {line}", args.id)?;
     out.flush()?;
     Ok(())
+}
+
+/// What the job is to a batch, if anything, after the explanation: the completion of one
+/// (what it completed), or one of its jobs (what the batch waits for).
+fn batch_context(store: &dyn Store, detail: &JobDetail) -> anyhow::Result<String> {
+    if let Some(batch) = store.batch_completed_by(detail.record.id)? {
+        return Ok(format!(
+            "; it is the completion of batch {}, published when its {} job(s) had ended ({} FINISHED, {} PERMANENTLY_FAILED, {} CANCELLED)",
+            batch.id,
+            batch.total(),
+            batch.finished,
+            batch.failed,
+            batch.cancelled
+        ));
+    }
+    let Some(batch) = detail
+        .record
+        .batch
+        .map(|id| store.batch(id))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(String::new());
+    };
+    Ok(match (batch.sealed_at, batch.completed_at) {
+        (_, Some(_)) => format!("; its batch {} is complete", batch.id),
+        (Some(_), None) => format!(
+            "; batch {} (sealed) completes when its {} unfinished job(s) have ended",
+            batch.id, batch.unfinished
+        ),
+        (None, None) => format!(
+            "; batch {} is not sealed: it completes only after `bgq batch seal {}`",
+            batch.id, batch.id
+        ),
+    })
 }
 
 /// Why job `detail` is not running now (or that it is), after "job ID ".

@@ -3,6 +3,7 @@
 
 mod activity_log;
 mod bad_input;
+mod batches;
 mod broken_callbacks;
 mod cancel_kill;
 mod check;
