@@ -64,6 +64,11 @@ pub fn run(config: &Config, args: &ClearArgs, verbose: bool) -> anyhow::Result<(
             std::thread::sleep(BATCH_GAP);
         }
     }
+    // Complete batches whose jobs are all gone go with them (stdout stays the count of jobs).
+    let pruned = store.prune_batches()?;
+    if verbose && pruned > 0 {
+        crate::diagnostic!("bgq: pruned {pruned} complete batch(es) with no job left");
+    }
     writeln!(std::io::stdout().lock(), "{deleted}")?;
     Ok(())
 }

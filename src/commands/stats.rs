@@ -71,12 +71,17 @@ struct QueueStats {
     last_run: Option<RunInfo>,
 }
 
+/// At most this many open batches are shown, the newest.
+const OPEN_BATCHES_SHOWN: usize = 20;
+
 /// Runs `bgq stats`.
 pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<()> {
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
     let queues = gather(config, &*store, now)?;
     let pauses = store.pauses()?;
+    // Open batches are few (those not complete), read through batches_open.
+    let batches = store.batches(true, OPEN_BATCHES_SHOWN)?;
     let text = if args.json {
         let mut value = to_json(&queues, now);
         value["pauses"] = pauses
@@ -86,6 +91,17 @@ pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<(
                     "queue": pause.queue,
                     "callback": pause.callback,
                     "since": format_utc(pause.since),
+                })
+            })
+            .collect();
+        value["open_batches"] = batches
+            .iter()
+            .map(|batch| {
+                json!({
+                    "id": batch.id,
+                    "sealed": batch.sealed_at.is_some(),
+                    "jobs": batch.total(),
+                    "unfinished": batch.unfinished,
                 })
             })
             .collect();
@@ -108,6 +124,25 @@ pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<(
                 super::pause::described(pause.queue.as_deref(), pause.callback.as_deref()),
                 relative(pause.since, now),
                 pause.resume_command()
+            );
+        }
+        for batch in &batches {
+            let _ = writeln!(
+                text,
+                "open batch {}{}: {} of {} job(s) unfinished{}",
+                batch.id,
+                if batch.sealed_at.is_some() {
+                    " (sealed)"
+                } else {
+                    ""
+                },
+                batch.unfinished,
+                batch.total(),
+                batch
+                    .description
+                    .as_deref()
+                    .map(|text| format!(" ({})", crate::escape::line(text)))
+                    .unwrap_or_default()
             );
         }
         text

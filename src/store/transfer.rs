@@ -57,6 +57,8 @@ pub struct JobRow {
     pub is_unique: bool,
     /// `bgq cancel --kill` is stopping it.
     pub cancel_requested: bool,
+    /// Its batch, if any.
+    pub batch_id: Option<i64>,
 }
 
 /// One `--after` edge: `job_id` runs after `after_id` FINISHED.
@@ -177,6 +179,8 @@ pub enum StateRow {
         state: String,
         cleared_at: i64,
     },
+    /// A batch, with its counters as they are (the jobs it counts are copied as they are).
+    Batch(BatchRow),
     /// A callback a run could not start.
     BrokenCallback {
         queue: String,
@@ -186,6 +190,51 @@ pub enum StateRow {
         run_id: i64,
     },
 }
+
+/// One batch (table `batches`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BatchRow {
+    /// Batch id.
+    pub id: i64,
+    /// The queue of its completion jobs.
+    pub queue: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// Its on-complete callback.
+    pub on_complete: Option<String>,
+    /// That callback's `params`, JSON text.
+    pub on_complete_params: Option<String>,
+    /// Its on-success callback.
+    pub on_success: Option<String>,
+    /// That callback's `params`, JSON text.
+    pub on_success_params: Option<String>,
+    /// When it was opened.
+    pub created_at: i64,
+    /// When it was sealed.
+    pub sealed_at: Option<i64>,
+    /// When it completed.
+    pub completed_at: Option<i64>,
+    /// When a job of it last ended (or it was sealed).
+    pub changed_at: i64,
+    /// The on-complete job its completion published.
+    pub complete_job: Option<i64>,
+    /// The on-success job its completion published.
+    pub success_job: Option<i64>,
+    /// Its unfinished jobs.
+    pub unfinished: i64,
+    /// Its FINISHED jobs.
+    pub finished: i64,
+    /// Its PERMANENTLY_FAILED jobs.
+    pub failed: i64,
+    /// Its CANCELLED jobs.
+    pub cancelled: i64,
+}
+
+/// The columns of `batches` in `BatchRow`'s order (the params as text on PostgreSQL too).
+pub const BATCH_ROW_COLUMNS: &str = "id, queue, description, on_complete,
+    CAST(on_complete_params AS text), on_success, CAST(on_success_params AS text), created_at,
+    sealed_at, completed_at, changed_at, complete_job, success_job, unfinished, finished, failed,
+    cancelled";
 
 /// Where rows come from, each table in id (or key) order, all from one consistent snapshot.
 /// Each method hands every row to `each` and stops at its first error.
@@ -416,6 +465,7 @@ mod tests {
             blocked_by: 0,
             is_unique: false,
             cancel_requested: false,
+            batch_id: None,
         }
     }
 

@@ -477,3 +477,67 @@ fn pauses_run_totals_and_a_cleared_failed_parent_are_copied() -> TestResult {
     );
     Ok(())
 }
+
+/// A batch is copied with its jobs and counters: on PostgreSQL it shows the same, takes its
+/// running jobs' additions, and completes there once, with the summary of all its jobs.
+#[test]
+fn a_batch_is_copied_and_completes_on_postgresql() -> TestResult {
+    let Some(schema) = postgres_beside_sqlite()? else {
+        return Ok(());
+    };
+    let env = TestEnv::new("")?;
+    let settings = callbacks(&env)?;
+    env.write_config(&settings)?;
+    let id: i64 = stdout_of(
+        &env,
+        &[
+            "batch",
+            "new",
+            "--on-complete",
+            "log",
+            "--description",
+            "copied",
+        ],
+    )?
+    .trim()
+    .parse()?;
+    let batch = id.to_string();
+    stdout_of(&env, &["publish", "ok", "--json", "{}", "--batch", &batch])?;
+    stdout_of(
+        &env,
+        &["publish", "fail", "--json", "{}", "--batch", &batch],
+    )?;
+    env.process(&[])?;
+    stdout_of(
+        &env,
+        &[
+            "publish", "ok", "--json", "{}", "--batch", &batch, "--delay", "1h",
+        ],
+    )?;
+    stdout_of(&env, &["batch", "seal", &batch])?;
+    let before = stdout_of(&env, &["batch", "show", &batch, "--json"])?;
+    let out = migrate(&env, &schema)?;
+    assert!(out.status.success(), "migrate: {}", describe(&out));
+    write_postgres_config(&env, &schema, &settings)?;
+    let after = ok_stdout(on_postgres(&env).args(["batch", "show", &batch, "--json"]))?;
+    assert_eq!(after, before);
+    let next: i64 = ok_stdout(on_postgres(&env).args(["batch", "new"]))?
+        .trim()
+        .parse()?;
+    assert_eq!(next, id + 1, "batch ids go on increasing");
+    // The delayed job, due now, ends the batch on PostgreSQL.
+    ok_stdout(on_postgres(&env).args(["retry", "3"]))?;
+    for _ in 0..2 {
+        ok_stdout(on_postgres(&env).arg("process"))?;
+    }
+    let ran = read_lines(&env.path("ran.log"));
+    assert_eq!(ran.len(), 1, "one completion: {ran:?}");
+    let summary: Value = serde_json::from_slice(&fs::read(env.path(&format!("in-{}", ran[0])))?)?;
+    assert_eq!(summary["batch"], id);
+    assert_eq!(
+        summary["counts"],
+        serde_json::json!({"FINISHED": 2, "PERMANENTLY_FAILED": 1, "CANCELLED": 0})
+    );
+    assert_eq!(summary["unfinished_ids"], serde_json::json!([2]));
+    Ok(())
+}

@@ -18,7 +18,8 @@ use postgres::types::{ToSql, Type};
 
 use super::{PostgresStore, in_schema};
 use crate::store::transfer::{
-    AttemptRow, Census, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source, StateRow,
+    AttemptRow, BATCH_ROW_COLUMNS, BatchRow, Census, DependencyRow, JobRow, NoticeRow, OutcomeRow,
+    RunRow, Source, StateRow,
 };
 
 /// Rows per statement, at most.
@@ -232,6 +233,7 @@ struct JobBatch {
     blocked_by: Vec<i32>,
     is_unique: Vec<bool>,
     cancel_requested: Vec<bool>,
+    batch_id: Vec<Option<i64>>,
     bytes: usize,
 }
 
@@ -262,6 +264,7 @@ impl JobBatch {
         self.priority.push(row.priority);
         self.is_unique.push(row.is_unique);
         self.cancel_requested.push(row.cancel_requested);
+        self.batch_id.push(row.batch_id);
         Ok(())
     }
 
@@ -278,14 +281,15 @@ impl JobBatch {
             "INSERT INTO @.jobs (id, queue, callback, payload, state, attempts, serial_group,
                                  identifier, created_at, run_at, due, started_at, finished_at,
                                  claimed_run, output, notified, state_changed_at, priority,
-                                 blocked_by, is_unique, cancel_requested)
+                                 blocked_by, is_unique, cancel_requested, batch_id)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[],
                                   $6::integer[], $7::text[], $8::text[], $9::bigint[],
                                   $10::bigint[], $11::boolean[], $12::bigint[], $13::bigint[],
                                   $14::bigint[], $15::bytea[], $16::boolean[], $17::bigint[],
-                                  $18::bigint[], $19::integer[], $20::boolean[], $21::boolean[])",
+                                  $18::bigint[], $19::integer[], $20::boolean[], $21::boolean[],
+                                  $22::bigint[])",
         );
-        let params: [Param<'_>; 21] = [
+        let params: [Param<'_>; 22] = [
             (&self.id, Type::INT8_ARRAY),
             (&self.queue, Type::TEXT_ARRAY),
             (&self.callback, Type::TEXT_ARRAY),
@@ -307,6 +311,7 @@ impl JobBatch {
             (&self.blocked_by, Type::INT4_ARRAY),
             (&self.is_unique, Type::BOOL_ARRAY),
             (&self.cancel_requested, Type::BOOL_ARRAY),
+            (&self.batch_id, Type::INT8_ARRAY),
         ];
         tx.execute_typed(&sql, &params)?;
         *self = JobBatch::default();
@@ -567,6 +572,38 @@ impl Copy<'_, '_> {
             })
             .collect();
         for (row, run) in rows.iter().zip(&runs) {
+            if let StateRow::Batch(batch) = row {
+                // After the jobs it counts: their copies fired no counting trigger on a batch
+                // not yet there, and its counters arrive as the source kept them.
+                self.tx.execute_typed(
+                    &self.q("INSERT INTO @.batches (id, queue, description, on_complete,
+                             on_complete_params, on_success, on_success_params, created_at,
+                             sealed_at, completed_at, changed_at, complete_job, success_job,
+                             unfinished, finished, failed, cancelled)
+                         VALUES ($1, $2, $3, $4, $5::json, $6, $7::json, $8, $9, $10, $11, $12,
+                                 $13, $14, $15, $16, $17)"),
+                    &[
+                        (&batch.id, Type::INT8),
+                        (&batch.queue, Type::TEXT),
+                        (&batch.description, Type::TEXT),
+                        (&batch.on_complete, Type::TEXT),
+                        (&batch.on_complete_params, Type::TEXT),
+                        (&batch.on_success, Type::TEXT),
+                        (&batch.on_success_params, Type::TEXT),
+                        (&batch.created_at, Type::INT8),
+                        (&batch.sealed_at, Type::INT8),
+                        (&batch.completed_at, Type::INT8),
+                        (&batch.changed_at, Type::INT8),
+                        (&batch.complete_job, Type::INT8),
+                        (&batch.success_job, Type::INT8),
+                        (&batch.unfinished, Type::INT8),
+                        (&batch.finished, Type::INT8),
+                        (&batch.failed, Type::INT8),
+                        (&batch.cancelled, Type::INT8),
+                    ],
+                )?;
+                continue;
+            }
             let (sql, params): (&str, Vec<Param<'_>>) = match row {
                 StateRow::Pause {
                     queue,
@@ -607,6 +644,8 @@ impl Copy<'_, '_> {
                         (cleared_at, Type::INT8),
                     ],
                 ),
+                // Stored above.
+                StateRow::Batch(_) => continue,
                 StateRow::BrokenCallback {
                     queue,
                     callback,
@@ -643,11 +682,17 @@ impl Copy<'_, '_> {
         let offset_run = shifted(last_run, self.before.run_offset);
         let offset_notice = shifted(last_notice, self.before.notice_offset);
         let offset_attempt = shifted(last_attempt, self.before.attempt_offset);
+        // Batch ids were copied as they are, into a schema that had none.
+        let last_batch: i64 = self
+            .tx
+            .query_typed_one(&self.q("SELECT coalesce(max(id), 0) FROM @.batches"), &[])?
+            .get(0);
         for (table, last) in [
             ("jobs", last_job),
             ("runs", offset_run),
             ("notices", offset_notice),
             ("attempts", offset_attempt),
+            ("batches", last_batch),
         ] {
             let table = format!("{}.{table}", self.schema);
             let sequence: Option<String> = self
@@ -702,7 +747,7 @@ impl Copy<'_, '_> {
             "SELECT id, queue, callback, coalesce(payload, ''::bytea), state, attempts::bigint,
                     serial_group, identifier, created_at, run_at, due, started_at, finished_at,
                     claimed_run, output, notified, state_changed_at, priority,
-                    blocked_by::bigint, is_unique, cancel_requested
+                    blocked_by::bigint, is_unique, cancel_requested, batch_id
              FROM @.jobs",
         );
         let mut rows = self
@@ -731,6 +776,7 @@ impl Copy<'_, '_> {
                 blocked_by: row.get(18),
                 is_unique: row.get(19),
                 cancel_requested: row.get(20),
+                batch_id: row.get(21),
             });
         }
         drop(rows);
@@ -834,6 +880,30 @@ impl Copy<'_, '_> {
                 state: row.get(1),
                 cleared_at: row.get(2),
             });
+        }
+        for row in self.tx.query_typed(
+            &self.q(&format!("SELECT {BATCH_ROW_COLUMNS} FROM @.batches")),
+            &[],
+        )? {
+            stored.add_state_row(&StateRow::Batch(BatchRow {
+                id: row.get(0),
+                queue: row.get(1),
+                description: row.get(2),
+                on_complete: row.get(3),
+                on_complete_params: row.get(4),
+                on_success: row.get(5),
+                on_success_params: row.get(6),
+                created_at: row.get(7),
+                sealed_at: row.get(8),
+                completed_at: row.get(9),
+                changed_at: row.get(10),
+                complete_job: row.get(11),
+                success_job: row.get(12),
+                unfinished: row.get(13),
+                finished: row.get(14),
+                failed: row.get(15),
+                cancelled: row.get(16),
+            }));
         }
         for row in self.tx.query_typed(
             &self.q("SELECT queue, callback, reason, since, run_id FROM @.broken_callbacks"),

@@ -12,7 +12,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::{BUSY_TIMEOUT, SCHEMA_VERSION};
 use crate::coord::process_group::ProcessRecord;
 use crate::store::transfer::{
-    AttemptRow, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow, Source, StateRow,
+    AttemptRow, BATCH_ROW_COLUMNS, BatchRow, DependencyRow, JobRow, NoticeRow, OutcomeRow, RunRow,
+    Source, StateRow,
 };
 
 /// A SQLite queue opened for reading only.
@@ -163,7 +164,8 @@ impl Source for SqliteExport {
         self.stream(
             "SELECT id, queue, callback, payload, state, attempts, serial_group, identifier,
                     created_at, run_at, due, started_at, finished_at, claimed_run, output,
-                    notified, state_changed_at, priority, blocked_by, is_unique, cancel_requested
+                    notified, state_changed_at, priority, blocked_by, is_unique, cancel_requested,
+                    batch_id
              FROM jobs ORDER BY id",
             |row| {
                 Ok(JobRow {
@@ -188,6 +190,7 @@ impl Source for SqliteExport {
                     blocked_by: row.get(18)?,
                     is_unique: row.get(19)?,
                     cancel_requested: row.get(20)?,
+                    batch_id: row.get(21)?,
                 })
             },
             each,
@@ -337,6 +340,31 @@ impl Source for SqliteExport {
                     state: row.get(1)?,
                     cleared_at: row.get(2)?,
                 })
+            },
+            each,
+        )?;
+        self.stream(
+            &format!("SELECT {BATCH_ROW_COLUMNS} FROM batches ORDER BY id"),
+            |row| {
+                Ok(StateRow::Batch(BatchRow {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    description: row.get(2)?,
+                    on_complete: row.get(3)?,
+                    on_complete_params: row.get(4)?,
+                    on_success: row.get(5)?,
+                    on_success_params: row.get(6)?,
+                    created_at: row.get(7)?,
+                    sealed_at: row.get(8)?,
+                    completed_at: row.get(9)?,
+                    changed_at: row.get(10)?,
+                    complete_job: row.get(11)?,
+                    success_job: row.get(12)?,
+                    unfinished: row.get(13)?,
+                    finished: row.get(14)?,
+                    failed: row.get(15)?,
+                    cancelled: row.get(16)?,
+                }))
             },
             each,
         )?;
