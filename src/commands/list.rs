@@ -212,6 +212,7 @@ mod tests {
             state_changed_at: run_at,
             priority: 0,
             blocked_by: 0,
+            batch: None,
         }
     }
 

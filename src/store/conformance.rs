@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             a_cancelled_run_is_kept_as_cancelled_and_a_stale_one_not_at_all,
             a_job_whose_callback_cannot_start_is_put_back_as_it_was,
             a_put_back_job_marked_for_cancelling_becomes_cancelled,
+            a_batch_counts_every_move_of_its_jobs_and_completes_once,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -997,6 +998,7 @@ pub(crate) fn a_change_applies_to_the_jobs_decided_or_to_none(store: &mut dyn St
         states: &ready,
         queue: Some("general"),
         callback: Some("a"),
+        batch: None,
     };
     let selected = |decided: &[(JobBrief, bool)]| -> Vec<(i64, bool)> {
         decided
@@ -2051,4 +2053,180 @@ pub(crate) fn a_put_back_job_marked_for_cancelling_becomes_cancelled(store: &mut
             .expect("claim")
             .is_none()
     );
+}
+
+/// A batch's counters follow every move of its jobs into and out of a final state (an outcome,
+/// a cancel, a retry, the end of a `cancel --kill`); it never completes before its seal; once
+/// sealed only a running job of it adds to it; its completion is published with the last
+/// outcome, once, with the summary of SPEC section 11, and a retry after it reopens nothing.
+pub(crate) fn a_batch_counts_every_move_of_its_jobs_and_completes_once(store: &mut dyn Store) {
+    use crate::store::{BatchTarget, NewBatch, Sealed};
+    let batch = store
+        .new_batch(
+            &NewBatch {
+                queue: "general".to_owned(),
+                description: Some("d".to_owned()),
+                on_complete: Some(("done".to_owned(), Some(r#"{"k":1}"#.to_owned()))),
+                on_success: Some(("ok".to_owned(), None)),
+            },
+            1000,
+        )
+        .expect("new batch");
+    let into = |publisher| Schedule {
+        batch: Some(BatchTarget {
+            id: batch,
+            publisher,
+        }),
+        ..Schedule::default()
+    };
+    let add = |store: &mut dyn Store, publisher: Option<i64>| {
+        store.publish_with(&[job("a", None)], &into(publisher), 1000)
+    };
+    let ids: Vec<i64> = (0..4)
+        .map(|_| match add(store, None).expect("publish") {
+            Published::Stored { ids, .. } => ids[0],
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let counts = |store: &dyn Store| {
+        let info = store.batch(batch).expect("read").expect("kept");
+        (info.unfinished, info.finished, info.failed, info.cancelled)
+    };
+    assert_eq!(counts(store), (4, 0, 0, 0));
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let first = claim(store, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_eq!((first.id, first.batch), (ids[0], Some(batch)));
+    assert_eq!(counts(store), (4, 0, 0, 0), "a claim moves nothing");
+    finish(store, ids[0], JobState::Finished, 1100);
+    cancel(store, ids[1], 1200);
+    assert_eq!(counts(store), (2, 1, 0, 1));
+    claim(store, "general", run, 1300, &["a"])
+        .expect("claim")
+        .expect("job 3");
+    finish(store, ids[2], JobState::PermanentlyFailed, 1300);
+    assert_eq!(counts(store), (1, 1, 1, 1));
+    let retry = Change::Retry {
+        now: 1400,
+        payload: None,
+    };
+    store
+        .change(
+            &Selection::Ids(&[ids[2]]),
+            &retry,
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    assert_eq!(counts(store), (2, 1, 0, 1));
+    cancel(store, ids[2], 1450);
+    claim(store, "general", run, 1500, &["a"])
+        .expect("claim")
+        .expect("job 4");
+    cancel(store, ids[3], 1500);
+    assert!(
+        store
+            .end_cancel(ids[3], fence_of(store, ids[3]), b"", 1600, 10)
+            .expect("end cancel")
+    );
+    assert_eq!(counts(store), (0, 1, 0, 3));
+    let info = store.batch(batch).expect("read").expect("kept");
+    assert_eq!(info.completed_at, None, "not sealed: not complete");
+
+    let fifth = match add(store, None).expect("still open") {
+        Published::Stored { ids, .. } => ids[0],
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        store.seal_batch(batch, 1700).expect("seal"),
+        Sealed::Now { complete: false }
+    );
+    assert_eq!(
+        store.seal_batch(batch, 1700).expect("seal"),
+        Sealed::Already
+    );
+    for publisher in [None, Some(fifth), Some(ids[0])] {
+        let refused = add(store, publisher).expect_err("sealed");
+        assert!(
+            refused
+                .chain()
+                .any(|cause| cause.is::<crate::error::UsageError>())
+        );
+    }
+    let next = store.begin_run("general", &me(), 1800, false).expect("run");
+    claim(store, "general", next, 1800, &["a"])
+        .expect("claim")
+        .expect("job 5");
+    let sixth = match add(store, Some(fifth)).expect("from a running job") {
+        Published::Stored { ids, .. } => ids[0],
+        other => panic!("{other:?}"),
+    };
+    finish(store, fifth, JobState::Finished, 1900);
+    assert_eq!(
+        store
+            .batch(batch)
+            .expect("read")
+            .expect("kept")
+            .completed_at,
+        None
+    );
+    claim(store, "general", next, 2000, &["a"])
+        .expect("claim")
+        .expect("job 6");
+    finish(store, sixth, JobState::Finished, 2000);
+    let info = store.batch(batch).expect("read").expect("kept");
+    assert_eq!((info.completed_at, info.success_job), (Some(2000), None));
+    let completion = info.complete_job.expect("published with the last outcome");
+    let claimed = claim(store, "general", next, 2100, &["done"])
+        .expect("claim")
+        .expect("the completion");
+    assert_eq!(claimed.id, completion);
+    assert_eq!(
+        store
+            .batch_completed_by(completion)
+            .expect("read")
+            .map(|b| b.id),
+        Some(batch)
+    );
+    let Ok(Payload::Json(summary)) = claimed.payload else {
+        panic!("{:?}", claimed.payload);
+    };
+    assert_eq!(
+        summary,
+        serde_json::json!({
+            "batch": batch, "description": "d",
+            "counts": {"FINISHED": 3, "PERMANENTLY_FAILED": 0, "CANCELLED": 3},
+            "unfinished_ids": [ids[1], ids[2], ids[3]], "params": {"k": 1},
+        })
+    );
+    // Retried after completion: counted again, and its end publishes nothing more.
+    store
+        .change(
+            &Selection::Ids(&[ids[1]]),
+            &retry,
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    let last = store.begin_run("general", &me(), 2200, false).expect("run");
+    store
+        .promote_due("general", Some(last), 2200)
+        .expect("promote");
+    claim(store, "general", last, 2200, &["a"])
+        .expect("claim")
+        .expect("job 2");
+    finish(store, ids[1], JobState::Finished, 2300);
+    let info = store.batch(batch).expect("read").expect("kept");
+    assert_eq!(
+        (info.unfinished, info.finished, info.complete_job),
+        (0, 4, Some(completion))
+    );
+    let done = store
+        .count(&ListFilter {
+            callback: Some("done".to_owned()),
+            ..ListFilter::default()
+        })
+        .expect("count");
+    assert_eq!(done, 1, "completed once");
 }

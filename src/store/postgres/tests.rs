@@ -223,3 +223,53 @@ fn a_version_4_schema_is_upgraded_in_place_keeping_its_jobs() {
         .get(0);
     assert_eq!(tables, 4);
 }
+
+#[test]
+fn a_version_5_schema_is_upgraded_in_place_keeping_its_jobs() {
+    let Some(schema) = ThrowawaySchema::new("upgrade_v5") else {
+        return;
+    };
+    let target = schema.target("upgrade");
+    {
+        // The schema of version 5 (its functions are replaced by the upgrade), with a job.
+        let mut client = connect(&target.conninfo, Purpose::Command).expect("connect");
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA {name}; SET LOCAL search_path = {name};",
+            name = schema.name
+        ))
+        .expect("schema");
+        tx.batch_execute(include_str!(
+            "../../../tests/fixtures/postgres/schema-v5.sql"
+        ))
+        .expect("the version 5 schema");
+        tx.batch_execute(
+            "INSERT INTO meta (key, value) VALUES ('functions', '3');
+             INSERT INTO jobs (queue, callback, params_json, created_at, run_at)
+             VALUES ('general', 'cb', '{}', 1000, 1000)",
+        )
+        .expect("a job");
+        tx.commit().expect("commit");
+    }
+    let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("upgrade");
+    let version = store.version().expect("version").expect("a bgq schema");
+    assert_eq!(
+        (version.version, version.functions),
+        (SCHEMA_VERSION, FUNCTIONS_REVISION)
+    );
+    use crate::store::conformance::{claim, me};
+    let run = store
+        .begin_run("general", &me(), 2000, false)
+        .expect("begin a run");
+    let claimed = claim(&mut store, "general", run, 2000, &["cb"])
+        .expect("claim")
+        .expect("the old job");
+    assert_eq!((claimed.attempts, claimed.batch), (1, None));
+    let batch = store
+        .new_batch(&crate::store::NewBatch::default(), 3000)
+        .expect("a batch");
+    assert_eq!(
+        store.seal_batch(batch, 3000).expect("seal"),
+        crate::store::Sealed::Now { complete: true }
+    );
+}

@@ -57,11 +57,12 @@ const SCHEMA: &str = include_str!("../../../schema.sql");
 /// The schema version this binary writes (`PRAGMA user_version` set by `schema.sql`).
 pub const SCHEMA_VERSION: i64 = 6;
 /// The steps from each older version to the next: (version reached, SQL).
-const UPGRADES: [(i64, &str); 4] = [
+const UPGRADES: [(i64, &str); 5] = [
     (2, include_str!("upgrades/v2.sql")),
     (3, include_str!("upgrades/v3.sql")),
     (4, include_str!("upgrades/v4.sql")),
     (5, include_str!("upgrades/v5.sql")),
+    (6, include_str!("upgrades/v6.sql")),
 ];
 /// The length of the write-ahead log beyond which a command that opens the database first
 /// folds the log into it (`fold_log`); its next commit starts the log again from the start
@@ -2626,6 +2627,31 @@ mod tests {
             .expect("claim")
             .expect("the old job");
         assert_eq!((claimed.id, claimed.attempts), (1, 1));
+    }
+
+    /// SQLite's own: an upgrade from the frozen version 5 schema in tests/fixtures/sqlite; the
+    /// old job joins no batch, and a batch works at once.
+    #[test]
+    fn a_version_5_database_is_upgraded_in_place_keeping_its_jobs() {
+        let (_dir, mut upgraded) = upgraded(
+            include_str!("../../../tests/fixtures/sqlite/schema-v5.sql"),
+            "INSERT INTO jobs (queue, callback, payload, created_at, run_at)
+             VALUES ('general', 'a', ?1, 1000, 1000)",
+        );
+        let run = upgraded
+            .begin_run("general", &me(), 2000, false)
+            .expect("run");
+        let claimed = claim(&mut upgraded, "general", run, 2000, &["a"])
+            .expect("claim")
+            .expect("the old job");
+        assert_eq!((claimed.id, claimed.batch), (1, None));
+        let batch = upgraded
+            .new_batch(&crate::store::NewBatch::default(), 3000)
+            .expect("a batch");
+        assert_eq!(
+            upgraded.seal_batch(batch, 3000).expect("seal"),
+            Sealed::Now { complete: true }
+        );
     }
 
     /// SQLite's own: an upgrade from the frozen version 1 schema in tests/fixtures/sqlite.
