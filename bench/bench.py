@@ -373,6 +373,47 @@ class Bench:
                      f"{bc:.2f} s ({bc / n * 1e6:.0f} µs/job)", f"{rc:.2f} s ({rc / n * 1e6:.0f} µs/job)",
                      f"{paired_ratio(bgq_cpu, ref_cpu):.2f}", "(info)", None)
 
+    # -- target 18 (issue 18: batches) -------------------------------------------------------
+
+    def target18(self):
+        """Draining N /bin/true jobs of one sealed batch against N jobs of none, concurrency 2
+        (issue 18: a batch's counters cost nothing measurable per job)."""
+        n = self.args.t18_jobs
+        plain_t, batch_t = [], []
+        for rep in range(self.args.reps):
+            def run_plain():
+                folder = self.config(self.fresh("t18-plain"))
+                self.publish_jsonl(folder, n)
+                t, _, _ = timed_rss(self.bgq(folder, "process"))
+                if count_rows(self.db(folder), "state = 'FINISHED'") != n:
+                    raise RuntimeError("not every job FINISHED")
+                plain_t.append(t)
+
+            def run_batch():
+                folder = self.config(self.fresh("t18-batch"))
+                out = check_run(self.bgq(folder, "batch", "new", "--on-complete", "cb"),
+                                stdout=subprocess.PIPE)
+                batch = int(out.stdout)
+                path = os.path.join(folder, "jobs.jsonl")
+                write_jsonl(path, n)
+                check_run(self.bgq(folder, "publish", "cb", "--jsonl", path, "--batch", batch),
+                          stdout=subprocess.DEVNULL)
+                check_run(self.bgq(folder, "batch", "seal", batch), stdout=subprocess.DEVNULL)
+                t, _, _ = timed_rss(self.bgq(folder, "process"))
+                # Every member and the completion job, which the same run starts at the end.
+                if count_rows(self.db(folder), "state = 'FINISHED'") != n + 1:
+                    raise RuntimeError("not every job of the batch, or its completion, FINISHED")
+                batch_t.append(t)
+
+            for step in ((run_plain, run_batch) if rep % 2 == 0 else (run_batch, run_plain)):
+                step()
+            self.note(f"rep {rep + 1}: no batch {plain_t[-1]:.2f} s, one batch {batch_t[-1]:.2f} s")
+        b, r, ratio = median(batch_t), median(plain_t), paired_ratio(batch_t, plain_t)
+        self.raw["t18"] = {"batch_s": batch_t, "plain_s": plain_t}
+        self.row("18", f"drain {n:,} × /bin/true in one batch vs in none, concurrency 2",
+                 f"{b:.2f} s ({b / n * 1e6:.0f} µs/job)", f"{r:.2f} s ({r / n * 1e6:.0f} µs/job)",
+                 f"{ratio:.2f}", "≤ 1.10", ratio <= 1.10)
+
     # -- target 2 ------------------------------------------------------------------------------
 
     def target2(self):
@@ -923,6 +964,7 @@ class Bench:
             "1": self.target1, "2": self.target2, "3": self.target3, "4": self.target4,
             "5": self.target5, "6": self.target6, "7": self.target7,
             "17.1": self.target17_1, "17.2": self.target17_2, "17.3": self.target17_3,
+            "18": self.target18,
         }
         chosen = self.args.only.split(",") if self.args.only else list(targets)
         self.wait_budget = self.args.wait_idle
@@ -1018,6 +1060,7 @@ def main():
     p.add_argument("--t6-jobs", type=int, default=5000)
     p.add_argument("--t6-publishes", type=int, default=200)
     p.add_argument("--t7-jobs", type=int, default=1000)
+    p.add_argument("--t18-jobs", type=int, default=100_000)
     p.add_argument("--t7-timeout", type=float, default=300)
     p.add_argument("--t7-tools", default="bgq,task-spooler,pueue,huey",
                    help="which of bgq,task-spooler,pueue,huey target 7 runs")
@@ -1026,6 +1069,7 @@ def main():
         args.reps = 1
         args.big_rows, args.t1_jobs, args.t2_publishes, args.t3_lines = 50_000, 200, 30, 20_000
         args.t4_jobs, args.t6_jobs, args.t6_publishes, args.t7_jobs = 100, 500, 30, 30
+        args.t18_jobs = 500
     if not os.access(args.bgq, os.X_OK):
         sys.exit(f"bench: no bgq binary at {args.bgq}")
     Bench(args).run()

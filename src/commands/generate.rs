@@ -163,8 +163,9 @@ its callback name
 .B BGQ_ATTEMPT
 1 on the first run; a run that ended WAITING does not count
 .TP
-.BR BGQ_SERIAL_GROUP ", " BGQ_IDENTIFIER
-when the job has them
+.BR BGQ_SERIAL_GROUP ", " BGQ_IDENTIFIER ", " BGQ_BATCH_ID
+when the job has them (a job of a batch may publish into it with
+\fB"$BGQ_BIN" publish ... \-\-batch "$BGQ_BATCH_ID"\fR, also after its seal)
 .TP
 .B BGQ_CONFIG
 the config file, so that a callback can publish follow\-up jobs
@@ -300,6 +301,17 @@ Publish a job, look at the queue, and follow one job:
 bgq publish sendEmail \-\-json '{"to":"a@example.com"}' \-\-identifier sendEmail\-7
 bgq list \-\-state PERMANENTLY_FAILED
 bgq show 42; bgq explain 42; bgq retry 42
+.RE
+.fi
+.PP
+A batch, with a job to run once all of its jobs have ended (its stdin: the batch id,
+description, counts per final state and the ids of the jobs that did not finish):
+.PP
+.nf
+.RS
+batch=$(bgq batch new \-\-on\-complete importDone \-\-description "import 42")
+bgq publish refreshProduct \-\-jsonl products.jsonl \-\-batch "$batch"
+bgq batch seal "$batch"; bgq batch show "$batch"
 .RE
 .fi
 .PP

@@ -1,7 +1,8 @@
 //! A `process` SIGKILLed at random moments, again and again, then left to finish (the long
 //! version is `stress/crash-loop.sh`). No job is lost, none runs twice at the same time, every
 //! rerun is explained by a reported recovery, and each recovery names a job that was in flight
-//! when its run died.
+//! when its run died. The jobs form one sealed batch: its completion is published exactly
+//! once, after the last of them, with every job counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -151,17 +152,23 @@ fn process_killed_at_random_moments_loses_nothing_and_runs_nothing_twice_at_once
             ran = ran.display()
         ),
     )?;
+    let summaries = env.path("done.log");
+    let done_cb = env.script("done.sh", &format!("cat >> {}", summaries.display()))?;
     env.write_config(&format!(
-        "concurrency = 4\n{}",
-        callback_toml("cb", &cb, "")
+        "concurrency = 4\n{}{}",
+        callback_toml("cb", &cb, ""),
+        callback_toml("done", &done_cb, "")
     ))?;
+    let batch = crate::support::stdout_of(&env, &["batch", "new", "--on-complete", "done"])?;
+    let batch = batch.trim();
     let lines: String = (0..JOBS).map(|i| format!("{{\"n\":{i}}}\n")).collect();
     let out = env
         .bgq()
-        .args(["publish", "cb", "--jsonl", "-"])
+        .args(["publish", "cb", "--jsonl", "-", "--batch", batch])
         .write_stdin(lines)
         .output()?;
     assert!(out.status.success(), "{}", crate::support::describe(&out));
+    crate::support::stdout_of(&env, &["batch", "seal", batch])?;
     let ids: BTreeSet<i64> = env
         .jobs()?
         .iter()
@@ -244,6 +251,21 @@ fn process_killed_at_random_moments_loses_nothing_and_runs_nothing_twice_at_once
         unfinished.is_empty(),
         "every job FINISHED {context}: {unfinished:?}"
     );
+    // The completion, published once with the last outcome (and run at least once: a kill
+    // during its run reruns it, with the same summary).
+    let completions: Vec<_> = jobs.iter().filter(|j| j["callback"] == "done").collect();
+    assert_eq!(completions.len(), 1, "one completion job {context}");
+    let summaries = read_lines(&summaries);
+    assert!(!summaries.is_empty(), "the completion ran {context}");
+    for summary in &summaries {
+        let summary: serde_json::Value = serde_json::from_str(summary)?;
+        assert_eq!(
+            summary["counts"]["FINISHED"],
+            JOBS,
+            "every job counted once {context}"
+        );
+    }
+    let jobs: Vec<_> = jobs.into_iter().filter(|j| j["callback"] == "cb").collect();
     let done: BTreeSet<i64> = read_lines(&ran)
         .iter()
         .map(|l| l.parse())
