@@ -2,7 +2,9 @@
 # The long version of tests/integration/crash_loop.rs (hardening issue, point 1): publishes JOBS
 # jobs, starts `bgq process` and SIGKILLs it at a random moment, KILLS times, then lets a last
 # run finish. Checks that no job is lost, none ran twice at the same time, reruns are bounded by
-# the reported recoveries, and every recovery names a job that was in flight. Prints a summary.
+# the reported recoveries, and every recovery names a job that was in flight. The jobs form one
+# sealed batch: checks that its completion job is published exactly once, counting every job.
+# Prints a summary.
 #
 #   stress/crash-loop.sh [JOBS [KILLS]]      (defaults: 400 jobs, 100 kills)
 #   BGQ=/path/to/bgq stress/crash-loop.sh    (else: cargo build --release of this checkout)
@@ -36,9 +38,13 @@ concurrency = 4
 max_attempts = 100000
 [callbacks.cb]
 command = ["$work/cb.sh"]
+[callbacks.done]
+command = ["sh", "-c", "cat >> $work/done.log"]
 TOML
 
-seq 1 "$jobs" | sed 's/.*/{"n":&}/' | bgq publish cb --jsonl - >/dev/null || fail "publish"
+batch=$(bgq batch new --on-complete done) || fail "batch new"
+seq 1 "$jobs" | sed 's/.*/{"n":&}/' | bgq publish cb --jsonl - --batch "$batch" >/dev/null || fail "publish"
+bgq batch seal "$batch" >/dev/null || fail "batch seal"
 starts() { if [ -e "$log" ]; then grep -c "^start " "$log" || true; else echo 0; fi; }
 recovered_in() { grep -o '^bgq: recovered job [0-9]*' "$1" | awk '{print $4}' | sort; }
 
@@ -95,7 +101,11 @@ got=$(recovered_in "$final")
 elapsed_ms=$((($(now_ns) - started_at) / 1000000))
 
 finished=$(ids_in_state FINISHED | wc -l)
-[ "$finished" -eq "$jobs" ] || fail "$finished of $jobs jobs FINISHED"
+# The members and the completion job.
+[ "$finished" -eq "$((jobs + 1))" ] || fail "$finished of $jobs jobs and the completion FINISHED"
+completions=$(bgq list --callback done --json | wc -l)
+[ "$completions" -eq 1 ] || fail "$completions completion jobs published, not one"
+grep -q "\"FINISHED\":$jobs," "$work/done.log" || fail "the completion did not count every job: $(cat "$work/done.log")"
 completed=$(sort -nu "$ran" | wc -l)
 [ "$completed" -eq "$jobs" ] || fail "$completed of $jobs jobs completed a run"
 
