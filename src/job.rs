@@ -112,11 +112,15 @@ impl Payload {
         }
     }
 
-    /// Decodes what `to_msgpack` stored.
+    /// Decodes what `to_msgpack` stored, or a [`JSON_TEXT`] payload.
     pub fn from_msgpack(bytes: &[u8]) -> anyhow::Result<Payload> {
         const BIN8: u8 = 0xc4;
         const BIN32: u8 = 0xc6;
         match bytes.first() {
+            Some(&JSON_TEXT) => Ok(Payload::Json(
+                serde_json::from_slice(&bytes[1..])
+                    .context("stored JSON text parameters are not valid JSON")?,
+            )),
             Some(BIN8..=BIN32) => {
                 let raw: serde_bytes::ByteBuf = rmp_serde::from_slice(bytes)
                     .context("stored raw payload is not valid MessagePack")?;
@@ -273,6 +277,11 @@ impl<'de> serde::de::Visitor<'de> for Encode<'_> {
     }
 }
 
+/// The first byte of parameters stored as JSON text (the rest) rather than MessagePack: the
+/// completion jobs of batches, which SQLite's trigger writes with its own JSON functions. The
+/// byte is one MessagePack never uses, so no MessagePack payload starts with it.
+pub const JSON_TEXT: u8 = 0xc1;
+
 /// A job's parameters as stored (MessagePack), checked but not decoded: `show` reads them
 /// through [`StoredPayload::view`], so that a large payload is held once.
 #[derive(Debug, Clone)]
@@ -299,6 +308,13 @@ pub enum PayloadView<'a> {
 impl StoredPayload {
     /// Checks what `to_msgpack` stored; the error says why it cannot be read.
     pub fn new(bytes: Vec<u8>) -> Result<StoredPayload, String> {
+        let bytes = match bytes.first() {
+            Some(&JSON_TEXT) => json_to_msgpack(&mut serde_json::Deserializer::from_slice(
+                &bytes[1..],
+            ))
+            .map_err(|err| format!("stored JSON text parameters are not valid JSON: {err}"))?,
+            _ => bytes,
+        };
         let width = match bytes.first() {
             Some(0xc4) => Some(1),
             Some(0xc5) => Some(2),
@@ -604,6 +620,25 @@ fn serialize_opt_time<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parameters stored as JSON text (a batch's completion job on SQLite) read as the JSON
+    /// value they hold, for the callback and for `show`; keys keep their order.
+    #[test]
+    fn json_text_parameters_read_as_their_value() {
+        let mut stored = vec![JSON_TEXT];
+        stored.extend_from_slice(br#"{"b":1,"a":[true,null]}"#);
+        let value = serde_json::json!({"b": 1, "a": [true, null]});
+        assert_eq!(
+            Payload::from_msgpack(&stored).expect("decodes"),
+            Payload::Json(value.clone())
+        );
+        let shown = StoredPayload::new(stored).expect("checks");
+        let PayloadView::Json(view) = shown.view() else {
+            panic!("not JSON");
+        };
+        assert_eq!(serde_json::to_value(view).expect("serialises"), value);
+        assert!(Payload::from_msgpack(&[JSON_TEXT, b'{']).is_err());
+    }
 
     #[test]
     fn states_round_trip_through_their_names_in_any_case() {

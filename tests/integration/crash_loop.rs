@@ -260,8 +260,7 @@ fn process_killed_at_random_moments_loses_nothing_and_runs_nothing_twice_at_once
     for summary in &summaries {
         let summary: serde_json::Value = serde_json::from_str(summary)?;
         assert_eq!(
-            summary["counts"]["FINISHED"],
-            JOBS,
+            summary["counts"]["FINISHED"], JOBS,
             "every job counted once {context}"
         );
     }

@@ -244,7 +244,6 @@ impl SqliteStore {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
-        register_functions(&conn)?;
         let identity = fs::canonicalize(path)
             .with_context(|| format!("cannot resolve {}", path.display()))?
             .to_string_lossy()
@@ -1681,23 +1680,6 @@ fn check_batch_open(conn: &Connection, batch: BatchTarget, database: &Path) -> a
         Some(_) => return Ok(()),
     };
     Err(crate::error::usage(refusal))
-}
-
-/// Registers the SQL functions bgq's triggers call: `bgq_json_payload(text)`, the MessagePack
-/// of a JSON text as `publish` stores it (the completion jobs of batches).
-fn register_functions(conn: &Connection) -> anyhow::Result<()> {
-    use rusqlite::functions::FunctionFlags;
-    conn.create_scalar_function(
-        "bgq_json_payload",
-        1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let text: String = ctx.get(0)?;
-            crate::job::json_to_msgpack(&mut serde_json::Deserializer::from_str(&text))
-                .map_err(|err| rusqlite::Error::UserFunctionError(Box::new(err)))
-        },
-    )?;
-    Ok(())
 }
 
 /// Writes the counts `tally` holds and empties it.

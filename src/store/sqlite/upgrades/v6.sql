@@ -67,15 +67,16 @@ BEGIN
 END;
 
 -- Completion: a sealed batch whose last member ended, or sealed with none unfinished. Its jobs
--- are published in the same transaction, once (completed_at); bgq_json_payload() is the
--- MessagePack encoding of publish, registered by bgq on its connections.
+-- are published in the same transaction, once (completed_at), their parameters stored as JSON
+-- text after the byte 0xc1, which MessagePack never uses (job::JSON_TEXT): SQLite's own JSON
+-- functions write them, so that any SQLite client may change a job's state.
 CREATE TRIGGER batches_complete AFTER UPDATE OF unfinished, sealed_at ON batches
 WHEN NEW.unfinished = 0 AND NEW.sealed_at IS NOT NULL AND NEW.completed_at IS NULL
 BEGIN
     UPDATE batches SET completed_at = NEW.changed_at WHERE id = NEW.id;
     INSERT INTO jobs (queue, callback, payload, created_at, run_at, state_changed_at)
         SELECT NEW.queue, NEW.on_complete,
-               bgq_json_payload(json_object(
+               CAST(X'c1' || json_object(
                    'batch', NEW.id, 'description', NEW.description,
                    'counts', json_object('FINISHED', NEW.finished,
                                          'PERMANENTLY_FAILED', NEW.failed,
@@ -83,20 +84,20 @@ BEGIN
                    'unfinished_ids', json((SELECT json_group_array(u.id) FROM (
                        SELECT m.id FROM jobs m WHERE m.batch_id = NEW.id
                           AND m.state != 'FINISHED' ORDER BY m.id) u)),
-                   'params', json(NEW.on_complete_params))),
+                   'params', json(NEW.on_complete_params)) AS BLOB),
                NEW.changed_at, NEW.changed_at, NEW.changed_at
         WHERE NEW.on_complete IS NOT NULL;
     UPDATE batches SET complete_job = last_insert_rowid()
         WHERE id = NEW.id AND NEW.on_complete IS NOT NULL;
     INSERT INTO jobs (queue, callback, payload, created_at, run_at, state_changed_at)
         SELECT NEW.queue, NEW.on_success,
-               bgq_json_payload(json_object(
+               CAST(X'c1' || json_object(
                    'batch', NEW.id, 'description', NEW.description,
                    'counts', json_object('FINISHED', NEW.finished,
                                          'PERMANENTLY_FAILED', NEW.failed,
                                          'CANCELLED', NEW.cancelled),
                    'unfinished_ids', json('[]'),
-                   'params', json(NEW.on_success_params))),
+                   'params', json(NEW.on_success_params)) AS BLOB),
                NEW.changed_at, NEW.changed_at, NEW.changed_at
         WHERE NEW.on_success IS NOT NULL AND NEW.failed = 0 AND NEW.cancelled = 0;
     UPDATE batches SET success_job = last_insert_rowid()
