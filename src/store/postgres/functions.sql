@@ -533,15 +533,20 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER jobs_batch_insert AFTER INSERT ON jobs
+-- Dropped and created again, in this file's transaction: CREATE OR REPLACE TRIGGER needs
+-- PostgreSQL 14, and bgq supports 13.
+DROP TRIGGER IF EXISTS jobs_batch_insert ON jobs;
+CREATE TRIGGER jobs_batch_insert AFTER INSERT ON jobs
     FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL)
     EXECUTE FUNCTION batch_member_changed();
-CREATE OR REPLACE TRIGGER jobs_batch_state AFTER UPDATE OF state ON jobs
+DROP TRIGGER IF EXISTS jobs_batch_state ON jobs;
+CREATE TRIGGER jobs_batch_state AFTER UPDATE OF state ON jobs
     FOR EACH ROW WHEN (NEW.batch_id IS NOT NULL AND NEW.state <> OLD.state
                        AND (NEW.state IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED')
                             OR OLD.state IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED')))
     EXECUTE FUNCTION batch_member_changed();
-CREATE OR REPLACE TRIGGER batches_complete AFTER UPDATE OF unfinished, sealed_at ON batches
+DROP TRIGGER IF EXISTS batches_complete ON batches;
+CREATE TRIGGER batches_complete AFTER UPDATE OF unfinished, sealed_at ON batches
     FOR EACH ROW WHEN (NEW.unfinished = 0 AND NEW.sealed_at IS NOT NULL
                        AND NEW.completed_at IS NULL)
     EXECUTE FUNCTION batch_complete();
