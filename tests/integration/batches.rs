@@ -191,7 +191,9 @@ fn a_planner_plans_ten_thousand_tasks_in_chunks_of_500() -> TestResult {
     let id = new_batch(&env, &["--on-complete", "done", "--on-success", "ok"])?;
     env.publish_with("plan", r#"{"chunk": 1}"#, &["--batch", &id.to_string()])?;
     stdout_of(&env, &["batch", "seal", &id.to_string()])?;
-    let batch = drain(&env, id, &["--concurrency", "2"], 50)?;
+    // Runs of at most 20 s each: one run would drain it all, but each command of a test has
+    // 60 s, and a loaded machine on PostgreSQL needs about that for all 10,020 jobs.
+    let batch = drain(&env, id, &["--concurrency", "2", "--max-time", "20s"], 50)?;
     assert_eq!(batch["jobs"], 10_020, "{batch}");
     let done = summaries(&env, "done.log")?;
     assert_eq!(done.len(), 1, "{done:?}");
