@@ -27,6 +27,11 @@
 //!   commits first wins, and the other changes nothing but the output it carries.
 //! - **Nothing is lost, nothing is invented**: a job leaves the store only through `clear`; ids
 //!   increase in publish order and are never reused.
+//! - **A batch moves with its jobs** (SPEC section 11): every write that moves a job of a batch
+//!   into or out of a final state updates the batch's counters in the same transaction, one
+//!   row and no count over the batch; a sealed batch left with no unfinished job completes in
+//!   that transaction, its completion jobs published once. Both backends keep this with
+//!   triggers of their schema, so that no write path can forget it.
 //! - **Writes of a `process` run may be lost in a power cut only in ways that re-run a job**
 //!   (`Durability::Relaxed`), never in ways that lose one.
 //!
@@ -429,7 +434,7 @@ pub struct BatchInfo {
     pub sealed_at: Option<Millis>,
     /// When it completed, if it did.
     pub completed_at: Option<Millis>,
-    /// The jobs its completion published (on-complete, on-success).
+    /// The on-complete job its completion published.
     pub complete_job: Option<i64>,
     /// The on-success job its completion published.
     pub success_job: Option<i64>,
