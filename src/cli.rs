@@ -140,7 +140,7 @@ pub struct PublishArgs {
     #[arg(long, requires = "identifier", conflicts_with = "jsonl")]
     pub unique: bool,
 
-    /// Add the jobs to batch ID (`bgq batch new`); after its seal only its running jobs may
+    /// Add the jobs to batch ID (`bgq batch new`); once it is sealed, only from a running job of it
     #[arg(long, value_name = "ID", value_parser = batch_id)]
     pub batch: Option<i64>,
 

@@ -68,8 +68,24 @@ pub fn man() -> anyhow::Result<()> {
     man.render_description_section(&mut out)?;
     man.render_options_section(&mut out)?;
     writeln!(out, ".SH COMMANDS")?;
-    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
-        let name = sub.get_name();
+    // `bgq batch` has commands of its own: each is listed as one command, `bgq batch new`.
+    let commands = command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .flat_map(|sub| {
+            let name = sub.get_name().to_owned();
+            let nested: Vec<(String, clap::Command)> = sub
+                .get_subcommands()
+                .filter(|nested| !nested.is_hide_set())
+                .map(|nested| (format!("{name} {}", nested.get_name()), nested.clone()))
+                .collect();
+            if nested.is_empty() {
+                vec![(name, sub.clone())]
+            } else {
+                nested
+            }
+        });
+    for (name, sub) in commands {
         let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
         let mut usage = sub.clone().bin_name(format!("bgq {name}"));
         writeln!(out, ".TP\n\\fBbgq {name}\\fR\n{}", escape(&about))?;
