@@ -436,3 +436,58 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The kept job counts (job_counts and job_count_deltas in schema.sql). An insert counts its jobs
+-- once per statement (a `publish --jsonl` chunk adds one row per callback); a change of state,
+-- queue or callback adds its row's move. Deletes (only `clear` deletes jobs) count themselves in
+-- their statement: a trigger would copy every deleted row into a transition table.
+CREATE OR REPLACE FUNCTION count_inserted_jobs() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    INSERT INTO job_count_deltas (queue, callback, state, jobs)
+    SELECT queue, callback, state, count(*) FROM inserted GROUP BY queue, callback, state;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE FUNCTION count_changed_job() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    INSERT INTO job_count_deltas (queue, callback, state, jobs)
+    VALUES (OLD.queue, OLD.callback, OLD.state, -1), (NEW.queue, NEW.callback, NEW.state, 1);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS jobs_count_insert ON jobs;
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION count_inserted_jobs();
+DROP TRIGGER IF EXISTS jobs_count_update ON jobs;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, queue, callback ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.queue IS DISTINCT FROM NEW.queue
+          OR OLD.callback IS DISTINCT FROM NEW.callback)
+    EXECUTE FUNCTION count_changed_job();
+
+-- Folds the rows of job_count_deltas committed so far into job_counts, unless another
+-- transaction is folding (then it returns at once: the reader sums what is left); how many
+-- rows it folded. Deltas committed during the fold stay for the next one.
+CREATE OR REPLACE FUNCTION fold_job_counts() RETURNS bigint
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+DECLARE
+    v_folded bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.job_counts')) THEN
+        RETURN 0;
+    END IF;
+    WITH gone AS (DELETE FROM job_count_deltas RETURNING queue, callback, state, jobs),
+         summed AS (SELECT queue, callback, state, sum(jobs) AS jobs, count(*) AS folded
+                    FROM gone GROUP BY queue, callback, state),
+         stored AS (INSERT INTO job_counts (queue, callback, state, jobs)
+                    SELECT queue, callback, state, jobs FROM summed
+                    ON CONFLICT (queue, callback, state)
+                    DO UPDATE SET jobs = job_counts.jobs + excluded.jobs)
+    SELECT coalesce(sum(folded), 0) INTO v_folded FROM summed;
+    RETURN v_folded;
+END
+$$;

@@ -223,3 +223,58 @@ fn a_version_4_schema_is_upgraded_in_place_keeping_its_jobs() {
         .get(0);
     assert_eq!(tables, 4);
 }
+
+/// An upgrade from the frozen version 5 schema fills the kept counts from the jobs there are,
+/// and the triggers keep them from then on.
+#[test]
+fn a_version_5_schema_is_upgraded_in_place_with_its_jobs_counted() {
+    let Some(schema) = ThrowawaySchema::new("upgrade_v5") else {
+        return;
+    };
+    let target = schema.target("upgrade");
+    {
+        let mut client = connect(&target.conninfo, Purpose::Command).expect("connect");
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA {name}; SET LOCAL search_path = {name};",
+            name = schema.name
+        ))
+        .expect("schema");
+        tx.batch_execute(include_str!(
+            "../../../tests/fixtures/postgres/schema-v5.sql"
+        ))
+        .expect("the version 5 schema");
+        tx.batch_execute(
+            "INSERT INTO jobs (queue, callback, params_json, created_at, run_at, state)
+             VALUES ('general', 'cb', '{}', 1000, 1000, 'FINISHED'),
+                    ('general', 'cb', '{}', 1000, 1000, 'READY'),
+                    ('other', 'b', '{}', 1000, 1000, 'READY')",
+        )
+        .expect("jobs");
+        tx.commit().expect("commit");
+    }
+    let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("upgrade");
+    let version = store.version().expect("version").expect("a bgq schema");
+    assert_eq!(
+        (version.version, version.functions),
+        (SCHEMA_VERSION, FUNCTIONS_REVISION)
+    );
+    let mut counts = store.state_counts().expect("counts");
+    counts.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    assert_eq!(
+        counts,
+        [
+            ("general".to_owned(), JobState::Finished, 1),
+            ("general".to_owned(), JobState::Ready, 1),
+            ("other".to_owned(), JobState::Ready, 1),
+        ]
+    );
+    use crate::store::conformance::{assert_counts_agree, claim, me};
+    let run = store
+        .begin_run("general", &me(), 2000, false)
+        .expect("begin a run");
+    claim(&mut store, "general", run, 2000, &["cb"])
+        .expect("claim")
+        .expect("the old job");
+    assert_counts_agree(&store);
+}
