@@ -302,23 +302,26 @@ fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
         return Ok(());
     };
     env.publish("cb", "{}")?;
-    let (root, page_size) = {
-        let conn = rusqlite::Connection::open(&db_file)?;
-        let root: i64 = conn.query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'",
-            [],
-            |row| row.get(0),
-        )?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-        (root, page_size)
-    };
-    let mut bytes = fs::read(&db_file)?;
-    let start = usize::try_from((root - 1) * page_size)?;
-    let end = start + usize::try_from(page_size)?;
-    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
-        *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+    // The root page of the jobs table, and of the counts `stats` reads instead of the jobs.
+    for table in ["jobs", "job_counts"] {
+        let (root, page_size) = {
+            let conn = rusqlite::Connection::open(&db_file)?;
+            let root: i64 = conn.query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )?;
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            (root, page_size)
+        };
+        let mut bytes = fs::read(&db_file)?;
+        let start = usize::try_from((root - 1) * page_size)?;
+        let end = start + usize::try_from(page_size)?;
+        for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+            *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+        }
+        fs::write(&db_file, &bytes)?;
     }
-    fs::write(&db_file, &bytes)?;
 
     let db = db_file.display().to_string();
     for (args, operation) in [
