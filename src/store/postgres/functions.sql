@@ -491,3 +491,27 @@ BEGIN
     RETURN v_folded;
 END
 $$;
+
+-- Per queue, the jobs due by p_now and waiting to run: how many, the oldest and since when (for
+-- `stats` and `status`). For each queue with kept counts, those in the claim path (due, so
+-- READY, TEMPORARILY_FAILED or WAITING) from its range of jobs_ready, those waiting for the next
+-- run from its range of jobs_schedule: the cost follows the due jobs, not the failed, finished
+-- or future ones. Without JIT: the kept counts are small tables whose rows the planner may not
+-- know yet, and a plan estimated large enough to compile cost 250 ms of compiling to read
+-- 5,000 index entries.
+CREATE OR REPLACE FUNCTION due_jobs(p_now bigint)
+    RETURNS TABLE (o_queue text, o_oldest bigint, o_since bigint, o_due bigint)
+    LANGUAGE sql STABLE SET search_path FROM CURRENT SET jit = off
+    AS $$
+    SELECT DISTINCT ON (q.queue) q.queue, due.id, due.run_at,
+           count(*) OVER (PARTITION BY q.queue)
+    FROM (SELECT queue FROM job_counts UNION SELECT queue FROM job_count_deltas) q
+    CROSS JOIN LATERAL (
+          SELECT r.id, r.run_at FROM jobs r
+          WHERE r.queue = q.queue AND r.due AND r.blocked_by = 0 AND r.run_at <= p_now
+          UNION ALL
+          SELECT s.id, s.run_at FROM jobs s
+          WHERE s.queue = q.queue AND NOT s.due AND s.blocked_by = 0
+            AND s.state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND s.run_at <= p_now) due
+    ORDER BY q.queue, due.run_at, due.id
+    $$;

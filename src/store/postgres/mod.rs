@@ -63,21 +63,9 @@ const OUTCOMES_KEPT_MINUTES: i64 = 2 * 24 * 60;
 /// Jobs inserted by one statement.
 const INSERT_CHUNK: usize = 5000;
 
-/// Per queue, the jobs due by $1 and waiting to run: how many, the oldest and since when. For
-/// each queue with kept counts, those in the claim path (due, so READY, TEMPORARILY_FAILED or
-/// WAITING) from its range of jobs_ready, those waiting for the next run from its range of
-/// jobs_schedule: the cost follows the due jobs, not the failed, finished or future ones.
-pub(crate) const DUE_JOBS_SQL: &str = "SELECT DISTINCT ON (queue) queue, id, run_at,
-        count(*) OVER (PARTITION BY queue)
-    FROM (SELECT queue FROM @.job_counts UNION SELECT queue FROM @.job_count_deltas) q
-    CROSS JOIN LATERAL (
-          SELECT id, run_at FROM @.jobs r
-          WHERE r.queue = q.queue AND r.due AND r.blocked_by = 0 AND r.run_at <= $1
-          UNION ALL
-          SELECT id, run_at FROM @.jobs s
-          WHERE s.queue = q.queue AND NOT s.due AND s.blocked_by = 0
-            AND s.state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND s.run_at <= $1) due
-    ORDER BY queue, run_at, id";
+/// Per queue, the jobs due by $1 and waiting to run: how many, the oldest and since when, by
+/// index ranges (due_jobs() in functions.sql).
+const DUE_JOBS_SQL: &str = "SELECT * FROM @.due_jobs($1)";
 
 /// Jobs waiting (`--after`) for a job that will never finish, from the jobs that wait at all
 /// (jobs_blocked) to their parents: PERMANENTLY_FAILED or CANCELLED, or deleted so by `clear`.

@@ -187,11 +187,26 @@ fn read_commands_read_indexes() {
         return;
     };
     let now = 5000_i64;
-    let due = plan(
-        &store,
-        &in_schema(&schema.name, DUE_JOBS_SQL),
-        &[(&now, Type::INT8)],
-    );
+    // The query of due_jobs() as the function runs it, its parameter made a parameter.
+    let function: String = store
+        .reader()
+        .query_typed_one(
+            &in_schema(
+                &schema.name,
+                "SELECT pg_get_functiondef('@.due_jobs'::regproc)",
+            ),
+            &[],
+        )
+        .expect("due_jobs()")
+        .get(0);
+    let start = function.find("SELECT DISTINCT ON").expect("the due query");
+    let end = start + function[start..].find("$function$").expect("its end");
+    let query = function[start..end].replace("p_now", "$1");
+    store
+        .reader()
+        .batch_execute(&format!("SET search_path = {}", schema.name))
+        .expect("search_path");
+    let due = plan(&store, &query, &[(&now, Type::INT8)]);
     uses_an_index("due jobs", &due);
     assert!(due.contains("jobs_schedule"), "{due}");
     let stuck = plan(&store, &in_schema(&schema.name, STUCK_AFTER_SQL), &[]);

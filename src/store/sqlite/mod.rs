@@ -1021,8 +1021,11 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let upper_id = upper.unwrap_or(i64::MAX);
             let deleted = if state == JobState::Finished {
-                let mut delete = tx.prepare_cached(CLEAR_SQL)?;
-                uncount_deleted(&tx, state, delete.query(params![cutoff, after, upper_id])?)?
+                // Counted out first, from the rows the delete then finds in the cache.
+                tx.prepare_cached(UNCOUNT_FINISHED_SQL)?
+                    .execute(params![cutoff, after, upper_id])?;
+                tx.prepare_cached(CLEAR_SQL)?
+                    .execute(params![cutoff, after, upper_id])?
             } else {
                 // Remembered first: a gone job would otherwise count as FINISHED for `--after`.
                 tx.prepare_cached(CLEAR_REMEMBER_SQL)?.execute(params![
@@ -1032,9 +1035,10 @@ impl Store for SqliteStore {
                     state.as_str(),
                     crate::job::now_millis()
                 ])?;
-                let mut delete = tx.prepare_cached(CLEAR_UNFINISHED_SQL)?;
-                let rows = delete.query(params![cutoff, after, upper_id, state.as_str()])?;
-                uncount_deleted(&tx, state, rows)?
+                let selected = params![cutoff, after, upper_id, state.as_str()];
+                tx.prepare_cached(UNCOUNT_UNFINISHED_SQL)?
+                    .execute(selected)?;
+                tx.prepare_cached(CLEAR_UNFINISHED_SQL)?.execute(selected)?
             };
             if deleted > 0 {
                 // The `--after` records of the deleted jobs: a range of the primary key.
@@ -1619,29 +1623,6 @@ fn count_published(conn: &Connection, jobs: &[NewJob]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes the jobs in `state` that `deleted` returns (queue, callback) out of `job_counts`, and
-/// says how many there were. Deletes count themselves: a per-row trigger costs `clear` more
-/// (see schema.sql).
-fn uncount_deleted(
-    conn: &Connection,
-    state: JobState,
-    mut deleted: rusqlite::Rows<'_>,
-) -> anyhow::Result<usize> {
-    let mut gone: BTreeMap<(String, String), i64> = BTreeMap::new();
-    let mut total = 0;
-    while let Some(row) = deleted.next()? {
-        *gone.entry((row.get(0)?, row.get(1)?)).or_default() += 1;
-        total += 1;
-    }
-    let mut uncount = conn.prepare_cached(
-        "UPDATE job_counts SET jobs = jobs - ?4 WHERE queue = ?1 AND callback = ?2 AND state = ?3",
-    )?;
-    for ((queue, callback), jobs) in gone {
-        uncount.execute(params![queue, callback, state.as_str(), jobs])?;
-    }
-    Ok(total)
-}
-
 fn cleared_unfinished(conn: &Connection, id: i64) -> anyhow::Result<Option<JobState>> {
     Ok(conn
         .prepare_cached("SELECT state FROM cleared_unfinished WHERE id = ?1")?
@@ -1951,8 +1932,16 @@ const STUCK_AFTER_SQL: &str = "SELECT j.id, j.queue, d.after_id, p.state, 0
 
 /// Deletes the FINISHED jobs with ids in (?2, ?3] that finished before ?1.
 const CLEAR_SQL: &str = "DELETE FROM jobs INDEXED BY jobs_state
-    WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1
-    RETURNING queue, callback";
+    WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1";
+
+/// Takes the jobs CLEAR_SQL is about to delete out of the kept counts, per (queue, callback) in
+/// one statement: `clear` counts what it deletes (see schema.sql).
+const UNCOUNT_FINISHED_SQL: &str = "UPDATE job_counts SET jobs = job_counts.jobs - gone.gone
+    FROM (SELECT queue, callback, count(*) AS gone FROM jobs INDEXED BY jobs_state
+          WHERE state = 'FINISHED' AND id > ?2 AND id <= ?3 AND finished_at < ?1
+          GROUP BY queue, callback) gone
+    WHERE job_counts.queue = gone.queue AND job_counts.callback = gone.callback
+      AND job_counts.state = 'FINISHED'";
 
 /// Picks and marks one job (?1 queue, ?2 run, ?3 now, then one parameter per callback name and
 /// one per callback whose failed jobs hold their group): the highest priority first, then the
@@ -2038,7 +2027,19 @@ const CLEAR_UNFINISHED_SQL: &str = concat!(
     "DELETE FROM jobs INDEXED BY jobs_state
     WHERE state = ?4 AND id > ?2 AND id <= ?3 AND ",
     state_changed_at!(),
-    " < ?1 RETURNING queue, callback"
+    " < ?1"
+);
+
+/// Takes the jobs CLEAR_UNFINISHED_SQL is about to delete out of the kept counts (see
+/// UNCOUNT_FINISHED_SQL).
+const UNCOUNT_UNFINISHED_SQL: &str = concat!(
+    "UPDATE job_counts SET jobs = job_counts.jobs - gone.gone
+    FROM (SELECT queue, callback, count(*) AS gone FROM jobs INDEXED BY jobs_state
+          WHERE state = ?4 AND id > ?2 AND id <= ?3 AND ",
+    state_changed_at!(),
+    " < ?1 GROUP BY queue, callback) gone
+    WHERE job_counts.queue = gone.queue AND job_counts.callback = gone.callback
+      AND job_counts.state = ?4"
 );
 
 /// The columns of a `JobRecord`.
@@ -2677,6 +2678,14 @@ mod tests {
         );
         let stuck = plan(&store, STUCK_AFTER_SQL);
         assert!(stuck.contains("INDEX jobs_blocked"), "{stuck}");
+        // What clear counts out is the range it deletes.
+        for uncount in [UNCOUNT_FINISHED_SQL, UNCOUNT_UNFINISHED_SQL] {
+            let uncount = plan(&store, uncount);
+            assert!(
+                uncount.contains("INDEX jobs_state (state=? AND id>? AND id<?)"),
+                "{uncount}"
+            );
+        }
         for (what, plan) in [("due", &due), ("stuck", &stuck)] {
             assert!(
                 // Whole passes only over the due jobs, the waiting ones and the kept counts.
