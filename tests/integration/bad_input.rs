@@ -333,7 +333,7 @@ fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
         (&["show", "1"], "cannot read job 1"),
         (&["retry", "1"], "cannot retry jobs"),
         (&["cancel", "1"], "cannot cancel jobs"),
-        (&["stats"], "cannot count jobs"),
+        (&["stats"], "cannot count due jobs"),
         (&["process"], "cannot "),
     ] {
         let out = env.bgq().args(args).output()?;
