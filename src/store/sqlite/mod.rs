@@ -1328,16 +1328,35 @@ impl Store for SqliteStore {
 
     fn due_jobs(&self, now: Millis) -> anyhow::Result<Vec<DueJobs>> {
         let result = (|| -> anyhow::Result<Vec<DueJobs>> {
-            let mut stmt = self.conn.prepare_cached(DUE_JOBS_SQL)?;
-            let rows = stmt.query_map([now], |row| {
-                Ok(DueJobs {
-                    queue: row.get(0)?,
-                    oldest: row.get(1)?,
-                    since: row.get(2)?,
-                    count: read_count(row, 3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            // Two reads, each grouped in its index's order (one read with UNION ALL sorted
+            // every due job: 5 ms for 7,000), joined here per queue, oldest by (time, id).
+            let mut due: BTreeMap<String, DueJobs> = BTreeMap::new();
+            for sql in [DUE_READY_SQL, DUE_SCHEDULED_SQL] {
+                let mut stmt = self.conn.prepare_cached(sql)?;
+                let rows = stmt.query_map([now], |row| {
+                    Ok(DueJobs {
+                        queue: row.get(0)?,
+                        oldest: row.get(1)?,
+                        since: row.get(2)?,
+                        count: read_count(row, 3)?,
+                    })
+                })?;
+                for found in rows {
+                    let found = found?;
+                    match due.get_mut(&found.queue) {
+                        None => {
+                            due.insert(found.queue.clone(), found);
+                        }
+                        Some(known) => {
+                            known.count += found.count;
+                            if (found.since, found.oldest) < (known.since, known.oldest) {
+                                (known.since, known.oldest) = (found.since, found.oldest);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(due.into_values().collect())
         })();
         in_database(&self.path, || "count due jobs".to_owned(), result)
     }
@@ -1901,20 +1920,23 @@ const CLEAR_ATTEMPTS_SQL: &str = "DELETE FROM attempts WHERE job_id > ?1 AND job
 const STATE_COUNTS_SQL: &str = "SELECT queue, state, sum(jobs) FROM job_counts
     GROUP BY queue, state HAVING sum(jobs) > 0";
 
-/// Per queue, the jobs due by ?1 and waiting to run: how many, the oldest and since when.
-/// Those in the claim path (due = 1, so READY, TEMPORARILY_FAILED or WAITING) from jobs_ready
-/// alone, those waiting for the next run by a range of jobs_schedule per queue: the cost
-/// follows the due jobs, not the failed, finished or future ones.
-const DUE_JOBS_SQL: &str = "SELECT queue, id, min(run_at), count(*) FROM (
-        SELECT queue, id, run_at FROM jobs INDEXED BY jobs_ready
-        WHERE due = 1 AND blocked_by = 0 AND run_at <= ?1
-        UNION ALL
-        SELECT s.queue, s.id, s.run_at
-        FROM (SELECT DISTINCT queue FROM job_counts) q
-        JOIN jobs s INDEXED BY jobs_schedule ON s.queue = q.queue
-        WHERE s.due = 0 AND s.blocked_by = 0
-          AND s.state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND s.run_at <= ?1)
-    GROUP BY queue ORDER BY queue";
+/// Per queue, the jobs in the claim path (due = 1, so READY, TEMPORARILY_FAILED or WAITING)
+/// due by ?1: how many, the oldest and since when, from jobs_ready alone in its order. With
+/// DUE_SCHEDULED_SQL, the due jobs of `stats` and `status`: the cost follows the due jobs, not
+/// the failed, finished or future ones.
+const DUE_READY_SQL: &str =
+    "SELECT queue, id, min(run_at), count(*) FROM jobs INDEXED BY jobs_ready
+    WHERE due = 1 AND blocked_by = 0 AND run_at <= ?1 GROUP BY queue";
+
+/// Per queue, the jobs due by ?1 that wait for the next run (due = 0): by a range of
+/// jobs_schedule per queue (CROSS JOIN keeps the queues outside, so that grouping does not
+/// make SQLite walk every scheduled job in the index's order instead).
+const DUE_SCHEDULED_SQL: &str = "SELECT s.queue, s.id, min(s.run_at), count(*)
+    FROM (SELECT DISTINCT queue FROM job_counts) q
+    CROSS JOIN jobs s INDEXED BY jobs_schedule
+    WHERE s.queue = q.queue AND s.due = 0 AND s.blocked_by = 0
+      AND s.state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND s.run_at <= ?1
+    GROUP BY s.queue";
 
 /// Jobs waiting (`--after`) for a job that will never finish, from the jobs that wait at all
 /// (jobs_blocked) to their parents: PERMANENTLY_FAILED or CANCELLED, or deleted so by `clear`.
@@ -2670,12 +2692,15 @@ mod tests {
         let (_dir, store) = store();
         let counts = plan(&store, STATE_COUNTS_SQL);
         assert!(!counts.contains(" jobs"), "{counts}");
-        let due = plan(&store, DUE_JOBS_SQL);
-        assert!(due.contains("COVERING INDEX jobs_ready"), "{due}");
+        let ready = plan(&store, DUE_READY_SQL);
+        assert!(ready.contains("COVERING INDEX jobs_ready"), "{ready}");
+        assert!(!ready.contains("TEMP B-TREE"), "{ready}");
+        let scheduled = plan(&store, DUE_SCHEDULED_SQL);
         assert!(
-            due.contains("INDEX jobs_schedule (queue=? AND run_at<?)"),
-            "{due}"
+            scheduled.contains("INDEX jobs_schedule (queue=? AND run_at<?)"),
+            "{scheduled}"
         );
+        let due = format!("{ready}\n{scheduled}");
         let stuck = plan(&store, STUCK_AFTER_SQL);
         assert!(stuck.contains("INDEX jobs_blocked"), "{stuck}");
         // What clear counts out is the range it deletes.
