@@ -192,6 +192,17 @@ def count_rows(db, where="1 = 1", table="jobs"):
         con.close()
 
 
+def recount(con):
+    """Counts the jobs written behind bgq's back into its kept counts (schema version 7: changes
+    of state are counted by a trigger, but `publish` and `clear` count the rows they add and
+    delete themselves, as these raw writes must)."""
+    if con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'job_counts'").fetchone():
+        con.execute("DELETE FROM job_counts")
+        con.execute("INSERT INTO job_counts (queue, callback, state, jobs) "
+                    "SELECT queue, callback, state, count(*) FROM jobs "
+                    "GROUP BY queue, callback, state")
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -291,6 +302,7 @@ class Bench:
             """,
             {"n": n, "payload": payload, "base": base, "future": future},
         )
+        recount(con)
         con.execute("COMMIT")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.close()
@@ -967,6 +979,156 @@ class Bench:
             if watcher.returncode != 0:
                 raise RuntimeError(f"process --watch exited {watcher.returncode}: {err.decode()[-300:]}")
 
+    # -- read commands at scale (issue 17, point 5) ------------------------------------------
+
+    def mixed_states(self, n, name):
+        """A folder whose database holds n jobs as a queue that `clear` has not pruned: 97 %
+        FINISHED, the rest in every other state (due READY, READY scheduled ahead, TEMPORARILY_
+        FAILED, WAITING, PERMANENTLY_FAILED, CANCELLED, PROCESSING), over four queues and two
+        callbacks, inserted straight into `jobs` (and counted as bgq would have), then one
+        `process --max-jobs 1` run so that every queue read has a last run."""
+        folder = self.config(self.fresh(name))
+        with open(os.path.join(folder, "bgq.toml"), "a") as out:
+            out.write('[callbacks.cb2]\ncommand = ["/bin/true"]\n')
+        check_run(self.bgq(folder, "publish", "cb", "--json", '{"n":1}'))
+        con = sqlite3.connect(self.db(folder), isolation_level=None)
+        con.execute("PRAGMA synchronous = OFF")
+        payload = con.execute("SELECT payload FROM jobs").fetchone()[0]
+        base = int(time.time() * 1000) - 3_600_000
+        future = base + 10 * 365 * 86_400_000
+        con.execute("BEGIN")
+        con.execute("DELETE FROM jobs")
+        con.execute(
+            """
+            WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n),
+                 k(x, kind) AS (SELECT x, CASE
+                     WHEN x % 1000 < 970 THEN 'FINISHED' WHEN x % 1000 < 975 THEN 'DUE'
+                     WHEN x % 1000 < 980 THEN 'LATER' WHEN x % 1000 < 984 THEN 'TEMPORARILY_FAILED'
+                     WHEN x % 1000 < 988 THEN 'WAITING' WHEN x % 1000 < 993 THEN 'PERMANENTLY_FAILED'
+                     WHEN x % 1000 < 998 THEN 'CANCELLED' ELSE 'PROCESSING' END FROM c)
+            INSERT INTO jobs (queue, callback, payload, state, attempts, created_at, run_at,
+                              due, started_at, finished_at, state_changed_at, claimed_run)
+            SELECT CASE x % 5 WHEN 0 THEN 'other-' || (x % 3) ELSE 'general' END,
+                   CASE x % 2 WHEN 0 THEN 'cb' ELSE 'cb2' END, :payload,
+                   CASE WHEN kind IN ('DUE', 'LATER') THEN 'READY' ELSE kind END,
+                   CASE WHEN kind IN ('DUE', 'LATER') THEN 0 ELSE 1 END,
+                   :base + x / 1000,
+                   CASE WHEN kind IN ('FINISHED', 'DUE', 'PERMANENTLY_FAILED', 'CANCELLED',
+                                      'PROCESSING') THEN :base + x / 1000 ELSE :future + x END,
+                   CASE kind WHEN 'DUE' THEN 1 ELSE 0 END,
+                   CASE WHEN kind IN ('DUE', 'LATER') THEN NULL ELSE :base + x / 1000 END,
+                   CASE WHEN kind IN ('FINISHED', 'PERMANENTLY_FAILED', 'CANCELLED')
+                        THEN :base + x / 1000 + 5 END,
+                   :base + x / 1000 + 5, 0
+            FROM k
+            """,
+            {"n": n, "payload": payload, "base": base, "future": future},
+        )
+        recount(con)
+        con.execute("COMMIT")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        check_run(self.bgq(folder, "process", "--max-jobs", 1))
+        fsync_file(self.db(folder))
+        return folder
+
+    def target_reads(self):
+        """`stats` (each format) and `status` on a million jobs that `clear` has not pruned,
+        against the same on 1,000 jobs of the same mix."""
+        big_n, small_n = self.args.big_rows, 1000
+        start = now()
+        big = self.mixed_states(big_n, "reads-big")
+        small = self.mixed_states(small_n, "reads-small")
+        size = os.path.getsize(self.db(big))
+        self.note(f"{big_n:,} rows ({size / 2**20:.0f} MiB) and {small_n:,} rows built in "
+                  f"{now() - start:.1f} s")
+        reps = max(self.args.reps, 7)
+        commands = [("stats",), ("stats", "--json"), ("stats", "--prometheus"), ("status",)]
+        for command in commands:
+            argv_big, argv_small = self.bgq(big, *command), self.bgq(small, *command)
+            out_big = subprocess.run(argv_big, stdout=subprocess.PIPE, stderr=DEVNULL)
+            out_small = subprocess.run(argv_small, stdout=subprocess.PIPE, stderr=DEVNULL)
+            if command[0] == "stats" and (out_big.returncode or out_small.returncode):
+                raise RuntimeError(f"{' '.join(command)} failed")
+            if command == ("stats", "--json"):
+                counted = sum(sum(q["jobs"].values()) for q in json.loads(out_big.stdout)["queues"])
+                if counted != big_n:
+                    raise RuntimeError(f"stats --json counts {counted} jobs, not {big_n}")
+            big_t, small_t = [], []
+            for rep in range(reps):
+                pair = ((argv_big, big_t), (argv_small, small_t))
+                for argv, times in (pair if rep % 2 == 0 else pair[::-1]):
+                    t0 = now()
+                    subprocess.run(argv, stdout=DEVNULL, stderr=DEVNULL)
+                    times.append(now() - t0)
+            b, sm, ratio = median(big_t), median(small_t), paired_ratio(big_t, small_t)
+            what = " ".join(command)
+            self.raw.setdefault("reads", {})[what] = {"big_s": big_t, "small_s": small_t}
+            self.note(f"{what}: {b * 1000:.1f} ms on {big_n:,}, {sm * 1000:.1f} ms on {small_n:,}")
+            self.row("17.5a", f"`{what}`, {big_n:,} jobs (97 % FINISHED)", f"{b * 1000:.1f} ms",
+                     f"{sm * 1000:.1f} ms ({small_n:,} jobs)", f"{ratio:.2f}", "≤ 3.00",
+                     ratio <= 3.0)
+
+    def serial_group(self, blocked, others, name):
+        """A folder whose queue holds a serial group held by a PERMANENTLY_FAILED head whose
+        callback says serial_failure = "block", with `blocked` READY jobs behind it, then
+        `others` READY jobs outside any group, published after them."""
+        folder = self.config(self.fresh(name))
+        with open(os.path.join(folder, "bgq.toml"), "a") as out:
+            out.write('serial_failure = "block"\n')
+        check_run(self.bgq(folder, "publish", "cb", "--json", '{"n":1}'))
+        con = sqlite3.connect(self.db(folder), isolation_level=None)
+        payload = con.execute("SELECT payload FROM jobs").fetchone()[0]
+        base = int(time.time() * 1000) - 3_600_000
+        con.execute("BEGIN")
+        con.execute("DELETE FROM jobs")
+        con.execute(
+            """INSERT INTO jobs (queue, callback, payload, state, attempts, serial_group,
+                                 created_at, run_at, due, finished_at, state_changed_at)
+               VALUES ('general', 'cb', :payload, 'PERMANENTLY_FAILED', 1, 'g', :base, :base,
+                       0, :base, :base)""",
+            {"payload": payload, "base": base},
+        )
+        con.execute(
+            """WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n)
+               INSERT INTO jobs (queue, callback, payload, serial_group, created_at, run_at, due)
+               SELECT 'general', 'cb', :payload, 'g', :base, :base, 1 FROM c""",
+            {"n": blocked, "payload": payload, "base": base},
+        )
+        recount(con)
+        con.execute("COMMIT")
+        con.close()
+        self.publish_jsonl(folder, others)
+        fsync_file(self.db(folder))
+        return folder
+
+    def target_serial(self):
+        """`process` claims with a serial group of 10,000 blocked jobs in the queue, against a
+        group of 10."""
+        many, few, n = 10_000, 10, self.args.t4_jobs
+        many_t, few_t = [], []
+        for rep in range(self.args.reps):
+            def run(blocked, times):
+                folder = self.serial_group(blocked, n, f"serial-{blocked}")
+                times.append(timed(self.bgq(folder, "process", "--max-jobs", n)))
+                done = count_rows(self.db(folder), "state = 'FINISHED'")
+                left = count_rows(self.db(folder), "state = 'READY' AND serial_group = 'g'")
+                if (done, left) != (n, blocked):
+                    raise RuntimeError(f"finished {done} (not {n}), group left {left} "
+                                       f"(not {blocked})")
+                shutil.rmtree(folder)
+
+            steps = ((many, many_t), (few, few_t))
+            for blocked, times in (steps if rep % 2 == 0 else steps[::-1]):
+                run(blocked, times)
+            self.note(f"rep {rep + 1}: {many:,} blocked {many_t[-1]:.3f} s, "
+                      f"{few} blocked {few_t[-1]:.3f} s")
+        m, f, ratio = median(many_t), median(few_t), paired_ratio(many_t, few_t)
+        self.raw["serial"] = {"many_s": many_t, "few_s": few_t}
+        self.row("17.5b", f"process --max-jobs {n} beside a group of {many:,} blocked jobs",
+                 f"{m / n * 1000:.2f} ms/claim", f"{f / n * 1000:.2f} ms/claim ({few} blocked)",
+                 f"{ratio:.2f}", "≤ 1.20", ratio <= 1.20)
+
     # -- run -----------------------------------------------------------------------------------
 
     def run(self):
@@ -975,6 +1137,7 @@ class Bench:
             "5": self.target5, "6": self.target6, "7": self.target7,
             "17.1": self.target17_1, "17.2": self.target17_2, "17.3": self.target17_3,
             "18": self.target18,
+            "17.5a": self.target_reads, "17.5b": self.target_serial,
         }
         chosen = self.args.only.split(",") if self.args.only else list(targets)
         self.wait_budget = self.args.wait_idle

@@ -4,6 +4,8 @@
 #
 #   bench/run.sh                 # everything (about 8 minutes on 2 cores, after the installs)
 #   bench/run.sh --only 1,4      # some targets; any other option goes to bench/bench.py
+#   bench/run.sh --only 17.5a,17.5b    # issue 17 point 5: stats/status at 1M rows against 1,000,
+#                                      # claims beside a serial group of 10,000 blocked jobs against 10
 #   bench/run.sh --quick         # small sizes: checks that the harness works, figures meaningless
 #
 # The output is also kept in target/bench/ (ignored by git): run-<time>.txt and .json.

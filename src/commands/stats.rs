@@ -13,7 +13,7 @@ use crate::cli::StatsArgs;
 use crate::config::Config;
 use crate::human::{count, relative, span};
 use crate::job::{JobState, Millis, format_utc, now_millis};
-use crate::store::{Durability, Pause, RunInfo, Store};
+use crate::store::{DueJobs, Durability, Pause, RunInfo, Store};
 use crate::table::{Cell, Column, Table};
 use crate::term::Style;
 
@@ -78,7 +78,7 @@ const OPEN_BATCHES_SHOWN: usize = 20;
 pub fn run(config: &Config, args: &StatsArgs, style: &Style) -> anyhow::Result<()> {
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
-    let queues = gather(config, &*store, now)?;
+    let queues = gather(config, &*store, now, &store.due_jobs(now)?)?;
     let pauses = store.pauses()?;
     // Open batches are few (those not complete), read through batches_open.
     let batches = store.batches(true, OPEN_BATCHES_SHOWN)?;
@@ -162,6 +162,7 @@ fn gather(
     config: &Config,
     store: &dyn Store,
     now: Millis,
+    due_jobs: &[DueJobs],
 ) -> anyhow::Result<BTreeMap<String, QueueStats>> {
     let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
     entry(&mut queues, &config.queue);
@@ -170,7 +171,7 @@ fn gather(
             .jobs
             .insert(state.as_str(), count);
     }
-    for due in store.due_jobs(now)? {
+    for due in due_jobs {
         entry(&mut queues, &due.queue).oldest_due = Some(due.since);
     }
     for (queue, counts) in store.outcomes_since(now - HOUR)? {
@@ -189,9 +190,14 @@ fn gather(
 
 /// The queues `stats` shows, which `status` checks when no `--queue` is given: the config's
 /// queue, every queue that has jobs, and those with a `process` run that is not forgotten
-/// (see [`FORGOTTEN_AFTER`]).
-pub fn queues(config: &Config, store: &dyn Store, now: Millis) -> anyhow::Result<Vec<String>> {
-    Ok(gather(config, store, now)?.into_keys().collect())
+/// (see [`FORGOTTEN_AFTER`]); `due_jobs` as `Store::due_jobs` read them at `now`.
+pub fn queues(
+    config: &Config,
+    store: &dyn Store,
+    now: Millis,
+    due_jobs: &[DueJobs],
+) -> anyhow::Result<Vec<String>> {
+    Ok(gather(config, store, now, due_jobs)?.into_keys().collect())
 }
 
 /// Whether a queue is [`FORGOTTEN_AFTER`]: no jobs, none ended in the last day, and its last

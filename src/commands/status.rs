@@ -18,13 +18,13 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let store = crate::store::open(&config.database, Durability::Relaxed)?;
     let now = now_millis();
     let stale_after = Millis::try_from(args.stale_after.as_millis()).unwrap_or(Millis::MAX);
+    let due_jobs = store.due_jobs(now)?;
     let queues = if args.queue.is_empty() {
         // Every queue `stats` shows: a forgotten cron line of another queue is found too.
-        super::stats::queues(config, &*store, now)?
+        super::stats::queues(config, &*store, now, &due_jobs)?
     } else {
         args.queue.clone()
     };
-    let due_jobs = store.due_jobs(now)?;
     let broken = store.broken_callbacks()?;
     let mut healthy = true;
     let mut out = std::io::stdout().lock();

@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             a_job_whose_callback_cannot_start_is_put_back_as_it_was,
             a_put_back_job_marked_for_cancelling_becomes_cancelled,
             a_batch_counts_every_move_of_its_jobs_and_completes_once,
+            kept_counts_follow_every_change_of_state,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -101,8 +102,38 @@ pub(crate) fn run<G, S: Store>(
         return;
     };
     behaviour(&mut store);
+    // Every behaviour changes jobs its own way: the kept counts must have followed each.
+    assert_counts_agree(&store);
     drop(store);
     drop(guard);
+}
+
+/// The kept counts of `state_counts` against the jobs counted one by one.
+pub(crate) fn assert_counts_agree(store: &dyn Store) {
+    let mut kept = store.state_counts().expect("kept counts");
+    kept.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    let mut counted: std::collections::BTreeMap<(String, &'static str), u64> =
+        std::collections::BTreeMap::new();
+    for record in store
+        .list(&ListFilter::default(), 1_000_000)
+        .expect("list every job")
+    {
+        *counted
+            .entry((record.queue.clone(), record.state.as_str()))
+            .or_default() += 1;
+    }
+    let kept: Vec<(String, &str, u64)> = kept
+        .into_iter()
+        .map(|(queue, state, count)| (queue, state.as_str(), count))
+        .collect();
+    let counted: Vec<(String, &str, u64)> = counted
+        .into_iter()
+        .map(|((queue, state), count)| (queue, state, count))
+        .collect();
+    assert_eq!(
+        kept, counted,
+        "kept counts (left) against the jobs there are"
+    );
 }
 
 /// Claims one job of `queue` for `run` among `callbacks` (no limit per callback).
@@ -2229,4 +2260,125 @@ pub(crate) fn a_batch_counts_every_move_of_its_jobs_and_completes_once(store: &m
         })
         .expect("count");
     assert_eq!(done, 1, "completed once");
+}
+
+/// The counts `stats` reads are kept in the same transaction as every change of a job: publish,
+/// claim, each outcome, recovery, retry, cancel (of a waiting job, and of a running one when its
+/// callback ends), a callback that cannot start, and clear, in two queues.
+pub(crate) fn kept_counts_follow_every_change_of_state(store: &mut dyn Store) {
+    let mut other = job("b", None);
+    other.queue = "other".to_owned();
+    let ids = publish(
+        store,
+        &[
+            job("a", None),
+            job("a", None),
+            job("a", None),
+            job("a", None),
+            job("b", None),
+            other,
+        ],
+        1000,
+    )
+    .expect("publish");
+    assert_counts_agree(store);
+    let run = store.begin_run("general", &me(), 1000, false).expect("run");
+    let mut fences = Vec::new();
+    for _ in 0..4 {
+        let claimed = claim(store, "general", run, 1000, &["a"])
+            .expect("claim")
+            .expect("job");
+        fences.push(claimed.fence);
+        assert_counts_agree(store);
+    }
+    for (id, state) in [
+        (ids[0], JobState::Finished),
+        (ids[1], JobState::TemporarilyFailed),
+        (ids[2], JobState::Waiting),
+    ] {
+        finish(store, id, state, 1500);
+        assert_counts_agree(store);
+    }
+    // A late outcome changes nothing, and counts nothing.
+    store
+        .complete(&ended(
+            ids[0],
+            fences[0],
+            JobState::PermanentlyFailed,
+            1600,
+            b"",
+        ))
+        .expect("late outcome");
+    assert_counts_agree(store);
+    // Recovery of the fourth, then a callback that cannot start, then a permanent failure.
+    let orphan = store.orphans("general").expect("orphans").remove(0);
+    store
+        .complete(&ended(
+            ids[3],
+            orphan.fence,
+            JobState::TemporarilyFailed,
+            2000,
+            b"",
+        ))
+        .expect("recover");
+    assert_counts_agree(store);
+    let later = store.begin_run("general", &me(), 3000, false).expect("run");
+    store.promote_due("general", None, 3000).expect("promote");
+    let claimed = claim(store, "general", later, 3000, &["a"])
+        .expect("claim")
+        .expect("job");
+    assert_counts_agree(store);
+    assert!(
+        store
+            .unclaim(claimed.id, claimed.fence, "cannot start", 3001)
+            .expect("unclaim")
+    );
+    assert_counts_agree(store);
+    let claimed = claim(store, "general", later, 3002, &["a"])
+        .expect("claim")
+        .expect("job");
+    finish(store, claimed.id, JobState::PermanentlyFailed, 3100);
+    assert_counts_agree(store);
+    // Retry of a failed job, cancel of a waiting one and of a running one.
+    store
+        .change(
+            &Selection::Ids(&[claimed.id]),
+            &Change::Retry {
+                now: 3200,
+                payload: None,
+            },
+            false,
+            &mut |_: &JobBrief| Ok(true),
+        )
+        .expect("retry");
+    assert_counts_agree(store);
+    cancel(store, ids[4], 3300);
+    assert_counts_agree(store);
+    let running = claim(store, "general", later, 3400, &["a"])
+        .expect("claim")
+        .expect("job");
+    cancel(store, running.id, 3500);
+    assert_counts_agree(store);
+    assert!(
+        store
+            .end_cancel(running.id, running.fence, b"", 3600, 10)
+            .expect("end cancel")
+    );
+    assert_counts_agree(store);
+    // Clear of every state it deletes.
+    for state in [
+        JobState::Finished,
+        JobState::Cancelled,
+        JobState::PermanentlyFailed,
+    ] {
+        store.clear_batch(state, 10_000, 0, 100).expect("clear");
+        assert_counts_agree(store);
+    }
+    let counts = store.state_counts().expect("counts");
+    assert!(
+        counts
+            .iter()
+            .all(|(_, state, _)| !matches!(state, JobState::Finished | JobState::Cancelled)),
+        "{counts:?}"
+    );
 }

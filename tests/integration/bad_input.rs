@@ -302,23 +302,26 @@ fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
         return Ok(());
     };
     env.publish("cb", "{}")?;
-    let (root, page_size) = {
-        let conn = rusqlite::Connection::open(&db_file)?;
-        let root: i64 = conn.query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'",
-            [],
-            |row| row.get(0),
-        )?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-        (root, page_size)
-    };
-    let mut bytes = fs::read(&db_file)?;
-    let start = usize::try_from((root - 1) * page_size)?;
-    let end = start + usize::try_from(page_size)?;
-    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
-        *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+    // The root page of the jobs table, and of the counts `stats` reads instead of the jobs.
+    for table in ["jobs", "job_counts"] {
+        let (root, page_size) = {
+            let conn = rusqlite::Connection::open(&db_file)?;
+            let root: i64 = conn.query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )?;
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            (root, page_size)
+        };
+        let mut bytes = fs::read(&db_file)?;
+        let start = usize::try_from((root - 1) * page_size)?;
+        let end = start + usize::try_from(page_size)?;
+        for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+            *byte = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0];
+        }
+        fs::write(&db_file, &bytes)?;
     }
-    fs::write(&db_file, &bytes)?;
 
     let db = db_file.display().to_string();
     for (args, operation) in [
@@ -330,7 +333,7 @@ fn a_damaged_database_is_named_with_what_bgq_was_doing() -> TestResult {
         (&["show", "1"], "cannot read job 1"),
         (&["retry", "1"], "cannot retry jobs"),
         (&["cancel", "1"], "cannot cancel jobs"),
-        (&["stats"], "cannot count jobs"),
+        (&["stats"], "cannot count due jobs"),
         (&["process"], "cannot "),
     ] {
         let out = env.bgq().args(args).output()?;

@@ -171,6 +171,23 @@ fn a_queue_in_every_state_reads_and_runs_the_same_on_postgresql() -> TestResult 
         assert_eq!(&there, shown, "show --json {id}");
     }
 
+    // The kept counts of `stats` are filled on the way: the same jobs in each state.
+    let counts = |cmd: &mut Command| -> TestResult<Vec<(Value, Value)>> {
+        let stats: Value = serde_json::from_str(&ok_stdout(cmd.args(["stats", "--json"]))?)?;
+        Ok(stats["queues"]
+            .as_array()
+            .map(|queues| {
+                queues
+                    .iter()
+                    .map(|queue| (queue["queue"].clone(), queue["jobs"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let counted = counts(&mut twin.bgq())?;
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(counts(&mut on_postgres(&env))?, counted);
+
     // --unique finds the copied job while it is unfinished.
     let again = ok_stdout(
         on_postgres(&env)

@@ -224,7 +224,7 @@ fn hosts_that_create_the_schema_at_once_all_succeed() -> TestResult {
             &url,
             &format!("SELECT value FROM {schema}.meta WHERE key = 'version'")
         )?,
-        "6"
+        "7"
     );
     Ok(())
 }

@@ -550,3 +550,82 @@ CREATE TRIGGER batches_complete AFTER UPDATE OF unfinished, sealed_at ON batches
     FOR EACH ROW WHEN (NEW.unfinished = 0 AND NEW.sealed_at IS NOT NULL
                        AND NEW.completed_at IS NULL)
     EXECUTE FUNCTION batch_complete();
+
+-- The kept job counts (job_counts and job_count_deltas in schema.sql). An insert counts its jobs
+-- once per statement (a `publish --jsonl` chunk adds one row per callback); a change of state,
+-- queue or callback adds its row's move. Deletes (only `clear` deletes jobs) count themselves in
+-- their statement: a trigger would copy every deleted row into a transition table.
+CREATE OR REPLACE FUNCTION count_inserted_jobs() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    INSERT INTO job_count_deltas (queue, callback, state, jobs)
+    SELECT queue, callback, state, count(*) FROM inserted GROUP BY queue, callback, state;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE FUNCTION count_changed_job() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+BEGIN
+    INSERT INTO job_count_deltas (queue, callback, state, jobs)
+    VALUES (OLD.queue, OLD.callback, OLD.state, -1), (NEW.queue, NEW.callback, NEW.state, 1);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS jobs_count_insert ON jobs;
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION count_inserted_jobs();
+DROP TRIGGER IF EXISTS jobs_count_update ON jobs;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, queue, callback ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.queue IS DISTINCT FROM NEW.queue
+          OR OLD.callback IS DISTINCT FROM NEW.callback)
+    EXECUTE FUNCTION count_changed_job();
+
+-- Folds the rows of job_count_deltas committed so far into job_counts, unless another
+-- transaction is folding (then it returns at once: the reader sums what is left); how many
+-- rows it folded. Deltas committed during the fold stay for the next one.
+CREATE OR REPLACE FUNCTION fold_job_counts() RETURNS bigint
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+    AS $$
+DECLARE
+    v_folded bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.job_counts')) THEN
+        RETURN 0;
+    END IF;
+    WITH gone AS (DELETE FROM job_count_deltas RETURNING queue, callback, state, jobs),
+         summed AS (SELECT queue, callback, state, sum(jobs) AS jobs, count(*) AS folded
+                    FROM gone GROUP BY queue, callback, state),
+         stored AS (INSERT INTO job_counts (queue, callback, state, jobs)
+                    SELECT queue, callback, state, jobs FROM summed
+                    ON CONFLICT (queue, callback, state)
+                    DO UPDATE SET jobs = job_counts.jobs + excluded.jobs)
+    SELECT coalesce(sum(folded), 0) INTO v_folded FROM summed;
+    RETURN v_folded;
+END
+$$;
+
+-- Per queue, the jobs due by p_now and waiting to run: how many, the oldest and since when (for
+-- `stats` and `status`). For each queue with kept counts, those in the claim path (due, so
+-- READY, TEMPORARILY_FAILED or WAITING) from its range of jobs_ready, those waiting for the next
+-- run from its range of jobs_schedule: the cost follows the due jobs, not the failed, finished
+-- or future ones. Without JIT: the kept counts are small tables whose rows the planner may not
+-- know yet, and a plan estimated large enough to compile cost 250 ms of compiling to read
+-- 5,000 index entries.
+CREATE OR REPLACE FUNCTION due_jobs(p_now bigint)
+    RETURNS TABLE (o_queue text, o_oldest bigint, o_since bigint, o_due bigint)
+    LANGUAGE sql STABLE SET search_path FROM CURRENT SET jit = off
+    AS $$
+    SELECT DISTINCT ON (q.queue) q.queue, due.id, due.run_at,
+           count(*) OVER (PARTITION BY q.queue)
+    FROM (SELECT queue FROM job_counts UNION SELECT queue FROM job_count_deltas) q
+    CROSS JOIN LATERAL (
+          SELECT r.id, r.run_at FROM jobs r
+          WHERE r.queue = q.queue AND r.due AND r.blocked_by = 0 AND r.run_at <= p_now
+          UNION ALL
+          SELECT s.id, s.run_at FROM jobs s
+          WHERE s.queue = q.queue AND NOT s.due AND s.blocked_by = 0
+            AND s.state IN ('READY', 'TEMPORARILY_FAILED', 'WAITING') AND s.run_at <= p_now) due
+    ORDER BY q.queue, due.run_at, due.id
+    $$;

@@ -179,6 +179,41 @@ fn listing_and_recovery_queries_read_indexes() {
     }
 }
 
+/// What `stats` and `status` read beside the kept counts: the due jobs and the jobs waiting
+/// for a parent that will never finish, each through an index.
+#[test]
+fn read_commands_read_indexes() {
+    let Some((store, schema)) = big_queue("reads") else {
+        return;
+    };
+    let now = 5000_i64;
+    // The query of due_jobs() as the function runs it, its parameter made a parameter.
+    let function: String = store
+        .reader()
+        .query_typed_one(
+            &in_schema(
+                &schema.name,
+                "SELECT pg_get_functiondef('@.due_jobs'::regproc)",
+            ),
+            &[],
+        )
+        .expect("due_jobs()")
+        .get(0);
+    let start = function.find("SELECT DISTINCT ON").expect("the due query");
+    let end = start + function[start..].find("$function$").expect("its end");
+    let query = function[start..end].replace("p_now", "$1");
+    store
+        .reader()
+        .batch_execute(&format!("SET search_path = {}", schema.name))
+        .expect("search_path");
+    let due = plan(&store, &query, &[(&now, Type::INT8)]);
+    uses_an_index("due jobs", &due);
+    assert!(due.contains("jobs_schedule"), "{due}");
+    let stuck = plan(&store, &in_schema(&schema.name, STUCK_AFTER_SQL), &[]);
+    uses_an_index("stuck jobs", &stuck);
+    assert!(stuck.contains("jobs_blocked"), "{stuck}");
+}
+
 /// The recount of a finished parent's dependents, as settle() runs it, its variables made
 /// parameters.
 fn recount_query(store: &PostgresStore, schema: &str) -> String {

@@ -12,7 +12,7 @@ CREATE TABLE meta (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
-INSERT INTO meta (key, value) VALUES ('version', '6');
+INSERT INTO meta (key, value) VALUES ('version', '7');
 -- The highest id `clear` ever deleted: an `--after` id up to it that is gone had FINISHED.
 INSERT INTO meta (key, value) VALUES ('cleared_up_to', '0');
 
@@ -73,6 +73,9 @@ CREATE INDEX jobs_processing_callback ON jobs (callback) WHERE state = 'PROCESSI
 CREATE INDEX jobs_state ON jobs (state, id);
 CREATE INDEX jobs_queue ON jobs (queue, id) WHERE state <> 'FINISHED';
 CREATE INDEX jobs_callback ON jobs (callback, id) WHERE state <> 'FINISHED';
+-- Version 7. Jobs waiting for their `--after` jobs, for `status` to find those waiting for one
+-- that will never finish without reading every failed job.
+CREATE INDEX jobs_blocked ON jobs (id) WHERE blocked_by > 0;
 CREATE INDEX jobs_identifier ON jobs (identifier, state) WHERE identifier IS NOT NULL;
 CREATE UNIQUE INDEX jobs_unique ON jobs (queue, identifier)
     WHERE is_unique AND state <> 'FINISHED';
@@ -216,3 +219,23 @@ CREATE TABLE batches (
 );
 CREATE INDEX batches_open ON batches (id) WHERE completed_at IS NULL;
 CREATE INDEX jobs_batch ON jobs (batch_id, id) WHERE batch_id IS NOT NULL;
+
+-- Version 7. How many jobs each (queue, callback) has in each state, for `stats` and `status`,
+-- which would otherwise count the whole table (it grows with the FINISHED jobs `clear` has not
+-- pruned): job_counts plus the not yet folded rows of job_count_deltas. Each change of a job
+-- adds a row to job_count_deltas in its own transaction (the triggers of functions.sql; `clear`
+-- counts what it deletes), which contends with nothing; fold_job_counts() moves them into
+-- job_counts, one folder at a time. A row of job_counts may fall to 0.
+CREATE TABLE job_counts (
+    queue    text   NOT NULL,
+    callback text   NOT NULL,
+    state    text   NOT NULL,
+    jobs     bigint NOT NULL,
+    PRIMARY KEY (queue, callback, state)
+);
+CREATE TABLE job_count_deltas (
+    queue    text   NOT NULL,
+    callback text   NOT NULL,
+    state    text   NOT NULL,
+    jobs     bigint NOT NULL
+);

@@ -224,14 +224,17 @@ fn a_version_4_schema_is_upgraded_in_place_keeping_its_jobs() {
     assert_eq!(tables, 4);
 }
 
+/// An upgrade from the frozen version 5 schema (through batches, version 6, to the kept
+/// counts, version 7) keeps its jobs, fills the kept counts from them, and the triggers keep
+/// them from then on; the old jobs join no batch, and a batch works at once.
 #[test]
-fn a_version_5_schema_is_upgraded_in_place_keeping_its_jobs() {
+fn a_version_5_schema_is_upgraded_in_place_keeping_and_counting_its_jobs() {
     let Some(schema) = ThrowawaySchema::new("upgrade_v5") else {
         return;
     };
     let target = schema.target("upgrade");
     {
-        // The schema of version 5 (its functions are replaced by the upgrade), with a job.
+        // The schema of version 5 (its functions are replaced by the upgrade), with jobs.
         let mut client = connect(&target.conninfo, Purpose::Command).expect("connect");
         let mut tx = client.transaction().expect("begin");
         tx.batch_execute(&format!(
@@ -245,10 +248,12 @@ fn a_version_5_schema_is_upgraded_in_place_keeping_its_jobs() {
         .expect("the version 5 schema");
         tx.batch_execute(
             "INSERT INTO meta (key, value) VALUES ('functions', '3');
-             INSERT INTO jobs (queue, callback, params_json, created_at, run_at)
-             VALUES ('general', 'cb', '{}', 1000, 1000)",
+             INSERT INTO jobs (queue, callback, params_json, created_at, run_at, state)
+             VALUES ('general', 'cb', '{}', 1000, 1000, 'FINISHED'),
+                    ('general', 'cb', '{}', 1000, 1000, 'READY'),
+                    ('other', 'b', '{}', 1000, 1000, 'READY')",
         )
-        .expect("a job");
+        .expect("jobs");
         tx.commit().expect("commit");
     }
     let mut store = PostgresStore::open(&target, Durability::Relaxed).expect("upgrade");
@@ -257,7 +262,17 @@ fn a_version_5_schema_is_upgraded_in_place_keeping_its_jobs() {
         (version.version, version.functions),
         (SCHEMA_VERSION, FUNCTIONS_REVISION)
     );
-    use crate::store::conformance::{claim, me};
+    let mut counts = store.state_counts().expect("counts");
+    counts.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    assert_eq!(
+        counts,
+        [
+            ("general".to_owned(), JobState::Finished, 1),
+            ("general".to_owned(), JobState::Ready, 1),
+            ("other".to_owned(), JobState::Ready, 1),
+        ]
+    );
+    use crate::store::conformance::{assert_counts_agree, claim, me};
     let run = store
         .begin_run("general", &me(), 2000, false)
         .expect("begin a run");
@@ -265,6 +280,7 @@ fn a_version_5_schema_is_upgraded_in_place_keeping_its_jobs() {
         .expect("claim")
         .expect("the old job");
     assert_eq!((claimed.attempts, claimed.batch), (1, None));
+    assert_counts_agree(&store);
     let batch = store
         .new_batch(&crate::store::NewBatch::default(), 3000)
         .expect("a batch");
