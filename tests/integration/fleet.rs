@@ -382,6 +382,7 @@ impl Drop for Fleet {
 /// the payload's `ms`, logs its end. Lines are appended under a lock of their own.
 const CALLBACK: &str = r#"S=@SHARED@
 p=$(cat)
+case $p in *'"unfinished_ids"'*) printf '%s\n' "$p" >> "$S/completions" ;; esac
 ms=$(printf '%s' "$p" | sed -n 's/.*"ms":\([0-9]*\).*/\1/p')
 [ -n "$ms" ] || ms=100
 log() { { flock 9 && printf '%s\n' "$*" >> "$S/log"; } 9>>"$S/log.lock"; }
@@ -595,7 +596,13 @@ fn publish_one(config: &Path, args: &[String], published: &Published) -> TestRes
 
 /// Publisher `kind` (0: chains of `--after` its own last job; 1: serial groups; 2: `--after`
 /// a recent job of anyone), through the configs of `hosts` in turn, until told to stop.
-fn publisher(kind: u64, configs: &[PathBuf], published: &Published, seed: u64) -> TestResult {
+fn publisher(
+    kind: u64,
+    configs: &[PathBuf],
+    published: &Published,
+    batch: &str,
+    seed: u64,
+) -> TestResult {
     let mut rng = Rng(seed | 1);
     let mut own_last = None;
     for n in 0..150u64 {
@@ -616,6 +623,8 @@ fn publisher(kind: u64, configs: &[PathBuf], published: &Published, seed: u64) -
             "work".to_owned(),
             "--json".to_owned(),
             format!("{{\"kind\":{kind},\"n\":{n},\"ms\":{ms}}}"),
+            "--batch".to_owned(),
+            batch.to_owned(),
         ];
         let mut group = None;
         let mut after = None;
@@ -697,8 +706,8 @@ fn four_hosts_lose_one_killed_one_stopped_one_cut_off_and_the_server_restarted_a
                  [retry]\ndelay = \"0s\"\njitter = 0.0\n{}",
                 toml_str(url),
                 toml_str(&dir.join("locks").display().to_string()),
-                callback_toml("work", &script, "timeout = \"30s\"")
-            ),
+                callback_toml("work", &script, "timeout = \"30s\""),
+            ) + &callback_toml("done", &script, "timeout = \"30s\""),
         )?;
         hosts.push(Host {
             name: format!("host-{n}"),
@@ -712,15 +721,18 @@ fn four_hosts_lose_one_killed_one_stopped_one_cut_off_and_the_server_restarted_a
         });
     }
     let configs: Vec<PathBuf> = hosts.iter().map(|host| host.config.clone()).collect();
-    // The schema, made once before the fleet starts, so that what follows is about the fleet.
+    // The schema, made once before the fleet starts, so that what follows is about the fleet;
+    // every job joins one batch, whose completion job must be published once, whatever the
+    // fleet goes through.
     let out = Command::new(BGQ)
         .arg("--config")
         .arg(&configs[3])
-        .arg("list")
+        .args(["batch", "new", "--on-complete", "done"])
         .output()?;
     if !out.status.success() {
-        return Err(format!("bgq list: {}", describe(&out)).into());
+        return Err(format!("bgq batch new: {}", describe(&out)).into());
     }
+    let batch = String::from_utf8(out.stdout)?.trim().to_owned();
 
     let fleet = Arc::new(Fleet {
         hosts: Mutex::new(hosts),
@@ -740,9 +752,16 @@ fn four_hosts_lose_one_killed_one_stopped_one_cut_off_and_the_server_restarted_a
         .map(|kind| {
             let published = Arc::clone(&published);
             let direct = direct.clone();
+            let batch = batch.clone();
             thread::spawn(move || {
-                publisher(kind, &direct, &published, seed.wrapping_add(kind * 7919))
-                    .map_err(|err| err.to_string())
+                publisher(
+                    kind,
+                    &direct,
+                    &published,
+                    &batch,
+                    seed.wrapping_add(kind * 7919),
+                )
+                .map_err(|err| err.to_string())
             })
         })
         .collect();
@@ -760,6 +779,14 @@ fn four_hosts_lose_one_killed_one_stopped_one_cut_off_and_the_server_restarted_a
     let timeline = result?;
     if !publisher_errors.is_empty() {
         return Err(format!("publishers: {publisher_errors:?}").into());
+    }
+    let out = Command::new(BGQ)
+        .arg("--config")
+        .arg(&configs[3])
+        .args(["batch", "seal", &batch])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("bgq batch seal: {}", describe(&out)).into());
     }
 
     // Every job finishes.
@@ -828,6 +855,25 @@ fn four_hosts_lose_one_killed_one_stopped_one_cut_off_and_the_server_restarted_a
             assert!(status.success(), "{} ended {status} on SIGTERM", host.name);
         }
     }
+
+    // The batch completed once, counting every job (the ones whose publish failed after its
+    // commit too), each FINISHED.
+    let completions = fs::read_to_string(shared.join("completions")).unwrap_or_default();
+    // (Its job may run more than once, as any job: its summary is the same each time.)
+    let ran: BTreeSet<&str> = completions.lines().collect();
+    assert_eq!(ran.len(), 1, "one completion summary: {completions}");
+    let summary: Value = serde_json::from_str(completions.lines().next().unwrap_or_default())?;
+    assert_eq!(
+        (
+            summary["counts"]["FINISHED"].as_u64(),
+            summary["unfinished_ids"].as_array().map(Vec::len)
+        ),
+        (u64::try_from(jobs.len() - 1).ok(), Some(0)),
+        "{summary}"
+    );
+    let done = jobs.iter().filter(|job| job["callback"] == "done").count();
+    assert_eq!(done, 1, "one completion job");
+    println!("fleet: batch {batch} completed once: {summary}");
 
     verify(&fleet, &log, &acked, &jobs, &published, &timeline, began)
 }
@@ -1220,11 +1266,11 @@ fn verify(
         println!("fleet: {note}");
     }
     println!(
-        "fleet: jobs {} ({} acknowledged publishes, {} failed publishes while the server restarted, {} stored without an acknowledgement)",
+        "fleet: jobs {} ({} acknowledged publishes, {} failed publishes while the server restarted, {} stored without an acknowledgement, 1 completion of their batch)",
         states.len(),
         acked.len(),
         lock(&published.failed).len(),
-        states.len().saturating_sub(acked.len())
+        states.len().saturating_sub(acked.len() + 1)
     );
     println!(
         "fleet: runs {total_runs}, reruns {reruns}, recoveries reported {}, overlaps 0, max concurrent runs of one job {max_per_job}",
