@@ -4,7 +4,9 @@
 //! SIGSTOPped for longer than the recovery delay, host 3 cut off from the database by a proxy
 //! that stops forwarding, and PostgreSQL restarted once. Then every job must be FINISHED, no job
 //! may have run twice at the same time, serial groups must have kept their order, and every
-//! publish that printed an id must be there. It prints a summary (`fleet: ...` lines).
+//! publish that printed an id must be there. Every job belongs to one batch (issue 18), sealed
+//! when the publishers stop, whose completion job must be published exactly once, counting every
+//! job. It prints a summary (`fleet: ...` lines).
 //!
 //! The server is the test's own (`tests/postgres-server.sh`), since it restarts it. The test
 //! runs in the suite's PostgreSQL pass (`BGQ_TEST_DATABASE` a postgres URL) and says so and
