@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::{
-    TestEnv, TestResult, callback_toml, describe, read_lines, send_signal, toml_str, wait_for,
+    SQLITE_FILE, TestEnv, TestResult, callback_toml, describe, read_lines, send_signal, toml_str,
+    wait_for,
 };
 
 /// Copies the SQLite file `db` of `env` and its `-wal` (never `-shm`) into `to`, with a config
@@ -254,6 +255,42 @@ fn durability_normal_publishes_without_a_sync_and_the_jobs_run() -> TestResult {
         assert_eq!(job["state"], "FINISHED", "{job}");
     }
     assert_eq!(env.jobs()?.len(), if env.on_sqlite() { 4 } else { 2 });
+    Ok(())
+}
+
+/// A write-ahead log that another SQLite client made and left empty (a reader that checkpointed
+/// the old one away as it closed, then opened again) has a name no one synced: the first
+/// durable publish into it syncs the folder before its commit, as it does for a log of its own.
+#[test]
+fn a_log_another_client_made_gets_its_folder_synced_by_the_first_publish() -> TestResult {
+    let env = TestEnv::new("")?;
+    if !env.on_sqlite() {
+        return Ok(());
+    }
+    let cb = env.script("cb.sh", "exit 0")?;
+    env.write_config(&callback_toml("cb", &cb, ""))?;
+    env.publish("cb", "{}")?;
+    let db = env.path(SQLITE_FILE);
+    let wal = env.path(&format!("{SQLITE_FILE}-wal"));
+    // The last connection to close checkpoints and removes the log (SQLite's default).
+    {
+        let other = rusqlite::Connection::open(&db)?;
+        other.query_row("SELECT count(*) FROM jobs", [], |row| row.get::<_, i64>(0))?;
+    }
+    assert!(!wal.exists(), "the other client removed the log");
+    let reader = rusqlite::Connection::open(&db)?;
+    let jobs: i64 = reader.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?;
+    assert_eq!(jobs, 1);
+    assert_eq!(fs::metadata(&wal)?.len(), 0, "the reader made an empty log");
+    let Some(syncs) = syncs_of_one_publish(&env)? else {
+        eprintln!("skipped: strace is not installed");
+        return Ok(());
+    };
+    assert_eq!(
+        syncs, 3,
+        "the folder, the new log's header, then the commit"
+    );
+    drop(reader);
     Ok(())
 }
 

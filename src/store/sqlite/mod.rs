@@ -109,6 +109,8 @@ pub struct SqliteStore {
     data_version: Option<i64>,
 }
 
+/// The length of the write-ahead log's header, which its first commit writes.
+const WAL_HEADER_BYTES: u64 = 32;
 /// What `companions` calls the write-ahead log.
 const LOG: &str = "write-ahead log";
 
@@ -279,12 +281,18 @@ impl SqliteStore {
         // publish. Only a log just made needs it (its name, and the database's, must outlast
         // a power cut before a commit in it counts): then, now, before any commit.
         // (A read opens the log, making it if need be: a new database has none until then.)
+        // A log with no header yet is as new: another client (a reader that never commits, say)
+        // may have made it without syncing the folder, or made it again under the same inode
+        // number between our two looks; its first commit writes the header, so nothing that
+        // counts is in it before then.
         store.user_version()?;
         let log = write_log_path(path);
-        let log_now = fs::symlink_metadata(&log)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()));
-        if log_now != log_before {
+        let log_now = fs::symlink_metadata(&log).ok();
+        let log_identity = log_now.as_ref().map(|meta| (meta.dev(), meta.ino()));
+        let log_has_header = log_now
+            .as_ref()
+            .is_some_and(|meta| meta.len() >= WAL_HEADER_BYTES);
+        if log_identity != log_before || !log_has_header {
             sync_folder(path)?;
         }
         if log_bytes > WAL_KEPT_BYTES.unsigned_abs() {
