@@ -113,6 +113,35 @@ fn a_job_published_in_sql_runs_like_one_from_the_cli_with_its_keys_in_order() ->
     Ok(())
 }
 
+/// The deltas that keep the counts of `stats` are folded by the runs that make them, not left
+/// to pile up until someone runs `stats`.
+#[test]
+fn a_run_folds_the_count_deltas_it_made() -> TestResult {
+    let (env, _) = recording_env()?;
+    let Some((url, schema)) = postgres_of(&env)? else {
+        return Ok(());
+    };
+    for n in 0..5 {
+        env.publish("sendEmail", &format!("{{\"n\":{n}}}"))?;
+    }
+    env.process(&[])?;
+    let left: i64 = psql(
+        &url,
+        &format!("SELECT count(*) FROM {schema}.job_count_deltas"),
+    )?
+    .parse()?;
+    assert_eq!(left, 0, "deltas left after the run");
+    let finished: i64 = psql(
+        &url,
+        &format!(
+            "SELECT sum(jobs) FROM {schema}.job_counts WHERE state = 'FINISHED' AND callback = 'sendEmail'"
+        ),
+    )?
+    .parse()?;
+    assert_eq!(finished, 5);
+    Ok(())
+}
+
 #[test]
 fn publish_raw_delivers_the_exact_bytes() -> TestResult {
     let (env, _) = recording_env()?;

@@ -808,12 +808,17 @@ fn write_tally_to(
     client.query_typed(
         &in_schema(
             schema,
-            "INSERT INTO @.outcomes AS o (queue, minute, finished, temporarily_failed, permanently_failed)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-             ON CONFLICT (queue, minute) DO UPDATE SET
-                 finished = o.finished + excluded.finished,
-                 temporarily_failed = o.temporarily_failed + excluded.temporarily_failed,
-                 permanently_failed = o.permanently_failed + excluded.permanently_failed",
+            // The kept counts' deltas are folded at the same pace (every run adds a few per
+            // job, and only this and `stats` fold them): without, they would pile up between
+            // two `stats` and every read of them would grow.
+            "WITH tallied AS (
+                 INSERT INTO @.outcomes AS o (queue, minute, finished, temporarily_failed, permanently_failed)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+                 ON CONFLICT (queue, minute) DO UPDATE SET
+                     finished = o.finished + excluded.finished,
+                     temporarily_failed = o.temporarily_failed + excluded.temporarily_failed,
+                     permanently_failed = o.permanently_failed + excluded.permanently_failed)
+             SELECT @.fold_job_counts()",
         ),
         &[
             (&queues, Type::TEXT_ARRAY),
