@@ -179,6 +179,24 @@ fn a_sealed_batch_refuses_outside_publishers() -> TestResult {
     expect_error(&unknown, 2, &["no batch 77"])?;
     assert_eq!(env.jobs()?.len(), 1, "nothing stored");
     assert_eq!(show(&env, id)?["jobs"], 1);
+    // `--unique` does not get round it: an unfinished job with the identifier outside the batch
+    // is no answer to a publish into a sealed one.
+    env.publish_with("task", "{}", &["--identifier", "v", "--delay", "1h"])?;
+    let unique = env
+        .bgq()
+        .env_remove("BGQ_JOB_ID")
+        .args([
+            "publish",
+            "task",
+            "--json",
+            "{}",
+            "--unique",
+            "--identifier",
+            "v",
+        ])
+        .args(["--batch", &id.to_string()])
+        .output()?;
+    expect_error(&unique, 2, &["batch", "sealed"])?;
     Ok(())
 }
 

@@ -412,6 +412,11 @@ impl SqliteStore {
                 }
             }
         }
+        // The batch before `--unique`, as on PostgreSQL: a publish into a closed batch is
+        // refused even when an unfinished job has its identifier.
+        if let Some(batch) = schedule.batch {
+            check_batch_open(&tx, batch, &self.path)?;
+        }
         if schedule.unique
             && let Some(job) = jobs.first()
             && let Some((id, state)) = unfinished_with_identifier(&tx, job)?
@@ -421,9 +426,6 @@ impl SqliteStore {
         let blocked_by = i64::try_from(waiting_for.len()).unwrap_or(i64::MAX);
         let due = blocked_by == 0 && schedule.run_at <= now;
         let run_at = schedule.run_at.max(now);
-        if let Some(batch) = schedule.batch {
-            check_batch_open(&tx, batch, &self.path)?;
-        }
         let batch_id = schedule.batch.map(|batch| batch.id);
         let shared: [&dyn rusqlite::ToSql; 7] = [
             &now,
