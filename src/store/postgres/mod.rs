@@ -760,8 +760,20 @@ fn end_cancel(
 ) -> anyhow::Result<bool> {
     let attempt = i32::try_from(fence.attempt).unwrap_or(i32::MAX);
     let history = i32::try_from(history).unwrap_or(i32::MAX);
-    // One statement, so one transaction: the job ended and its history's row.
-    let changed = client.query_typed(
+    // The job's batch first, as settle() and the commands lock them: ending the job moves the
+    // batch's counters (a trigger), and taking the two locks in the other order deadlocks with
+    // a `cancel --batch` or `retry --batch` that selects this job meanwhile.
+    let mut tx = client.transaction()?;
+    tx.execute_typed(
+        &in_schema(
+            schema,
+            "SELECT 1 FROM @.batches b
+             WHERE b.id = (SELECT j.batch_id FROM @.jobs j WHERE j.id = $1) FOR UPDATE",
+        ),
+        &[(&id, Type::INT8)],
+    )?;
+    // The job ended and its history's row, in one statement.
+    let changed = tx.query_typed(
         &in_schema(
             schema,
             "WITH job AS (
@@ -782,6 +794,7 @@ fn end_cancel(
             (&history, Type::INT4),
         ],
     )?;
+    tx.commit()?;
     Ok(!changed.is_empty())
 }
 
@@ -2100,21 +2113,37 @@ fn check_batch_open(
     let found = tx.query_typed_opt(
         &in_schema(
             schema,
-            "SELECT sealed_at IS NOT NULL, completed_at IS NOT NULL,
-                    EXISTS (SELECT 1 FROM @.jobs j WHERE j.id = $2 AND j.batch_id = b.id
-                              AND j.state = 'PROCESSING')
+            "SELECT sealed_at IS NOT NULL, completed_at IS NOT NULL
              FROM @.batches b WHERE b.id = $1 FOR UPDATE",
         ),
-        &[(&batch.id, Type::INT8), (&batch.publisher, Type::INT8)],
+        &[(&batch.id, Type::INT8)],
     )?;
-    let refusal = match found.map(|row| (row.get(0), row.get(1), row.get(2))) {
+    let refusal = match found.map(|row| (row.get(0), row.get(1))) {
         None => format!("--batch: no batch {} in {identity}", batch.id),
-        Some((_, true, _)) => format!("--batch: batch {} is complete", batch.id),
-        Some((true, false, false)) => format!(
-            "--batch: batch {} is sealed: only its running jobs add to it",
-            batch.id
-        ),
-        Some(_) => return Ok(()),
+        Some((_, true)) => format!("--batch: batch {} is complete", batch.id),
+        Some((true, false)) => {
+            // A statement of its own, so that it reads the publisher's state as of now: had it
+            // waited for the batch's lock above, its snapshot would predate an outcome of the
+            // publisher that committed meanwhile.
+            let running: bool = tx
+                .query_typed_one(
+                    &in_schema(
+                        schema,
+                        "SELECT EXISTS (SELECT 1 FROM @.jobs j WHERE j.id = $2 AND j.batch_id = $1
+                                          AND j.state = 'PROCESSING')",
+                    ),
+                    &[(&batch.id, Type::INT8), (&batch.publisher, Type::INT8)],
+                )?
+                .get(0);
+            if running {
+                return Ok(());
+            }
+            format!(
+                "--batch: batch {} is sealed: only its running jobs add to it",
+                batch.id
+            )
+        }
+        Some((false, false)) => return Ok(()),
     };
     Err(crate::error::usage(refusal))
 }

@@ -114,3 +114,82 @@ fn two_parents_finishing_at_once_on_two_hosts_both_count() {
     let claimed = claim(&mut reader, "general", run, 3000, &["a"]).expect("claim");
     assert_eq!(claimed.map(|job| job.id), Some(child));
 }
+
+/// A run ending a `cancel --kill`ed job of a batch while a command (`cancel --batch`, `retry
+/// --batch`) holds the batch and then asks for the job: both take the batch before the job, so
+/// the run waits and neither deadlocks.
+#[test]
+fn ending_a_killed_job_of_a_batch_waits_for_a_command_on_its_batch() {
+    let Some((mut one, _two, target, _schema)) = two_hosts("end_cancel") else {
+        return;
+    };
+    let batch = one
+        .new_batch(&crate::store::NewBatch::default(), 1000)
+        .expect("a batch");
+    let schedule = Schedule {
+        batch: Some(crate::store::BatchTarget {
+            id: batch,
+            publisher: None,
+        }),
+        ..Schedule::default()
+    };
+    one.publish_with(&[job("a", None)], &schedule, 1000)
+        .expect("a job of the batch");
+    let run = one.begin_run("general", &me(), 1000, false).expect("run");
+    let running = claim(&mut one, "general", run, 1000, &["a"])
+        .expect("claim")
+        .expect("the job");
+    crate::store::conformance::cancel(&mut one, running.id, 1500);
+    // The command: the batch first, as select_briefs takes it.
+    let mut holder = connect(&target.conninfo, Purpose::Command).expect("connect");
+    let mut hold = holder.transaction().expect("begin");
+    hold.query_typed(
+        &in_schema(
+            &target.schema,
+            "SELECT id FROM @.batches WHERE id = $1 FOR UPDATE",
+        ),
+        &[(&batch, Type::INT8)],
+    )
+    .expect("hold the batch");
+    let (id, fence) = (running.id, running.fence);
+    let ender = std::thread::spawn(move || {
+        one.end_cancel(id, fence, b"", 2000, 10)
+            .expect("end cancel")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = hold
+            .query_typed_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .expect("look at the waiters")
+            .get(0);
+        if waiting >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the end of the run never reached the batch"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Then the job, as the command's selection does: free, since the run waits on the batch.
+    hold.query_typed(
+        &in_schema(
+            &target.schema,
+            "SELECT id FROM @.jobs WHERE id = $1 FOR UPDATE",
+        ),
+        &[(&id, Type::INT8)],
+    )
+    .expect("the job, with no deadlock");
+    hold.commit().expect("let go");
+    assert!(
+        ender.join().expect("the run's end"),
+        "the job ended CANCELLED"
+    );
+    let reader = PostgresStore::open(&target, Durability::Relaxed).expect("open");
+    let info = reader.batch(batch).expect("read").expect("kept");
+    assert_eq!((info.unfinished, info.cancelled), (0, 1));
+}
