@@ -136,6 +136,21 @@ pub(crate) fn assert_counts_agree(store: &dyn Store) {
     );
 }
 
+/// The kept counts after an upgrade of a schema holding the jobs the upgrade tests of both
+/// backends insert: one FINISHED and one READY in `general`, one READY in `other`.
+pub(crate) fn assert_upgraded_counts(store: &dyn Store) {
+    let mut counts = store.state_counts().expect("counts");
+    counts.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    assert_eq!(
+        counts,
+        [
+            ("general".to_owned(), JobState::Finished, 1),
+            ("general".to_owned(), JobState::Ready, 1),
+            ("other".to_owned(), JobState::Ready, 1),
+        ]
+    );
+}
+
 /// Claims one job of `queue` for `run` among `callbacks` (no limit per callback).
 pub(crate) fn claim(
     store: &mut dyn Store,

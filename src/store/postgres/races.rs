@@ -27,6 +27,27 @@ fn two_hosts(
     Some((first, second, schema.target("three"), schema))
 }
 
+/// Waits, up to 20 s, until `waiters` sessions of the database wait for a lock (one that `hold`
+/// holds); panics with `never` after that.
+fn wait_for_lock_waiters(hold: &mut postgres::Transaction<'_>, waiters: i64, never: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = hold
+            .query_typed_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .expect("look at the waiters")
+            .get(0);
+        if waiting >= waiters {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn two_parents_finishing_at_once_on_two_hosts_both_count() {
     let Some((mut one, mut two, target, _schema)) = two_hosts("parents") else {
@@ -78,25 +99,7 @@ fn two_parents_finishing_at_once_on_two_hosts_both_count() {
     };
     let threads = [finish(one, first), finish(two, second)];
     // Let go once both outcomes wait for the child's lock.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = hold
-            .query_typed_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                &[],
-            )
-            .expect("look at the waiters")
-            .get(0);
-        if waiting >= 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outcomes never reached the child"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_lock_waiters(&mut hold, 2, "the outcomes never reached the child");
     hold.commit().expect("let go");
     for thread in threads {
         thread.join().expect("a completion");
@@ -156,25 +159,7 @@ fn ending_a_killed_job_of_a_batch_waits_for_a_command_on_its_batch() {
         one.end_cancel(id, fence, b"", 2000, 10)
             .expect("end cancel")
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = hold
-            .query_typed_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                &[],
-            )
-            .expect("look at the waiters")
-            .get(0);
-        if waiting >= 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the end of the run never reached the batch"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_lock_waiters(&mut hold, 1, "the end of the run never reached the batch");
     // Then the job, as the command's selection does: free, since the run waits on the batch.
     hold.query_typed(
         &in_schema(

@@ -2735,16 +2735,7 @@ mod tests {
                     ('general', 'a', ?1, 1000, 1000, 'READY'),
                     ('other', 'b', ?1, 1000, 1000, 'READY')",
         );
-        let mut counts = upgraded.state_counts().expect("counts");
-        counts.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
-        assert_eq!(
-            counts,
-            [
-                ("general".to_owned(), JobState::Finished, 1),
-                ("general".to_owned(), JobState::Ready, 1),
-                ("other".to_owned(), JobState::Ready, 1),
-            ]
-        );
+        crate::store::conformance::assert_upgraded_counts(&upgraded);
         let run = upgraded
             .begin_run("general", &me(), 2000, false)
             .expect("run");
